@@ -1,0 +1,1 @@
+"""Data layer shared by every function: settings, pool, SQL services, auth and errors."""

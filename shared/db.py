@@ -1,0 +1,107 @@
+"""The PostgreSQL connection pool: opened on first use, reused by warm Lambda environments.
+
+Connections are autocommit: single statements commit on their own and multi-statement
+work opens an explicit ``conn.transaction()``, so no request leaves a transaction open.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared.errors import ServiceUnavailable
+from shared.settings import get_settings, running_in_lambda
+
+Connection = psycopg.Connection[DictRow]
+"""What :func:`connection` lends: autocommit, rows as dicts."""
+
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+# When each pooled connection was last handed back (containers only; see _check).
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.prepare_threshold = get_settings().db_prepare_threshold
+
+
+def _check(conn: psycopg.Connection) -> None:
+    """Probe a connection before lending it, unless it was in use a moment ago.
+
+    A dead socket (restarted server, idle timeout, frozen Lambda) is caught here and
+    replaced. A connection returned within ``DB_CHECK_AFTER_IDLE`` seconds skips the
+    probe's round trip. Under Lambda every checkout is probed: the monotonic clock may
+    not advance while an environment is frozen.
+    """
+    idle_limit = get_settings().db_check_after_idle
+    returned = _returned_at.get(conn)
+    if running_in_lambda() or returned is None or time.monotonic() - returned > idle_limit:
+        ConnectionPool.check_connection(conn)
+
+
+def _note_return(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def get_pool() -> ConnectionPool:
+    """Return the process-wide pool, creating it on the first call."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                settings = get_settings()
+                min_size, max_size = settings.pool_bounds
+                options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+                pool = ConnectionPool(
+                    settings.database_url,
+                    min_size=min_size,
+                    max_size=max_size,
+                    timeout=settings.db_pool_timeout,
+                    # A frozen Lambda environment or a restarted server leaves dead sockets.
+                    check=_check,
+                    configure=_configure,
+                    reset=_note_return,
+                    kwargs={
+                        "autocommit": True,
+                        "row_factory": dict_row,
+                        "connect_timeout": settings.db_connect_timeout,
+                        "options": options,
+                        "application_name": "ticketing",
+                    },
+                    open=False,
+                    name="ticketing",
+                )
+                pool.open(wait=False)
+                _pool = pool
+    return _pool
+
+
+def close_pool() -> None:
+    """Close the pool (tests and process shutdown); the next use opens a new one."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.close()
+            _pool = None
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """Borrow a connection; an unreachable database becomes a 503, never a hang or a 500."""
+    try:
+        with get_pool().connection() as conn:
+            yield cast(Connection, conn)
+    except PoolTimeout as exc:
+        raise ServiceUnavailable("database_unavailable", "The database is not reachable") from exc
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable("database_unavailable", "The database is not reachable") from exc

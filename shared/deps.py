@@ -1,0 +1,62 @@
+"""FastAPI dependencies, named once so routes read like prose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Query
+from fastapi.security import OAuth2PasswordBearer
+
+from shared.errors import Forbidden, Unauthorized
+from shared.schemas import BIGINT_MAX
+from shared.security import Principal, decode_token
+
+_bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+# Dependencies that only compute are ``async``: a sync one costs a thread-pool hop each.
+async def current_principal(token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+    if not token:
+        raise Unauthorized("not_authenticated", "A bearer token is required")
+    return decode_token(token)
+
+
+async def _organizer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if principal.role != "organizer":
+        raise Forbidden("organizer_only", "Only organizers can do this")
+    return principal
+
+
+async def _customer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if principal.role != "customer":
+        raise Forbidden("customer_only", "Only customers can do this")
+    return principal
+
+
+def require_self(principal: Principal, user_id: int) -> None:
+    """A path that names a user must name the caller."""
+    if principal.user_id != user_id:
+        raise Forbidden("not_your_account", "You can only act as yourself")
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+Organizer = Annotated[Principal, Depends(_organizer)]
+Customer = Annotated[Principal, Depends(_customer)]
+
+EventId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Event id")]
+BookingId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Booking id")]
+UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="User id; must be the caller")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
+
+HoldId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Hold id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe key: the same key and body replay the first answer",
+    ),
+]

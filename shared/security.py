@@ -1,0 +1,112 @@
+"""Password hashing (argon2id) and access tokens (JWT, HMAC-signed)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from shared.errors import Unauthorized
+from shared.settings import get_settings
+
+ROLES = ("organizer", "customer")
+
+
+@lru_cache(maxsize=1)
+def _hasher() -> PasswordHasher:
+    settings = get_settings()
+    return PasswordHasher(
+        time_cost=settings.password_hash_time_cost,
+        memory_cost=settings.password_hash_memory_kib,
+    )
+
+
+def hash_password(password: str) -> str:
+    return _hasher().hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher().verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# Verifying against this keeps login time the same whether or not the email exists.
+@lru_cache(maxsize=1)
+def dummy_hash() -> str:
+    return hash_password("not-a-real-password")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as proven by a valid token."""
+
+    user_id: int
+    role: str
+
+
+def issue_token(user_id: int, role: str) -> tuple[str, int]:
+    """Return a signed token for the user and its lifetime in seconds."""
+    settings = get_settings()
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "exp": now + settings.jwt_ttl_seconds,
+        "iss": settings.jwt_issuer,
+    }
+    token = jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+    return token, settings.jwt_ttl_seconds
+
+
+def decode_token(token: str) -> Principal:
+    """The principal a token proves, or 401 (`token_expired`, `invalid_token`).
+
+    A token's signature is verified once per process and the result kept in a small
+    cache (tokens are immutable); its expiry is checked on every use.
+    """
+    cached = _verified.get(token)
+    if cached is not None:
+        principal, expires = cached
+        if time.time() < expires:
+            return principal
+        raise Unauthorized("token_expired", "The access token has expired")
+    principal, expires = _verify(token)
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()  # crude but bounded; a rush reuses a few thousand tokens
+    _verified[token] = (principal, expires)
+    return principal
+
+
+_VERIFIED_MAX = 10_000
+_verified: dict[str, tuple[Principal, float]] = {}
+
+
+def _verify(token: str) -> tuple[Principal, float]:
+    settings = get_settings()
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[settings.jwt_algorithm],
+            issuer=settings.jwt_issuer,
+            options={"require": ["sub", "exp", "iat", "iss"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token_expired", "The access token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("invalid_token", "The access token is not valid") from exc
+    role = claims.get("role")
+    try:
+        user_id = int(claims["sub"])
+    except (TypeError, ValueError) as exc:
+        raise Unauthorized("invalid_token", "The access token is not valid") from exc
+    if role not in ROLES:
+        raise Unauthorized("invalid_token", "The access token is not valid")
+    return Principal(user_id=user_id, role=role), float(claims["exp"])
