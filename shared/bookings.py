@@ -1,0 +1,182 @@
+"""Bookings: the atomic ticket decrement, cancellation, and lookups of a customer's bookings.
+
+A booking is ONE autocommit statement: the guarded decrement, the booking row, the
+outbox row (and, with an Idempotency-Key, the stored answer) are chained through
+RETURNING, so the hot event row is locked for a single round trip and nothing is
+inserted unless tickets were really taken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from shared import clock
+from shared.claims import CLAIM_CTE, claim
+from shared.db import connection
+from shared.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
+from shared.idempotency import Claim, completion_cte
+from shared.outbox import publish_committed
+
+TASK_BOOKING_CONFIRMATION = "booking_confirmation"
+TASK_BOOKING_CANCELLED = "booking_cancelled"
+BOOKING_COLUMNS = "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at"
+
+CONFIRMATION_CTE = f"""notification AS (
+    INSERT INTO outbox (task, payload)
+    SELECT '{TASK_BOOKING_CONFIRMATION}',
+           jsonb_build_object('booking_id', id, 'event_id', event_id, 'user_id', user_id,
+                              'quantity', quantity, 'hold_id', hold_id)
+      FROM booking
+    RETURNING id
+)"""
+
+
+def _book_sql(idempotent: bool) -> str:
+    return f"""
+WITH {CLAIM_CTE}, booking AS (
+    INSERT INTO bookings (event_id, user_id, quantity)
+    SELECT id, %(user_id)s, %(quantity)s FROM claimed
+    RETURNING {BOOKING_COLUMNS}
+), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
+SELECT booking.*, notification.id AS outbox_id FROM booking, notification
+"""
+
+
+BOOK_SQL = _book_sql(idempotent=False)
+BOOK_IDEMPOTENT_SQL = _book_sql(idempotent=True)
+
+
+def book(
+    *,
+    user_id: int,
+    event_id: int,
+    quantity: int,
+    default_max: int,
+    idempotency: Claim | None = None,
+) -> dict[str, Any]:
+    """Take ``quantity`` tickets of an event for a user, or raise why not."""
+    params: dict[str, Any] = {
+        "user_id": user_id,
+        "event_id": event_id,
+        "quantity": quantity,
+        "default_max": default_max,
+    }
+    sql = BOOK_SQL
+    if idempotency is not None:
+        params.update(idempotency.params())
+        sql = BOOK_IDEMPOTENT_SQL
+    with connection() as conn:
+
+        def run() -> dict[str, Any] | None:
+            with unknown_user_is_401():
+                return conn.execute(sql, params).fetchone()
+
+        row = claim(conn, run, event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+        if idempotency is not None:
+            idempotency.completed = True  # by the completion CTE, in the same statement
+        publish_committed(conn, [row["outbox_id"]])
+    return row
+
+
+def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> dict[str, Any]:
+    """Give back all (``quantity`` None) or some tickets of a booking; repeating is harmless.
+
+    Locks the event row before the booking row, the order every writer uses.
+    """
+    with connection() as conn:
+        with conn.transaction():
+            current = conn.execute(
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s AND user_id = %s",
+                (booking_id, user_id),
+            ).fetchone()
+            if current is None:
+                raise NotFound("booking_not_found", f"Booking {booking_id} does not exist")
+            conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (current["event_id"],))
+            current = conn.execute(
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)
+            ).fetchone()
+            assert current is not None
+            if current["status"] == "cancelled":
+                return current  # cancelling twice changes nothing
+            give_back = current["quantity"] if quantity is None else quantity
+            if give_back > current["quantity"]:
+                raise Conflict(
+                    "cancel_exceeds_booking",
+                    f"Booking {booking_id} holds only {current['quantity']} tickets",
+                    held=current["quantity"],
+                    requested=give_back,
+                )
+            row = conn.execute(
+                f"""UPDATE bookings
+                       SET quantity = quantity - %(n)s,
+                           cancelled_quantity = cancelled_quantity + %(n)s,
+                           status = CASE WHEN quantity = %(n)s THEN 'cancelled' ELSE status END,
+                           cancelled_at = CASE WHEN quantity = %(n)s THEN now() ELSE cancelled_at END
+                     WHERE id = %(id)s
+                 RETURNING {BOOKING_COLUMNS}""",
+                {"n": give_back, "id": booking_id},
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
+                (give_back, row["event_id"]),
+            )
+            notification = conn.execute(
+                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
+                (
+                    TASK_BOOKING_CANCELLED,
+                    Jsonb(
+                        {
+                            "booking_id": booking_id,
+                            "event_id": row["event_id"],
+                            "user_id": user_id,
+                            "quantity": give_back,
+                            "remaining": row["quantity"],
+                        }
+                    ),
+                ),
+            ).fetchone()
+            assert notification is not None
+        publish_committed(conn, [notification["id"]])
+    return row
+
+
+def get_booking(*, booking_id: int, user_id: int) -> dict[str, Any]:
+    """A booking is visible to the customer who made it and to the event's organizer."""
+    columns = ", ".join(f"b.{c.strip()}" for c in BOOKING_COLUMNS.split(","))
+    with connection() as conn:
+        row = conn.execute(
+            f"""SELECT {columns}
+                  FROM bookings b JOIN events e ON e.id = b.event_id
+                 WHERE b.id = %s AND (b.user_id = %s OR e.organizer_id = %s)""",
+            (booking_id, user_id, user_id),
+        ).fetchone()
+    if row is None:
+        raise NotFound("booking_not_found", f"Booking {booking_id} does not exist")
+    return row
+
+
+def list_event_bookings(*, event_id: int, organizer_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
+    """An event's bookings, newest first, for its organizer."""
+    with connection() as conn:
+        event = conn.execute("SELECT organizer_id FROM events WHERE id = %s", (event_id,)).fetchone()
+        if event is None:
+            raise NotFound("event_not_found", f"Event {event_id} does not exist")
+        if event["organizer_id"] != organizer_id:
+            raise Forbidden("not_event_owner", "Only the event's organizer can list its bookings")
+        return conn.execute(
+            f"""SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = %s
+                ORDER BY id DESC LIMIT %s OFFSET %s""",
+            (event_id, limit, offset),
+        ).fetchall()
+
+
+def list_bookings(*, user_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
+    with connection() as conn:
+        return conn.execute(
+            f"""SELECT {BOOKING_COLUMNS} FROM bookings WHERE user_id = %s
+                ORDER BY id DESC LIMIT %s OFFSET %s""",
+            (user_id, limit, offset),
+        ).fetchall()
