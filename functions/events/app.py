@@ -1,0 +1,6 @@
+"""The events function as its own ASGI app."""
+
+from functions.events.routes import router
+from shared.web import create_app
+
+app = create_app(title="Ticketing: events", routers=[router])

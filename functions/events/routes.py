@@ -1,0 +1,97 @@
+"""Routes of the events function: organizers publish and change events, anyone browses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from shared import events
+from shared.deps import EventId, Limit, Offset, Organizer, UserId, require_self
+from shared.schemas import BIGINT_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
+from shared.web import COMMON_ERRORS
+
+router = APIRouter(tags=["events"], responses=COMMON_ERRORS)
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
+    403: {"model": ErrorOut, "description": "`organizer_only`, `not_your_account`"},
+}
+
+
+@router.post("/events", status_code=201, response_model=EventOut, responses=_AUTH_ERRORS)
+def create_event(body: EventCreate, organizer: Organizer) -> dict[str, Any]:
+    """Publish an event as the calling organizer."""
+    return events.create_event(organizer_id=organizer.user_id, fields=body.model_dump())
+
+
+@router.post(
+    "/events/{organizer_id}", status_code=201, response_model=EventOut, responses=_AUTH_ERRORS
+)
+def create_event_for(organizer_id: UserId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
+    """Publish an event; the path names the organizer, who must be the caller."""
+    require_self(organizer, organizer_id)
+    return events.create_event(organizer_id=organizer_id, fields=body.model_dump())
+
+
+@router.get("/events", response_model=EventPage)
+def list_events(
+    limit: Limit = 20,
+    offset: Offset = 0,
+    order: Annotated[
+        Literal["newest", "upcoming"],
+        Query(description="`newest` first, or `upcoming` (not started, soonest first)"),
+    ] = "newest",
+    organizer_id: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+) -> EventPage:
+    """Browse events, one page at a time."""
+    rows = events.list_events(
+        limit=limit + 1, offset=offset, order=order, organizer_id=organizer_id
+    )
+    return EventPage(**page_of(EventOut, rows, limit, offset))
+
+
+@router.get(
+    "/events/{event_id}",
+    response_model=EventOut,
+    responses={404: {"model": ErrorOut, "description": "`event_not_found`"}},
+)
+def get_event(event_id: EventId) -> dict[str, Any]:
+    """One event with its exact availability."""
+    return events.get_event(event_id)
+
+
+@router.put(
+    "/events/{event_id}",
+    response_model=EventOut,
+    responses={
+        **_AUTH_ERRORS,
+        403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
+        404: {"model": ErrorOut, "description": "`event_not_found`"},
+        409: {"model": ErrorOut, "description": "`capacity_below_sold`, `event_cancelled`"},
+    },
+)
+def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> dict[str, Any]:
+    """Change an event; fields not sent stay as they are. Booked customers are notified.
+
+    Lowering `total_tickets` below what is sold plus held is refused with the numbers.
+    """
+    return events.update_event(
+        event_id=event_id,
+        organizer_id=organizer.user_id,
+        changes=body.model_dump(include=body.model_fields_set),
+    )
+
+
+@router.post(
+    "/events/{event_id}/cancel",
+    response_model=EventOut,
+    responses={
+        **_AUTH_ERRORS,
+        403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
+        404: {"model": ErrorOut, "description": "`event_not_found`"},
+    },
+)
+def cancel_event(event_id: EventId, organizer: Organizer) -> dict[str, Any]:
+    """Cancel an event: every booking is cancelled and every booked customer notified."""
+    return events.cancel_event(event_id=event_id, organizer_id=organizer.user_id)
