@@ -1,0 +1,129 @@
+"""The notify tasks, by the names the outbox publishes them under.
+
+Every task takes keyword arguments: the outbox row's payload plus ``outbox_id``, which
+identifies the notification in every delivery key. Unknown extra keys are ignored so
+producers can add fields without breaking older workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from functions.notify import deliveries, messages
+from functions.notify.celery_app import app
+from functions.notify.channels import Email, get_channel
+from functions.notify.reliability import notify_task
+from shared import metrics
+from shared.maintenance import tidy
+from shared.outbox import relay_pending
+from shared.settings import get_settings
+
+log = logging.getLogger("functions.notify")
+
+FANOUT_LINES = {
+    "event_update": "🔔 Notified %d users about event update",
+    "event_cancelled": "🔔 Notified %d users about event cancellation",
+}
+
+
+def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Email) -> bool:
+    channel = get_channel()
+    sent = deliveries.deliver_once(
+        outbox_id=outbox_id, user_id=user["id"], kind=kind, channel=channel.name,
+        recipient=email.recipient, send=lambda: channel.send(email),
+    )
+    if sent:
+        metrics.notification_sent(kind)
+    return sent
+
+
+@notify_task("booking_confirmation")
+def booking_confirmation(*, outbox_id: int, booking_id: int, quantity: int | None = None,
+                         **_: Any) -> None:
+    """Tell a customer their booking is confirmed (once, however often redelivered)."""
+    booking, user, event = deliveries.booking_details(booking_id)
+    # What was booked, even if a cancellation has changed the row since.
+    booking = {**booking, "quantity": quantity or booking["quantity"]}
+    email = messages.booking_confirmation(user, booking, event)
+    if _send_to_one(outbox_id=outbox_id, user=user, kind="booking_confirmation", email=email):
+        log.info("📧 Booking confirmation sent to user %s", user["email"])
+
+
+@notify_task("booking_cancelled")
+def booking_cancelled(*, outbox_id: int, booking_id: int, quantity: int | None = None,
+                      **_: Any) -> None:
+    """Tell a customer (some of) their tickets are cancelled."""
+    booking, user, event = deliveries.booking_details(booking_id)
+    email = messages.booking_cancelled(user, booking, event, quantity or booking["quantity"])
+    if _send_to_one(outbox_id=outbox_id, user=user, kind="booking_cancelled", email=email):
+        log.info("📧 Booking cancellation sent to user %s", user["email"])
+
+
+def _start_fanout(*, outbox_id: int, kind: str, event_id: int,
+                  changes: dict[str, Any] | None) -> None:
+    settings = get_settings()
+    planned = deliveries.plan_fanout(outbox_id=outbox_id, kind=kind, event_id=event_id,
+                                     chunk_size=settings.notify_fanout_chunk)
+    if planned == 0:
+        log.info(FANOUT_LINES[kind], 0)
+        return
+    # Also after a redelivery (planned is None): chunks not done yet are sent again,
+    # and chunks are idempotent, so a worker killed mid-fan-out loses nothing.
+    for chunk_no in deliveries.pending_chunks(outbox_id):
+        fanout_chunk.apply_async(kwargs={"outbox_id": outbox_id, "chunk_no": chunk_no,
+                                         "kind": kind, "event_id": event_id,
+                                         "changes": changes})
+
+
+@notify_task("notify_event_update")
+def notify_event_update(*, outbox_id: int, event_id: int,
+                        changes: dict[str, Any] | None = None, **_: Any) -> None:
+    """Fan an event change out to every user with a confirmed booking."""
+    _start_fanout(outbox_id=outbox_id, kind="event_update", event_id=event_id,
+                  changes=changes or {})
+
+
+@notify_task("event_cancelled")
+def event_cancelled(*, outbox_id: int, event_id: int, **_: Any) -> None:
+    """Fan an event cancellation out to every user whose booking it cancelled."""
+    _start_fanout(outbox_id=outbox_id, kind="event_cancelled", event_id=event_id, changes=None)
+
+
+@notify_task("fanout_chunk")
+def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
+                 changes: dict[str, Any] | None = None, **_: Any) -> None:
+    """Notify one user-id range of a fan-out, a page at a time; the last chunk logs."""
+    bounds = deliveries.chunk_range(outbox_id, chunk_no)
+    if bounds is None:
+        return  # done by an earlier copy of this message
+    event = deliveries.event_details(event_id)
+    settings = get_settings()
+    channel = get_channel()
+    for page in deliveries.audience_pages(kind=kind, event_id=event_id,
+                                          page_size=settings.notify_fanout_page, **bounds):
+        emails = [messages.event_updated(user, event, changes or {}) if kind == "event_update"
+                  else messages.event_cancelled(user, event) for user in page]
+        sent = deliveries.deliver_batch(
+            outbox_id=outbox_id, kind=kind, channel=channel.name,
+            sends_per_commit=getattr(channel, "sends_per_commit", 1),
+            items=[(user["id"], email.recipient, partial(channel.send, email))
+                   for user, email in zip(page, emails, strict=True)],
+        )
+        metrics.notification_sent(kind, sent)
+    total = deliveries.complete_chunk(outbox_id, chunk_no)
+    if total is not None:
+        log.info(FANOUT_LINES[kind], total)
+
+
+@app.task(name="relay_outbox", ignore_result=True)
+def relay_outbox() -> int:
+    """Beat's periodic outbox relay and tidy (the container stack's scheduled Lambda)."""
+    published = relay_pending()
+    if published:
+        log.info("relayed %d outbox rows", published)
+    tidied = tidy()
+    if any(tidied.values()):
+        log.info("tidied %s", tidied)
+    return published

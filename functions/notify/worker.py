@@ -1,0 +1,45 @@
+"""Entry point of the notify worker: ``celery -A functions.notify.worker worker --beat``.
+
+Importing this module registers every task on :data:`app`. The HTTP functions never
+import it: they publish by task name through :mod:`shared.outbox`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init
+
+from functions.notify import tasks
+from functions.notify.celery_app import app
+from shared import db, metrics, outbox
+from shared.logging import configure_logging
+from shared.settings import get_settings
+
+__all__ = ["app", "tasks"]
+
+log = logging.getLogger("functions.notify")
+
+
+@worker_init.connect
+def _observability(**_: Any) -> None:
+    """JSON logs like the API's, and the worker's counters on WORKER_METRICS_PORT."""
+    configure_logging()
+    # Celery's "received" / "succeeded" line per task would bury the notification lines
+    # (the relay alone runs every few seconds); failures still log at ERROR.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    port = get_settings().worker_metrics_port
+    if port:
+        try:
+            metrics.serve_worker_metrics(port)
+        except OSError as exc:  # a second worker on the same host: run without metrics
+            log.warning("worker metrics not served on port %d: %s", port, exc)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked pool child (if the pool is switched to prefork) must not share sockets."""
+    db.close_pool()
+    outbox.reset()
