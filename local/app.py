@@ -1,0 +1,17 @@
+"""Every function's routes behind one ASGI app, for uvicorn in the dev loop and containers.
+
+The routers are the functions' own: each route is defined once, in its function.
+"""
+
+from functions.booking.routes import router as booking_router
+from functions.events.routes import router as events_router
+from functions.users.routes import router as users_router
+from shared.health import router as health_router
+from shared.metrics import router as metrics_router
+from shared.web import create_app
+
+app = create_app(
+    title="Ticketing backend (all functions)",
+    description="Users, events and booking functions served together by the local router.",
+    routers=[users_router, events_router, booking_router, health_router, metrics_router],
+)
