@@ -1,0 +1,1 @@
+"""Deployment of the functions: SAM template, per-function packages, Kubernetes manifests."""
