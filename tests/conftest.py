@@ -1,0 +1,160 @@
+"""Test session wiring: real PostgreSQL and Redis, a fresh database per session.
+
+``DATABASE_URL`` / ``REDIS_URL`` from the environment are used when set (CI may point
+them at running services); otherwise real embedded servers start in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from tests.clients import Client, HttpClient, LambdaClient
+
+# Cheap hashing for fixtures that register many users; set before settings are read.
+os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
+os.environ.setdefault("PASSWORD_HASH_MEMORY_KIB", "1024")
+os.environ.setdefault("JWT_SECRET", "test-secret-" + uuid.uuid4().hex)
+os.environ.setdefault("APP_ENV", "test")
+os.environ.setdefault("DB_POOL_MAX", "20")
+# Whole-suite traffic comes from one IP: limits high enough not to interfere; the
+# rate-limit tests (tests/test_ops_ratelimit.py) set their own.
+for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
+               "BOOKING_PER_USER", "BOOKING_PER_IP"):
+    os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[dict[str, str]]:
+    """Admin URLs of the PostgreSQL and Redis servers the suite talks to."""
+    from local.embedded import start_postgres, start_redis
+
+    started = []
+    tmp = Path(tempfile.mkdtemp(prefix="ticketing-test-"))
+    try:
+        database_url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+        redis_url = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
+        if not database_url:
+            pg = start_postgres(tmp / "postgres", durable=False)
+            started.append(pg)
+            database_url = pg.url
+        if not redis_url:
+            rd = start_redis(tmp / "redis", durable=False)
+            started.append(rd)
+            redis_url = rd.url
+        yield {"database": database_url, "redis": redis_url, "tmp": str(tmp)}
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database(server_urls: dict[str, str]) -> Iterator[str]:
+    """A database of its own for this session, migrated, dropped at the end."""
+    from shared import db
+    from shared.migrate import migrate
+    from shared.settings import get_settings
+
+    admin_url = server_urls["database"]
+    name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(admin_url, name)
+    os.environ["DATABASE_URL"] = url
+    os.environ["REDIS_URL"] = server_urls["redis"]
+    get_settings.cache_clear()
+    migrate(url)
+    yield url
+    db.close_pool()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sql(database: str) -> Iterator[psycopg.Connection]:
+    """A direct connection for assertions on what is really stored."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def http_client(database: str) -> Iterator[HttpClient]:
+    """The local router (every function's routes) served over real HTTP."""
+    from local.app import app
+
+    client = HttpClient(app)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def emulated_client(database: str) -> Iterator[HttpClient]:
+    """Real HTTP through the Lambda emulator: API Gateway v2 events into Mangum handlers."""
+    from local.emulate import LambdaEmulator
+
+    client = HttpClient(LambdaEmulator(), name="emulated")
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["lambda-v2", "lambda-v1", "http", "emulated"])
+def client(request: pytest.FixtureRequest, database: str) -> Client:
+    """Every transport in turn: the same flow must behave the same through each."""
+    if request.param == "http":
+        return request.getfixturevalue("http_client")  # type: ignore[no-any-return]
+    if request.param == "emulated":
+        return request.getfixturevalue("emulated_client")  # type: ignore[no-any-return]
+    return LambdaClient("v2" if request.param == "lambda-v2" else "v1")
+
+
+@pytest.fixture
+def v2(database: str) -> LambdaClient:
+    return LambdaClient("v2")
+
+
+class FakeClock:
+    """The application clock, moved by tests instead of sleeping."""
+
+    def __init__(self) -> None:
+        import threading
+        from datetime import timedelta
+
+        self._lock = threading.Lock()
+        self._offset = timedelta(0)
+
+    def now(self):  # type: ignore[no-untyped-def]
+        from datetime import UTC, datetime
+
+        with self._lock:
+            return datetime.now(UTC) + self._offset
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import shared.clock
+
+    clock = FakeClock()
+    monkeypatch.setattr(shared.clock, "now", clock.now)
+    return clock

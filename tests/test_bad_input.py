@@ -1,0 +1,156 @@
+"""Bad input on every endpoint gets a documented 4xx with a code, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.clients import Client
+from tests.factories import account, create_event
+
+HUGE = 2**70
+
+
+@pytest.fixture
+def world(client: Client) -> dict[str, Any]:
+    organizer, org = account(client, "organizer")
+    customer, cust = account(client, "customer")
+    event = create_event(client, org)
+    return {"org": org, "cust": cust, "organizer": organizer, "customer": customer, "event": event}
+
+
+def _check(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code
+    assert body["message"]
+
+
+def test_malformed_json(client: Client, world: dict[str, Any]) -> None:
+    for path, token in [("/users", None), ("/events", world["org"]), ("/bookings", world["cust"])]:
+        r = client.request(
+            "POST", path, content=b'{"title": ', headers={"content-type": "application/json"}, token=token
+        )
+        _check(r, 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"email": "a@test.com", "password": "123"},
+        {"email": "not-an-email", "password": "123", "role": "customer"},
+        {"email": "a@test.com", "password": "123", "role": "admin"},
+        {"email": "a@test.com", "password": "12", "role": "customer"},
+        {"email": "a@test.com", "password": 123, "role": "customer"},
+        {"email": "x" * 400 + "@test.com", "password": "123", "role": "customer"},
+        {"email": "a@test.com", "password": "123", "role": "customer", "name": "n" * 500},
+        {"email": "a\u0000b@test.com", "password": "123", "role": "customer"},
+    ],
+)
+def test_register_validation(client: Client, body: dict[str, Any]) -> None:
+    _check(client.request("POST", "/users", json_body=body), 422, "validation_error")
+
+
+def test_register_non_object_body(client: Client) -> None:
+    _check(client.request("POST", "/users", json_body=[1, 2]), 422, "validation_error")
+
+
+def test_login_without_fields(client: Client) -> None:
+    _check(client.request("POST", "/auth/token", form={}), 422, "validation_error")
+    _check(client.request("POST", "/auth/token", json_body={"username": "a", "password": "b"}), 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": "T"},
+        {"total_tickets": 5},
+        {"title": "T", "total_tickets": 0},
+        {"title": "T", "total_tickets": -5},
+        {"title": "T", "total_tickets": "50"},
+        {"title": "T", "total_tickets": 1.5},
+        {"title": "T", "total_tickets": HUGE},
+        {"title": "", "total_tickets": 5},
+        {"title": "t" * 201, "total_tickets": 5},
+        {"title": "T", "total_tickets": 5, "start_time": "tomorrow"},
+        {"title": "T", "total_tickets": 5, "start_time": "2030-01-01T10:00:00"},
+        {"title": "T", "total_tickets": 5, "start_time": "2030-01-02T10:00:00Z", "end_time": "2030-01-01T10:00:00Z"},
+        {"title": "T\u0000", "total_tickets": 5},
+    ],
+)
+def test_create_event_validation(client: Client, world: dict[str, Any], body: dict[str, Any]) -> None:
+    _check(client.request("POST", "/events", json_body=body, token=world["org"]), 422, "validation_error")
+    path = f"/events/{world['organizer']['id']}"
+    _check(client.request("POST", path, json_body=body, token=world["org"]), 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"total_tickets": 0}, {"total_tickets": None}, {"title": None}, {"title": 7}, {"venue": "v" * 300}],
+)
+def test_update_event_validation(client: Client, world: dict[str, Any], body: dict[str, Any]) -> None:
+    r = client.request("PUT", f"/events/{world['event']['id']}", json_body=body, token=world["org"])
+    _check(r, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"event_id": "1"},
+        {"event_id": 0},
+        {"event_id": -1},
+        {"event_id": HUGE},
+        {"event_id": None},
+        {"event_id": 1, "quantity": 0},
+        {"event_id": 1, "quantity": -2},
+        {"event_id": 1, "quantity": "2"},
+    ],
+)
+def test_booking_validation(client: Client, world: dict[str, Any], body: dict[str, Any]) -> None:
+    _check(client.request("POST", "/bookings", json_body=body, token=world["cust"]), 422, "validation_error")
+    path = f"/book/{world['customer']['id']}"
+    _check(client.request("POST", path, json_body=body, token=world["cust"]), 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/events/abc"),
+        ("GET", "/events/0"),
+        ("GET", f"/events/{HUGE}"),
+        ("GET", "/bookings/abc"),
+        ("PUT", "/events/-1"),
+        ("POST", "/book/abc"),
+    ],
+)
+def test_bad_path_ids(client: Client, world: dict[str, Any], method: str, path: str) -> None:
+    token = world["cust"] if "book" in path else world["org"]
+    r = client.request(
+        method,
+        path,
+        json_body={"event_id": 1} if method == "POST" else {"title": "x"} if method == "PUT" else None,
+        token=token,
+    )
+    _check(r, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 1000}, {"offset": -1}, {"order": "random"}, {"organizer_id": "x"}]
+)
+def test_bad_list_params(client: Client, params: dict[str, Any]) -> None:
+    _check(client.request("GET", "/events", params=params), 422, "validation_error")
+
+
+def test_update_unknown_event_is_404(client: Client, world: dict[str, Any]) -> None:
+    _check(
+        client.request("PUT", "/events/99999999", json_body={"title": "x"}, token=world["org"]), 404, "event_not_found"
+    )
+
+
+def test_validation_errors_never_echo_the_password(client: Client) -> None:
+    r = client.request("POST", "/users", json_body={"email": "bad", "password": "hunter2-secret", "role": "customer"})
+    assert r.status_code == 422
+    assert "hunter2-secret" not in r.text
