@@ -1,0 +1,102 @@
+"""One command for the benchmarks.
+
+    python -m bench                 rush (pgbench + full stack) and fan-out, one PostgreSQL
+    python -m bench rush [...]      the ticket rush only
+    python -m bench fanout [...]    the notification fan-out only
+    python -m bench coldstart [...] handler import times (bench/coldstart.py)
+
+Embedded PostgreSQL and Redis (durable: fsync on) start when DATABASE_URL / REDIS_URL are
+unset. A table goes to stdout and the full report to bench/results/bench-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import environment, fanout, rush
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FANOUT_USERS = 100_000
+QUICK_FANOUT_USERS = 2_000
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    for name, parts in (("all", ("rush", "fanout")), ("rush", ("rush",)), ("fanout", ("fanout",))):
+        p = sub.add_parser(name, help=f"{' and '.join(parts)} on one PostgreSQL")
+        p.add_argument("--database-url", help="an existing server (a fresh database is created on it)")
+        p.add_argument("--redis-url", help="an existing Redis (the bench uses queues of its own)")
+        p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes (bench/results/)")
+        p.add_argument("--keep-data", action="store_true", help="keep the bench database and server data")
+        if "rush" in parts:
+            rush.add_arguments(p)
+        else:
+            p.add_argument("--quick", action="store_true", help="tiny correctness run")
+        if "fanout" in parts:
+            fanout.add_arguments(p)
+        p.set_defaults(parts=parts)
+    sub.add_parser("coldstart", help="handler import times vs hello-world (its own options)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "coldstart":
+        from bench import coldstart
+
+        return coldstart.main(argv[1:])
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["all", *argv]
+    args = _parser().parse_args(argv)
+    started = time.time()
+    report: dict[str, Any] = {
+        "command": "python -m bench " + " ".join(argv),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": environment.machine(),
+        # Other work on the machine skews every figure: the load average says how much there was.
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+    ok = True
+    with environment.prepared(args.database_url, args.redis_url, keep_data=args.keep_data) as env:
+        report["servers"] = {"postgres": env.postgres_source, "durable": True, **env.facts}
+        print(f"PostgreSQL {env.facts['postgres_version']} ({env.postgres_source}), fsync={env.facts['fsync']}, "
+              f"synchronous_commit={env.facts['synchronous_commit']}; {report['machine']['nproc']} cores, "
+              f"{report['machine']['cpu_model']}", flush=True)
+        if "rush" in args.parts:
+            report["rush"] = rush.run(env, rush.options_from(args), args.out)
+            ok = ok and report["rush"].get("ok", True)
+        if "fanout" in args.parts:
+            users = args.users or (QUICK_FANOUT_USERS if args.quick else FANOUT_USERS)
+            report["fanout"] = fanout.run(env, users, args.out, timeout=args.fanout_timeout)
+            ok = ok and report["fanout"]["ok"]
+    report["loadavg_at_end"] = list(os.getloadavg())
+    report["seconds"] = round(time.time() - started, 1)
+    report["ok"] = ok
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
+    text = json.dumps(report, indent=2, default=str)
+    path.write_text(text)
+    (args.out / "latest.json").write_text(text)
+    print()
+    print(f"machine: {report['machine']['nproc']} x {report['machine']['cpu_model']}; "
+          f"PostgreSQL {env.facts['postgres_version']} fsync={env.facts['fsync']}; load average "
+          f"{report['loadavg_at_start'][0]:.1f} at start, {report['loadavg_at_end'][0]:.1f} at end")
+    if "rush" in report:
+        print(rush.table(report["rush"]))
+    if "fanout" in report:
+        print()
+        print(fanout.table(report["fanout"]))
+    print(f"\nreport: {path}  ({report['seconds']} s){'' if ok else '  CHECKS FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
