@@ -49,10 +49,6 @@ def _check(conn: psycopg.Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
-def _note_return(conn: psycopg.Connection) -> None:
-    _returned_at[conn] = time.monotonic()
-
-
 def get_pool() -> ConnectionPool:
     """Return the process-wide pool, creating it on the first call."""
     global _pool
@@ -70,7 +66,9 @@ def get_pool() -> ConnectionPool:
                     # A frozen Lambda environment or a restarted server leaves dead sockets.
                     check=_check,
                     configure=_configure,
-                    reset=_note_return,
+                    # No ``reset`` callback on purpose: with one, psycopg_pool hands every
+                    # return to a worker thread, so a connection comes back later than
+                    # the request that used it. connection() stamps the return instead.
                     kwargs={
                         "autocommit": True,
                         "row_factory": dict_row,
@@ -100,7 +98,11 @@ def connection() -> Iterator[Connection]:
     """Borrow a connection; an unreachable database becomes a 503, never a hang or a 500."""
     try:
         with get_pool().connection() as conn:
-            yield cast(Connection, conn)
+            try:
+                yield cast(Connection, conn)
+            finally:
+                # Stamped before the pool takes it back, so _check sees it at once.
+                _returned_at[conn] = time.monotonic()
     except PoolTimeout as exc:
         raise ServiceUnavailable("database_unavailable", "The database is not reachable") from exc
     except psycopg.OperationalError as exc:
