@@ -115,7 +115,14 @@ class HttpClient:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+        # Rush tests share this client among hundreds of threads: with httpx's defaults
+        # (100 connections, 20 kept alive) it closes sockets other threads are about to
+        # read ("Bad file descriptor"); room for every thread avoids that.
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            timeout=30,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+        )
 
     def request(
         self, method, path, *, json_body=None, form=None, content=None, headers=None, params=None, token=None
