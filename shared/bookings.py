@@ -8,6 +8,7 @@ inserted unless tickets were really taken.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -29,7 +30,7 @@ CONFIRMATION_CTE = f"""notification AS (
            jsonb_build_object('booking_id', id, 'event_id', event_id, 'user_id', user_id,
                               'quantity', quantity, 'hold_id', hold_id)
       FROM booking
-    RETURNING id
+    RETURNING id, (payload->>'booking_id')::bigint AS booking_id
 )"""
 
 
@@ -78,6 +79,95 @@ def book(
             idempotency.completed = True  # by the completion CTE, in the same statement
         publish_committed(conn, [row["outbox_id"]])
     return row
+
+
+@dataclass
+class BatchItem:
+    """One request of a coalesced batch: who books how many, under which key (if any)."""
+
+    user_id: int
+    quantity: int
+    idempotency: Claim | None = None
+
+
+# Many bookings of one event in one statement, for a transaction that already holds the
+# event row's lock. Booking ids are drawn up front so each answer maps back to its request.
+BOOK_BATCH_SQL = f"""
+WITH req AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('bookings', 'id')) AS id, r.*
+      FROM unnest(%(seq)s::int[], %(user_ids)s::bigint[], %(quantities)s::int[],
+                  %(idem_user_ids)s::bigint[], %(idem_keys)s::text[], %(idem_owners)s::uuid[])
+           AS r(seq, user_id, quantity, idem_user_id, idem_key, idem_owner)
+), claimed AS (
+    UPDATE events SET available_tickets = available_tickets - %(total)s
+     WHERE id = %(event_id)s
+    RETURNING id
+), booking AS (
+    INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
+    SELECT req.id, claimed.id, req.user_id, req.quantity FROM req, claimed ORDER BY req.seq
+    RETURNING {BOOKING_COLUMNS}
+), {CONFIRMATION_CTE}, idem AS (
+    UPDATE idempotency_keys k
+       SET state = 'done', response_status = 201, response_body = to_jsonb(b)
+      FROM booking b JOIN req ON req.id = b.id
+     WHERE k.user_id = req.idem_user_id AND k.key = req.idem_key AND k.owner = req.idem_owner
+)
+SELECT req.seq, booking.*, notification.id AS outbox_id
+  FROM req JOIN booking ON booking.id = req.id JOIN notification ON notification.booking_id = booking.id
+"""
+
+
+def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
+    """Book many requests for one event in one transaction; ``None`` where not granted here.
+
+    The event row is locked first, then requests are granted in order while tickets last
+    (first fit: a later, smaller request may still fit). A request not granted, or a whole
+    batch on an event that is missing, cancelled or capped lower, gets ``None``: the caller
+    sends it down the one-request path (:func:`book`), which decides it exactly and says why.
+    Any database error aborts the batch with nothing written, and the caller does the same.
+    """
+    with connection() as conn:
+        with conn.transaction():
+            event = conn.execute(
+                """SELECT status, available_tickets,
+                          coalesce(max_tickets_per_booking, %s) AS max_quantity
+                     FROM events WHERE id = %s FOR NO KEY UPDATE""",
+                (default_max, event_id),
+            ).fetchone()
+            if event is None or event["status"] != "active":
+                return [None] * len(items)
+            left = event["available_tickets"]
+            granted: list[int] = []
+            for seq, item in enumerate(items):
+                if item.quantity <= min(left, event["max_quantity"]):
+                    granted.append(seq)
+                    left -= item.quantity
+            if not granted:
+                return [None] * len(items)
+            chosen = [items[seq] for seq in granted]
+            with unknown_user_is_401():
+                rows = conn.execute(
+                    BOOK_BATCH_SQL,
+                    {
+                        "event_id": event_id,
+                        "total": event["available_tickets"] - left,
+                        "seq": granted,
+                        "user_ids": [i.user_id for i in chosen],
+                        "quantities": [i.quantity for i in chosen],
+                        "idem_user_ids": [i.idempotency.user_id if i.idempotency else None for i in chosen],
+                        "idem_keys": [i.idempotency.key if i.idempotency else None for i in chosen],
+                        "idem_owners": [i.idempotency.owner if i.idempotency else None for i in chosen],
+                    },
+                ).fetchall()
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        for row in rows:
+            seq = row.pop("seq")
+            results[seq] = row
+            claim = items[seq].idempotency
+            if claim is not None:
+                claim.completed = True  # by the batch statement's idem CTE
+        publish_committed(conn, [row["outbox_id"] for row in rows])
+    return results
 
 
 def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -141,6 +141,25 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
+def _begin(user_id: int, key: str, request_fingerprint: str) -> Claim | tuple[dict[str, Any], int]:
+    """Own the key, or return the stored (body, status) of a success; raise a stored refusal."""
+    claimed = _claim(user_id, key, request_fingerprint)
+    if isinstance(claimed, Claim):
+        return claimed
+    status, body = claimed
+    if status >= 400:
+        raise Replayed(status, body)
+    return body, status
+
+
+def _settle_failure(claim: Claim, err: BaseException) -> None:
+    """A refusal (4xx) is the key's answer; anything else frees the key for a retry."""
+    if isinstance(err, AppError) and err.status_code < 500:
+        _finish(claim, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
+    else:
+        _finish(claim, None, None)
+
+
 def run(
     *,
     user_id: int,
@@ -155,25 +174,43 @@ def run(
     """
     if key is None:
         return action(None), None
-    claimed = _claim(user_id, key, request_fingerprint)
+    claimed = _begin(user_id, key, request_fingerprint)
     if not isinstance(claimed, Claim):
-        status, body = claimed
-        if status >= 400:
-            raise Replayed(status, body)
-        return body, status
+        return claimed[0], claimed[1]
     try:
         body = action(claimed)
-    except AppError as err:
-        if err.status_code < 500:
-            _finish(claimed, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
-        else:
-            _finish(claimed, None, None)
-        raise
-    except BaseException:
-        _finish(claimed, None, None)
+    except BaseException as err:
+        _settle_failure(claimed, err)
         raise
     if not claimed.completed:
         _finish(claimed, success_status(), body)
+    return body, None
+
+
+async def run_async(
+    *,
+    user_id: int,
+    key: str | None,
+    request_fingerprint: str,
+    action: Callable[[Claim | None], Awaitable[dict[str, Any]]],
+    success_status: Callable[[], int] = lambda: 201,
+) -> tuple[dict[str, Any], int | None]:
+    """:func:`run` for an async action: the key's SQL runs on worker threads, the action
+    on the event loop, so no thread is held while the action waits (a coalescing lane)."""
+    from starlette.concurrency import run_in_threadpool  # HTTP functions only, not the relay
+
+    if key is None:
+        return await action(None), None
+    claimed = await run_in_threadpool(_begin, user_id, key, request_fingerprint)
+    if not isinstance(claimed, Claim):
+        return claimed[0], claimed[1]
+    try:
+        body = await action(claimed)
+    except BaseException as err:
+        await run_in_threadpool(_settle_failure, claimed, err)
+        raise
+    if not claimed.completed:
+        await run_in_threadpool(_finish, claimed, success_status(), body)
     return body, None
 
 

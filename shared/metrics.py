@@ -64,6 +64,10 @@ BOOKING_REFUSALS = Counter(
     "booking_refusals", "Bookings refused for lack of tickets (sold_out, insufficient_tickets)",
     ["reason"], namespace=NAMESPACE, registry=REGISTRY,
 )
+BOOKING_BATCH_SIZE = Histogram(
+    "booking_batch_size", "Bookings coalesced into one transaction (long-running servers)",
+    namespace=NAMESPACE, registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 IDEMPOTENT_REPLAYS = Counter(
     "idempotent_replays", "Requests answered from a stored idempotent response",
     namespace=NAMESPACE, registry=REGISTRY,
@@ -181,6 +185,11 @@ def booking_made(quantity: int) -> None:
         return
     BOOKINGS.inc()
     TICKETS_BOOKED.inc(quantity)
+
+
+def booking_batch(size: int) -> None:
+    """Coalescing runs only in long-running servers, so Prometheus only."""
+    BOOKING_BATCH_SIZE.observe(size)
 
 
 def booking_refused(reason: str) -> None:

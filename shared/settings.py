@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     password_min_length: int = Field(default=3, ge=1)
 
     max_tickets_per_booking: int = Field(default=10, ge=1, description="default; events may override")
+    # Long-running servers coalesce concurrent bookings of one event into one transaction
+    # (shared/coalescing.py); Lambda (one request per environment) never does.
+    booking_coalesce: bool = True
+    booking_batch_max: int = Field(default=128, ge=1, description="bookings per coalesced transaction")
 
     # Seat holds and idempotency keys (booking depth).
     hold_ttl_seconds: int = Field(default=600, ge=1, description="default hold lifetime")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from shared import bookings, holds, idempotency, metrics
+from shared import bookings, coalescing, holds, idempotency, metrics
 from shared.deps import (
     BookingId,
     CurrentUser,
@@ -63,6 +65,20 @@ _CLAIM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _fingerprint(request: Request, key: str | None, body: BaseModel | None) -> str:
+    # Only a keyed request needs its fingerprint: the unkeyed hot path skips the hashing.
+    if key is None:
+        return ""
+    return idempotency.fingerprint(request.method, request.url.path, body.model_dump(mode="json") if body else None)
+
+
+def _mark_replay(response: Response, replayed_status: int | None) -> None:
+    if replayed_status is not None:
+        metrics.idempotent_replay()
+        response.status_code = replayed_status
+        response.headers[idempotency.REPLAY_HEADER] = "true"
+
+
 def _idempotent(
     request: Request,
     response: Response,
@@ -71,49 +87,63 @@ def _idempotent(
     body: BaseModel | None,
     action: Callable[[idempotency.Claim | None], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Run a booking-creating action once per Idempotency-Key; mark replays in a header."""
-    # Only a keyed request needs its fingerprint: the unkeyed hot path skips the hashing.
-    fingerprint = (
-        idempotency.fingerprint(request.method, request.url.path, body.model_dump(mode="json") if body else None)
-        if key is not None
-        else ""
-    )
+    """Run a creating action once per Idempotency-Key; mark replays in a header."""
     try:
         result, replayed_status = idempotency.run(
             user_id=user_id,
             key=key,
-            request_fingerprint=fingerprint,
+            request_fingerprint=_fingerprint(request, key, body),
             action=action,
             success_status=lambda: response.status_code or 201,
         )
     except idempotency.Replayed:
         metrics.idempotent_replay()
         raise
-    if replayed_status is not None:
-        metrics.idempotent_replay()
-        response.status_code = replayed_status
-        response.headers[idempotency.REPLAY_HEADER] = "true"
+    _mark_replay(response, replayed_status)
     return result
 
 
-def _book(request: Request, response: Response, user_id: int, body: BookingCreate, key: str | None) -> dict[str, Any]:
-    def action(claim: idempotency.Claim | None) -> dict[str, Any]:
-        with metrics.counting_booking(body.quantity):
-            return bookings.book(
-                user_id=user_id,
-                event_id=body.event_id,
-                quantity=body.quantity,
-                default_max=get_settings().max_tickets_per_booking,
-                idempotency=claim,
-            )
+async def _book(
+    request: Request, response: Response, user_id: int, body: BookingCreate, key: str | None
+) -> dict[str, Any]:
+    """Book through the event's coalescing lane (servers) or the one-request path (Lambda).
 
-    return _idempotent(request, response, user_id, key, body, action)
+    Async, so an unkeyed booking in a lane costs no thread-pool hop and a keyed one holds
+    no thread while it waits for its transaction.
+    """
+    lanes = coalescing.coalescer() if coalescing.enabled() else None
+    what: dict[str, Any] = {
+        "user_id": user_id,
+        "event_id": body.event_id,
+        "quantity": body.quantity,
+        "default_max": get_settings().max_tickets_per_booking,
+    }
+
+    async def action(claim: idempotency.Claim | None) -> dict[str, Any]:
+        with metrics.counting_booking(body.quantity):
+            if lanes is None:
+                return await run_in_threadpool(functools.partial(bookings.book, **what, idempotency=claim))
+            return await lanes.book(**what, idempotency=claim)
+
+    try:
+        result, replayed_status = await idempotency.run_async(
+            user_id=user_id,
+            key=key,
+            request_fingerprint=_fingerprint(request, key, body),
+            action=action,
+            success_status=lambda: response.status_code or 201,
+        )
+    except idempotency.Replayed:
+        metrics.idempotent_replay()
+        raise
+    _mark_replay(response, replayed_status)
+    return result
 
 
 @router.post(
     "/bookings", status_code=201, response_model=BookingOut, responses=_CLAIM_ERRORS, dependencies=[BookingRateLimit]
 )
-def create_booking(
+async def create_booking(
     body: BookingCreate,
     customer: Customer,
     request: Request,
@@ -121,7 +151,7 @@ def create_booking(
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Book tickets as the calling customer."""
-    return _book(request, response, customer.user_id, body, idempotency_key)
+    return await _book(request, response, customer.user_id, body, idempotency_key)
 
 
 @router.post(
@@ -131,7 +161,7 @@ def create_booking(
     responses=_CLAIM_ERRORS,
     dependencies=[BookingRateLimit],
 )
-def book_for(
+async def book_for(
     user_id: UserId,
     body: BookingCreate,
     customer: Customer,
@@ -141,7 +171,7 @@ def book_for(
 ) -> dict[str, Any]:
     """Book tickets; the path names the customer, who must be the caller."""
     require_self(customer, user_id)
-    return _book(request, response, user_id, body, idempotency_key)
+    return await _book(request, response, user_id, body, idempotency_key)
 
 
 @router.get("/bookings", response_model=BookingPage, responses=_AUTH)
