@@ -34,6 +34,7 @@ _HTTP_CODES = {
 
 # Documented on every route that can fail with these.
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    415: {"model": ErrorOut, "description": "A JSON body sent as a form or text (`unsupported_media_type`)"},
     422: {"model": ErrorOut, "description": "Validation failed (`validation_error`)"},
     503: {"model": ErrorOut, "description": "Database unreachable (`database_unavailable`)"},
 }
@@ -65,11 +66,21 @@ async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _sent_as_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return not media_type or media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
     if any(err["type"] == "json_invalid" for err in errors):
         return error_response(400, "invalid_json", "The request body is not valid JSON")
+    if not _sent_as_json(request) and any(err["loc"] == ["body"] for err in errors):
+        # e.g. `curl -d '{...}'` without -H: the body arrives as a form, not as JSON.
+        return error_response(
+            415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'"
+        )
     names = [".".join(str(p) for p in err["loc"][1:]) or "body" for err in errors]
     fields = ", ".join(dict.fromkeys(names))  # each field once, in order
     return error_response(
@@ -139,7 +150,11 @@ def create_app(title: str, routers: Iterable[APIRouter], description: str = "") 
     """Build an app from routers; the same routers serve a Lambda function or the local router."""
     configure_logging()
     # No 307 to the slash-less path: an unknown path is a JSON 404 like everything else.
-    app = FastAPI(title=title, description=description, version="0.1.0", redirect_slashes=False)
+    # strict_content_type=False: a JSON body without a Content-Type header is read as JSON
+    # (FastAPI's strict default guards cookie sessions against CSRF; tokens here are bearer).
+    app = FastAPI(
+        title=title, description=description, version="0.1.0", redirect_slashes=False, strict_content_type=False
+    )
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(AppError, _on_app_error)

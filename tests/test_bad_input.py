@@ -35,6 +35,21 @@ def test_malformed_json(client: Client, world: dict[str, Any]) -> None:
         _check(r, 400, "invalid_json")
 
 
+def test_json_without_a_content_type_is_read_as_json(client: Client, world: dict[str, Any]) -> None:
+    r = client.request("POST", "/bookings", content=f'{{"event_id": {world["event"]["id"]}}}'.encode(),
+                       token=world["cust"])
+    assert r.status_code == 201, r.text
+
+
+def test_json_sent_as_a_form_is_refused_with_415(client: Client, world: dict[str, Any]) -> None:
+    # What `curl -d '{"event_id": 1}'` sends when -H 'Content-Type: application/json' is forgotten
+    body = f'{{"event_id": {world["event"]["id"]}}}'.encode()
+    for media_type in ("application/x-www-form-urlencoded", "text/plain"):
+        r = client.request("POST", "/bookings", content=body, headers={"content-type": media_type},
+                           token=world["cust"])
+        _check(r, 415, "unsupported_media_type")
+
+
 @pytest.mark.parametrize(
     "body",
     [
