@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from shared import clock
 from shared.claims import CLAIM_CTE, claim
-from shared.db import connection
+from shared.db import Connection, connection
 from shared.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
 from shared.idempotency import Claim, completion_cte
 from shared.outbox import publish_committed
@@ -117,6 +117,10 @@ SELECT req.seq, booking.*, notification.id AS outbox_id
 """
 
 
+class BatchNotWritten(Exception):
+    """A batch failed before its COMMIT: nothing was written, each request may go alone."""
+
+
 def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
@@ -124,50 +128,63 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
     (first fit: a later, smaller request may still fit). A request not granted, or a whole
     batch on an event that is missing, cancelled or capped lower, gets ``None``: the caller
     sends it down the one-request path (:func:`book`), which decides it exactly and says why.
-    Any database error aborts the batch with nothing written, and the caller does the same.
+
+    Raises :class:`BatchNotWritten` for a failure before COMMIT (the caller may then try
+    each request alone). A failure AT commit is raised as it is: the outcome is unknown,
+    so retrying here could book twice.
     """
-    with connection() as conn:
-        with conn.transaction():
-            event = conn.execute(
-                """SELECT status, available_tickets,
-                          coalesce(max_tickets_per_booking, %s) AS max_quantity
-                     FROM events WHERE id = %s FOR NO KEY UPDATE""",
-                (default_max, event_id),
-            ).fetchone()
-            if event is None or event["status"] != "active":
-                return [None] * len(items)
-            left = event["available_tickets"]
-            granted: list[int] = []
-            for seq, item in enumerate(items):
-                if item.quantity <= min(left, event["max_quantity"]):
-                    granted.append(seq)
-                    left -= item.quantity
-            if not granted:
-                return [None] * len(items)
-            chosen = [items[seq] for seq in granted]
-            with unknown_user_is_401():
-                rows = conn.execute(
-                    BOOK_BATCH_SQL,
-                    {
-                        "event_id": event_id,
-                        "total": event["available_tickets"] - left,
-                        "seq": granted,
-                        "user_ids": [i.user_id for i in chosen],
-                        "quantities": [i.quantity for i in chosen],
-                        "idem_user_ids": [i.idempotency.user_id if i.idempotency else None for i in chosen],
-                        "idem_keys": [i.idempotency.key if i.idempotency else None for i in chosen],
-                        "idem_owners": [i.idempotency.owner if i.idempotency else None for i in chosen],
-                    },
-                ).fetchall()
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        for row in rows:
-            seq = row.pop("seq")
-            results[seq] = row
-            claim = items[seq].idempotency
-            if claim is not None:
-                claim.completed = True  # by the batch statement's idem CTE
-        publish_committed(conn, [row["outbox_id"] for row in rows])
+    committing = False
+    try:
+        with connection() as conn:
+            with conn.transaction():
+                rows = _write_batch(conn, event_id, items, default_max)
+                committing = True
+            # Committed.
+            results: list[dict[str, Any] | None] = [None] * len(items)
+            for row in rows:
+                seq = row.pop("seq")
+                results[seq] = row
+                claim = items[seq].idempotency
+                if claim is not None:
+                    claim.completed = True  # by the batch statement's idem CTE
+            publish_committed(conn, [row["outbox_id"] for row in rows])  # never raises
+    except Exception as exc:
+        if not committing:
+            raise BatchNotWritten(str(exc)) from exc
+        raise
     return results
+
+
+def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any]]:
+    event = conn.execute(
+        """SELECT status, available_tickets, coalesce(max_tickets_per_booking, %s) AS max_quantity
+             FROM events WHERE id = %s FOR NO KEY UPDATE""",
+        (default_max, event_id),
+    ).fetchone()
+    if event is None or event["status"] != "active":
+        return []
+    left = event["available_tickets"]
+    granted: list[int] = []
+    for seq, item in enumerate(items):
+        if item.quantity <= min(left, event["max_quantity"]):
+            granted.append(seq)
+            left -= item.quantity
+    if not granted:
+        return []
+    chosen = [items[seq] for seq in granted]
+    return conn.execute(
+        BOOK_BATCH_SQL,
+        {
+            "event_id": event_id,
+            "total": event["available_tickets"] - left,
+            "seq": granted,
+            "user_ids": [i.user_id for i in chosen],
+            "quantities": [i.quantity for i in chosen],
+            "idem_user_ids": [i.idempotency.user_id if i.idempotency else None for i in chosen],
+            "idem_keys": [i.idempotency.key if i.idempotency else None for i in chosen],
+            "idem_owners": [i.idempotency.owner if i.idempotency else None for i in chosen],
+        },
+    ).fetchall()
 
 
 def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> dict[str, Any]:

@@ -10,8 +10,11 @@ lone booking waits for nothing.
 
 Each request still gets its own booking and its own answer. A request the batch does not
 grant (not enough tickets left for it, an event that is missing or cancelled, a database
-error) runs the ordinary one-request path, which decides it exactly and says why; so
-sold-out stays exact and every refusal reads as before.
+error before COMMIT) runs the ordinary one-request path, which decides it exactly and
+says why; so sold-out stays exact and every refusal reads as before. A failure AT commit
+is never retried (the bookings may exist): those requests hear 503, and a keyed retry
+learns the outcome. A request whose client went away before its turn is dropped unbooked;
+one that waited ``BOOKING_LANE_WAIT_SECONDS`` hears 503 ``contention``, unbooked.
 
 Lanes live on the server's event loop; the batch runs on a worker thread. Under Lambda
 (one request per environment) nothing is coalesced.
@@ -20,8 +23,10 @@ Lanes live on the server's event loop; the batch runs on a worker thread. Under 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared import bookings, metrics
 from shared.errors import ServiceUnavailable
-from shared.idempotency import Claim
+from shared.idempotency import Claim, release
 from shared.settings import get_settings, running_in_lambda
 
 log = logging.getLogger("shared.coalescing")
@@ -39,12 +44,25 @@ def enabled() -> bool:
     return get_settings().booking_coalesce and not running_in_lambda()
 
 
+_Waiter = tuple[bookings.BatchItem, "asyncio.Future[dict[str, Any] | None]", float]
+"""A booking in a lane: what it asks, where its answer goes, when it stops waiting."""
+
+
 @dataclass
 class _Lane:
     """Bookings of one event waiting for the next transaction; ``busy`` while one runs."""
 
-    waiting: list[tuple[bookings.BatchItem, asyncio.Future[dict[str, Any] | None]]] = field(default_factory=list)
+    waiting: list[_Waiter] = field(default_factory=list)
     busy: bool = False
+
+
+def _outcome_unknown() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "database_unavailable",
+        "The database failed while committing this booking; retry with the same Idempotency-Key "
+        "to learn whether it was made",
+        retry_after=2,
+    )
 
 
 class Coalescer:
@@ -52,16 +70,17 @@ class Coalescer:
 
     def __init__(self) -> None:
         self._lanes: dict[int, _Lane] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()  # referenced until done
 
     async def book(
         self, *, user_id: int, event_id: int, quantity: int, default_max: int, idempotency: Claim | None = None
     ) -> dict[str, Any]:
         """Book like :func:`shared.bookings.book`, sharing a transaction with concurrent bookings."""
+        loop = asyncio.get_running_loop()
         item = bookings.BatchItem(user_id=user_id, quantity=quantity, idempotency=idempotency)
-        done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         lane = self._lanes.setdefault(event_id, _Lane())
-        lane.waiting.append((item, done))
+        lane.waiting.append((item, done, loop.time() + get_settings().booking_lane_wait_seconds))
         if not lane.busy:
             lane.busy = True
             task = asyncio.create_task(self._drain(event_id, lane, default_max))
@@ -81,39 +100,46 @@ class Coalescer:
 
     async def _drain(self, event_id: int, lane: _Lane, default_max: int) -> None:
         """Run the lane's transactions one after another until nobody is waiting."""
-        batch: list[tuple[bookings.BatchItem, asyncio.Future[dict[str, Any] | None]]] = []
+        loop = asyncio.get_running_loop()
         try:
             while lane.waiting:
                 limit = get_settings().booking_batch_max
-                batch, lane.waiting = lane.waiting[:limit], lane.waiting[limit:]
-                if len(batch) == 1:  # alone: the one-statement path is cheaper than a batch
-                    await self._book_alone(event_id, default_max, *batch[0])
-                    batch = []
+                taken, lane.waiting = lane.waiting[:limit], lane.waiting[limit:]
+                now = loop.time()
+                batch = [w for w in taken if self._still_waiting(w, now)]
+                if not batch:
                     continue
-                items = [item for item, _ in batch]
-                try:
-                    rows = await run_in_threadpool(
-                        bookings.book_batch, event_id=event_id, items=items, default_max=default_max
+                if len(batch) == 1:  # alone: the one-statement path is cheaper than a batch
+                    item, done, _ = batch[0]
+                    work = self._start(
+                        functools.partial(
+                            bookings.book,
+                            user_id=item.user_id,
+                            event_id=event_id,
+                            quantity=item.quantity,
+                            default_max=default_max,
+                            idempotency=item.idempotency,
+                        ),
+                        functools.partial(_answer_alone, done),
                     )
-                except Exception:
-                    # Nothing was written; each request retries alone and meets the error itself.
-                    log.warning("coalesced booking batch failed; booking one by one", exc_info=True)
-                    rows = [None] * len(batch)
-                metrics.booking_batch(len(batch))
-                for (_, done), row in zip(batch, rows, strict=True):
-                    if not done.done():
-                        done.set_result(row)
-                batch = []
+                else:
+                    metrics.booking_batch(len(batch))
+                    work = self._start(
+                        functools.partial(
+                            bookings.book_batch,
+                            event_id=event_id,
+                            items=[item for item, _, _ in batch],
+                            default_max=default_max,
+                        ),
+                        functools.partial(_answer_batch, [done for _, done, _ in batch]),
+                    )
+                # The callbacks answer even if this task is cancelled meanwhile: a thread
+                # that commits bookings must not leave their requesters without an answer.
+                await asyncio.wait([work])
         finally:
-            # Only when cancelled (the loop shutting down). The batch in flight may have
-            # committed: its requests hear 503 (a keyed retry replays the answer); those
-            # still waiting never reached the database and go the one-request way.
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(
-                        ServiceUnavailable("shutting_down", "The server stopped while booking; retry")
-                    )
-            for _, done in lane.waiting:
+            # Only reached with bookings still waiting when cancelled (the loop shutting
+            # down): they never reached the database and go the one-request way.
+            for _, done, _ in lane.waiting:
                 if not done.done():
                     done.set_result(None)
             lane.waiting = []
@@ -121,26 +147,59 @@ class Coalescer:
             if self._lanes.get(event_id) is lane:
                 del self._lanes[event_id]
 
+    def _start(
+        self, call: Callable[[], Any], answer: Callable[[asyncio.Future[Any]], None]
+    ) -> asyncio.Future[Any]:
+        """Run ``call`` on a worker thread; ``answer`` hands out its outcome when it ends."""
+        work = asyncio.ensure_future(run_in_threadpool(call))
+        self._tasks.add(work)
+        work.add_done_callback(self._tasks.discard)
+        work.add_done_callback(answer)
+        return work
 
-    @staticmethod
-    async def _book_alone(
-        event_id: int, default_max: int, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None]
-    ) -> None:
-        try:
-            row = await run_in_threadpool(
-                bookings.book,
-                user_id=item.user_id,
-                event_id=event_id,
-                quantity=item.quantity,
-                default_max=default_max,
-                idempotency=item.idempotency,
+    def _still_waiting(self, waiter: _Waiter, now: float) -> bool:
+        """Drop requests that went away; refuse, unbooked, those that waited too long."""
+        item, done, deadline = waiter
+        if done.done():  # cancelled: the client went away or the server is stopping
+            if item.idempotency is not None:  # it never reached the database: free its key
+                self._start(functools.partial(release, item.idempotency), lambda _: None)
+            return False
+        if now > deadline:
+            done.set_exception(
+                ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
             )
-        except Exception as exc:  # the request's own answer (sold_out, 503...), raised where it waits
+            return False
+        return True
+
+
+def _answer_alone(done: asyncio.Future[dict[str, Any] | None], work: asyncio.Future[Any]) -> None:
+    if done.done():
+        return
+    if work.cancelled():
+        done.set_exception(_outcome_unknown())
+    elif (exc := work.exception()) is not None:
+        done.set_exception(exc)  # the request's own answer: sold_out, 503, ...
+    else:
+        done.set_result(work.result())
+
+
+def _answer_batch(waiting: list[asyncio.Future[dict[str, Any] | None]], work: asyncio.Future[Any]) -> None:
+    exc = None if work.cancelled() else work.exception()
+    if isinstance(exc, bookings.BatchNotWritten):
+        # Nothing was written; each request tries alone and meets the error itself.
+        log.warning("coalesced booking batch failed before commit; booking one by one", exc_info=exc)
+        rows: list[dict[str, Any] | None] = [None] * len(waiting)
+    elif work.cancelled() or exc is not None:
+        log.error("coalesced booking batch failed at commit; outcome unknown", exc_info=exc)
+        for done in waiting:
             if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(row)
+                done.set_exception(_outcome_unknown())
+        return
+    else:
+        rows = work.result()
+    for done, row in zip(waiting, rows, strict=True):
+        if not done.done():
+            done.set_result(row)
 
 
 _coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer] = weakref.WeakKeyDictionary()

@@ -11,6 +11,7 @@ commit by then.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -137,6 +138,11 @@ def _finish(claim: Claim, status: int | None, body: dict[str, Any] | None) -> No
             )
 
 
+def release(claim: Claim) -> None:
+    """Free a key whose request is known never to have reached the booking statement."""
+    _finish(claim, None, None)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
@@ -206,6 +212,10 @@ async def run_async(
         return claimed[0], claimed[1]
     try:
         body = await action(claimed)
+    except asyncio.CancelledError:
+        # The request went away, but a worker thread may still be booking it: keep the key
+        # claimed (that booking's statement completes it) until locked_until frees it.
+        raise
     except BaseException as err:
         await run_in_threadpool(_settle_failure, claimed, err)
         raise

@@ -235,10 +235,10 @@ def publish_committed(conn: Connection, outbox_ids: Sequence[int]) -> bool:
     """
     if not outbox_ids or time.monotonic() < _paused_until:
         return False
-    if get_settings().outbox_publish == "background" and not running_in_lambda():
-        _background.submit(outbox_ids)
-        return True
     try:
+        if get_settings().outbox_publish == "background" and not running_in_lambda():
+            _background.submit(outbox_ids)  # may fail to start its thread: caught below
+            return True
         rows = conn.execute(_PENDING_ROWS, (list(outbox_ids),)).fetchall()
         return _publish_rows(conn, rows) if rows else False
     except Exception:  # the change is committed: a publish problem must not fail the request

@@ -53,13 +53,17 @@ class Settings(BaseSettings):
     # (shared/coalescing.py); Lambda (one request per environment) never does.
     booking_coalesce: bool = True
     booking_batch_max: int = Field(default=128, ge=1, description="bookings per coalesced transaction")
+    booking_lane_wait_seconds: float = Field(
+        default=5.0, gt=0, description="a booking waiting this long for its turn gets 503 contention, unbooked"
+    )
 
     # Seat holds and idempotency keys (booking depth).
     hold_ttl_seconds: int = Field(default=600, ge=1, description="default hold lifetime")
     hold_ttl_max_seconds: int = Field(default=3600, ge=1)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
-    # Longer than pool timeout + statement timeout: a claim this old cannot still commit.
-    idempotency_lock_seconds: int = Field(default=60, ge=1)
+    # Longer than any booking can take (lane wait + a batch + the one-request path, each
+    # bounded by the pool and statement timeouts): a claim this old cannot still commit.
+    idempotency_lock_seconds: int = Field(default=120, ge=1)
 
     # Operations (issue 6): logs and rate limits. A limit is "COUNT/SECONDS".
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

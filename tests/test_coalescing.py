@@ -193,12 +193,7 @@ def _book_all(requests: list[tuple[int, int]], event_id: int) -> list[Any]:
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(*(one(u, q) for u, q in requests))
 
-    # Not asyncio.run: it would leave the main thread without the event loop Mangum uses.
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(all_at_once())
-    finally:
-        loop.close()
+    return _run(all_at_once())  # type: ignore[no-any-return]
 
 
 def test_an_unknown_user_fails_alone_not_the_whole_batch(http_client: HttpClient, sql: Any) -> None:
@@ -235,3 +230,125 @@ def test_lambda_never_coalesces(monkeypatch: pytest.MonkeyPatch) -> None:
     assert coalescing.enabled()
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "booking")
     assert not coalescing.enabled()
+
+
+# -- failures: never book twice, never leave a request without an answer --------------------
+
+
+def test_a_failure_after_commit_is_not_retried(
+    http_client: HttpClient, sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch whose work fails after its COMMIT (outcome unknown to the server)
+    _, org = account(http_client, "organizer")
+    user, _ = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=50)
+    real = bookings.publish_committed
+
+    def fails_for_batches(conn: Any, outbox_ids: list[int]) -> bool:
+        if len(outbox_ids) > 1:
+            raise RuntimeError("lost after commit")
+        return real(conn, outbox_ids)
+
+    monkeypatch.setattr(bookings, "publish_committed", fails_for_batches)
+
+    results = _book_all([(user["id"], 1)] * 8, event["id"])
+
+    # THEN nobody is booked twice: the batch's requests hear 503, the rest their booking
+    made = [r for r in results if isinstance(r, dict)]
+    unknown = [r for r in results if isinstance(r, AppError)]
+    assert unknown and all((e.status_code, e.code) == (503, "database_unavailable") for e in unknown)
+    assert _event_totals(sql, event["id"])["rows"] == len(made) + len(unknown) == 8
+
+
+class _RowLock:
+    """Holds an event's row lock from another connection, so its lane's first booking blocks."""
+
+    def __init__(self, database: str, event_id: int) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(database)
+        self.conn.execute("SELECT 1 FROM events WHERE id = %s FOR UPDATE", (event_id,))
+
+    def release(self) -> None:
+        self.conn.commit()
+        self.conn.close()
+
+
+def _run(coro: Any) -> Any:
+    """Not asyncio.run: it would leave the main thread without the event loop Mangum uses."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def test_a_request_gone_before_its_turn_is_not_booked_and_frees_its_key(
+    http_client: HttpClient, sql: Any, database: str
+) -> None:
+    _, org = account(http_client, "organizer")
+    first, _ = account(http_client, "customer")
+    gone, _ = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=50)
+    key = f"gone-{uuid.uuid4().hex}"
+    claim = idempotency._begin(gone["id"], key, "fingerprint")
+    assert isinstance(claim, idempotency.Claim)
+    lock = _RowLock(database, event["id"])
+
+    async def scenario() -> Any:
+        lanes = coalescing.Coalescer()
+        ahead = asyncio.create_task(lanes.book(user_id=first["id"], event_id=event["id"], quantity=1, default_max=10))
+        await asyncio.sleep(0.3)  # `ahead` is on a worker thread, waiting for the row lock
+        behind = asyncio.create_task(
+            lanes.book(user_id=gone["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=claim)
+        )
+        await asyncio.sleep(0.1)
+        behind.cancel()  # its client disconnects while it waits in the lane
+        lock.release()
+        booked = await ahead
+        for _ in range(100):  # the lane drains and frees the key on a worker thread
+            if sql.execute("SELECT 1 FROM idempotency_keys WHERE key = %s", (key,)).fetchone() is None:
+                break
+            await asyncio.sleep(0.05)
+        return booked
+
+    booked = _run(scenario())
+
+    assert booked["user_id"] == first["id"]
+    rows = sql.execute("SELECT user_id FROM bookings WHERE event_id = %s", (event["id"],)).fetchall()
+    assert rows == [{"user_id": first["id"]}]
+    assert sql.execute("SELECT 1 FROM idempotency_keys WHERE key = %s", (key,)).fetchone() is None
+
+
+def test_a_request_that_waits_too_long_hears_503_unbooked(
+    http_client: HttpClient, sql: Any, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "booking_lane_wait_seconds", 0.2)
+    _, org = account(http_client, "organizer")
+    user, _ = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=50)
+    lock = _RowLock(database, event["id"])
+
+    async def scenario() -> list[Any]:
+        lanes = coalescing.Coalescer()
+
+        async def one() -> Any:
+            try:
+                return await lanes.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10)
+            except AppError as err:
+                return err
+
+        ahead = asyncio.create_task(one())
+        await asyncio.sleep(0.1)
+        behind = [asyncio.create_task(one()) for _ in range(3)]
+        await asyncio.sleep(0.5)  # past their wait limit, still behind the locked booking
+        lock.release()
+        return [await ahead] + [await b for b in behind]
+
+    ahead, *behind = _run(scenario())
+
+    assert isinstance(ahead, dict)
+    assert [(e.status_code, e.code) for e in behind] == [(503, "contention")] * 3
+    assert _event_totals(sql, event["id"])["rows"] == 1
