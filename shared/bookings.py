@@ -138,7 +138,7 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
         with connection() as conn:
             with conn.transaction():
                 rows = _write_batch(conn, event_id, items, default_max)
-                committing = True
+                committing = bool(rows)  # a COMMIT that wrote nothing may fail harmlessly
             # Committed.
             results: list[dict[str, Any] | None] = [None] * len(items)
             for row in rows:

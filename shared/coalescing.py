@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared import bookings, metrics
 from shared.errors import ServiceUnavailable
-from shared.idempotency import Claim, release
+from shared.idempotency import Claim, release, settle_failure
 from shared.settings import get_settings, running_in_lambda
 
 log = logging.getLogger("shared.coalescing")
@@ -59,10 +59,18 @@ class _Lane:
 def _outcome_unknown() -> ServiceUnavailable:
     return ServiceUnavailable(
         "database_unavailable",
-        "The database failed while committing this booking; retry with the same Idempotency-Key "
-        "to learn whether it was made",
+        "The database failed while committing; the booking may have been made (see GET /bookings). "
+        "A retry with the same Idempotency-Key replays it if so",
         retry_after=2,
     )
+
+
+class _Unknown:
+    """The outcome of a batch that failed at COMMIT (or was cut off): its bookings may exist."""
+
+
+UNKNOWN = _Unknown()
+_Outcome = dict[str, Any] | None | BaseException | _Unknown
 
 
 class Coalescer:
@@ -87,8 +95,12 @@ class Coalescer:
             self._tasks.add(task)  # a task nobody references may be collected mid-run
             task.add_done_callback(self._tasks.discard)
         row = await done
-        if row is None:  # not granted in a batch: the one-request path decides
-            row = await run_in_threadpool(
+        if row is not None:
+            return row
+        # Not granted in a batch: the one-request path decides. Shielded, so a request
+        # that goes away meanwhile still gets its key settled when the booking ends.
+        work = self._start(
+            functools.partial(
                 bookings.book,
                 user_id=user_id,
                 event_id=event_id,
@@ -96,7 +108,13 @@ class Coalescer:
                 default_max=default_max,
                 idempotency=idempotency,
             )
-        return row
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if not work.done():
+                work.add_done_callback(functools.partial(self._settle_abandoned, item))
+            raise
 
     async def _drain(self, event_id: int, lane: _Lane, default_max: int) -> None:
         """Run the lane's transactions one after another until nobody is waiting."""
@@ -106,100 +124,124 @@ class Coalescer:
                 limit = get_settings().booking_batch_max
                 taken, lane.waiting = lane.waiting[:limit], lane.waiting[limit:]
                 now = loop.time()
-                batch = [w for w in taken if self._still_waiting(w, now)]
+                batch = [(i, d) for i, d, deadline in taken if self._still_waiting(i, d, deadline, now)]
                 if not batch:
                     continue
                 if len(batch) == 1:  # alone: the one-statement path is cheaper than a batch
-                    item, done, _ = batch[0]
-                    work = self._start(
-                        functools.partial(
-                            bookings.book,
-                            user_id=item.user_id,
-                            event_id=event_id,
-                            quantity=item.quantity,
-                            default_max=default_max,
-                            idempotency=item.idempotency,
-                        ),
-                        functools.partial(_answer_alone, done),
+                    item, done = batch[0]
+                    call: Callable[[], Any] = functools.partial(
+                        bookings.book,
+                        user_id=item.user_id,
+                        event_id=event_id,
+                        quantity=item.quantity,
+                        default_max=default_max,
+                        idempotency=item.idempotency,
                     )
+                    work = self._start(call, functools.partial(self._answer_alone, item, done))
                 else:
-                    metrics.booking_batch(len(batch))
-                    work = self._start(
-                        functools.partial(
-                            bookings.book_batch,
-                            event_id=event_id,
-                            items=[item for item, _, _ in batch],
-                            default_max=default_max,
-                        ),
-                        functools.partial(_answer_batch, [done for _, done, _ in batch]),
+                    call = functools.partial(
+                        bookings.book_batch, event_id=event_id, items=[i for i, _ in batch], default_max=default_max
                     )
+                    work = self._start(call, functools.partial(self._answer_batch, batch))
+                    metrics.booking_batch(len(batch))
                 # The callbacks answer even if this task is cancelled meanwhile: a thread
                 # that commits bookings must not leave their requesters without an answer.
                 await asyncio.wait([work])
         finally:
             # Only reached with bookings still waiting when cancelled (the loop shutting
             # down): they never reached the database and go the one-request way.
-            for _, done, _ in lane.waiting:
-                if not done.done():
-                    done.set_result(None)
+            for item, done, _ in lane.waiting:
+                self._deliver(item, done, None)
             lane.waiting = []
             lane.busy = False
             if self._lanes.get(event_id) is lane:
                 del self._lanes[event_id]
 
     def _start(
-        self, call: Callable[[], Any], answer: Callable[[asyncio.Future[Any]], None]
+        self, call: Callable[[], Any], answer: Callable[[asyncio.Future[Any]], None] | None = None
     ) -> asyncio.Future[Any]:
         """Run ``call`` on a worker thread; ``answer`` hands out its outcome when it ends."""
         work = asyncio.ensure_future(run_in_threadpool(call))
         self._tasks.add(work)
         work.add_done_callback(self._tasks.discard)
-        work.add_done_callback(answer)
+        work.add_done_callback(answer or _consume)
         return work
 
-    def _still_waiting(self, waiter: _Waiter, now: float) -> bool:
+    def _still_waiting(
+        self, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None], deadline: float, now: float
+    ) -> bool:
         """Drop requests that went away; refuse, unbooked, those that waited too long."""
-        item, done, deadline = waiter
         if done.done():  # cancelled: the client went away or the server is stopping
-            if item.idempotency is not None:  # it never reached the database: free its key
-                self._start(functools.partial(release, item.idempotency), lambda _: None)
+            self._deliver(item, done, None)  # never reached the database: frees its key
             return False
         if now > deadline:
-            done.set_exception(
-                ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
-            )
+            err = ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
+            self._deliver(item, done, err)
             return False
         return True
 
+    def _answer_alone(
+        self, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None], work: asyncio.Future[Any]
+    ) -> None:
+        if work.cancelled():  # the loop is stopping; the thread may still book
+            done.cancel()
+        else:
+            self._deliver(item, done, work.exception() or work.result())
 
-def _answer_alone(done: asyncio.Future[dict[str, Any] | None], work: asyncio.Future[Any]) -> None:
-    if done.done():
-        return
-    if work.cancelled():
-        done.set_exception(_outcome_unknown())
-    elif (exc := work.exception()) is not None:
-        done.set_exception(exc)  # the request's own answer: sold_out, 503, ...
-    else:
-        done.set_result(work.result())
+    def _answer_batch(
+        self, batch: list[tuple[bookings.BatchItem, asyncio.Future[dict[str, Any] | None]]], work: asyncio.Future[Any]
+    ) -> None:
+        if work.cancelled():  # the loop is stopping; the thread may still commit
+            for _, done in batch:
+                done.cancel()
+            return
+        exc = work.exception()
+        outcomes: list[_Outcome]
+        if isinstance(exc, bookings.BatchNotWritten):
+            # Nothing was written; each request tries alone and meets the error itself.
+            log.warning("coalesced booking batch failed before commit; booking one by one", exc_info=exc)
+            outcomes = [None] * len(batch)
+        elif exc is not None:
+            log.error("coalesced booking batch failed at commit; outcome unknown", exc_info=exc)
+            outcomes = [UNKNOWN] * len(batch)
+        else:
+            outcomes = list(work.result())
+        for (item, done), outcome in zip(batch, outcomes, strict=True):
+            self._deliver(item, done, outcome)
+
+    def _deliver(
+        self, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None], outcome: _Outcome
+    ) -> None:
+        """Hand a request its outcome; if it went away, settle its key in its place."""
+        if done.done():
+            self._settle_for_gone(item, outcome)
+        elif isinstance(outcome, _Unknown):
+            done.set_exception(_outcome_unknown())
+        elif isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+    def _settle_for_gone(self, item: bookings.BatchItem, outcome: _Outcome) -> None:
+        """Do for a request that went away what it would have done with its outcome's key."""
+        claim = item.idempotency
+        if claim is None or isinstance(outcome, _Unknown | dict):
+            return  # no key; or the statement that booked it completed the key (or may have)
+        if outcome is None:  # never booked: the key is free for a retry
+            self._start(functools.partial(release, claim))
+        else:  # the refusal (stored) or failure (key freed) it would have heard
+            self._start(functools.partial(settle_failure, claim, outcome))
+
+    def _settle_abandoned(self, item: bookings.BatchItem, work: asyncio.Future[Any]) -> None:
+        """The one-request path ended after its requester went away."""
+        if not work.cancelled() and (exc := work.exception()) is not None:
+            self._settle_for_gone(item, exc)
 
 
-def _answer_batch(waiting: list[asyncio.Future[dict[str, Any] | None]], work: asyncio.Future[Any]) -> None:
-    exc = None if work.cancelled() else work.exception()
-    if isinstance(exc, bookings.BatchNotWritten):
-        # Nothing was written; each request tries alone and meets the error itself.
-        log.warning("coalesced booking batch failed before commit; booking one by one", exc_info=exc)
-        rows: list[dict[str, Any] | None] = [None] * len(waiting)
-    elif work.cancelled() or exc is not None:
-        log.error("coalesced booking batch failed at commit; outcome unknown", exc_info=exc)
-        for done in waiting:
-            if not done.done():
-                done.set_exception(_outcome_unknown())
-        return
-    else:
-        rows = work.result()
-    for done, row in zip(waiting, rows, strict=True):
-        if not done.done():
-            done.set_result(row)
+def _consume(work: asyncio.Future[Any]) -> None:
+    """Log a background step's failure (freeing or settling a key) instead of losing it."""
+    if not work.cancelled() and work.exception() is not None:
+        log.error("settling an idempotency key in the background failed", exc_info=work.exception())
 
 
 _coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer] = weakref.WeakKeyDictionary()

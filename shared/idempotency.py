@@ -158,7 +158,7 @@ def _begin(user_id: int, key: str, request_fingerprint: str) -> Claim | tuple[di
     return body, status
 
 
-def _settle_failure(claim: Claim, err: BaseException) -> None:
+def settle_failure(claim: Claim, err: BaseException) -> None:
     """A refusal (4xx) is the key's answer; anything else frees the key for a retry."""
     if isinstance(err, AppError) and err.status_code < 500:
         _finish(claim, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
@@ -186,7 +186,7 @@ def run(
     try:
         body = action(claimed)
     except BaseException as err:
-        _settle_failure(claimed, err)
+        settle_failure(claimed, err)
         raise
     if not claimed.completed:
         _finish(claimed, success_status(), body)
@@ -217,7 +217,7 @@ async def run_async(
         # claimed (that booking's statement completes it) until locked_until frees it.
         raise
     except BaseException as err:
-        await run_in_threadpool(_settle_failure, claimed, err)
+        await run_in_threadpool(settle_failure, claimed, err)
         raise
     if not claimed.completed:
         await run_in_threadpool(_finish, claimed, success_status(), body)

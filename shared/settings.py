@@ -61,9 +61,11 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=1, description="default hold lifetime")
     hold_ttl_max_seconds: int = Field(default=3600, ge=1)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
-    # Longer than any booking can take (lane wait + a batch + the one-request path, each
-    # bounded by the pool and statement timeouts): a claim this old cannot still commit.
-    idempotency_lock_seconds: int = Field(default=120, ge=1)
+    # Longer than any booking can take, so a claim this old cannot still commit. Worst case
+    # with the defaults: lane wait 5 s + a batch (pool 5 s + 2 statements of 10 s) + the
+    # one-request path (pool 5 s + up to 3 claims, each statement, diagnosis and reclaim
+    # bounded by 10 s) is about 150 s; 300 s leaves a margin for thread-pool waits.
+    idempotency_lock_seconds: int = Field(default=300, ge=1)
 
     # Operations (issue 6): logs and rate limits. A limit is "COUNT/SECONDS".
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

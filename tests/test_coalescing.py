@@ -235,10 +235,10 @@ def test_lambda_never_coalesces(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- failures: never book twice, never leave a request without an answer --------------------
 
 
-def test_a_failure_after_commit_is_not_retried(
+def test_a_failure_after_commit_is_not_retried_and_a_keyed_retry_replays(
     http_client: HttpClient, sql: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a batch whose work fails after its COMMIT (outcome unknown to the server)
+    # GIVEN keyed requests whose batch fails after its COMMIT (outcome unknown to the server)
     _, org = account(http_client, "organizer")
     user, _ = account(http_client, "customer")
     event = create_event(http_client, org, total_tickets=50)
@@ -250,24 +250,83 @@ def test_a_failure_after_commit_is_not_retried(
         return real(conn, outbox_ids)
 
     monkeypatch.setattr(bookings, "publish_committed", fails_for_batches)
+    keys = [f"unknown-{uuid.uuid4().hex}" for _ in range(8)]
+    claims = [idempotency._begin(user["id"], key, "fp") for key in keys]
+    lanes = coalescing.Coalescer()
 
-    results = _book_all([(user["id"], 1)] * 8, event["id"])
+    async def one(claim: Any) -> Any:
+        try:
+            return await lanes.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10,
+                                    idempotency=claim)
+        except AppError as err:
+            return err
 
-    # THEN nobody is booked twice: the batch's requests hear 503, the rest their booking
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(*(one(c) for c in claims))
+
+    results = _run(all_at_once())
+
+    # THEN nobody is booked twice: the batch's requests hear 503, the rest their booking...
     made = [r for r in results if isinstance(r, dict)]
     unknown = [r for r in results if isinstance(r, AppError)]
     assert unknown and all((e.status_code, e.code) == (503, "database_unavailable") for e in unknown)
     assert _event_totals(sql, event["id"])["rows"] == len(made) + len(unknown) == 8
+    # ...and a retry with the same key learns that its booking was made
+    for key, result in zip(keys, results, strict=True):
+        replay = idempotency._begin(user["id"], key, "fp")
+        assert isinstance(replay, tuple) and replay[1] == 201
+        if isinstance(result, dict):
+            assert replay[0]["id"] == result["id"]
+
+
+def test_a_request_gone_while_booking_alone_still_gets_its_refusal_stored(
+    http_client: HttpClient, sql: Any, database: str
+) -> None:
+    # GIVEN a keyed request for two tickets waiting behind a transaction that takes one of two
+    _, org = account(http_client, "organizer")
+    user, _ = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=2)
+    key = f"gone-{uuid.uuid4().hex}"
+    claim = idempotency._begin(user["id"], key, "fp")
+    assert isinstance(claim, idempotency.Claim)
+    lock = _RowLock(database, event["id"], take=1)
+
+    async def scenario() -> Any:
+        lanes = coalescing.Coalescer()
+        request = asyncio.create_task(
+            lanes.book(user_id=user["id"], event_id=event["id"], quantity=2, default_max=10, idempotency=claim)
+        )
+        await asyncio.sleep(0.2)
+        request.cancel()  # WHEN its client goes away while the booking thread waits
+        lock.release()
+        for _ in range(100):
+            row = sql.execute(
+                "SELECT state, response_status, response_body FROM idempotency_keys WHERE key = %s", (key,)
+            ).fetchone()
+            if row and row["state"] == "done":
+                return row
+            await asyncio.sleep(0.05)
+        return row
+
+    stored = _run(scenario())
+
+    # THEN the refusal it would have heard is stored, so a retry replays it at once
+    assert stored["state"] == "done" and stored["response_status"] == 400
+    assert stored["response_body"]["code"] == "insufficient_tickets"
 
 
 class _RowLock:
     """Holds an event's row lock from another connection, so its lane's first booking blocks."""
 
-    def __init__(self, database: str, event_id: int) -> None:
+    def __init__(self, database: str, event_id: int, take: int = 0) -> None:
         import psycopg
 
         self.conn = psycopg.connect(database)
-        self.conn.execute("SELECT 1 FROM events WHERE id = %s FOR UPDATE", (event_id,))
+        # An UPDATE, not SELECT FOR UPDATE: it is what makes a claim that still sees enough
+        # tickets wait, and ``take`` tickets are gone when it commits.
+        self.conn.execute(
+            "UPDATE events SET available_tickets = available_tickets - %s WHERE id = %s", (take, event_id)
+        )
 
     def release(self) -> None:
         self.conn.commit()
