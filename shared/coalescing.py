@@ -107,7 +107,8 @@ class Coalescer:
                 quantity=quantity,
                 default_max=default_max,
                 idempotency=idempotency,
-            )
+            ),
+            _retrieved,  # its outcome (a refusal too) is this request's, raised below
         )
         try:
             return await asyncio.shield(work)
@@ -236,6 +237,11 @@ class Coalescer:
         """The one-request path ended after its requester went away."""
         if not work.cancelled() and (exc := work.exception()) is not None:
             self._settle_for_gone(item, exc)
+
+
+def _retrieved(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()  # marks it retrieved: asyncio would warn about an unawaited failure
 
 
 def _consume(work: asyncio.Future[Any]) -> None:
