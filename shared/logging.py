@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -66,6 +67,20 @@ _RECORD_ATTRS = frozenset(
 _MAYBE_SECRET = re.compile(r"eyJ|(?i:bearer|basic|pass|secret|token|api[-_]?key)|://")
 
 
+# Every redaction needs a secret-named key or a secret-shaped value, and both appear
+# verbatim in the JSON line: if none of these words (a superset of what _SECRET_KEY and
+# _MAYBE_SECRET match, lowercased) is in the line, nothing in it needs redacting.
+_SENSITIVE_WORDS = (
+    "eyj", "bearer", "basic", "pass", "secret", "token", "api", "://",
+    "authorization", "cookie", "credential", "private", "signature",
+)
+
+
+def _maybe_sensitive(line: str) -> bool:
+    lowered = line.lower()
+    return any(word in lowered for word in _SENSITIVE_WORDS)
+
+
 def redact_text(text: str) -> str:
     """Scrub secrets recognisable by their shape from free text."""
     if not _MAYBE_SECRET.search(text):
@@ -75,17 +90,35 @@ def redact_text(text: str) -> str:
     return text
 
 
+@lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Field names repeat on every line (method, route, status...): decide each once.
+    return bool(_SECRET_KEY.search(key))
+
+
+_PLAIN = (bool, int, float, type(None))
+
+
 def redact(value: Any, key: str = "") -> Any:
-    """A copy of ``value`` with secret-named fields replaced and strings scrubbed."""
-    if key and _SECRET_KEY.search(key):
+    """A copy of ``value`` with secret-named fields replaced and strings scrubbed.
+
+    Runs on every log line (a request line per booking), so the common types are
+    tested first and by exact type.
+    """
+    if key and _is_secret_key(key):
         return REDACTED
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         return [redact(v) for v in value]
-    if isinstance(value, str):
+    if isinstance(value, str):  # a str subclass
         return redact_text(value)
-    if value is None or isinstance(value, bool | int | float):
+    if isinstance(value, _PLAIN):  # an int or bool subclass (enums)
         return value
     return redact_text(str(value))
 
@@ -135,6 +168,12 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
+        try:
+            text = json.dumps(entry, ensure_ascii=False)  # plain JSON types only: the common line
+        except (TypeError, ValueError):
+            text = None  # sets, UUIDs, non-str keys...: the full path renders them
+        if text is not None and not _maybe_sensitive(text):
+            return text  # no secret-like word in any key or value: nothing to redact
         return json.dumps(redact(entry), default=str, ensure_ascii=False)
 
 

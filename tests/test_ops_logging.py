@@ -155,3 +155,29 @@ def test_redaction_by_field_name_and_by_shape(capsys: pytest.CaptureFixture[str]
         "nested": {"client_secret": REDACTED, "ok": 1}}
     assert redact_text("password=abc&user=me") == f"password={REDACTED}&user=me"
 
+
+
+@pytest.mark.parametrize(
+    ("extra", "leak"),
+    [
+        ({"headers": {"Cookie": "session-abc123"}}, "session-abc123"),  # nested secret-named key
+        ({"upstream": "postgresql://app:hunter22@db/x"}, "hunter22"),  # credentials in a URL
+        ({"note": "Bearer abcdef123456"}, "abcdef123456"),
+        ({"ids": {1, 2}, "private_key": "k-987"}, "k-987"),  # a set: rendered by the full path
+    ],
+)
+def test_the_fast_path_never_skips_a_line_that_needs_redacting(
+    extra: dict[str, Any], leak: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    logging.getLogger("ticketing.test").info("plain message", extra=extra)
+    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == "ticketing.test"]
+    assert leak not in json.dumps(line)
+    assert REDACTED in json.dumps(line)
+
+
+def test_a_plain_line_comes_out_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    logging.getLogger("ticketing.test").info("POST /bookings 201", extra={"status": 201, "route": "/bookings"})
+    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == "ticketing.test"]
+    assert (line["message"], line["status"], line["route"]) == ("POST /bookings 201", 201, "/bookings")
