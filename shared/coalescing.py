@@ -69,7 +69,7 @@ class _Unknown:
     """The outcome of a batch that failed at COMMIT (or was cut off): its bookings may exist."""
 
 
-UNKNOWN = _Unknown()
+_UNKNOWN = _Unknown()
 _Outcome = dict[str, Any] | None | BaseException | _Unknown
 
 
@@ -100,14 +100,7 @@ class Coalescer:
         # Not granted in a batch: the one-request path decides. Shielded, so a request
         # that goes away meanwhile still gets its key settled when the booking ends.
         work = self._start(
-            functools.partial(
-                bookings.book,
-                user_id=user_id,
-                event_id=event_id,
-                quantity=quantity,
-                default_max=default_max,
-                idempotency=idempotency,
-            ),
+            _book_alone(item, event_id, default_max),
             _retrieved,  # its outcome (a refusal too) is this request's, raised below
         )
         try:
@@ -130,15 +123,9 @@ class Coalescer:
                     continue
                 if len(batch) == 1:  # alone: the one-statement path is cheaper than a batch
                     item, done = batch[0]
-                    call: Callable[[], Any] = functools.partial(
-                        bookings.book,
-                        user_id=item.user_id,
-                        event_id=event_id,
-                        quantity=item.quantity,
-                        default_max=default_max,
-                        idempotency=item.idempotency,
+                    work = self._start(
+                        _book_alone(item, event_id, default_max), functools.partial(self._answer_alone, item, done)
                     )
-                    work = self._start(call, functools.partial(self._answer_alone, item, done))
                 else:
                     call = functools.partial(
                         bookings.book_batch, event_id=event_id, items=[i for i, _ in batch], default_max=default_max
@@ -204,7 +191,7 @@ class Coalescer:
             outcomes = [None] * len(batch)
         elif exc is not None:
             log.error("coalesced booking batch failed at commit; outcome unknown", exc_info=exc)
-            outcomes = [UNKNOWN] * len(batch)
+            outcomes = [_UNKNOWN] * len(batch)
         else:
             outcomes = list(work.result())
         for (item, done), outcome in zip(batch, outcomes, strict=True):
@@ -237,6 +224,18 @@ class Coalescer:
         """The one-request path ended after its requester went away."""
         if not work.cancelled() and (exc := work.exception()) is not None:
             self._settle_for_gone(item, exc)
+
+
+def _book_alone(item: bookings.BatchItem, event_id: int, default_max: int) -> Callable[[], dict[str, Any]]:
+    """The one-request path (one statement, exact refusals) for one lane item."""
+    return functools.partial(
+        bookings.book,
+        user_id=item.user_id,
+        event_id=event_id,
+        quantity=item.quantity,
+        default_max=default_max,
+        idempotency=item.idempotency,
+    )
 
 
 def _retrieved(work: asyncio.Future[Any]) -> None:
