@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -72,6 +73,26 @@ def _fingerprint(request: Request, key: str | None, body: BaseModel | None) -> s
     return idempotency.fingerprint(request.method, request.url.path, body.model_dump(mode="json") if body else None)
 
 
+def _keyed(request: Request, response: Response, user_id: int, key: str | None, body: BaseModel | None) -> Any:
+    """What idempotency.run / run_async need besides the action."""
+    return {
+        "user_id": user_id,
+        "key": key,
+        "request_fingerprint": _fingerprint(request, key, body),
+        "success_status": lambda: response.status_code or 201,
+    }
+
+
+@contextmanager
+def _replays_counted() -> Iterator[None]:
+    """A stored refusal replays as an exception: count it like any other replay."""
+    try:
+        yield
+    except idempotency.Replayed:
+        metrics.idempotent_replay()
+        raise
+
+
 def _mark_replay(response: Response, replayed_status: int | None) -> None:
     if replayed_status is not None:
         metrics.idempotent_replay()
@@ -88,17 +109,8 @@ def _idempotent(
     action: Callable[[idempotency.Claim | None], dict[str, Any]],
 ) -> dict[str, Any]:
     """Run a creating action once per Idempotency-Key; mark replays in a header."""
-    try:
-        result, replayed_status = idempotency.run(
-            user_id=user_id,
-            key=key,
-            request_fingerprint=_fingerprint(request, key, body),
-            action=action,
-            success_status=lambda: response.status_code or 201,
-        )
-    except idempotency.Replayed:
-        metrics.idempotent_replay()
-        raise
+    with _replays_counted():
+        result, replayed_status = idempotency.run(action=action, **_keyed(request, response, user_id, key, body))
     _mark_replay(response, replayed_status)
     return result
 
@@ -125,17 +137,10 @@ async def _book(
                 return await run_in_threadpool(functools.partial(bookings.book, **what, idempotency=claim))
             return await lanes.book(**what, idempotency=claim)
 
-    try:
+    with _replays_counted():
         result, replayed_status = await idempotency.run_async(
-            user_id=user_id,
-            key=key,
-            request_fingerprint=_fingerprint(request, key, body),
-            action=action,
-            success_status=lambda: response.status_code or 201,
+            action=action, **_keyed(request, response, user_id, key, body)
         )
-    except idempotency.Replayed:
-        metrics.idempotent_replay()
-        raise
     _mark_replay(response, replayed_status)
     return result
 
