@@ -26,7 +26,7 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,15 @@ from shared.settings import get_settings, running_in_lambda
 log = logging.getLogger("shared.coalescing")
 
 
-def enabled() -> bool:
-    return get_settings().booking_coalesce and not running_in_lambda()
+def enabled(scope: Mapping[str, Any] | None = None) -> bool:
+    """Coalesce in long-running servers; never for a request that came as a Lambda event.
+
+    Mangum puts the event in the ASGI scope, so the emulator and the handler tests take
+    the Lambda path too, even where ``AWS_LAMBDA_FUNCTION_NAME`` is not set.
+    """
+    if not get_settings().booking_coalesce or running_in_lambda():
+        return False
+    return scope is None or "aws.event" not in scope
 
 
 _Waiter = tuple[bookings.BatchItem, "asyncio.Future[dict[str, Any] | None]", float]

@@ -232,9 +232,31 @@ def test_lanes_at_sell_out_answer_each_request_exactly(
 
 
 def test_lambda_never_coalesces(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert coalescing.enabled()
+    assert coalescing.enabled({"type": "http"})
+    assert not coalescing.enabled({"type": "http", "aws.event": {}})  # came through Mangum
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "booking")
-    assert not coalescing.enabled()
+    assert not coalescing.enabled({"type": "http"})
+
+
+def test_bookings_sent_as_lambda_events_take_the_one_request_path(
+    http_client: HttpClient, v2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, org = account(http_client, "organizer")
+    _, token = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=5)
+    lanes_used: list[int] = []
+    real = coalescing.Coalescer.book
+
+    async def spy(self: Any, **kwargs: Any) -> Any:
+        lanes_used.append(kwargs["event_id"])
+        return await real(self, **kwargs)
+
+    monkeypatch.setattr(coalescing.Coalescer, "book", spy)
+
+    assert v2.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=token).status_code == 201
+    assert lanes_used == []  # the handler served it the Lambda way
+    assert http_client.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=token).status_code == 201
+    assert lanes_used == [event["id"]]  # the long-running server coalesces
 
 
 # -- failures: never book twice, never leave a request without an answer --------------------

@@ -123,7 +123,7 @@ async def _book(
     Async, so an unkeyed booking in a lane costs no thread-pool hop and a keyed one holds
     no thread while it waits for its transaction.
     """
-    lanes = coalescing.coalescer() if coalescing.enabled() else None
+    lanes = coalescing.coalescer() if coalescing.enabled(request.scope) else None
     what: dict[str, Any] = {
         "user_id": user_id,
         "event_id": body.event_id,
