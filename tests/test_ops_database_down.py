@@ -7,7 +7,6 @@ never restarted. The process-wide settings and pool are restored afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -20,8 +19,8 @@ import pytest
 from local.embedded import Server, start_postgres
 from shared import db
 from shared.migrate import migrate
-from shared.settings import get_settings
 from tests.clients import HttpClient, Response
+from tests.settings_env import restore_env, set_env
 
 POOL_TIMEOUT = 1.0
 
@@ -34,21 +33,13 @@ def own_postgres(database: str) -> Iterator[tuple[Path, Server]]:
     with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE ticketing")
     migrate(url)
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "DB_POOL_TIMEOUT")}
-    os.environ["DATABASE_URL"] = url
-    os.environ["DB_POOL_TIMEOUT"] = str(POOL_TIMEOUT)
     db.close_pool()
-    get_settings.cache_clear()
+    saved = set_env({"DATABASE_URL": url, "DB_POOL_TIMEOUT": str(POOL_TIMEOUT)})
     try:
         yield tmp, server
     finally:
         db.close_pool()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+        restore_env(saved)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

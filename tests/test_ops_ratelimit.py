@@ -15,28 +15,12 @@ import pytest
 from functions.users.routes import router as users_router
 from local.embedded import free_port
 from shared.ratelimit import limiter
-from shared.settings import get_settings
 from shared.web import create_app
 from tests.clients import Client, HttpClient, LambdaClient
 from tests.factories import PASSWORD, account, create_event, register
+from tests.settings_env import restore_env, set_env
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _set_env(values: dict[str, str]) -> dict[str, str | None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    return saved
-
-
-def _restore_env(saved: dict[str, str | None]) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -50,9 +34,9 @@ def limits(database: str) -> Iterator[dict[str, str]]:
         "RATE_LIMIT_BOOKING_PER_USER": "2/60",
         "RATE_LIMIT_BOOKING_PER_IP": "1000/60",
     }
-    saved = _set_env(values)
+    saved = set_env(values)
     yield values
-    _restore_env(saved)
+    restore_env(saved)
 
 
 def _login(client: Client, email: str, password: str = PASSWORD) -> tuple[int, dict[str, str], dict]:  # type: ignore[type-arg]
@@ -131,7 +115,7 @@ def test_nth_plus_one_login_is_refused_across_two_processes(
 
 
 def test_login_limit_per_client_ip(limits: dict[str, str], http_client: HttpClient) -> None:
-    saved = _set_env({"RATE_LIMIT_LOGIN_PER_IP": "2/60"})
+    saved = set_env({"RATE_LIMIT_LOGIN_PER_IP": "2/60"})
     try:
         users = [register(http_client, "customer") for _ in range(3)]
         lambda_client = LambdaClient("v2")  # source IP 127.0.0.1 too, through API Gateway
@@ -139,7 +123,7 @@ def test_login_limit_per_client_ip(limits: dict[str, str], http_client: HttpClie
                     _login(lambda_client, users[1]["email"])[0]]
         status, headers, body = _login(http_client, users[2]["email"])
     finally:
-        _restore_env(saved)
+        restore_env(saved)
     assert statuses == [200, 200]
     assert status == 429 and body["details"]["limit"] == "login_per_ip"
     assert int(headers["retry-after"]) >= 1
@@ -163,13 +147,13 @@ def test_failed_logins_lock_the_account_not_the_others(
 def test_successful_logins_do_not_count_as_failures(
     limits: dict[str, str], http_client: HttpClient
 ) -> None:
-    saved = _set_env({"RATE_LIMIT_LOGIN_PER_ACCOUNT": "100/60"})
+    saved = set_env({"RATE_LIMIT_LOGIN_PER_ACCOUNT": "100/60"})
     try:
         user = register(http_client, "customer")
         successes = [_login(http_client, user["email"])[0] for _ in range(5)]
         failures = [_login(http_client, user["email"], "nope")[0] for _ in range(4)]
     finally:
-        _restore_env(saved)
+        restore_env(saved)
     assert successes == [200] * 5  # a limit of 3 failures would refuse these if they counted
     assert failures == [401, 401, 401, 429]
 
@@ -197,7 +181,7 @@ def test_redis_down_fails_open_quickly(limits: dict[str, str], http_client: Http
     user, token = account(http_client, "customer")
     event = create_event(http_client, organizer, total_tickets=10)
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    saved = _set_env({"REDIS_URL": dead_redis, "RATE_LIMIT_LOGIN_PER_ACCOUNT": "1/60",
+    saved = set_env({"REDIS_URL": dead_redis, "RATE_LIMIT_LOGIN_PER_ACCOUNT": "1/60",
                       "RATE_LIMIT_BOOKING_PER_USER": "1/60"})
     try:
         started = time.monotonic()
@@ -209,7 +193,7 @@ def test_redis_down_fails_open_quickly(limits: dict[str, str], http_client: Http
         ]
         elapsed = time.monotonic() - started
     finally:
-        _restore_env(saved)
+        restore_env(saved)
         limiter.check([])  # no-op; the next real check reconnects to the restored URL
     assert logins == [200, 200, 200]  # limits of 1/60 would refuse if they were enforced
     assert bookings == [201, 201, 201]
