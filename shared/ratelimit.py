@@ -302,8 +302,8 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
     lock the owner out, while each address, the owner's too, stays throttled on its own.
     """
     settings = get_settings()
-    account = _account_key(form.username)
-    pair = _digest(f"{account}|{client_ip(request)}")
+    account, ip = _account_key(form.username), client_ip(request)
+    pair = _digest(f"{account}|{ip}")
     failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
                              settings.rate_limit_failed_login_per_account_ip)
     failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
@@ -311,7 +311,7 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
     known = f"login-known:{pair}"
     enforce([failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here], consume=False)
     enforce([
-        Rule.parse("login_per_ip", f"login-ip:{client_ip(request)}", settings.rate_limit_login_per_ip),
+        Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
         Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
     ])
     try:

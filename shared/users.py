@@ -17,12 +17,13 @@ _USER_COLUMNS = "id, email, name, role, created_at"
 def create_user(*, email: str, password: str, role: str, name: str | None) -> dict[str, Any]:
     """Register; an address equal to or looking like an existing one is ``email_taken``."""
     password_hash = hash_password(password)  # before borrowing a connection: it is slow on purpose
+    key, skeleton = normalize_email(email), email_skeleton(email)
     try:
         with connection() as conn:
             row = conn.execute(
                 f"""INSERT INTO users (email, email_key, email_skeleton, name, password_hash, role)
                     VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_USER_COLUMNS}""",
-                (email, normalize_email(email), email_skeleton(email), name, password_hash, role),
+                (email, key, skeleton, name, password_hash, role),
             ).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict(
