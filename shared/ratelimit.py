@@ -230,7 +230,10 @@ class RateLimiter:
 
     def flag(self, key: str, seconds: int) -> None:
         """Remember ``key`` for ``seconds`` (in Redis, or in this process without it)."""
-        full = f"{get_settings().rate_limit_key_prefix}:{key}"
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return
+        full = f"{settings.rate_limit_key_prefix}:{key}"
         connection = self._redis()
         if connection is not None:
             try:
@@ -241,7 +244,10 @@ class RateLimiter:
         self.local.flag(full, seconds)
 
     def flagged(self, key: str) -> bool:
-        full = f"{get_settings().rate_limit_key_prefix}:{key}"
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return False
+        full = f"{settings.rate_limit_key_prefix}:{key}"
         connection = self._redis()
         if connection is not None:
             try:

@@ -68,6 +68,9 @@ def test_no_number_of_failures_from_elsewhere_locks_the_owner_out(limits: None) 
     assert status == 429 and body["details"]["limit"] == "failed_login_per_account"
     # ...but the owner's own address is not.
     assert login_from(OWNER_IP, user["email"])[0] == 200
+    # Exempt from the account-wide limit is not exempt from counting: its own typos still add up.
+    statuses = [login_from(OWNER_IP, user["email"], "typo")[0] for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
 
 
 def test_the_owners_address_is_still_throttled_on_its_own(limits: None) -> None:
