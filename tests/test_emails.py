@@ -154,3 +154,20 @@ def test_migration_backfills_keys_and_sets_aside_look_alike_duplicates(database_
         key = conn.execute("SELECT email_key FROM users WHERE email = %s", ("Stra\u00dfe@x.io",)).fetchone()
     assert key == ("strasse@x.io",)
     assert rekey(database_before_0005) == (0, 2)  # idempotent
+
+
+def test_racing_look_alike_registrations_leave_exactly_one_account(http_client: Client, sql) -> None:  # type: ignore[no-untyped-def]
+    """The unique indexes decide, not a read-then-write check: 16 spellings at once, one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = f"race-{uuid.uuid4().hex[:6]}"
+    spellings = [local.upper(), local.title(), local.replace("a", "\u0430"), local.replace("e", "\u0435"),
+                 "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in local)]
+    spellings += [local[:i] + local[i].upper() + local[i + 1:] for i in range(len(local)) if local[i].isalpha()]
+    spellings = list(dict.fromkeys(spellings))[:16]
+    bodies = [{"email": f"{s}@test.com", "password": PASSWORD, "role": "customer"} for s in spellings]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = list(pool.map(lambda b: http_client.request("POST", "/users", json_body=b).status_code, bodies))
+    assert sorted(statuses) == [201] + [409] * (len(bodies) - 1), statuses
+    skeleton = email_skeleton(f"{local}@test.com")
+    assert sql.execute("SELECT count(*) AS n FROM users WHERE email_skeleton = %s", (skeleton,)).fetchone()["n"] == 1
