@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     # argon2id cost; tests lower it so fixtures that create many users stay fast.
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65536, ge=8)
-    password_min_length: int = Field(default=3, ge=1)
+    password_min_length: int = Field(default=8, ge=1)
+    # Refuse the 30,000 most common passwords. Only a development stack may turn it off
+    # (local/stack.py does, with PASSWORD_MIN_LENGTH=3, for the README's password "123").
+    password_check_common: bool = True
 
     max_tickets_per_booking: int = Field(default=10, ge=1, description="default; events may override")
     # Long-running servers coalesce concurrent bookings of one event into one transaction
@@ -73,7 +76,13 @@ class Settings(BaseSettings):
     rate_limit_key_prefix: str = "rl"
     rate_limit_login_per_ip: str = Field(default="30/60", pattern=r"^\d+/\d+$")
     rate_limit_login_per_account: str = Field(default="10/60", pattern=r"^\d+/\d+$")
-    rate_limit_failed_login_per_account: str = Field(default="5/900", pattern=r"^\d+/\d+$")
+    # Failed logins: tight per (account, address); looser per account from everywhere, and
+    # an address that signed in to the account lately is exempt from that one (see ratelimit).
+    rate_limit_failed_login_per_account_ip: str = Field(default="5/900", pattern=r"^\d+/\d+$")
+    rate_limit_failed_login_per_account: str = Field(default="20/900", pattern=r"^\d+/\d+$")
+    rate_limit_login_known_ip_seconds: int = Field(default=30 * 86_400, ge=60)
+    # Redis unreachable: the same limits per process, over at most this many keys.
+    rate_limit_local_max_keys: int = Field(default=100_000, ge=100)
     rate_limit_booking_per_user: str = Field(default="20/60", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_ip: str = Field(default="300/60", pattern=r"^\d+/\d+$")
     # Client IP from X-Forwarded-For only behind this many trusted proxies (0: the peer).
@@ -118,6 +127,14 @@ class Settings(BaseSettings):
     def _production_needs_real_secret(self) -> Settings:
         if self.app_env == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("JWT_SECRET must be set in production")
+        return self
+
+    @model_validator(mode="after")
+    def _weak_passwords_only_in_development(self) -> Settings:
+        if self.app_env == "production" and not self.password_check_common:
+            raise ValueError("PASSWORD_CHECK_COMMON=false is for development only")
+        if self.app_env == "production" and self.password_min_length < 8:
+            raise ValueError("PASSWORD_MIN_LENGTH below 8 is for development only")
         return self
 
     @property

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.security import OAuth2PasswordRequestForm
 
 from shared import users
 from shared.deps import CurrentUser
 from shared.ratelimit import LoginRateLimit
-from shared.schemas import ErrorOut, TokenOut, UserCreate, UserOut
+from shared.schemas import ErrorOut, LoginForm, TokenOut, UserCreate, UserOut
 from shared.security import issue_token
 from shared.web import COMMON_ERRORS
 
@@ -39,7 +38,7 @@ def register(body: UserCreate) -> dict[str, Any]:
     },
     dependencies=[LoginRateLimit],
 )
-def login(form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
+def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
     """Exchange email (as `username`) and password for a bearer token (OAuth2 password flow)."""
     user = users.authenticate(email=form.username, password=form.password)
     token, ttl = issue_token(user["id"], user["role"])
