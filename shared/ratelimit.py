@@ -31,6 +31,7 @@ from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
 from shared import metrics
+from shared.client_ip import client_ip as resolved_client_ip
 from shared.deps import current_principal
 from shared.errors import TooManyRequests, Unauthorized
 from shared.security import Principal
@@ -168,16 +169,8 @@ def enforce(rules: list[Rule], *, consume: bool = True) -> None:
 
 
 def client_ip(request: Request) -> str:
-    """The caller's address: the peer, or from ``X-Forwarded-For`` behind trusted proxies.
-
-    Under Mangum the peer is API Gateway's ``sourceIp``.
-    """
-    trusted = get_settings().rate_limit_trusted_proxies
-    if trusted:
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-        if len(hops) >= trusted:
-            return hops[-trusted]
-    return request.client.host if request.client else "unknown"
+    """The caller's address as a rate-limit key (the rule: ``shared.client_ip``)."""
+    return resolved_client_ip(request.scope) or "unknown"
 
 
 def _account_key(username: str) -> str:

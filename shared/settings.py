@@ -76,9 +76,12 @@ class Settings(BaseSettings):
     rate_limit_failed_login_per_account: str = Field(default="5/900", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_user: str = Field(default="20/60", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_ip: str = Field(default="300/60", pattern=r"^\d+/\d+$")
-    # Client IP from X-Forwarded-For only behind this many trusted proxies (0: the peer).
+    # Replaced by TRUSTED_PROXIES; a hop count trusted whoever connected. Refused if set.
     rate_limit_trusted_proxies: int = Field(default=0, ge=0)
     rate_limit_redis_timeout: float = Field(default=0.2, gt=0)
+    # Proxies allowed to say who the client is (X-Forwarded-For): comma-separated IPs or
+    # CIDRs; empty trusts none. The one rule for rate limits and logs (shared/client_ip.py).
+    trusted_proxies: str = ""
 
     # Notifications (issue 3): outbox publishing, the notify worker and its channels.
     notify_queue: str = "notify"
@@ -112,6 +115,24 @@ class Settings(BaseSettings):
     def _empty_means_never_prepare(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
             return None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        from shared.client_ip import trusted_networks
+
+        trusted_networks(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("rate_limit_trusted_proxies")
+    @classmethod
+    def _hop_count_is_gone(cls, value: int) -> int:
+        if value:
+            raise ValueError(
+                "RATE_LIMIT_TRUSTED_PROXIES (a hop count) was replaced by TRUSTED_PROXIES: "
+                "the proxies' IP addresses or CIDRs, comma-separated"
+            )
         return value
 
     @model_validator(mode="after")

@@ -367,6 +367,39 @@ def test_api_port_healthcheck_and_command_agree(dockerfile: Any) -> None:
     assert "curl" not in health.args and "wget" not in health.args
 
 
+def _uvicorn_launches() -> dict[str, str]:
+    """Every file that starts uvicorn, with its text."""
+    files = ["local/stack.py", "bench/rush.py", "tests/test_ops_ratelimit.py"]
+    return {name: (ROOT / name).read_text() for name in files}
+
+
+def test_uvicorn_leaves_the_client_ip_to_the_app(dockerfile: Any, compose: dict[str, Any]) -> None:
+    """TRUSTED_PROXIES (shared/client_ip.py) alone says who the client is.
+
+    uvicorn's own X-Forwarded-For handling is on by default and trusts 127.0.0.1
+    (``--forwarded-allow-ips "*"`` trusted everyone): it would rewrite the peer before
+    the app sees it, a second rule that spoofed headers get through.
+    """
+    _, stages = dockerfile
+    cmd = stages["api"].last("CMD")
+    assert cmd is not None and cmd.exec_form
+    commands = [cmd.exec_form] + [svc["command"] for svc in compose["services"].values()
+                                  if isinstance(svc.get("command"), list)]
+    for argv in commands:
+        if argv[0] == "uvicorn":
+            assert "--no-proxy-headers" in argv, argv
+        assert "--proxy-headers" not in argv and "--forwarded-allow-ips" not in argv, argv
+    for svc in compose["services"].values():
+        env = svc.get("environment") or {}
+        assert not {"FORWARDED_ALLOW_IPS", "UVICORN_FORWARDED_ALLOW_IPS", "UVICORN_PROXY_HEADERS"} & set(env)
+    assert "forwarded-allow-ips" not in DOCKERFILE.read_text()
+    for name, text in _uvicorn_launches().items():
+        launches = text.count('"uvicorn"') + text.count("uvicorn.Config(")
+        assert launches and text.count("--no-proxy-headers") >= launches, name
+        assert "forwarded-allow-ips" not in text and '"--proxy-headers"' not in text, name
+    assert "proxy_headers=False" in (ROOT / "tests" / "clients.py").read_text()
+
+
 # --- docker-compose.yml ----------------------------------------------------------------
 
 

@@ -133,3 +133,16 @@ def test_config_keys_are_settings_fields() -> None:
         BY_KIND["Secret"]["ticketing-secrets"]["stringData"]
     )
     assert keys <= fields, keys - fields
+
+
+def test_api_leaves_the_client_ip_to_the_app() -> None:
+    """uvicorn must not rewrite the peer from X-Forwarded-For: TRUSTED_PROXIES decides."""
+    from shared.client_ip import trusted_networks
+
+    (api,) = _containers("Deployment", "ticketing-api")
+    assert "--no-proxy-headers" in api["command"]
+    assert "--proxy-headers" not in api["command"] and "--forwarded-allow-ips" not in api["command"]
+    config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
+    assert "RATE_LIMIT_TRUSTED_PROXIES" not in config
+    assert trusted_networks(config["TRUSTED_PROXIES"])
+
