@@ -44,8 +44,8 @@ def _check_redis() -> str | None:
 
 
 @router.get("/health/live")
-def live() -> dict[str, str]:
-    """The process is up and serving."""
+async def live() -> dict[str, str]:
+    """The process is up and serving (on the event loop: a busy thread pool cannot delay it)."""
     return {"status": "ok"}
 
 

@@ -1,4 +1,4 @@
-"""Rate limits shared by every process through Redis: login, failed logins, booking.
+"""Rate limits shared by every process through Redis: registration, login, failed logins, booking.
 
 One small Lua script implements GCRA (the generic cell rate algorithm): per key Redis
 holds a single "theoretical arrival time", so a limit "COUNT/SECONDS" lets COUNT requests
@@ -217,5 +217,12 @@ async def limit_booking(
     ])
 
 
+def limit_register(request: Request) -> None:
+    """Registrations per IP: each costs a deliberately slow hash and creates an account."""
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_ip(request)}",
+                        get_settings().rate_limit_register_per_ip)])
+
+
 LoginRateLimit = Depends(limit_login)
 BookingRateLimit = Depends(limit_booking)
+RegisterRateLimit = Depends(limit_register)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65536, ge=8)
     password_min_length: int = Field(default=3, ge=1)
+    # Each hash holds PASSWORD_HASH_MEMORY_KIB: at most this many run at once per process
+    # (peak extra memory = concurrency x memory), at most PASSWORD_HASH_QUEUE wait, each for
+    # at most PASSWORD_HASH_WAIT_SECONDS; the rest get 503 `busy` with Retry-After.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=16, ge=0)
+    password_hash_wait_seconds: float = Field(default=2.0, gt=0)
 
     max_tickets_per_booking: int = Field(default=10, ge=1, description="default; events may override")
     # Long-running servers coalesce concurrent bookings of one event into one transaction
@@ -76,6 +82,7 @@ class Settings(BaseSettings):
     rate_limit_failed_login_per_account: str = Field(default="5/900", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_user: str = Field(default="20/60", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_ip: str = Field(default="300/60", pattern=r"^\d+/\d+$")
+    rate_limit_register_per_ip: str = Field(default="20/600", pattern=r"^\d+/\d+$")
     # Replaced by TRUSTED_PROXIES; a hop count trusted whoever connected. Refused if set.
     rate_limit_trusted_proxies: int = Field(default=0, ge=0)
     rate_limit_redis_timeout: float = Field(default=0.2, gt=0)

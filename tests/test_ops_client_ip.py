@@ -21,7 +21,7 @@ from shared.client_ip import resolve, trusted_networks
 from shared.logging import configure_logging
 from shared.settings import Settings
 from tests.clients import Client, HttpClient
-from tests.factories import PASSWORD, register
+from tests.factories import PASSWORD, register, unique_email
 from tests.settings_env import restore_env, set_env
 
 
@@ -109,6 +109,23 @@ def test_spoofed_forwarded_for_changes_nothing_from_an_untrusted_peer(
     assert statuses == [200, 200, 429]  # a new "client" per request still hits the peer's limit
     for i in range(3):
         assert _logged_ips(out, f"spoof-{i}") == ["127.0.0.1"]
+
+
+def test_registration_limit_cannot_be_dodged_with_forwarded_for(
+    own_limits: None, http_client: HttpClient
+) -> None:
+    saved = set_env({"RATE_LIMIT_REGISTER_PER_IP": "2/600"})
+    try:
+        statuses = []
+        for i in range(3):
+            r = http_client.request(
+                "POST", "/users", headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                json_body={"email": unique_email(), "password": PASSWORD, "role": "customer"})
+            statuses.append(r.status_code)
+    finally:
+        restore_env(saved)
+    assert statuses == [201, 201, 429], statuses
+    assert r.json()["details"]["limit"] == "register_per_ip"
 
 
 def test_a_trusted_proxys_header_is_honoured(
