@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # Proxies allowed to say who the client is (X-Forwarded-For): comma-separated IPs or
     # CIDRs; empty trusts none. The one rule for rate limits and logs (shared/client_ip.py).
     trusted_proxies: str = ""
+    # /metrics answers only `Authorization: Bearer <token>`; no token: 404 (not served).
+    # METRICS_TOKEN_FILE names a file holding it (read per scrape, so it can rotate).
+    metrics_token: str = ""
+    metrics_token_file: str = ""
 
     # Notifications (issue 3): outbox publishing, the notify worker and its channels.
     notify_queue: str = "notify"
@@ -140,6 +144,13 @@ class Settings(BaseSettings):
                 "RATE_LIMIT_TRUSTED_PROXIES (a hop count) was replaced by TRUSTED_PROXIES: "
                 "the proxies' IP addresses or CIDRs, comma-separated"
             )
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_is_long(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: /metrics off)")
         return value
 
     @model_validator(mode="after")

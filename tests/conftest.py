@@ -25,6 +25,8 @@ os.environ.setdefault("PASSWORD_HASH_MEMORY_KIB", "1024")
 os.environ.setdefault("JWT_SECRET", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("DB_POOL_MAX", "20")
+# /metrics is served only to this token (tests/test_ops_metrics.py scrapes with it).
+os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
 # rate-limit tests (tests/test_ops_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
