@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-
-from starlette.types import Scope
+from typing import TYPE_CHECKING
 
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
