@@ -122,6 +122,10 @@ class RateLimiter:
                 self._down_until = 0.0
             return self._script
 
+    def reset(self) -> None:
+        """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
+        self._down_until = 0.0
+
     def check(self, rules: list[Rule], *, consume: bool = True) -> Decision:
         """Whether all rules allow one more request (and count it when ``consume``)."""
         settings = get_settings()

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from local.lambda_events import build_event, invoke
 from shared.client_ip import resolve, trusted_networks
 from shared.logging import configure_logging
+from shared.ratelimit import limiter
 from shared.settings import Settings
 from tests.clients import Client, HttpClient
 from tests.factories import PASSWORD, register, unique_email
@@ -38,6 +39,7 @@ def json_logging() -> Iterator[None]:
 def own_limits(database: str) -> Iterator[None]:
     """Limits under a key prefix of this test's own (Redis is shared by the suite)."""
     saved = set_env({"RATE_LIMIT_KEY_PREFIX": f"rl-ip-{uuid.uuid4().hex[:8]}"})
+    limiter.reset()  # an earlier test's dead Redis must not leave the limiter failing open
     yield
     restore_env(saved)
 
