@@ -458,6 +458,7 @@ class Stack:
         api = self._spawn("api", [
             sys.executable, "-m", "uvicorn", app, "--host", opts.host, "--port", str(opts.port),
             "--lifespan", "off", "--timeout-graceful-shutdown", "10",
+            "--no-proxy-headers",  # TRUSTED_PROXIES alone names the client (shared/client_ip.py)
         ], env)
         if worker is not None:
             with progress("Celery worker + relay schedule starting"):

@@ -1,4 +1,4 @@
-"""Rate limits shared by every process through Redis: login, failed logins, booking.
+"""Rate limits shared by every process through Redis: registration, login, failed logins, booking.
 
 One small Lua script implements GCRA (the generic cell rate algorithm): per key Redis
 holds a single "theoretical arrival time", so a limit "COUNT/SECONDS" lets COUNT requests
@@ -32,6 +32,7 @@ from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
 from shared import metrics
+from shared.client_ip import client_ip as resolved_client_ip
 from shared.deps import current_principal
 from shared.emails import normalize_email
 from shared.errors import TooManyRequests, Unauthorized
@@ -199,6 +200,10 @@ class RateLimiter:
             _BREAKER_SECONDS, type(exc).__name__,
         )
 
+    def reset(self) -> None:
+        """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
+        self._down_until = 0.0
+
     def check(self, rules: list[Rule], *, consume: bool = True, mode: Mode | None = None) -> Decision:
         """Whether all rules allow one more request (and count it when ``consume``).
 
@@ -276,16 +281,8 @@ def enforce(rules: list[Rule], *, consume: bool = True) -> None:
 
 
 def client_ip(request: Request) -> str:
-    """The caller's address: the peer, or from ``X-Forwarded-For`` behind trusted proxies.
-
-    Under Mangum the peer is API Gateway's ``sourceIp``.
-    """
-    trusted = get_settings().rate_limit_trusted_proxies
-    if trusted:
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-        if len(hops) >= trusted:
-            return hops[-trusted]
-    return request.client.host if request.client else "unknown"
+    """The caller's address as a rate-limit key (the rule: ``shared.client_ip``)."""
+    return resolved_client_ip(request.scope) or "unknown"
 
 
 def _digest(text: str) -> str:
@@ -344,5 +341,12 @@ async def limit_booking(
     ])
 
 
+def limit_register(request: Request) -> None:
+    """Registrations per IP: each costs a deliberately slow hash and creates an account."""
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_ip(request)}",
+                        get_settings().rate_limit_register_per_ip)])
+
+
 LoginRateLimit = Depends(limit_login)
 BookingRateLimit = Depends(limit_booking)
+RegisterRateLimit = Depends(limit_register)

@@ -52,7 +52,7 @@ def second_process(limits: dict[str, str], database: str) -> Iterator[HttpClient
     env = {**os.environ, **limits}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+         "--port", str(port), "--log-level", "warning", "--no-access-log", "--no-proxy-headers"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     import httpx

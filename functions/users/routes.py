@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from shared import users
 from shared.deps import CurrentUser
-from shared.ratelimit import LoginRateLimit
+from shared.ratelimit import LoginRateLimit, RegisterRateLimit
 from shared.schemas import ErrorOut, LoginForm, TokenOut, UserCreate, UserOut
 from shared.security import issue_token
 from shared.web import COMMON_ERRORS
@@ -20,7 +20,13 @@ router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
     "/users",
     status_code=201,
     response_model=UserOut,
-    responses={409: {"model": ErrorOut, "description": "`email_taken`"}},
+    responses={
+        409: {"model": ErrorOut, "description": "`email_taken`"},
+        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        503: {"model": ErrorOut,
+              "description": "`database_unavailable`, or `busy` (too many password hashes at once)"},
+    },
+    dependencies=[RegisterRateLimit],
 )
 def register(body: UserCreate) -> dict[str, Any]:
     """Create an organizer or a customer account."""
