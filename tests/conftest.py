@@ -28,7 +28,7 @@ os.environ.setdefault("DB_POOL_MAX", "20")
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
 # rate-limit tests (tests/test_ops_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
-               "BOOKING_PER_USER", "BOOKING_PER_IP"):
+               "BOOKING_PER_USER", "BOOKING_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
 
 

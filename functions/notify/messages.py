@@ -3,7 +3,7 @@
 Every piece of user-supplied text (a customer's name, an organizer's title or venue, the
 values of an event change) goes through :func:`safe_text` before it is rendered, so the
 platform cannot be made to mail a stranger a link, an address or forged lines: text is
-length-limited, control and invisible characters become spaces, and any word that a mail
+length-limited, control characters become spaces and invisible ones go, and any word a mail
 client could turn into a link is replaced by ``[link removed]``.
 """
 
@@ -39,9 +39,13 @@ _LINKISH = re.compile(
 
 
 def _visible(char: str) -> str:
-    # Cc (control), Cf (bidi overrides, zero-width), Co, Cs, Cn; and line/paragraph
-    # separators: none may shape how the text reads. All become a plain space.
-    return " " if unicodedata.category(char)[0] in "CZ" else char
+    # Controls and separators (newlines, tabs, U+2028) become a space: one line. Invisible
+    # ones (Cf: zero-width, bidi overrides; Co, Cs, Cn) go, so they cannot split a link
+    # into words that each look harmless.
+    category = unicodedata.category(char)
+    if category == "Cc" or category[0] == "Z":
+        return " "
+    return "" if category[0] == "C" else char
 
 
 def safe_text(value: Any, limit: int = TEXT_LIMIT) -> str:
