@@ -445,6 +445,7 @@ class Stack:
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "PYTHONUNBUFFERED": "1"}
         env.setdefault("APP_ENV", "development")
+        env.setdefault("REQUIRE_VERIFIED_EMAIL", "false")  # the seed flow mails unverified users
         worker = None
         if opts.worker:
             worker = self._spawn("worker", [
