@@ -209,3 +209,23 @@ def test_console_channel_logs_a_token_only_in_development(caplog: pytest.LogCapt
             assert ("T0KEN-" in caplog.text) is shown, caplog.text
         finally:
             restore_env(saved)
+
+
+def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient,
+                                               sql: psycopg.Connection) -> None:
+    from shared.maintenance import tidy
+
+    user, _ = account(v2, "customer")
+    token = _issue(user)
+
+    def left() -> int:
+        return int(sql.execute("SELECT count(*) AS n FROM email_verification_tokens WHERE user_id = %s",
+                               (user["id"],)).fetchone()["n"])
+
+    fake_clock.advance(get_settings().email_verification_ttl_seconds + 86_400)
+    tidy()
+    assert left() == 1  # expired a day ago: still answers "expired", not "invalid"
+    assert _verify(v2, token).json()["code"] == "verification_expired"
+    fake_clock.advance(7 * 86_400)
+    assert tidy()["verification_tokens_purged"] >= 1
+    assert left() == 0

@@ -19,6 +19,8 @@ CREATE TABLE email_verification_tokens (
 );
 CREATE INDEX email_verification_tokens_live_idx
     ON email_verification_tokens (user_id) WHERE used_at IS NULL AND revoked_at IS NULL;
+-- The periodic tidy deletes tokens long past expiry (used or not, none can work then).
+CREATE INDEX email_verification_tokens_expiry_idx ON email_verification_tokens (expires_at);
 
 -- A delivery key now also records a notification deliberately not sent (the address is
 -- not verified), so a redelivered task skips it instead of retrying forever, and the
