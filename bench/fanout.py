@@ -52,8 +52,8 @@ def seed(database_url: str, users: int) -> tuple[int, int]:
         ).fetchone()[0]  # type: ignore[index]
         conn.execute(
             """WITH fans AS (
-                   INSERT INTO users (email, name, password_hash, role)
-                   SELECT %(tag)s || '-' || g || '@bench.test', 'Fan ' || g, 'x', 'customer'
+                   INSERT INTO users (email, name, password_hash, role, email_verified_at)
+                   SELECT %(tag)s || '-' || g || '@bench.test', 'Fan ' || g, 'x', 'customer', now()
                      FROM generate_series(1, %(n)s) g
                    RETURNING id)
                INSERT INTO bookings (event_id, user_id, quantity) SELECT %(event)s, id, 1 FROM fans""",

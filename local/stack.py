@@ -448,6 +448,7 @@ class Stack:
         # The README's seed flow registers with password "123": allowed here only, explicitly.
         env.setdefault("PASSWORD_MIN_LENGTH", "3")
         env.setdefault("PASSWORD_CHECK_COMMON", "false")
+        env.setdefault("REQUIRE_VERIFIED_EMAIL", "false")  # the seed flow mails unverified users
         worker = None
         if opts.worker:
             worker = self._spawn("worker", [

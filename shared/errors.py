@@ -57,6 +57,10 @@ class Conflict(AppError):
     status_code = 409
 
 
+class Gone(AppError):
+    status_code = 410
+
+
 class Unprocessable(AppError):
     status_code = 422
 

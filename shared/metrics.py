@@ -82,6 +82,10 @@ NOTIFICATIONS_SENT = Counter(
     "notifications_sent", "Notifications delivered", ["task"],
     namespace=NAMESPACE, registry=REGISTRY,
 )
+NOTIFICATIONS_SKIPPED = Counter(
+    "notifications_skipped", "Notifications not sent because the address is not verified", ["task"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
 NOTIFICATIONS_RETRIED = Counter(
     "notifications_retried", "Notification attempts that failed and will be retried", ["task"],
     namespace=NAMESPACE, registry=REGISTRY,
@@ -235,6 +239,13 @@ def notification_sent(task: str, count: int = 1) -> None:
         _emf("NotificationsSent", count, Task=task)
         return
     NOTIFICATIONS_SENT.labels(task).inc(count)
+
+
+def notification_skipped(task: str, count: int = 1) -> None:
+    if emf_enabled():
+        _emf("NotificationsSkipped", count, Task=task)
+        return
+    NOTIFICATIONS_SKIPPED.labels(task).inc(count)
 
 
 def notification_retried(task: str) -> None:

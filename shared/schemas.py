@@ -129,6 +129,18 @@ class UserOut(BaseModel):
     name: str | None
     role: Role
     created_at: datetime
+    email_verified_at: datetime | None = Field(default=None, description="null until the email is verified")
+
+
+class EmailVerify(BaseModel):
+    """The token from the verification email; anything else is `verification_invalid`."""
+
+    token: Annotated[Text, Field(min_length=1, max_length=512)]
+
+
+class VerificationQueued(BaseModel):
+    status: Literal["queued"] = "queued"
+    expires_in: int = Field(description="seconds the new token will be valid once mailed")
 
 
 class TokenOut(BaseModel):

@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     notify_worker_concurrency: int = Field(default=8, ge=1)
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535, description="0: no metrics server")
 
+    # Email verification (security item 9). Unset: required unless APP_ENV is explicitly
+    # development; either value may be set explicitly. See verified_email_required.
+    require_verified_email: bool | None = None
+    email_verification_ttl_seconds: int = Field(default=86_400, ge=60, description="token lifetime")
+    email_verification_url: str = Field(
+        default="", pattern=r"^(|https?://\S*\{token\}\S*)$",
+        description="link with a {token} placeholder mailed for verification; empty: the code only",
+    )
+    rate_limit_verification_resend: str = Field(default="3/3600", pattern=r"^\d+/\d+$")
+    rate_limit_verify_per_ip: str = Field(default="30/60", pattern=r"^\d+/\d+$")
+
     @field_validator("db_prepare_threshold", mode="before")
     @classmethod
     def _empty_means_never_prepare(cls, value: object) -> object:
@@ -175,6 +186,13 @@ class Settings(BaseSettings):
         if self.app_env == "production" and self.password_min_length < 8:
             raise ValueError("PASSWORD_MIN_LENGTH below 8 is for development only")
         return self
+
+    @property
+    def verified_email_required(self) -> bool:
+        """Mail other than the verification goes only to verified addresses (safe unless dev)."""
+        if self.require_verified_email is not None:
+            return self.require_verified_email
+        return self.app_env != "development"
 
     @property
     def pool_bounds(self) -> tuple[int, int]:

@@ -6,30 +6,37 @@ from typing import Any
 
 import psycopg
 
+from shared import email_verification, outbox
 from shared.db import connection
 from shared.emails import email_skeleton, normalize_email
 from shared.errors import Conflict, NotFound, Unauthorized
 from shared.security import dummy_hash, hash_password, verify_password
 
-_USER_COLUMNS = "id, email, name, role, created_at"
+_USER_COLUMNS = "id, email, name, role, created_at, email_verified_at"
 
 
 def create_user(*, email: str, password: str, role: str, name: str | None) -> dict[str, Any]:
-    """Register; an address equal to or looking like an existing one is ``email_taken``."""
+    """Register; an address equal to or looking like an existing one is ``email_taken``.
+
+    The verification mail's outbox row commits with the user.
+    """
     password_hash = hash_password(password)  # before borrowing a connection: it is slow on purpose
     key, skeleton = normalize_email(email), email_skeleton(email)
     try:
         with connection() as conn:
-            row = conn.execute(
-                f"""INSERT INTO users (email, email_key, email_skeleton, name, password_hash, role)
-                    VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_USER_COLUMNS}""",
-                (email, key, skeleton, name, password_hash, role),
-            ).fetchone()
+            with conn.transaction():
+                row = conn.execute(
+                    f"""INSERT INTO users (email, email_key, email_skeleton, name, password_hash, role)
+                        VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_USER_COLUMNS}""",
+                    (email, key, skeleton, name, password_hash, role),
+                ).fetchone()
+                assert row is not None
+                mail = email_verification.request_mail(conn, row["id"])
+            outbox.publish_committed(conn, [mail])
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict(
             "email_taken", "A user with this email, or one that looks the same, already exists"
         ) from exc
-    assert row is not None
     return row
 
 

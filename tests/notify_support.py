@@ -86,3 +86,31 @@ class FlakyChannel:
         self.attempts.append(email.recipient)
         if not self.healthy:
             raise ConnectionError("mail server unreachable")
+
+
+class CaptureChannel:
+    """A channel that keeps every email it is given (a test's mailbox)."""
+
+    name = "capture"
+    sends_per_commit = 100
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self._lock_sent = threading.Lock()
+
+    def send(self, email: Any) -> None:
+        with self._lock_sent:
+            self.sent.append(email)
+
+    def to(self, recipient: str, subject: str = "") -> list[Any]:
+        with self._lock_sent:
+            return [e for e in self.sent if e.recipient == recipient and subject in e.subject]
+
+
+def token_of(email: Any) -> str:
+    """The verification code in a verification email (the indented line after 'code')."""
+    import re
+
+    match = re.search(r"Verification code[^\n]*\n\n    (\S+)\n", email.body)
+    assert match, email.body
+    return match.group(1)

@@ -10,7 +10,8 @@ import pytest
 
 from shared.settings import get_settings
 from tests.clients import LambdaClient
-from tests.factories import account, create_event
+from tests.factories import account, create_event, login, register
+from tests.notify_support import token_of
 
 SENDER = "tickets@example.com"
 
@@ -37,16 +38,37 @@ def ses(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     get_settings.cache_clear()
 
 
+def _run_outbox_task(task: Any, row: dict[str, Any]) -> None:
+    task.apply(kwargs={**row["payload"], "outbox_id": row["id"]}).get()
+
+
+def _verified_customer(ses: Any, v2: LambdaClient, sql: psycopg.Connection,
+                       name: str | None = None) -> tuple[dict[str, Any], str]:
+    """A customer who verified their address with the token SES mailed them."""
+    from functions.notify.tasks import email_verification
+
+    customer = register(v2, "customer", name=name)
+    row = sql.execute("SELECT * FROM outbox WHERE task = 'email_verification' "
+                      "AND (payload->>'user_id')::bigint = %s", (customer["id"],)).fetchone()
+    _run_outbox_task(email_verification, row)
+    [mail] = [m for m in ses.sent_messages if m.destinations["ToAddresses"] == [customer["email"]]]
+    assert mail.subject == "Confirm your email address"
+    r = v2.request("POST", "/users/verify", json_body={"token": token_of(mail)})
+    assert r.status_code == 200, r.text
+    return customer, login(v2, customer["email"])
+
+
 def test_booking_confirmation_is_emailed_through_ses(
     ses: Any, v2: LambdaClient, sql: psycopg.Connection
 ) -> None:
     from functions.notify.channels import SesChannel, get_channel
     from functions.notify.tasks import booking_confirmation
 
-    # GIVEN a booking (its outbox row is what the worker would receive)
+    # GIVEN a booking by a verified customer (its outbox row is what the worker would receive)
     _, organizer = account(v2, "organizer")
     event = create_event(v2, organizer, title="Jazz Night", venue="Blue Hall", total_tickets=9)
-    customer, token = account(v2, "customer")
+    customer, token = _verified_customer(ses, v2, sql)
+    sent_before = len(ses.sent_messages)
     r = v2.request("POST", "/bookings", json_body={"event_id": event["id"], "quantity": 3},
                    token=token)
     assert r.status_code == 201, r.text
@@ -58,7 +80,7 @@ def test_booking_confirmation_is_emailed_through_ses(
     for _ in range(2):
         booking_confirmation.apply(kwargs={**row["payload"], "outbox_id": row["id"]}).get()
     # THEN SES sent exactly one email, to the customer, saying what was booked
-    [message] = ses.sent_messages
+    [message] = ses.sent_messages[sent_before:]
     assert message.source == SENDER
     assert message.destinations["ToAddresses"] == [customer["email"]]
     assert message.subject == "Booking confirmed: Jazz Night"
@@ -80,3 +102,43 @@ def test_unverified_sender_is_a_failure_not_a_silent_success(
     with pytest.raises(ClientError, match="MessageRejected"):
         channel.send(Email("someone@test.com", "s", "b"))
     assert ses.sent_messages == []
+
+
+ATTACKS = ["Click https://evil.example/login now", "evil.example", "ｅｖｉｌ．ｅｘａｍｐｌｅ",
+           "write to boss@evil.example", "www.evil.example", "see evil。example"]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_user_text_reaches_ses_without_a_usable_link(
+    attack: str, ses: Any, v2: LambdaClient, sql: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.notify.channels import get_channel
+    from functions.notify.tasks import booking_confirmation
+
+    # GIVEN an organizer's title and venue and a customer's name each carrying a link
+    monkeypatch.setenv("REQUIRE_VERIFIED_EMAIL", "true")
+    get_settings.cache_clear()
+    _, organizer = account(v2, "organizer")
+    event = create_event(v2, organizer, title=f"Gala {attack}", venue=attack, total_tickets=9)
+    customer, token = _verified_customer(ses, v2, sql, name=attack)
+    sent_before = len(ses.sent_messages)
+    calls: list[dict[str, Any]] = []
+    client = get_channel().client
+    real_send = client.send_email
+    monkeypatch.setattr(client, "send_email", lambda **kw: calls.append(kw) or real_send(**kw))
+    # WHEN the customer books and the worker mails the confirmation through SES
+    r = v2.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=token)
+    assert r.status_code == 201, r.text
+    row = sql.execute("SELECT * FROM outbox WHERE payload->>'booking_id' = %s",
+                      (str(r.json()["id"]),)).fetchone()
+    _run_outbox_task(booking_confirmation, row)
+    # THEN what SES sent holds the booking but nothing a mail client could turn into a link
+    [message] = ses.sent_messages[sent_before:]
+    assert message.destinations["ToAddresses"] == [customer["email"]]
+    text = f"{message.subject}\n{message.body}"
+    assert "Gala" in message.subject and "[link removed]" in text
+    for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nNew line"):
+        assert fragment not in text, (fragment, text)
+    assert message.body.startswith("Hello,")  # a name that carried a link is dropped
+    [call] = calls
+    assert set(call["Message"]["Body"]) == {"Text"}  # no HTML part to inject markup into

@@ -15,7 +15,7 @@ def test_register_returns_user_without_password(client: Client, sql) -> None:  #
     )
     assert r.status_code == 201
     body = r.json()
-    assert set(body) == {"id", "email", "name", "role", "created_at"}
+    assert set(body) == {"id", "email", "name", "role", "created_at", "email_verified_at"}
     assert body["email"] == email and body["name"] == "Ann" and body["role"] == "customer"
     stored = sql.execute("SELECT password_hash FROM users WHERE id = %s", (body["id"],)).fetchone()
     assert stored["password_hash"].startswith("$argon2id$")

@@ -38,11 +38,20 @@ class ConsoleChannel:
     sends_per_commit = 100  # a log line: microseconds, so the commit is what costs
 
     def send(self, email: Email) -> None:
-        log.info("✉️  to=%s subject=%r", email.recipient, email.subject)
+        # The body is the local developer's mailbox (the verification code is in it); any
+        # other environment logs no body, so logs never hold a usable token.
+        if get_settings().app_env == "development":
+            log.info("✉️  to=%s subject=%r\n%s", email.recipient, email.subject, email.body)
+        else:
+            log.info("✉️  to=%s subject=%r", email.recipient, email.subject)
 
 
 class SesChannel:
-    """Plain-text email with boto3's SES client; the sender must be a verified identity."""
+    """Plain-text email with boto3's SES client; the sender must be a verified identity.
+
+    Deliberately no HTML part: nothing user-supplied can become markup, and the text is
+    already free of links (functions/notify/messages.py).
+    """
 
     name = "ses"
     sends_per_commit = 1  # ~100 ms each: one commit per email keeps the crash window to one

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from shared import email_verification
 from shared.db import connection
 from shared.logging import bind_context
 
@@ -46,6 +47,58 @@ def deliver_once(*, outbox_id: int, user_id: int, kind: str, channel: str, recip
         with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
             send()
     return True
+
+
+def record_skipped(*, outbox_id: int, kind: str, channel: str,
+                   users: Sequence[tuple[int, str]]) -> int:
+    """Keys for users this notification deliberately skips (address not verified).
+
+    A redelivered task then skips them too instead of retrying forever; verifying the
+    address releases the held booking mails (:mod:`shared.email_verification`).
+    Returns how many were newly recorded.
+    """
+    if not users:
+        return 0
+    with connection() as conn:
+        rows = conn.execute(
+            """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient, status)
+               SELECT %s, t.user_id, %s, %s, t.recipient, 'skipped_unverified'
+                 FROM unnest(%s::bigint[], %s::text[]) AS t(user_id, recipient)
+               ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
+            (outbox_id, kind, channel, [u for u, _ in users], [r for _, r in users]),
+        ).fetchall()
+    return len(rows)
+
+
+def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seconds: int,
+                         send: Callable[[str, str], None]) -> str | None:
+    """Mint a verification token and ``send(recipient, token)`` it, once per outbox row.
+
+    The token's hash, the delivery key and the send share one transaction: a failed
+    send leaves no token and no key (the retry mints a new one), a redelivered task
+    finds the key. Returns the address mailed, or None (already sent, already verified).
+    """
+    with connection() as conn, conn.transaction():
+        user = conn.execute(
+            "SELECT id, email, email_verified_at FROM users WHERE id = %s", (user_id,)
+        ).fetchone()
+        if user is None:
+            raise PermanentFailure(f"user {user_id} does not exist")
+        if user["email_verified_at"] is not None:
+            return None
+        claimed = conn.execute(
+            """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
+            (outbox_id, user_id, email_verification.TASK, channel, user["email"]),
+        ).fetchone()
+        if claimed is None:
+            return None
+        token = email_verification.mint(conn, user_id=user_id, email=user["email"],
+                                        ttl_seconds=ttl_seconds)
+        with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
+            send(user["email"], token)
+    return str(user["email"])
 
 
 def deliver_batch(*, outbox_id: int, kind: str, channel: str, sends_per_commit: int,
@@ -197,7 +250,7 @@ def audience_pages(*, kind: str, event_id: int, first_user_id: int, last_user_id
     while True:
         with connection() as conn:
             page = conn.execute(
-                f"""SELECT u.id, u.email, u.name FROM users u WHERE u.id IN (
+                f"""SELECT u.id, u.email, u.name, u.email_verified_at FROM users u WHERE u.id IN (
                         SELECT DISTINCT b.user_id FROM bookings b
                          WHERE b.event_id = %(event_id)s AND {AUDIENCE[kind]}
                            AND b.user_id > %(after)s AND b.user_id <= %(last)s
@@ -235,7 +288,8 @@ def complete_chunk(outbox_id: int, chunk_no: int) -> int | None:
             return None
         finished = conn.execute(
             """UPDATE notification_fanouts SET finished_at = now(), notified = (
-                   SELECT count(*) FROM notification_deliveries WHERE outbox_id = %s)
+                   SELECT count(*) FROM notification_deliveries
+                    WHERE outbox_id = %s AND status = 'sent')
                 WHERE outbox_id = %s RETURNING notified""",
             (outbox_id, outbox_id),
         ).fetchone()

@@ -28,8 +28,25 @@ FANOUT_LINES = {
 }
 
 
+HELD_LINES = {
+    "booking_confirmation": "📭 Booking confirmation held for user %s: email not verified",
+    "booking_cancelled": "📭 Booking cancellation held for user %s: email not verified",
+}
+
+
+def _unverified(user: dict[str, Any]) -> bool:
+    """Whether mail to this user must wait: the setting is on and the address unverified."""
+    return get_settings().verified_email_required and not user.get("email_verified_at")
+
+
 def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Email) -> bool:
     channel = get_channel()
+    if _unverified(user):
+        if deliveries.record_skipped(outbox_id=outbox_id, kind=kind, channel=channel.name,
+                                     users=[(user["id"], email.recipient)]):
+            metrics.notification_skipped(kind)
+            log.info(HELD_LINES[kind], user["email"])
+        return False
     sent = deliveries.deliver_once(
         outbox_id=outbox_id, user_id=user["id"], kind=kind, channel=channel.name,
         recipient=email.recipient, send=lambda: channel.send(email),
@@ -37,6 +54,25 @@ def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Emai
     if sent:
         metrics.notification_sent(kind)
     return sent
+
+
+@notify_task("email_verification")
+def email_verification(*, outbox_id: int, user_id: int, **_: Any) -> None:
+    """Mail a new single-use token to the address being verified, and only to it."""
+    settings = get_settings()
+    channel = get_channel()
+
+    def send(recipient: str, token: str) -> None:
+        channel.send(messages.email_verification(
+            recipient, token, link_template=settings.email_verification_url,
+            ttl_seconds=settings.email_verification_ttl_seconds))
+
+    recipient = deliveries.deliver_verification(
+        outbox_id=outbox_id, user_id=user_id, channel=channel.name,
+        ttl_seconds=settings.email_verification_ttl_seconds, send=send)
+    if recipient is not None:
+        metrics.notification_sent("email_verification")
+        log.info("📧 Verification email sent to user %s", recipient)
 
 
 @notify_task("booking_confirmation")
@@ -103,18 +139,31 @@ def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
     channel = get_channel()
     for page in deliveries.audience_pages(kind=kind, event_id=event_id,
                                           page_size=settings.notify_fanout_page, **bounds):
+        recipients = _skip_unverified(outbox_id, kind, channel.name, page)
         emails = [messages.event_updated(user, event, changes or {}) if kind == "event_update"
-                  else messages.event_cancelled(user, event) for user in page]
+                  else messages.event_cancelled(user, event) for user in recipients]
         sent = deliveries.deliver_batch(
             outbox_id=outbox_id, kind=kind, channel=channel.name,
             sends_per_commit=getattr(channel, "sends_per_commit", 1),
             items=[(user["id"], email.recipient, partial(channel.send, email))
-                   for user, email in zip(page, emails, strict=True)],
+                   for user, email in zip(recipients, emails, strict=True)],
         )
         metrics.notification_sent(kind, sent)
     total = deliveries.complete_chunk(outbox_id, chunk_no)
     if total is not None:
         log.info(FANOUT_LINES[kind], total)
+
+
+def _skip_unverified(outbox_id: int, kind: str, channel: str,
+                     page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page's users who may be mailed; the others get a skipped key and a metric."""
+    held = [user for user in page if _unverified(user)]
+    if not held:
+        return page
+    skipped = deliveries.record_skipped(outbox_id=outbox_id, kind=kind, channel=channel,
+                                        users=[(u["id"], u["email"]) for u in held])
+    metrics.notification_skipped(kind, skipped)
+    return [user for user in page if not _unverified(user)]
 
 
 @app.task(name="relay_outbox", ignore_result=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from shared import users
+from shared import email_verification, users
 from shared.deps import CurrentUser
-from shared.ratelimit import LoginRateLimit, RegisterRateLimit
-from shared.schemas import ErrorOut, LoginForm, TokenOut, UserCreate, UserOut
+from shared.ratelimit import LoginRateLimit, RegisterRateLimit, Rule, client_ip, enforce
+from shared.schemas import EmailVerify, ErrorOut, LoginForm, TokenOut, UserCreate, UserOut, VerificationQueued
 from shared.security import issue_token
+from shared.settings import get_settings
 from shared.web import COMMON_ERRORS
 
 router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
@@ -59,3 +60,47 @@ def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
 def me(principal: CurrentUser) -> dict[str, Any]:
     """The caller's own account."""
     return users.get_user(principal.user_id)
+
+
+def _limit_verify(request: Request) -> None:
+    """Token guesses per IP (256-bit tokens cannot be guessed; this spares the database)."""
+    enforce([Rule.parse("verify_per_ip", f"verify-ip:{client_ip(request)}",
+                        get_settings().rate_limit_verify_per_ip)])
+
+
+def _limit_resend(principal: CurrentUser) -> None:
+    """Verification mails per account: the resend route must not become a mail cannon."""
+    enforce([Rule.parse("verification_resend_per_user", f"verify-resend:{principal.user_id}",
+                        get_settings().rate_limit_verification_resend)])
+
+
+@router.post(
+    "/users/verify",
+    response_model=UserOut,
+    responses={
+        400: {"model": ErrorOut, "description": "`verification_invalid`"},
+        409: {"model": ErrorOut, "description": "`verification_used`"},
+        410: {"model": ErrorOut, "description": "`verification_expired` (or replaced by a newer one)"},
+        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+    },
+    dependencies=[Depends(_limit_verify)],
+)
+def verify_email(body: EmailVerify) -> dict[str, Any]:
+    """Confirm an email address with the token mailed to it (single use, expiring)."""
+    return email_verification.verify(body.token)
+
+
+@router.post(
+    "/users/me/verification",
+    status_code=202,
+    response_model=VerificationQueued,
+    responses={
+        409: {"model": ErrorOut, "description": "`email_already_verified`"},
+        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+    },
+    dependencies=[Depends(_limit_resend)],
+)
+def resend_verification(principal: CurrentUser) -> VerificationQueued:
+    """Mail the caller a new verification token; earlier tokens stop working."""
+    email_verification.resend(principal.user_id)
+    return VerificationQueued(expires_in=get_settings().email_verification_ttl_seconds)

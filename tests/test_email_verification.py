@@ -1,0 +1,231 @@
+"""Verification tokens against the real database: single use under a race, expiry, revocation,
+the resend route and its limit, the REQUIRE_VERIFIED_EMAIL rule, and link-free messages.
+
+Tokens are minted with the function the worker uses (``email_verification.mint``), so
+these tests need no worker; tests/test_notify_verification.py covers the mail itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.settings import Settings, get_settings
+from tests.clients import Client, LambdaClient
+from tests.factories import account
+from tests.settings_env import restore_env, set_env
+
+
+def _issue(user: dict[str, Any]) -> str:
+    from shared import email_verification
+    from shared.db import connection
+
+    with connection() as conn, conn.transaction():
+        return email_verification.mint(conn, user_id=user["id"], email=user["email"],
+                                       ttl_seconds=get_settings().email_verification_ttl_seconds)
+
+
+def _verify(client: Client, token: str) -> Any:
+    return client.request("POST", "/users/verify", json_body={"token": token})
+
+
+def _verified_at(sql: psycopg.Connection, user: dict[str, Any]) -> Any:
+    return sql.execute("SELECT email_verified_at FROM users WHERE id = %s",
+                       (user["id"],)).fetchone()["email_verified_at"]
+
+
+def test_two_concurrent_uses_of_a_token_exactly_one_succeeds(
+    http_client: Client, sql: psycopg.Connection
+) -> None:
+    # GIVEN 12 users, each with one token, and 8 clients per token
+    users = [account(http_client, "customer")[0] for _ in range(12)]
+    tokens = [_issue(user) for user in users]
+    barrier = threading.Barrier(len(tokens) * 8)
+    answers: list[tuple[str, int, str | None]] = []
+    lock = threading.Lock()
+
+    def use(token: str) -> None:
+        barrier.wait()
+        r = _verify(http_client, token)
+        with lock:
+            answers.append((token, r.status_code, r.json().get("code")))
+
+    # WHEN all of them present their token at the same instant over real HTTP
+    threads = [threading.Thread(target=use, args=(t,)) for t in tokens for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # THEN per token exactly one 200; every other use is verification_used
+    assert len(answers) == len(tokens) * 8
+    assert Counter(t for t, status, _ in answers if status == 200) == Counter(tokens)
+    assert {(s, c) for _, s, c in answers if s != 200} == {(409, "verification_used")}
+    assert all(_verified_at(sql, user) is not None for user in users)
+
+
+def test_a_token_expires(fake_clock: Any, v2: LambdaClient, sql: psycopg.Connection) -> None:
+    ttl = get_settings().email_verification_ttl_seconds
+    early, late = account(v2, "customer")[0], account(v2, "customer")[0]
+    early_token, late_token = _issue(early), _issue(late)
+    # a second before the end it works; a second after, it is gone
+    fake_clock.advance(ttl - 1)
+    assert _verify(v2, early_token).status_code == 200
+    fake_clock.advance(2)
+    r = _verify(v2, late_token)
+    assert (r.status_code, r.json()["code"]) == (410, "verification_expired")
+    assert _verified_at(sql, late) is None
+
+
+def test_wrong_malformed_and_foreign_tokens_are_refused(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    user, _ = account(v2, "customer")
+    token = _issue(user)
+    for wrong in (secrets.token_urlsafe(32), token[:-1], token.upper(), "x", "é" * 40):
+        r = _verify(v2, wrong)
+        assert (r.status_code, r.json()["code"]) == (400, "verification_invalid"), wrong
+    for malformed in ({"token": ""}, {"token": "x" * 513}, {"token": None}, {}):
+        r = v2.request("POST", "/users/verify", json_body=malformed)
+        assert (r.status_code, r.json()["code"]) == (422, "validation_error"), malformed
+    # a token verifies the address it was mailed to, not whatever the account holds now
+    sql.execute("UPDATE users SET email = %s WHERE id = %s", (f"moved-{uuid.uuid4().hex}@test.com", user["id"]))
+    r = _verify(v2, token)
+    assert (r.status_code, r.json()["code"]) == (400, "verification_invalid")
+    assert _verified_at(sql, user) is None
+
+
+def test_resend_revokes_older_tokens_and_is_rate_limited(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    saved = set_env({"RATE_LIMIT_VERIFICATION_RESEND": "2/3600",
+                     "RATE_LIMIT_KEY_PREFIX": f"rl-verify-{uuid.uuid4().hex[:8]}"})
+    try:
+        user, token = account(v2, "customer")
+        old = _issue(user)
+        # WHEN a new mail is requested
+        r = v2.request("POST", "/users/me/verification", token=token)
+        assert r.status_code == 202, r.text
+        assert r.json() == {"status": "queued", "expires_in": get_settings().email_verification_ttl_seconds}
+        # THEN the older token no longer works, and a new mail is queued for the worker
+        r = _verify(v2, old)
+        assert (r.status_code, r.json()["code"]) == (410, "verification_expired")
+        queued = sql.execute("SELECT count(*) AS n FROM outbox WHERE task = 'email_verification' "
+                             "AND (payload->>'user_id')::bigint = %s", (user["id"],)).fetchone()
+        assert queued["n"] == 2  # registration's and this one
+        # AND the route is limited per account, and needs a token
+        assert v2.request("POST", "/users/me/verification", token=token).status_code == 202
+        r = v2.request("POST", "/users/me/verification", token=token)
+        assert (r.status_code, r.json()["code"]) == (429, "rate_limited")
+        assert "retry-after" in {k.lower() for k in r.headers}
+        r = v2.request("POST", "/users/me/verification")
+        assert r.status_code == 401
+    finally:
+        restore_env(saved)
+
+
+@pytest.mark.parametrize(("app_env", "explicit", "required"), [
+    ("development", None, False), ("test", None, True), ("production", None, True),
+    ("development", True, True), ("production", False, False),
+])
+def test_verified_email_is_required_unless_explicitly_development(
+    app_env: str, explicit: bool | None, required: bool
+) -> None:
+    settings = Settings(app_env=app_env, require_verified_email=explicit,  # type: ignore[arg-type]
+                        jwt_secret=secrets.token_urlsafe(48), password_min_length=8)
+    assert settings.verified_email_required is required
+
+
+# --- messages: user text is length-limited and cannot carry a link ------------------------
+
+ATTACKS = [
+    "Click https://evil.example/login now", "evil.example", "EVIL.EXAMPLE/login", "www.evil.example",
+    "mail boss@evil.example", "@evil", "ｅｖｉｌ．ｅｘａｍｐｌｅ", "evil。example", "evil\u200b.example",
+    "hxxps://evil", "javascript:alert(1)", "10.0.0.1", "//evil", "evil.xn--p1ai",
+    "Hi\r\nBcc: x\u202eelpmaxe.live", "evil.co" + "m" * 200,
+]
+
+
+def _render_all(text: str) -> list[Any]:
+    from functions.notify import messages
+
+    user = {"id": 1, "email": "customer@test.com", "name": text}
+    event = {"id": 2, "title": f"Gala {text}", "venue": text,
+             "start_time": datetime(2030, 1, 1, 20, tzinfo=UTC), "status": "active"}
+    booking = {"id": 3, "quantity": 2}
+    return [
+        messages.booking_confirmation(user, booking, event),
+        messages.booking_cancelled(user, booking, event, 1),
+        messages.event_updated(user, event, {"title": {"old": "Gala", "new": text},
+                                             text: {"old": text, "new": None}}),
+        messages.event_cancelled(user, event),
+    ]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_no_message_carries_a_link_from_user_text(attack: str) -> None:
+    from functions.notify.messages import _LINKISH
+
+    for email in _render_all(attack):
+        assert email.recipient == "customer@test.com"
+        assert "\n" not in email.subject and "\r" not in email.subject
+        body = email.body.split("\n", 1)[1]  # after the greeting line
+        assert email.body.startswith("Hello,")
+        for word in f"{email.subject} {body}".split():
+            assert not _LINKISH.search(word), (word, email)
+        lowered = f"{email.subject}\n{email.body}".lower()
+        for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nbcc", "\u202e", "\u200b", "\r"):
+            assert fragment not in lowered, (fragment, email)
+
+
+def test_user_text_is_length_limited_and_ordinary_text_survives() -> None:
+    from functions.notify import messages
+
+    user = {"id": 1, "email": "c@test.com", "name": "Ann " + "n" * 200}
+    event = {"id": 2, "title": "Music Concert (late show) " + "t" * 300, "venue": "Blue Hall",
+             "start_time": None}
+    email = messages.booking_confirmation(user, {"id": 3, "quantity": 1}, event)
+    greeting = email.body.split("\n", 1)[0]
+    assert greeting.startswith("Hi Ann n") and len(greeting) <= len("Hi ,") + messages.NAME_LIMIT
+    title = email.subject.removeprefix("Booking confirmed: ")
+    assert title.startswith("Music Concert (late show) t") and len(title) == messages.TEXT_LIMIT
+    assert title.endswith("…") and "at Blue Hall" in email.body
+
+
+def test_console_channel_logs_a_token_only_in_development(caplog: pytest.LogCaptureFixture) -> None:
+    from functions.notify.channels import ConsoleChannel
+    from functions.notify.messages import email_verification
+
+    mail = email_verification("c@test.com", "T0KEN-" + "a" * 40, link_template="", ttl_seconds=86_400)
+    for app_env, shown in (("production", False), ("development", True)):
+        saved = set_env({"APP_ENV": app_env, "JWT_SECRET": secrets.token_urlsafe(48), "PASSWORD_MIN_LENGTH": "8"})
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="functions.notify.console"):
+                ConsoleChannel().send(mail)
+            assert ("T0KEN-" in caplog.text) is shown, caplog.text
+        finally:
+            restore_env(saved)
+
+
+def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient,
+                                               sql: psycopg.Connection) -> None:
+    from shared.maintenance import tidy
+
+    user, _ = account(v2, "customer")
+    token = _issue(user)
+
+    def left() -> int:
+        return int(sql.execute("SELECT count(*) AS n FROM email_verification_tokens WHERE user_id = %s",
+                               (user["id"],)).fetchone()["n"])
+
+    fake_clock.advance(get_settings().email_verification_ttl_seconds + 86_400)
+    tidy()
+    assert left() == 1  # expired a day ago: still answers "expired", not "invalid"
+    assert _verify(v2, token).json()["code"] == "verification_expired"
+    fake_clock.advance(7 * 86_400)
+    assert tidy()["verification_tokens_purged"] >= 1
+    assert left() == 0
