@@ -14,6 +14,7 @@ again for a few seconds, so a rush does not pay a timeout per request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -30,8 +31,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
-from shared import metrics
-from shared.deps import current_principal
+from shared import metrics, sessions
+from shared.deps import customer_only, token_principal
 from shared.errors import TooManyRequests, Unauthorized
 from shared.security import Principal
 from shared.settings import get_settings
@@ -40,13 +41,16 @@ log = logging.getLogger("ticketing.ratelimit")
 
 # KEYS: one per limit. ARGV[1]: "1" to consume, "0" to only look; then per key the
 # emission interval and the period, in milliseconds. Returns {allowed, retry_ms, index}.
-GCRA_LUA = """
+# SESSION_CHECK_LUA (shared/sessions.py) sets ``nrules`` and may add a session check
+# (two more KEYS, one more ARGV): allowed -1 means the token was revoked.
+GCRA_LUA = sessions.SESSION_CHECK_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local consume = ARGV[1] == '1'
 local worst, denied = 0, 0
 local tats = {}
-for i, key in ipairs(KEYS) do
+for i = 1, nrules do
+  local key = KEYS[i]
   local interval = tonumber(ARGV[2 * i])
   local period = tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -60,7 +64,8 @@ for i, key in ipairs(KEYS) do
   tats[i] = new_tat
 end
 if denied == 0 and consume then
-  for i, key in ipairs(KEYS) do
+  for i = 1, nrules do
+    local key = KEYS[i]
     redis.call('SET', key, string.format('%d', tats[i]), 'PX', tats[i] - now)
   end
 end
@@ -92,6 +97,7 @@ class Decision:
     allowed: bool
     retry_after: int = 0
     rule: Rule | None = None
+    revoked: bool = False
 
 
 class RateLimiter:
@@ -121,12 +127,17 @@ class RateLimiter:
                 self._down_until = 0.0
             return self._script
 
-    def check(self, rules: list[Rule], *, consume: bool = True) -> Decision:
-        """Whether all rules allow one more request (and count it when ``consume``)."""
+    def check(
+        self, rules: list[Rule], *, consume: bool = True, session: Principal | None = None
+    ) -> Decision:
+        """Whether all rules allow one more request (and count it when ``consume``).
+
+        With ``session``, the same round trip also refuses a revoked token (``revoked``).
+        """
         settings = get_settings()
-        if not rules or not settings.rate_limit_enabled:
-            return Decision(True)
-        if time.monotonic() < self._down_until:
+        if not settings.rate_limit_enabled:
+            rules = []
+        if (not rules and session is None) or time.monotonic() < self._down_until:
             return Decision(True)
         prefix = settings.rate_limit_key_prefix
         keys = [f"{prefix}:{rule.key}" for rule in rules]
@@ -134,6 +145,10 @@ class RateLimiter:
         for rule in rules:
             period_ms = rule.seconds * 1000
             args += [max(1, period_ms // rule.count), period_ms]
+        if session is not None:
+            session_keys, generation = sessions.check_keys(session)
+            keys += session_keys
+            args.append(generation)
         try:
             script = self._script_for(settings.redis_url, settings.rate_limit_redis_timeout)
             allowed, retry_ms, index = script(keys=keys, args=args)
@@ -144,6 +159,8 @@ class RateLimiter:
                 _BREAKER_SECONDS, type(exc).__name__,
             )
             return Decision(True)
+        if int(allowed) == -1:
+            return Decision(False, revoked=True)
         if allowed:
             return Decision(True)
         return Decision(False, max(1, math.ceil(int(retry_ms) / 1000)), rules[int(index) - 1])
@@ -152,9 +169,11 @@ class RateLimiter:
 limiter = RateLimiter()
 
 
-def enforce(rules: list[Rule], *, consume: bool = True) -> None:
-    """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses."""
-    decision = limiter.check(rules, consume=consume)
+def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | None = None) -> None:
+    """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses (401 if revoked)."""
+    decision = limiter.check(rules, consume=consume, session=session)
+    if decision.revoked:
+        raise sessions.revoked_error()
     if not decision.allowed:
         assert decision.rule is not None
         metrics.rate_limited(decision.rule.name)
@@ -210,19 +229,25 @@ def limit_login(
 
 
 async def limit_booking(
-    request: Request, principal: Annotated[Principal, Depends(current_principal)]
-) -> None:
-    """Booking creation per customer and per IP (the Redis call runs off the event loop)."""
+    request: Request, principal: Annotated[Principal, Depends(token_principal)]
+) -> Principal:
+    """Booking creation per customer and per IP, and the token's revocation check, in one
+    Redis round trip (run off the event loop). Returns the still-active principal."""
     settings = get_settings()
-    if not settings.rate_limit_enabled:
-        return
-    await run_in_threadpool(enforce, [
+    await run_in_threadpool(functools.partial(enforce, [
         Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
         Rule.parse("booking_per_ip", f"book-ip:{client_ip(request)}",
                    settings.rate_limit_booking_per_ip),
-    ])
+    ], session=principal))
+    return principal
+
+
+async def _booking_customer(principal: Annotated[Principal, Depends(limit_booking)]) -> Principal:
+    return customer_only(principal)
 
 
 LoginRateLimit = Depends(limit_login)
-BookingRateLimit = Depends(limit_booking)
+# Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
+# session check share one Redis round trip (never ``Customer`` plus a limit: two trips).
+BookingCustomer = Annotated[Principal, Depends(_booking_customer)]
