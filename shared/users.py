@@ -74,13 +74,21 @@ def change_password(*, user_id: int, current_password: str, new_password: str) -
 
 def set_role(*, email: str, role: str) -> dict[str, Any]:
     """An administrator's role change (``python3 dev.py users set-role``); every session ends."""
+    return _revoking_update(email, "role_changed", "UPDATE users SET role = %s", (role,))
+
+
+def sign_out_everywhere(*, email: str) -> dict[str, Any]:
+    """An administrator ends every session of an account (a stolen device, a compromise)."""
+    return _revoking_update(email, "signed_out_by_admin", "UPDATE users SET role = role", ())
+
+
+def _revoking_update(email: str, reason: str, update: str, params: tuple[Any, ...]) -> dict[str, Any]:
     with connection() as conn, conn.transaction():
         row = conn.execute(
-            f"UPDATE users SET role = %s WHERE lower(email) = lower(%s) RETURNING {_USER_COLUMNS}",
-            (role, email.strip()),
+            f"{update} WHERE lower(email) = lower(%s) RETURNING {_USER_COLUMNS}", (*params, email.strip())
         ).fetchone()
         if row is None:
             raise NotFound("user_not_found", f"No user with email {email}")
-        generation = sessions.revoke_user_sessions(conn, row["id"], reason="role_changed")
+        generation = sessions.revoke_user_sessions(conn, row["id"], reason=reason)
     sessions.publish_generation(row["id"], generation)
     return row

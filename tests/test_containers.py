@@ -370,7 +370,7 @@ def test_api_port_healthcheck_and_command_agree(dockerfile: Any) -> None:
 # --- docker-compose.yml ----------------------------------------------------------------
 
 
-CORE_SERVICES = {"postgres", "redis", "migrate", "api", "worker", "prometheus", "grafana"}
+CORE_SERVICES = {"postgres", "redis", "jwt-secret", "migrate", "api", "worker", "prometheus", "grafana"}
 
 
 def default_services(compose: dict[str, Any]) -> dict[str, Any]:

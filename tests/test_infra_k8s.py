@@ -121,7 +121,15 @@ def test_containers_have_requests_and_config_from_configmap_and_secret() -> None
             refs = container["envFrom"]
             assert {"configMapRef": {"name": "ticketing-config"}} in refs
             assert {"secretRef": {"name": "ticketing-secrets"}} in refs
-    assert "ticketing-config" in BY_KIND["ConfigMap"] and "ticketing-secrets" in BY_KIND["Secret"]
+    assert "ticketing-config" in BY_KIND["ConfigMap"]
+
+
+def test_no_secret_value_is_applied_with_the_manifests() -> None:
+    """`kubectl apply -k` must never overwrite the real Secret with a placeholder."""
+    assert "Secret" not in BY_KIND
+    for _, doc in DOCS:
+        values = {**(doc.get("data") or {}), **(doc.get("stringData") or {})}
+        assert not {"JWT_SECRET", "DATABASE_URL", "REDIS_URL"} & set(values), doc["metadata"]["name"]
 
 
 def test_config_keys_are_settings_fields() -> None:
@@ -129,7 +137,5 @@ def test_config_keys_are_settings_fields() -> None:
     from shared.settings import Settings
 
     fields = {f.upper() for f in Settings.model_fields}
-    keys = set(BY_KIND["ConfigMap"]["ticketing-config"]["data"]) | set(
-        BY_KIND["Secret"]["ticketing-secrets"]["stringData"]
-    )
+    keys = set(BY_KIND["ConfigMap"]["ticketing-config"]["data"])
     assert keys <= fields, keys - fields
