@@ -20,8 +20,9 @@ REFUSED_JWT_SECRETS = frozenset({
     "change-me-to-a-long-random-value",
     "change-me", "changeme", "secret", "jwt-secret", "test-secret", "package-test",
 })
-# A secret containing one of these words was typed by a person, not generated.
-_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "placeholder", "example", "insecure",
+# A secret containing one of these words was typed by a person, not generated (a random
+# 32-byte value contains none of them but by a chance far below one in a billion).
+_PLACEHOLDER_WORDS = ("secret", "password", "change-me", "changeme", "change_me", "placeholder", "example", "insecure",
                       "dev-only", "replace-me", "your-secret", "not-a-secret", "secret-here")
 JWT_SECRET_MIN_BYTES = 32
 _MIN_DISTINCT_CHARS = 10
