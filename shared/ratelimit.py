@@ -42,7 +42,7 @@ log = logging.getLogger("ticketing.ratelimit")
 # KEYS: one per limit. ARGV[1]: "1" to consume, "0" to only look; then per key the
 # emission interval and the period, in milliseconds. Returns {allowed, retry_ms, index}.
 # SESSION_CHECK_LUA (shared/sessions.py) sets ``nrules`` and may add a session check
-# (two more KEYS, one more ARGV): allowed -1 means the token was revoked.
+# (one more KEY and ARGV): allowed -1 means the token was revoked.
 GCRA_LUA = sessions.SESSION_CHECK_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -146,9 +146,8 @@ class RateLimiter:
             period_ms = rule.seconds * 1000
             args += [max(1, period_ms // rule.count), period_ms]
         if session is not None:
-            session_keys, generation = sessions.check_keys(session)
-            keys += session_keys
-            args.append(generation)
+            keys.append(sessions.session_key(session.session_id))
+            args.append(sessions.SESSION_ARG)
         try:
             script = self._script_for(settings.redis_url, settings.rate_limit_redis_timeout)
             allowed, retry_ms, index = script(keys=keys, args=args)

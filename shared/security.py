@@ -47,24 +47,20 @@ def dummy_hash() -> str:
 class Principal:
     """Who is calling, as proven by a valid token.
 
-    ``session_id`` names the login (refresh-token family) the token belongs to and
-    ``generation`` the user's session generation when it was issued: shared/sessions.py
-    refuses the token once either is revoked.
+    ``session_id`` names the login (refresh-token family) the token belongs to:
+    shared/sessions.py refuses the token once that session is revoked.
     """
 
     user_id: int
     role: str
     session_id: str = ""
-    generation: int = 0
 
 
 # Every access token carries these; one without any of them is refused.
-_REQUIRED_CLAIMS = ["sub", "role", "exp", "iat", "iss", "jti", "sid", "gen"]
+_REQUIRED_CLAIMS = ["sub", "role", "exp", "iat", "iss", "jti", "sid"]
 
 
-def issue_token(
-    user_id: int, role: str, *, session_id: str | None = None, generation: int = 0
-) -> tuple[str, int]:
+def issue_token(user_id: int, role: str, *, session_id: str | None = None) -> tuple[str, int]:
     """Return a signed access token for the user and its lifetime in seconds."""
     settings = get_settings()
     now = int(time.time())
@@ -76,7 +72,6 @@ def issue_token(
         "iss": settings.jwt_issuer,
         "jti": secrets.token_urlsafe(12),
         "sid": session_id or secrets.token_urlsafe(12),
-        "gen": generation,
     }
     token = jwt.encode(claims, settings.signing_secret(), algorithm=settings.jwt_algorithm)
     return token, settings.jwt_ttl_seconds
@@ -127,14 +122,13 @@ def _verify(token: str) -> tuple[Principal, float]:
         raise _invalid() from exc
     try:
         user_id, issued, expires = int(claims["sub"]), int(claims["iat"]), int(claims["exp"])
-        generation, session_id = int(claims["gen"]), str(claims["sid"])
     except (TypeError, ValueError, OverflowError) as exc:
         raise _invalid() from exc
     # Bounded lifetime: a token minted for longer than this deployment issues (a leaked
     # secret's 100-year token), or dated in the future, is not one we issued.
     if expires - issued > settings.jwt_ttl_seconds or issued > time.time() + settings.jwt_leeway_seconds:
         raise _invalid()
-    role = claims["role"]
-    if role not in ROLES or not session_id:
+    role, session_id = claims["role"], claims["sid"]
+    if role not in ROLES or not isinstance(session_id, str) or not session_id:
         raise _invalid()
-    return Principal(user_id, role, session_id, generation), float(expires)
+    return Principal(user_id, role, session_id), float(expires)

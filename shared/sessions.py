@@ -6,16 +6,15 @@ stored only as its SHA-256 (it is 256 random bits, so a fast hash is enough). Re
 uses the refresh token up and issues its successor in the same family; presenting a used
 one again means two parties hold it, so the whole family is revoked (theft detection).
 
-Access tokens are checked against Redis, never PostgreSQL:
-
-- ``{prefix}:sid:<session id>`` exists once the session is revoked (logout, reuse);
-- ``{prefix}:gen:<user id>`` holds the user's session generation, bumped by a password or
-  role change: tokens carrying an older ``gen`` claim are refused.
-
-Both keys expire after the longest an access token can live, so Redis holds only what
-can still matter. Booking routes fold this check into the rate limiter's one Redis round
-trip (``SESSION_CHECK_LUA`` rides along in the GCRA script, shared/ratelimit.py); other
-routes pay one MGET with a short timeout.
+Access tokens carry their session id (``sid``) and are checked against Redis, never
+PostgreSQL: ``auth:sid:<session id>`` exists once the session is revoked (logout, reuse;
+a password or role change revokes every session of the user whose access tokens can still
+be alive). Session ids are random UUIDs, so a key can never hit another user's token,
+even after a database is reset under a Redis that kept its keys. A key expires after
+the longest an access token can live, so Redis holds only what can still matter.
+Booking routes fold this check into the rate limiter's one Redis round trip
+(``SESSION_CHECK_LUA`` rides along in the GCRA script, shared/ratelimit.py); other routes
+pay one EXISTS with a short timeout.
 
 Redis unreachable: the check fails open (logged, then skipped for a few seconds like the
 rate limiter), because a Redis outage must not log every customer out mid-rush. The
@@ -50,17 +49,15 @@ _BREAKER_SECONDS = 5.0
 # Writes (revocations) matter more than reads: they get a longer timeout.
 _WRITE_TIMEOUT = 1.0
 
-# Prepended to the GCRA script: when an even number of ARGV is passed, the last two KEYS
-# are a session's revocation keys and the last ARGV the token's generation. Returns
-# {-1, 0, 0} for a revoked token, before any limit is consumed.
+# Prepended to the GCRA script: with an even number of ARGV (one extra, ``SESSION_ARG``),
+# the last KEY is the token's session key. Returns {-1, 0, 0} for a revoked token, before
+# any limit is consumed.
+SESSION_ARG = "session"
 SESSION_CHECK_LUA = """
 local nrules = #KEYS
 if #ARGV % 2 == 0 then
-  nrules = nrules - 2
-  if redis.call('EXISTS', KEYS[nrules + 2]) == 1
-     or tonumber(redis.call('GET', KEYS[nrules + 1]) or '0') > tonumber(ARGV[#ARGV]) then
-    return {-1, 0, 0}
-  end
+  nrules = nrules - 1
+  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1, 0, 0} end
 end
 """
 
@@ -80,17 +77,9 @@ class IssuedTokens:
 # --- revocation state in Redis ------------------------------------------------------------
 
 
-def _generation_key(user_id: int) -> str:
-    return f"{_KEY_PREFIX}:gen:{user_id}"
-
-
-def _session_key(session_id: str) -> str:
+def session_key(session_id: str) -> str:
+    """The Redis key that exists while this session is revoked."""
     return f"{_KEY_PREFIX}:sid:{session_id}"
-
-
-def check_keys(principal: Principal) -> tuple[list[str], int]:
-    """The keys and the generation the Lua check needs for this principal."""
-    return [_generation_key(principal.user_id), _session_key(principal.session_id)], principal.generation
 
 
 def _revocation_ttl() -> int:
@@ -141,18 +130,23 @@ def ensure_active(principal: Principal) -> None:
     client = _redis.client()
     if client is None:
         return
-    keys, generation = check_keys(principal)
     try:
-        current, revoked = client.mget(keys)
+        revoked = client.exists(session_key(principal.session_id))
     except redis.RedisError as exc:
         _redis.failed("Redis unavailable", exc)
         return
-    if revoked is not None or (current is not None and int(current) > generation):
+    if revoked:
         raise revoked_error()
 
 
-def _publish_revocation(mapping: dict[str, str]) -> None:
-    """Write revocation keys; a failure is logged loudly (the access TTL bounds the gap)."""
+def publish_revoked(session_ids: list[str]) -> None:
+    """After commit: the sessions' access tokens are refused from now on.
+
+    A failure is logged loudly; the refresh tokens are already dead in PostgreSQL and the
+    access-token lifetime bounds the gap.
+    """
+    if not session_ids:
+        return
     settings = get_settings()
     try:
         client = redis.Redis.from_url(
@@ -160,8 +154,8 @@ def _publish_revocation(mapping: dict[str, str]) -> None:
             retry=Retry(NoBackoff(), 1),
         )
         with client, client.pipeline(transaction=False) as pipe:
-            for key, value in mapping.items():
-                pipe.set(key, value, ex=_revocation_ttl())
+            for session_id in session_ids:
+                pipe.set(session_key(session_id), "1", ex=_revocation_ttl())
             pipe.execute()
     except redis.RedisError as exc:
         log.error(
@@ -177,8 +171,8 @@ def _hash(refresh_token: str) -> bytes:
     return hashlib.sha256(refresh_token.encode()).digest()
 
 
-def _issue(user_id: int, role: str, session_id: str, generation: int, refresh_token: str) -> IssuedTokens:
-    access, ttl = issue_token(user_id, role, session_id=session_id, generation=generation)
+def _issue(user_id: int, role: str, session_id: str, refresh_token: str) -> IssuedTokens:
+    access, ttl = issue_token(user_id, role, session_id=session_id)
     return IssuedTokens(access, refresh_token, ttl, get_settings().refresh_token_ttl_seconds, user_id, role)
 
 
@@ -187,17 +181,17 @@ def start_session(user_id: int) -> IssuedTokens:
     session_id, refresh_token = str(uuid.uuid4()), secrets.token_urlsafe(32)
     with connection() as conn:
         row = conn.execute(
-            """WITH u AS (SELECT id, role, session_generation FROM users WHERE id = %(user)s),
+            """WITH u AS (SELECT id, role FROM users WHERE id = %(user)s),
                     s AS (INSERT INTO sessions (id, user_id) SELECT %(sid)s, id FROM u RETURNING id),
                     r AS (INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
                           SELECT %(hash)s, id, now() + make_interval(secs => %(ttl)s) FROM s)
-               SELECT role, session_generation FROM u""",
+               SELECT role FROM u""",
             {"user": user_id, "sid": session_id, "hash": _hash(refresh_token),
              "ttl": get_settings().refresh_token_ttl_seconds},
         ).fetchone()
     if row is None:
         raise Unauthorized("unknown_user", "The user no longer exists")
-    return _issue(user_id, row["role"], session_id, row["session_generation"], refresh_token)
+    return _issue(user_id, row["role"], session_id, refresh_token)
 
 
 def refresh(refresh_token: str) -> IssuedTokens:
@@ -208,23 +202,34 @@ def refresh(refresh_token: str) -> IssuedTokens:
     """
     token_hash, successor = _hash(refresh_token), secrets.token_urlsafe(32)
     with connection() as conn, conn.transaction():
-        row = conn.execute(
-            """UPDATE refresh_tokens r SET used_at = now()
-               FROM sessions s JOIN users u ON u.id = s.user_id
-               WHERE r.token_hash = %s AND r.used_at IS NULL AND r.expires_at > now()
-                 AND s.id = r.session_id AND s.revoked_at IS NULL
-               RETURNING s.id AS session_id, u.id AS user_id, u.role, u.session_generation""",
+        used = conn.execute(
+            """UPDATE refresh_tokens SET used_at = now()
+               WHERE token_hash = %s AND used_at IS NULL AND expires_at > now()
+               RETURNING session_id""",
             (token_hash,),
         ).fetchone()
-        if row is not None:
+        # Locks the session row: a revocation committing meanwhile is seen, not raced.
+        row = used and conn.execute(
+            """UPDATE sessions s SET last_issued_at = now() FROM users u
+               WHERE s.id = %s AND s.revoked_at IS NULL AND u.id = s.user_id
+               RETURNING s.id AS session_id, u.id AS user_id, u.role""",
+            (used["session_id"],),
+        ).fetchone()
+        if row:
             conn.execute(
                 """INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
                    VALUES (%s, %s, now() + make_interval(secs => %s))""",
                 (_hash(successor), row["session_id"], get_settings().refresh_token_ttl_seconds),
             )
-    if row is None:
+    if not used:
         _refuse_refresh(token_hash)
-    return _issue(row["user_id"], row["role"], str(row["session_id"]), row["session_generation"], successor)
+    if not row:
+        raise _invalid_refresh()
+    return _issue(row["user_id"], row["role"], str(row["session_id"]), successor)
+
+
+def _invalid_refresh() -> Unauthorized:
+    return Unauthorized("invalid_refresh_token", "The refresh token is not valid, expired or revoked")
 
 
 def _refuse_refresh(token_hash: bytes) -> NoReturn:
@@ -239,7 +244,7 @@ def _refuse_refresh(token_hash: bytes) -> NoReturn:
         raise Unauthorized(
             "refresh_token_reused", "This refresh token was already used; the session is revoked, sign in again"
         )
-    raise Unauthorized("invalid_refresh_token", "The refresh token is not valid, expired or revoked")
+    raise _invalid_refresh()
 
 
 def revoke_session(session_id: str, *, reason: str) -> None:
@@ -253,25 +258,19 @@ def revoke_session(session_id: str, *, reason: str) -> None:
             "UPDATE sessions SET revoked_at = now(), revoked_reason = %s WHERE id = %s AND revoked_at IS NULL",
             (reason, session_id),
         )
-    _publish_revocation({_session_key(session_id): "1"})
+    publish_revoked([session_id])
 
 
-def revoke_user_sessions(conn: Any, user_id: int, *, reason: str) -> int:
-    """Inside the caller's transaction: bump the user's generation and revoke every session.
+def revoke_user_sessions(conn: Any, user_id: int, *, reason: str) -> list[str]:
+    """Inside the caller's transaction: revoke every session of the user.
 
-    Returns the new generation; call :func:`publish_generation` after commit.
+    Returns the ids of those whose access tokens may still be alive, for
+    :func:`publish_revoked` after commit.
     """
-    row = conn.execute(
-        "UPDATE users SET session_generation = session_generation + 1 WHERE id = %s RETURNING session_generation",
-        (user_id,),
-    ).fetchone()
-    conn.execute(
-        "UPDATE sessions SET revoked_at = now(), revoked_reason = %s WHERE user_id = %s AND revoked_at IS NULL",
-        (reason, user_id),
-    )
-    return int(row["session_generation"]) if row else 0
-
-
-def publish_generation(user_id: int, generation: int) -> None:
-    """After commit: access tokens of older generations are refused from now on."""
-    _publish_revocation({_generation_key(user_id): str(generation)})
+    rows = conn.execute(
+        """UPDATE sessions SET revoked_at = now(), revoked_reason = %s
+           WHERE user_id = %s AND revoked_at IS NULL
+           RETURNING id, last_issued_at > now() - make_interval(secs => %s) AS live""",
+        (reason, user_id, _revocation_ttl()),
+    ).fetchall()
+    return [str(row["id"]) for row in rows if row["live"]]

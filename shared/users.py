@@ -68,8 +68,8 @@ def change_password(*, user_id: int, current_password: str, new_password: str) -
     new_hash = hash_password(new_password)
     with connection() as conn, conn.transaction():
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (new_hash, user_id))
-        generation = sessions.revoke_user_sessions(conn, user_id, reason="password_changed")
-    sessions.publish_generation(user_id, generation)
+        revoked = sessions.revoke_user_sessions(conn, user_id, reason="password_changed")
+    sessions.publish_revoked(revoked)
 
 
 def set_role(*, email: str, role: str) -> dict[str, Any]:
@@ -89,6 +89,6 @@ def _revoking_update(email: str, reason: str, update: str, params: tuple[Any, ..
         ).fetchone()
         if row is None:
             raise NotFound("user_not_found", f"No user with email {email}")
-        generation = sessions.revoke_user_sessions(conn, row["id"], reason=reason)
-    sessions.publish_generation(row["id"], generation)
+        revoked = sessions.revoke_user_sessions(conn, row["id"], reason=reason)
+    sessions.publish_revoked(revoked)
     return row

@@ -56,7 +56,7 @@ def _token(**overrides: object) -> str:
     s = get_settings()
     now = int(time.time())
     claims = {"sub": "1", "role": "customer", "iat": now, "exp": now + 60, "iss": s.jwt_issuer,
-              "jti": "j", "sid": "s", "gen": 0, **overrides}
+              "jti": "j", "sid": "s", **overrides}
     return jwt.encode(claims, s.signing_secret(), algorithm=s.jwt_algorithm)
 
 

@@ -1,15 +1,15 @@
--- Sessions: rotating refresh tokens (stored hashed) and per-user revocation.
+-- Sessions: rotating refresh tokens (stored hashed), revocable one login at a time.
 
--- Bumped by a password or role change: every access token issued under an older
--- generation is refused (the current value is mirrored in Redis, see shared/sessions.py).
-ALTER TABLE users ADD COLUMN session_generation integer NOT NULL DEFAULT 0;
-
--- One row per login: the refresh-token family. Revoking it ends the login everywhere.
+-- One row per login: the refresh-token family. Revoking it ends the login everywhere:
+-- refresh here, access tokens through a Redis key named by the session id.
 CREATE TABLE sessions (
-    id         uuid        PRIMARY KEY,
-    user_id    bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    revoked_at timestamptz,
+    id             uuid        PRIMARY KEY,
+    user_id        bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    -- When its newest access token was issued: a revocation publishes only sessions
+    -- whose access tokens can still be alive.
+    last_issued_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz,
     revoked_reason text
 );
 CREATE INDEX sessions_user_live_idx ON sessions (user_id) WHERE revoked_at IS NULL;
