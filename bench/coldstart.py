@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def import_costs(handler: str, pythonpath: str, python: str) -> dict[str, float]:
     """Module -> self import time (ms) from ``python -X importtime``."""
-    env = {**os.environ, "PYTHONPATH": pythonpath, "AWS_LAMBDA_FUNCTION_NAME": "coldstart-bench"}
+    env = {**os.environ, "PYTHONPATH": pythonpath, "AWS_LAMBDA_FUNCTION_NAME": "coldstart-bench",
+           "APP_ENV": "test", "JWT_SECRET": secrets.token_urlsafe(48)}
     module = handler.rsplit(".", 1)[0]
     proc = subprocess.run([python, "-X", "importtime", "-c", f"import {module}"],
                           capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(),
