@@ -181,6 +181,10 @@ class Settings(BaseSettings):
                     f"JWT_SECRET_FILE {self.jwt_secret_file} cannot be read ({exc.strerror})"
                 ) from exc
         if self.app_env == "development":
+            # Lenient, but never a value published here (an old `.env` copied from the
+            # repository's example must not keep signing tokens).
+            if secret.lower() in REFUSED_JWT_SECRETS:
+                raise InsecureSecretError("JWT_SECRET is a placeholder value")
             return secret or _process_dev_secret
         problem = jwt_secret_problem(secret)
         if problem:

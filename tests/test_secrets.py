@@ -156,6 +156,13 @@ def test_weak_secrets_are_refused_outside_development(secret: str, why: str) -> 
     assert Settings(app_env="production", jwt_secret=strong).signing_secret() == strong  # type: ignore[arg-type]
 
 
+def test_development_refuses_the_placeholders_this_repository_published() -> None:
+    for placeholder in REFUSED_JWT_SECRETS:
+        with pytest.raises(InsecureSecretError, match="placeholder"):
+            Settings(app_env="development", jwt_secret=placeholder).signing_secret()  # type: ignore[arg-type]
+    assert Settings(app_env="development", jwt_secret="short").signing_secret() == "short"  # type: ignore[arg-type]
+
+
 def test_development_without_a_secret_gets_a_random_one_per_process() -> None:
     code = "from shared.settings import Settings; print(Settings(app_env='development').signing_secret())"
     env = {k: v for k, v in os.environ.items() if k not in _AUTH_VARS}
