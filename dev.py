@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "worker": (["-m", "celery", "-A", "functions.notify.worker", "worker", "--beat", "--loglevel=INFO"],
                "run the notify worker (Celery, with the relay schedule) against REDIS_URL"),
     "relay": (["-m", "shared.relay"], "publish outbox rows that were not published yet"),
+    "users": (["-m", "functions.users.admin"], "set-role EMAIL ROLE | sign-out EMAIL: ends the account's sessions"),
     "deadletters": (["-m", "shared.deadletters"], "list or replay notifications that exhausted their retries"),
     "bench": (["-m", "bench"], "run the benchmarks"),
     "lint": (["-m", "ruff", "check", "."], "ruff over the project"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,8 @@ print(json.dumps({"ms": elapsed * 1000, "modules": sorted({m.split(".")[0] for m
 
 def sample(handler: str, pythonpath: str, python: str) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET_ARN", "_SSM_PARAM"))}
-    env.update(PYTHONPATH=pythonpath, AWS_LAMBDA_FUNCTION_NAME="coldstart-bench", APP_ENV="test")
+    env.update(PYTHONPATH=pythonpath, AWS_LAMBDA_FUNCTION_NAME="coldstart-bench", APP_ENV="test",
+               JWT_SECRET=secrets.token_urlsafe(48))
     proc = subprocess.run([python, "-c", PROBE, handler], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir(), timeout=120, check=False)
     if proc.returncode != 0:
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def import_costs(handler: str, pythonpath: str, python: str) -> dict[str, float]:
     """Module -> self import time (ms) from ``python -X importtime``."""
-    env = {**os.environ, "PYTHONPATH": pythonpath, "AWS_LAMBDA_FUNCTION_NAME": "coldstart-bench"}
+    env = {**os.environ, "PYTHONPATH": pythonpath, "AWS_LAMBDA_FUNCTION_NAME": "coldstart-bench",
+           "APP_ENV": "test", "JWT_SECRET": secrets.token_urlsafe(48)}
     module = handler.rsplit(".", 1)[0]
     proc = subprocess.run([python, "-X", "importtime", "-c", f"import {module}"],
                           capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -117,6 +118,8 @@ class ApiServer:
             "DATABASE_URL": env.database_url,
             "REDIS_URL": env.redis_url,
             "RATE_LIMIT_ENABLED": "false",
+            # A throwaway server: its own random signing secret (it issues the tokens it checks).
+            "JWT_SECRET": secrets.token_urlsafe(48),
             # The production default: one JSON request line per booking is part of the cost.
             "LOG_LEVEL": "INFO",
             # Registration and login are not what is measured: cheap hashing for the setup.

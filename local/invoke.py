@@ -134,7 +134,7 @@ def use_running_stack(data_dir: Path | None = None) -> bool:
         return False
     for line in path.read_text().splitlines():
         name, sep, value = line.partition("=")
-        if sep and name in ("DATABASE_URL", "REDIS_URL"):
+        if sep and name in ("DATABASE_URL", "REDIS_URL", "APP_ENV", "JWT_SECRET_FILE"):
             os.environ.setdefault(name, value)
     print(f"using the running local stack's services ({path})", file=sys.stderr)
     return True
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     if function is None:
         parser.error(f"no function serves {method} {path}; pass --function to force one")
     use_running_stack()
+    # A local tool, run on purpose: without a stack's settings it signs with a throwaway
+    # per-process secret rather than refusing to start.
+    os.environ.setdefault("APP_ENV", "development")
     # Logs and prints of the handler go to stderr: stdout carries the response alone.
     with contextlib.redirect_stdout(sys.stderr):
         response = invoke(function, event)

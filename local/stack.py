@@ -45,6 +45,9 @@ WORKER_READY_MARK = " ready."  # Celery prints "celery@host ready." once consumi
 STOP_TIMEOUT_S = 15.0
 # Written while the stack runs: the URLs of its services, for local.invoke.
 STACK_ENV_FILE = "stack.env"
+# The dev stack's JWT signing secret: random, generated once per data folder, so tokens
+# survive restarts and no string written anywhere signs one.
+JWT_SECRET_FILE = "jwt-secret"
 
 _console = threading.Lock()
 _TTY = sys.stdout.isatty()
@@ -300,6 +303,15 @@ def configured_urls() -> tuple[str | None, str | None]:
     )
 
 
+def ensure_jwt_secret(data_dir: Path) -> Path:
+    """The data folder's signing secret file (mode 0600), created on first use."""
+    from shared.secret_file import ensure_secret
+
+    path = data_dir / JWT_SECRET_FILE
+    ensure_secret(path)
+    return path
+
+
 def _on_free_port(preferred: int, start: Callable[[int], Server]) -> Server:
     """Start a server on ``preferred`` if free; if another process grabs that port between
     the check and the bind (two stacks starting at once), retry once on a random port."""
@@ -433,8 +445,16 @@ class Stack:
                 self.pids.add("redis", rd.process.pid)
                 redis_url = rd.url
         self.database_url, self.redis_url = database_url, redis_url
+        # A development stack, said explicitly (an unset APP_ENV means production), signing
+        # with the data folder's own random secret unless one is configured.
+        auth_env = {"APP_ENV": os.environ.get("APP_ENV") or "development"}
+        if not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_SECRET_FILE")):
+            auth_env["JWT_SECRET_FILE"] = str(ensure_jwt_secret(opts.data_dir))
         # Lets `python3 dev.py invoke` reach this stack's services with no configuration.
-        self.env_file.write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
+        self.env_file.write_text("".join(
+            f"{name}={value}\n"
+            for name, value in {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **auth_env}.items()
+        ))
 
         from shared.migrate import migrate
 
@@ -443,12 +463,13 @@ class Stack:
         say(f"  {len(applied)} migration(s) applied" if applied else "  schema is current")
 
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-               "PYTHONUNBUFFERED": "1"}
-        env.setdefault("APP_ENV", "development")
-        # The README's seed flow registers with password "123": allowed here only, explicitly.
-        env.setdefault("PASSWORD_MIN_LENGTH", "3")
-        env.setdefault("PASSWORD_CHECK_COMMON", "false")
-        env.setdefault("REQUIRE_VERIFIED_EMAIL", "false")  # the seed flow mails unverified users
+               "PYTHONUNBUFFERED": "1", **auth_env}
+        if env["APP_ENV"] == "development":
+            # The README's seed flow registers with password "123" and is mailed before its
+            # customer verifies: development conveniences, switched on here explicitly.
+            env.setdefault("PASSWORD_MIN_LENGTH", "3")
+            env.setdefault("PASSWORD_CHECK_COMMON", "false")
+            env.setdefault("REQUIRE_VERIFIED_EMAIL", "false")
         worker = None
         if opts.worker:
             worker = self._spawn("worker", [

@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query
 from fastapi.security import OAuth2PasswordBearer
+from starlette.concurrency import run_in_threadpool
 
+from shared import sessions
 from shared.errors import Forbidden, Unauthorized
 from shared.schemas import BIGINT_MAX
 from shared.security import Principal, decode_token
@@ -15,10 +17,21 @@ _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
 # Dependencies that only compute are ``async``: a sync one costs a thread-pool hop each.
-async def current_principal(token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+async def token_principal(token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+    """The token's principal, signature and lifetime checked; revocation NOT checked.
+
+    Only for routes that check revocation themselves in the same Redis round trip as
+    their rate limit (shared/ratelimit.py ``BookingCustomer``).
+    """
     if not token:
         raise Unauthorized("not_authenticated", "A bearer token is required")
     return decode_token(token)
+
+
+async def current_principal(principal: Annotated[Principal, Depends(token_principal)]) -> Principal:
+    """A valid token whose session is still active (one Redis read, off the event loop)."""
+    await run_in_threadpool(sessions.ensure_active, principal)
+    return principal
 
 
 async def _organizer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
@@ -27,10 +40,14 @@ async def _organizer(principal: Annotated[Principal, Depends(current_principal)]
     return principal
 
 
-async def _customer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+def customer_only(principal: Principal) -> Principal:
     if principal.role != "customer":
         raise Forbidden("customer_only", "Only customers can do this")
     return principal
+
+
+async def _customer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    return customer_only(principal)
 
 
 def require_self(principal: Principal, user_id: int) -> None:

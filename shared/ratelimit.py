@@ -15,6 +15,7 @@ seconds, so a rush does not pay a timeout per request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -31,9 +32,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
-from shared import metrics
+from shared import metrics, sessions
 from shared.client_ip import client_ip as resolved_client_ip
-from shared.deps import current_principal
+from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
 from shared.errors import TooManyRequests, Unauthorized
 from shared.schemas import LoginForm
@@ -44,13 +45,16 @@ log = logging.getLogger("ticketing.ratelimit")
 
 # KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
 # and the period, in milliseconds. Returns {allowed, retry_ms, index}.
-GCRA_LUA = """
+# SESSION_CHECK_LUA (shared/sessions.py) sets ``nrules`` and may add a session check
+# (one more KEY and ARGV): allowed -1 means the token was revoked.
+GCRA_LUA = sessions.SESSION_CHECK_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
 local worst, denied = 0, 0
 local tats, oks = {}, {}
-for i, key in ipairs(KEYS) do
+for i = 1, nrules do
+  local key = KEYS[i]
   local interval = tonumber(ARGV[2 * i])
   local period = tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -64,7 +68,8 @@ for i, key in ipairs(KEYS) do
   end
   tats[i] = new_tat
 end
-for i, key in ipairs(KEYS) do
+for i = 1, nrules do
+  local key = KEYS[i]
   if (mode == 'all' and denied == 0) or (mode == 'each' and oks[i]) then
     redis.call('SET', key, string.format('%d', tats[i]), 'PX', tats[i] - now)
   end
@@ -107,6 +112,7 @@ class Decision:
     allowed: bool
     retry_after: int = 0
     rule: Rule | None = None
+    revoked: bool = False
 
 
 class LocalLimiter:
@@ -204,13 +210,25 @@ class RateLimiter:
         """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
         self._down_until = 0.0
 
-    def check(self, rules: list[Rule], *, consume: bool = True, mode: Mode | None = None) -> Decision:
+    def check(
+        self,
+        rules: list[Rule],
+        *,
+        consume: bool = True,
+        mode: Mode | None = None,
+        session: Principal | None = None,
+    ) -> Decision:
         """Whether all rules allow one more request (and count it when ``consume``).
 
-        ``mode="each"`` counts an event on every rule that still has room, whatever the others say.
+        ``mode="each"`` counts an event on every rule that still has room, whatever the others
+        say. With ``session``, the same round trip also refuses a revoked token (``revoked``);
+        without Redis that check fails open (shared/sessions.py says why) while the rules
+        apply per process.
         """
         settings = get_settings()
-        if not rules or not settings.rate_limit_enabled:
+        if not settings.rate_limit_enabled:
+            rules = []
+        if not rules and session is None:
             return Decision(True)
         mode = mode or ("all" if consume else "look")
         keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
@@ -221,14 +239,20 @@ class RateLimiter:
             args: list[int | str] = [mode]
             for interval, period in timings:
                 args += [interval, period]
+            script_keys = keys
+            if session is not None:
+                script_keys = [*keys, sessions.session_key(session.session_id)]
+                args.append(sessions.SESSION_ARG)
             try:
-                allowed, retry_ms, index = connection[1](keys=keys, args=args)
+                allowed, retry_ms, index = connection[1](keys=script_keys, args=args)
                 result = (int(allowed), float(retry_ms), int(index))
             except redis.RedisError as exc:
                 self._trip(exc)
         if result is None:
             result = self.local.gcra(keys, timings, mode)
         allowed, retry_ms, index = result
+        if allowed == -1:
+            return Decision(False, revoked=True)
         if allowed:
             return Decision(True)
         return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
@@ -265,9 +289,11 @@ class RateLimiter:
 limiter = RateLimiter()
 
 
-def enforce(rules: list[Rule], *, consume: bool = True) -> None:
-    """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses."""
-    decision = limiter.check(rules, consume=consume)
+def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | None = None) -> None:
+    """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses (401 if revoked)."""
+    decision = limiter.check(rules, consume=consume, session=session)
+    if decision.revoked:
+        raise sessions.revoked_error()
     if not decision.allowed:
         assert decision.rule is not None
         metrics.rate_limited(decision.rule.name)
@@ -327,18 +353,22 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
 
 
 async def limit_booking(
-    request: Request, principal: Annotated[Principal, Depends(current_principal)]
-) -> None:
-    """Booking creation per customer and per IP (the Redis call runs off the event loop)."""
+    request: Request, principal: Annotated[Principal, Depends(token_principal)]
+) -> Principal:
+    """Booking creation per customer and per IP, and the token's revocation check, in one
+    Redis round trip (run off the event loop). Returns the still-active principal."""
     settings = get_settings()
-    if not settings.rate_limit_enabled:
-        return
-    await run_in_threadpool(enforce, [
+    await run_in_threadpool(functools.partial(enforce, [
         Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
         Rule.parse("booking_per_ip", f"book-ip:{client_ip(request)}",
                    settings.rate_limit_booking_per_ip),
-    ])
+    ], session=principal))
+    return principal
+
+
+async def _booking_customer(principal: Annotated[Principal, Depends(limit_booking)]) -> Principal:
+    return customer_only(principal)
 
 
 def limit_register(request: Request) -> None:
@@ -348,5 +378,7 @@ def limit_register(request: Request) -> None:
 
 
 LoginRateLimit = Depends(limit_login)
-BookingRateLimit = Depends(limit_booking)
 RegisterRateLimit = Depends(limit_register)
+# Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
+# session check share one Redis round trip (never ``Customer`` plus a limit: two trips).
+BookingCustomer = Annotated[Principal, Depends(_booking_customer)]

@@ -146,9 +146,20 @@ class VerificationQueued(BaseModel):
 class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_in: int
+    expires_in: int = Field(description="access token lifetime, seconds")
     user_id: int
     role: Role
+    refresh_token: str = Field(description="single use: POST /auth/refresh returns its successor")
+    refresh_expires_in: int = Field(description="refresh token lifetime, seconds")
+
+
+class RefreshIn(BaseModel):
+    refresh_token: Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+class PasswordChange(BaseModel):
+    current_password: Annotated[Text, Field(max_length=256)]
+    new_password: Password
 
 
 class _EventTimes(BaseModel):

@@ -1,10 +1,11 @@
-"""Create a random secret in a file once, for containers that share it through a volume.
+"""Create a random secret in a file once: the JWT secret of ``dev.py up`` and compose's init services.
 
-``python -m shared.secret_file PATH [--owner UID:GID] [--mode 0440]`` writes a fresh
-random token to PATH unless the file already holds one, so a compose init service can
-run it on every ``up`` and the secret survives restarts. Used for the metrics scrape
-token (the api reads it via ``METRICS_TOKEN_FILE``, Prometheus via ``credentials_file``);
-nothing about it is specific to metrics.
+``python -m shared.secret_file PATH [--owner UID:GID] [--mode 0600]`` writes 48 random
+bytes (URL-safe base64) to PATH unless the file exists, so an init service can run it on
+every ``up`` and the secret survives restarts. The file is created with ``O_EXCL`` and its
+final mode from the start, so two starters cannot both write it and no reader ever sees a
+half-written or world-readable secret. Used for ``JWT_SECRET_FILE`` and the metrics scrape
+token (``METRICS_TOKEN_FILE`` for the api, ``credentials_file`` for Prometheus).
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import secrets
 from pathlib import Path
 
 
-def ensure_secret(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o440) -> bool:
-    """Write a new secret to ``path`` unless it holds one already; True when written."""
-    if path.exists() and len(path.read_text().strip()) >= 16:
+def ensure_secret(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o600) -> bool:
+    """Create ``path`` with a fresh random secret unless it exists; True when created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
         created = False
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-        os.replace(tmp, path)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
         created = True
     if owner is not None:
         os.chown(path, *owner)
@@ -34,10 +34,10 @@ def ensure_secret(path: Path, owner: tuple[int, int] | None = None, mode: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="python -m shared.secret_file", description=__doc__.split("\n", 1)[0])
     parser.add_argument("path", type=Path)
     parser.add_argument("--owner", help="UID:GID to own the file (the readers' user and group)")
-    parser.add_argument("--mode", default="0440", help="file mode, octal (default 0440)")
+    parser.add_argument("--mode", default="0600", help="file mode, octal (default 0600)")
     args = parser.parse_args(argv)
     owner = None
     if args.owner:

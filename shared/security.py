@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -115,14 +116,23 @@ def dummy_hash() -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling, as proven by a valid token."""
+    """Who is calling, as proven by a valid token.
+
+    ``session_id`` names the login (refresh-token family) the token belongs to:
+    shared/sessions.py refuses the token once that session is revoked.
+    """
 
     user_id: int
     role: str
+    session_id: str = ""
 
 
-def issue_token(user_id: int, role: str) -> tuple[str, int]:
-    """Return a signed token for the user and its lifetime in seconds."""
+# Every access token carries these; one without any of them is refused.
+_REQUIRED_CLAIMS = ["sub", "role", "exp", "iat", "iss", "jti", "sid"]
+
+
+def issue_token(user_id: int, role: str, *, session_id: str | None = None) -> tuple[str, int]:
+    """Return a signed access token for the user and its lifetime in seconds."""
     settings = get_settings()
     now = int(time.time())
     claims = {
@@ -131,8 +141,10 @@ def issue_token(user_id: int, role: str) -> tuple[str, int]:
         "iat": now,
         "exp": now + settings.jwt_ttl_seconds,
         "iss": settings.jwt_issuer,
+        "jti": secrets.token_urlsafe(12),
+        "sid": session_id or secrets.token_urlsafe(12),
     }
-    token = jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+    token = jwt.encode(claims, settings.signing_secret(), algorithm=settings.jwt_algorithm)
     return token, settings.jwt_ttl_seconds
 
 
@@ -140,7 +152,8 @@ def decode_token(token: str) -> Principal:
     """The principal a token proves, or 401 (`token_expired`, `invalid_token`).
 
     A token's signature is verified once per process and the result kept in a small
-    cache (tokens are immutable); its expiry is checked on every use.
+    cache (tokens are immutable); its expiry is checked on every use. Revocation is not
+    checked here (it changes): see shared/sessions.py.
     """
     cached = _verified.get(token)
     if cached is not None:
@@ -159,25 +172,34 @@ _VERIFIED_MAX = 10_000
 _verified: dict[str, tuple[Principal, float]] = {}
 
 
+def _invalid() -> Unauthorized:
+    return Unauthorized("invalid_token", "The access token is not valid")
+
+
 def _verify(token: str) -> tuple[Principal, float]:
     settings = get_settings()
     try:
         claims = jwt.decode(
             token,
-            settings.jwt_secret,
+            settings.signing_secret(),
             algorithms=[settings.jwt_algorithm],
             issuer=settings.jwt_issuer,
-            options={"require": ["sub", "exp", "iat", "iss"]},
+            # iat is checked below, with leeway for clock skew between instances.
+            options={"require": _REQUIRED_CLAIMS, "verify_iat": False},
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("token_expired", "The access token has expired") from exc
     except jwt.PyJWTError as exc:
-        raise Unauthorized("invalid_token", "The access token is not valid") from exc
-    role = claims.get("role")
+        raise _invalid() from exc
     try:
-        user_id = int(claims["sub"])
-    except (TypeError, ValueError) as exc:
-        raise Unauthorized("invalid_token", "The access token is not valid") from exc
-    if role not in ROLES:
-        raise Unauthorized("invalid_token", "The access token is not valid")
-    return Principal(user_id=user_id, role=role), float(claims["exp"])
+        user_id, issued, expires = int(claims["sub"]), int(claims["iat"]), int(claims["exp"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _invalid() from exc
+    # Bounded lifetime: a token minted for longer than this deployment issues (a leaked
+    # secret's 100-year token), or dated in the future, is not one we issued.
+    if expires - issued > settings.jwt_ttl_seconds or issued > time.time() + settings.jwt_leeway_seconds:
+        raise _invalid()
+    role, session_id = claims["role"], claims["sid"]
+    if role not in ROLES or not isinstance(session_id, str) or not session_id:
+        raise _invalid()
+    return Principal(user_id, role, session_id), float(expires)

@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import os
+import secrets
+import sys
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Literal, NoReturn
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+# Values this repository itself has used or shows as a JWT secret: refused everywhere but
+# explicit development, whatever their length. Keep in one place (tests/test_secrets.py
+# proves every candidate string in the repository is refused).
+REFUSED_JWT_SECRETS = frozenset({
+    "dev-only-insecure-jwt-secret-change-me",
+    "change-me-to-a-long-random-value",
+    "change-me", "changeme", "secret", "jwt-secret", "test-secret", "package-test",
+})
+# A secret containing one of these words was typed by a person, not generated (a random
+# 32-byte value contains none of them but by a chance far below one in a billion).
+_PLACEHOLDER_WORDS = ("secret", "password", "change-me", "changeme", "change_me", "placeholder", "example", "insecure",
+                      "dev-only", "replace-me", "your-secret", "not-a-secret", "secret-here")
+JWT_SECRET_MIN_BYTES = 32
+_MIN_DISTINCT_CHARS = 10
+# Generated once per process when explicit development mode has no secret: never a constant.
+_process_dev_secret = secrets.token_urlsafe(48)
+
+
+class InsecureSecretError(ValueError):
+    """The JWT secret is missing or guessable; the process must not sign or accept tokens."""
+
+
+def jwt_secret_problem(secret: str) -> str | None:
+    """Why ``secret`` must not sign tokens, or None when it is acceptable."""
+    if not secret:
+        return "JWT_SECRET is not set"
+    if len(secret.encode()) < JWT_SECRET_MIN_BYTES:
+        return f"JWT_SECRET is shorter than {JWT_SECRET_MIN_BYTES} bytes"
+    lowered = secret.lower()
+    if lowered in REFUSED_JWT_SECRETS or any(word in lowered for word in _PLACEHOLDER_WORDS):
+        return "JWT_SECRET is a placeholder value"
+    if len(set(secret)) < _MIN_DISTINCT_CHARS:
+        return "JWT_SECRET has too little variety to be random"
+    return None
 
 
 def running_in_lambda() -> bool:
@@ -20,7 +56,9 @@ def running_in_lambda() -> bool:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    app_env: Literal["development", "test", "production"] = "development"
+    # Unset means production: development conveniences (a random per-process JWT secret,
+    # the dev stack's weak demo passwords) are switched on explicitly, never by omission.
+    app_env: Literal["development", "test", "production"] = "production"
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ticketing"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -38,10 +76,19 @@ class Settings(BaseSettings):
     # pooling, RDS Proxy connection sharing).
     db_prepare_threshold: int | None = 5
 
-    jwt_secret: str = DEV_JWT_SECRET
+    # No default: JWT_SECRET, or JWT_SECRET_FILE (a mounted file), or JWT_SECRET_SSM_PARAM /
+    # JWT_SECRET_SECRET_ARN (shared/aws_config.py). Read it through signing_secret().
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_secret_file: str = ""
+    _signing_secret: str | None = PrivateAttr(default=None)
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    jwt_ttl_seconds: int = Field(default=3600, ge=60)
+    # Access tokens are short: revocation (shared/sessions.py) is enforced through Redis,
+    # and when Redis is unreachable this lifetime bounds how long a revoked token works.
+    jwt_ttl_seconds: int = Field(default=900, ge=60, le=86_400, description="access token lifetime")
     jwt_issuer: str = "ticketing-backend"
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300, description="clock skew tolerated on iat/exp")
+    refresh_token_ttl_seconds: int = Field(default=14 * 86_400, ge=300, description="refresh token lifetime")
+    session_redis_timeout: float = Field(default=0.2, gt=0, description="revocation check, seconds")
 
     # argon2id cost; tests lower it so fixtures that create many users stay fast.
     password_hash_time_cost: int = Field(default=3, ge=1)
@@ -173,19 +220,49 @@ class Settings(BaseSettings):
             raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: /metrics off)")
         return value
 
-    @model_validator(mode="after")
-    def _production_needs_real_secret(self) -> Settings:
-        if self.app_env == "production" and self.jwt_secret == DEV_JWT_SECRET:
-            raise ValueError("JWT_SECRET must be set in production")
-        return self
+    def signing_secret(self) -> str:
+        """The JWT secret, validated; raises InsecureSecretError outside explicit development.
 
-    @model_validator(mode="after")
-    def _weak_passwords_only_in_development(self) -> Settings:
-        if self.app_env == "production" and not self.password_check_common:
-            raise ValueError("PASSWORD_CHECK_COMMON=false is for development only")
-        if self.app_env == "production" and self.password_min_length < 8:
-            raise ValueError("PASSWORD_MIN_LENGTH below 8 is for development only")
-        return self
+        Explicit development without a secret gets a random per-process one, so no string
+        written anywhere can sign a token it accepts. Resolved once per settings object.
+        """
+        if self._signing_secret is None:
+            self._signing_secret = self._resolve_signing_secret()
+        return self._signing_secret
+
+    def _resolve_signing_secret(self) -> str:
+        secret = self.jwt_secret.get_secret_value()
+        if not secret and self.jwt_secret_file:
+            try:
+                secret = Path(self.jwt_secret_file).read_text().strip()
+            except OSError as exc:
+                raise InsecureSecretError(
+                    f"JWT_SECRET_FILE {self.jwt_secret_file} cannot be read ({exc.strerror})"
+                ) from exc
+        if self.app_env == "development":
+            # Lenient, but never a value published here (an old `.env` copied from the
+            # repository's example must not keep signing tokens).
+            if secret.lower() in REFUSED_JWT_SECRETS:
+                raise InsecureSecretError("JWT_SECRET is a placeholder value")
+            return secret or _process_dev_secret
+        problem = jwt_secret_problem(secret)
+        if problem:
+            raise InsecureSecretError(problem)
+        return secret
+
+    def password_policy_problem(self) -> str | None:
+        """Why the registration policy is too weak for this environment, or None.
+
+        Only an explicit development stack may relax it (``dev.py up`` does, for the
+        README's password ``123``); the test suite's own mode may too.
+        """
+        if self.app_env != "production":
+            return None
+        if not self.password_check_common:
+            return "PASSWORD_CHECK_COMMON=false is for development only"
+        if self.password_min_length < 8:
+            return "PASSWORD_MIN_LENGTH below 8 is for development only"
+        return None
 
     @property
     def verified_email_required(self) -> bool:
@@ -199,6 +276,32 @@ class Settings(BaseSettings):
         if running_in_lambda():
             return 1, 1
         return min(self.db_pool_min, self.db_pool_max), self.db_pool_max
+
+
+def require_safe_start() -> None:
+    """At an HTTP app's start: a usable secret and password policy, or a clear message and exit 2.
+
+    Only the HTTP apps sign or verify tokens and register users; migrations, the relay and
+    the worker touch neither, so they start without a secret.
+    """
+    settings = get_settings()
+    try:
+        settings.signing_secret()
+    except InsecureSecretError as exc:
+        _refuse_to_start(
+            f"{exc}.\n"
+            "  Set JWT_SECRET (or JWT_SECRET_FILE) to at least 32 random bytes, e.g.\n"
+            "    python3 -c 'import secrets; print(secrets.token_urlsafe(48))'\n"
+            "  or set APP_ENV=development explicitly for a throwaway per-process secret."
+        )
+    problem = settings.password_policy_problem()
+    if problem:
+        _refuse_to_start(f"{problem}: unset it outside development.")
+
+
+def _refuse_to_start(problem: str) -> NoReturn:
+    print(f"ticketing: refusing to start (APP_ENV={get_settings().app_env}): {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 @lru_cache(maxsize=1)

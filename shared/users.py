@@ -6,10 +6,10 @@ from typing import Any
 
 import psycopg
 
-from shared import email_verification, outbox
+from shared import email_verification, outbox, sessions
 from shared.db import connection
 from shared.emails import email_skeleton, normalize_email
-from shared.errors import Conflict, NotFound, Unauthorized
+from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
 from shared.security import dummy_hash, hash_password, verify_password
 
 _USER_COLUMNS = "id, email, name, role, created_at, email_verified_at"
@@ -62,4 +62,44 @@ def get_user(user_id: int) -> dict[str, Any]:
         ).fetchone()
     if row is None:
         raise NotFound("user_not_found", f"User {user_id} does not exist")
+    return row
+
+
+# --- session-affecting changes: each revokes every session of the user (shared/sessions.py)
+
+
+def change_password(*, user_id: int, current_password: str, new_password: str) -> None:
+    """Replace the password after checking the current one; every session ends."""
+    with connection() as conn:
+        row = conn.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,)).fetchone()
+    if row is None:
+        raise Unauthorized("unknown_user", "The token's user no longer exists")
+    if not verify_password(row["password_hash"], current_password):
+        raise Forbidden("wrong_password", "The current password is not correct")
+    new_hash = hash_password(new_password)
+    with connection() as conn, conn.transaction():
+        conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (new_hash, user_id))
+        revoked = sessions.revoke_user_sessions(conn, user_id, reason="password_changed")
+    sessions.publish_revoked(revoked)
+
+
+def set_role(*, email: str, role: str) -> dict[str, Any]:
+    """An administrator's role change (``python3 dev.py users set-role``); every session ends."""
+    return _revoking_update(email, "role_changed", "UPDATE users SET role = %s", (role,))
+
+
+def sign_out_everywhere(*, email: str) -> dict[str, Any]:
+    """An administrator ends every session of an account (a stolen device, a compromise)."""
+    return _revoking_update(email, "signed_out_by_admin", "UPDATE users SET role = role", ())
+
+
+def _revoking_update(email: str, reason: str, update: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    with connection() as conn, conn.transaction():
+        row = conn.execute(
+            f"{update} WHERE lower(email) = lower(%s) RETURNING {_USER_COLUMNS}", (*params, email.strip())
+        ).fetchone()
+        if row is None:
+            raise NotFound("user_not_found", f"No user with email {email}")
+        revoked = sessions.revoke_user_sessions(conn, row["id"], reason=reason)
+    sessions.publish_revoked(revoked)
     return row

@@ -20,6 +20,7 @@ from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.request_telemetry import RequestTelemetry
 from shared.schemas import ErrorOut
+from shared.settings import require_safe_start
 
 log = logging.getLogger("ticketing.web")
 
@@ -150,6 +151,7 @@ class CatchAllErrors:
 def create_app(title: str, routers: Iterable[APIRouter], description: str = "") -> FastAPI:
     """Build an app from routers; the same routers serve a Lambda function or the local router."""
     configure_logging()
+    require_safe_start()  # every app verifies tokens: no usable secret or policy, no start
     # No 307 to the slash-less path: an unknown path is a JSON 404 like everything else.
     # strict_content_type=False: a JSON body without a Content-Type header is read as JSON
     # (FastAPI's strict default guards cookie sessions against CSRF; tokens here are bearer).

@@ -55,8 +55,9 @@ def test_nobody_books_as_someone_else_and_organizers_do_not_book(client: Client)
 def _token(**overrides: object) -> str:
     s = get_settings()
     now = int(time.time())
-    claims = {"sub": "1", "role": "customer", "iat": now, "exp": now + 60, "iss": s.jwt_issuer, **overrides}
-    return jwt.encode(claims, s.jwt_secret, algorithm=s.jwt_algorithm)
+    claims = {"sub": "1", "role": "customer", "iat": now, "exp": now + 60, "iss": s.jwt_issuer,
+              "jti": "j", "sid": "s", **overrides}
+    return jwt.encode(claims, s.signing_secret(), algorithm=s.jwt_algorithm)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def _token(**overrides: object) -> str:
 )
 def test_missing_expired_or_tampered_token_is_401(client: Client, token: str | None, code: str) -> None:
     if token == "expired":
-        token = _token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
+        token = _token(iat=int(time.time()) - 700, exp=int(time.time()) - 100)
     elif token == "tampered":
         head, _, sig = _token().split(".")
         forged = jwt.utils.base64url_encode(

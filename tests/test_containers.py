@@ -432,7 +432,7 @@ def test_prometheus_scrapes_the_api_with_a_token_generated_once(
     target = tmp_path / "token"
     assert make_secret([str(target), "--mode", "0440"]) == 0
     first = target.read_text()
-    assert make_secret([str(target)]) == 0 and target.read_text() == first
+    assert make_secret([str(target), "--mode", "0440"]) == 0 and target.read_text() == first
     assert len(first.strip()) >= 32 and (target.stat().st_mode & 0o777) == 0o440
     from shared.metrics import metrics_token
 
@@ -446,7 +446,9 @@ def test_prometheus_scrapes_the_api_with_a_token_generated_once(
 # --- docker-compose.yml ----------------------------------------------------------------
 
 
-CORE_SERVICES = {"postgres", "redis", "migrate", "metrics-token", "api", "worker", "prometheus", "grafana"}
+CORE_SERVICES = {
+    "postgres", "redis", "jwt-secret", "migrate", "metrics-token", "api", "worker", "prometheus", "grafana",
+}
 
 
 def default_services(compose: dict[str, Any]) -> dict[str, Any]:

@@ -63,13 +63,13 @@ def test_rds_secret_and_ssm_jwt_feed_settings(
     assert settings.database_url == (
         "postgresql://app:p%40ss%2Fword@proxy.example.internal:5432/ticketing?sslmode=require"
     )
-    assert settings.jwt_secret == "jwt-from-ssm"
+    assert settings.jwt_secret.get_secret_value() == "jwt-from-ssm"
 
     # Once per container: deleting the values afterwards changes nothing for this process.
     sm.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
     boto3.client("ssm").delete_parameter(Name="/ticketing/jwt")
     get_settings.cache_clear()
-    assert get_settings().jwt_secret == "jwt-from-ssm"
+    assert get_settings().jwt_secret.get_secret_value() == "jwt-from-ssm"
 
 
 @mock_aws
@@ -83,7 +83,7 @@ def test_plain_url_secret_and_secretsmanager_jwt(
     monkeypatch.setenv("JWT_SECRET_SECRET_ARN", jwt)
     settings = get_settings()
     assert settings.database_url == "postgresql://u:p@h:6432/x"
-    assert settings.jwt_secret == "s3cret"
+    assert settings.jwt_secret.get_secret_value() == "s3cret"
 
 
 @mock_aws

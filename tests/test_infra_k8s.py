@@ -121,7 +121,15 @@ def test_containers_have_requests_and_config_from_configmap_and_secret() -> None
             refs = container["envFrom"]
             assert {"configMapRef": {"name": "ticketing-config"}} in refs
             assert {"secretRef": {"name": "ticketing-secrets"}} in refs
-    assert "ticketing-config" in BY_KIND["ConfigMap"] and "ticketing-secrets" in BY_KIND["Secret"]
+    assert "ticketing-config" in BY_KIND["ConfigMap"]
+
+
+def test_no_secret_value_is_applied_with_the_manifests() -> None:
+    """`kubectl apply -k` must never overwrite the real Secret with a placeholder."""
+    assert "Secret" not in BY_KIND
+    for _, doc in DOCS:
+        values = {**(doc.get("data") or {}), **(doc.get("stringData") or {})}
+        assert not {"JWT_SECRET", "DATABASE_URL", "REDIS_URL"} & set(values), doc["metadata"]["name"]
 
 
 def test_config_keys_are_settings_fields() -> None:
@@ -129,9 +137,7 @@ def test_config_keys_are_settings_fields() -> None:
     from shared.settings import Settings
 
     fields = {f.upper() for f in Settings.model_fields}
-    keys = set(BY_KIND["ConfigMap"]["ticketing-config"]["data"]) | set(
-        BY_KIND["Secret"]["ticketing-secrets"]["stringData"]
-    )
+    keys = set(BY_KIND["ConfigMap"]["ticketing-config"]["data"])
     assert keys <= fields, keys - fields
 
 
@@ -152,5 +158,5 @@ def test_api_serves_metrics_only_with_a_token_an_operator_created() -> None:
     (token,) = [e for e in api["env"] if e["name"] == "METRICS_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"]["optional"] is True  # absent: /metrics is off
     config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
-    placeholders = set(config) | set(BY_KIND["Secret"]["ticketing-secrets"]["stringData"])
-    assert not {"METRICS_TOKEN", "METRICS_TOKEN_FILE"} & placeholders  # no example value works
+    assert "Secret" not in BY_KIND  # no manifest ships a secret value, this one included
+    assert not {"METRICS_TOKEN", "METRICS_TOKEN_FILE"} & set(config)  # no example value works

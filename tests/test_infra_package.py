@@ -7,6 +7,7 @@ interpreter that imports it); pip downloads are cached in the temp dir between r
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,7 @@ def test_package_imports_its_handler_in_a_clean_virtualenv(
     with zipfile.ZipFile(out / f"{name}-{ARCH}.zip") as zf:
         zf.extractall(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path),
-           "PYTHONDONTWRITEBYTECODE": "1", "APP_ENV": "test", "JWT_SECRET": "package-test",
+           "PYTHONDONTWRITEBYTECODE": "1", "APP_ENV": "test", "JWT_SECRET": secrets.token_urlsafe(48),
            "AWS_LAMBDA_FUNCTION_NAME": f"ticketing-{name}", "RATE_LIMIT_ENABLED": "false"}
     proc = subprocess.run(
         [str(clean_python), "-c", CHECK, package.FUNCTIONS[name].handler, json.dumps(event)],

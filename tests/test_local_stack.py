@@ -106,9 +106,11 @@ def stack_env(server_urls: dict[str, str]) -> Iterator[dict[str, str]]:
         "NOTIFY_CHANNEL": "console",
         "PYTHONUNBUFFERED": "1",
     }
-    # The stack itself must allow the README's password "123" (the suite relaxes it too).
-    for name in ("PASSWORD_MIN_LENGTH", "PASSWORD_CHECK_COMMON"):
-        env.pop(name, None)
+    # As a user starts it: no mode, secret or relaxed policy of the suite's; the stack itself
+    # must be development and allow the README's password "123".
+    for var in ("APP_ENV", "JWT_SECRET", "JWT_SECRET_FILE", "PASSWORD_MIN_LENGTH", "PASSWORD_CHECK_COMMON",
+                "REQUIRE_VERIFIED_EMAIL"):
+        env.pop(var, None)
     yield env
     with psycopg.connect(server_urls["database"], autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -174,8 +176,10 @@ def test_stack_runs_the_seed_flow_with_worker_output_and_stops_clean(
 def test_embedded_servers_keep_data_across_restarts_and_leave_nothing_behind(
         tmp_path: Path) -> None:
     """No URLs: real embedded servers in --data-dir. A clean stop, a hard kill, a restart."""
+    # Nothing configured at all, as a new user runs it: no URLs, no APP_ENV, no JWT_SECRET.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "TEST_DATABASE_URL", "TEST_REDIS_URL")}
+           if k not in ("DATABASE_URL", "REDIS_URL", "TEST_DATABASE_URL", "TEST_REDIS_URL",
+                        "APP_ENV", "JWT_SECRET", "JWT_SECRET_FILE")}
     data = tmp_path / "data"
     email = f"keep-{uuid.uuid4().hex[:8]}@test.com"
 
@@ -186,6 +190,7 @@ def test_embedded_servers_keep_data_across_restarts_and_leave_nothing_behind(
 
 
 def _three_runs(data: Path, env: dict[str, str], email: str) -> None:
+    first_token = ""
     first = StackProcess("--data-dir", str(data), "--no-worker", env=env)
     try:
         first.wait_ready()
@@ -193,6 +198,12 @@ def _three_runs(data: Path, env: dict[str, str], email: str) -> None:
         r = httpx.post(f"{first.base_url}/users", timeout=10,
                        json={"email": email, "password": "123", "role": "customer"})
         assert r.status_code == 201, r.text
+        with httpx.Client(base_url=first.base_url, timeout=10) as http:
+            first_token = _token(http, email, "123")
+        # The signing secret: random, generated once for this data folder, private.
+        secret_file = data / "jwt-secret"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert len(secret_file.read_text().strip()) >= 48
         children = first.descendants()
         assert first.interrupt() == 0, first.output
         assert _gone(children) == []
@@ -218,6 +229,9 @@ def _three_runs(data: Path, env: dict[str, str], email: str) -> None:
         assert "Lambda emulation" in third.output
         with httpx.Client(base_url=third.base_url, timeout=10) as http:
             assert _token(http, email, "123")  # the user from the first run is still there
+            # The same secret after restarts: the first run's token still works.
+            me = http.get("/users/me", headers={"authorization": f"Bearer {first_token}"})
+            assert me.status_code == 200, me.text
             r = http.get("/no/such/route")
             assert r.json() == {"message": "Not Found"}  # API Gateway's answer: emulated
         children = third.descendants()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from shared.settings import Settings, get_settings
 from tests.clients import Client
@@ -78,10 +77,27 @@ def test_login_is_not_held_to_the_registration_policy(client: Client, default_po
 
 def test_only_development_may_relax_the_policy(default_policy: None) -> None:
     base = {"jwt_secret": "a-real-secret-" + uuid.uuid4().hex}
-    with pytest.raises(ValidationError, match="PASSWORD_CHECK_COMMON"):
-        Settings(app_env="production", password_check_common=False, **base)
-    with pytest.raises(ValidationError, match="PASSWORD_MIN_LENGTH"):
-        Settings(app_env="production", password_min_length=3, **base)
+    weak = Settings(app_env="production", password_check_common=False, **base)
+    assert "PASSWORD_CHECK_COMMON" in (weak.password_policy_problem() or "")
+    short = Settings(app_env="production", password_min_length=3, **base)
+    assert "PASSWORD_MIN_LENGTH" in (short.password_policy_problem() or "")
     relaxed = Settings(app_env="development", password_check_common=False, password_min_length=3, **base)
     assert relaxed.password_min_length == 3 and not relaxed.password_check_common
-    assert Settings(app_env="production", **base).password_check_common
+    assert relaxed.password_policy_problem() is None
+    assert Settings(app_env="production", password_min_length=8, **base).password_policy_problem() is None
+
+
+def test_an_http_app_with_a_relaxed_policy_refuses_to_start_outside_development() -> None:
+    """The production check runs where the policy is applied: the HTTP apps' start."""
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in (*POLICY, "APP_ENV", "JWT_SECRET_FILE")}
+    env.update(APP_ENV="production", JWT_SECRET=secrets.token_urlsafe(48), PASSWORD_MIN_LENGTH="3")
+    proc = subprocess.run([sys.executable, "-c", "import functions.users.handler"],
+                          cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "PASSWORD_MIN_LENGTH" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,7 +25,7 @@ from shared.deps import (
     UserId,
     require_self,
 )
-from shared.ratelimit import BookingRateLimit
+from shared.ratelimit import BookingCustomer
 from shared.schemas import (
     BookingCancel,
     BookingCreate,
@@ -146,11 +146,11 @@ async def _book(
 
 
 @router.post(
-    "/bookings", status_code=201, response_model=BookingOut, responses=_CLAIM_ERRORS, dependencies=[BookingRateLimit]
+    "/bookings", status_code=201, response_model=BookingOut, responses=_CLAIM_ERRORS
 )
 async def create_booking(
     body: BookingCreate,
-    customer: Customer,
+    customer: BookingCustomer,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -164,12 +164,11 @@ async def create_booking(
     status_code=201,
     response_model=BookingOut,
     responses=_CLAIM_ERRORS,
-    dependencies=[BookingRateLimit],
 )
 async def book_for(
     user_id: UserId,
     body: BookingCreate,
-    customer: Customer,
+    customer: BookingCustomer,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -234,11 +233,10 @@ def cancel_booking(booking_id: BookingId, customer: Customer, body: BookingCance
     status_code=201,
     response_model=HoldOut,
     responses=_CLAIM_ERRORS,
-    dependencies=[BookingRateLimit],
 )
 def create_hold(
     event_id: EventId,
-    customer: Customer,
+    customer: BookingCustomer,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -296,10 +294,13 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
             "`hold_released`, `event_cancelled`, `request_in_progress`",
         },
     },
-    dependencies=[BookingRateLimit],
 )
 def confirm_hold(
-    hold_id: HoldId, customer: Customer, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+    hold_id: HoldId,
+    customer: BookingCustomer,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Turn a hold into a booking. A hold past its expiry still confirms if its tickets are free."""
 

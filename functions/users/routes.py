@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
-from shared import email_verification, users
+from shared import email_verification, sessions, users
 from shared.deps import CurrentUser
 from shared.ratelimit import LoginRateLimit, RegisterRateLimit, Rule, client_ip, enforce
-from shared.schemas import EmailVerify, ErrorOut, LoginForm, TokenOut, UserCreate, UserOut, VerificationQueued
-from shared.security import issue_token
+from shared.schemas import (
+    EmailVerify,
+    ErrorOut,
+    LoginForm,
+    PasswordChange,
+    RefreshIn,
+    TokenOut,
+    UserCreate,
+    UserOut,
+    VerificationQueued,
+)
 from shared.settings import get_settings
 from shared.web import COMMON_ERRORS
 
@@ -46,10 +56,57 @@ def register(body: UserCreate) -> dict[str, Any]:
     dependencies=[LoginRateLimit],
 )
 def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
-    """Exchange email (as `username`) and password for a bearer token (OAuth2 password flow)."""
+    """Exchange email (as `username`) and password for a short-lived bearer token and a
+    single-use refresh token (OAuth2 password flow). Each login is its own session."""
     user = users.authenticate(email=form.username, password=form.password)
-    token, ttl = issue_token(user["id"], user["role"])
-    return TokenOut(access_token=token, expires_in=ttl, user_id=user["id"], role=user["role"])
+    return _token_out(sessions.start_session(user["id"]))
+
+
+def _token_out(issued: sessions.IssuedTokens) -> TokenOut:
+    return TokenOut.model_validate(dataclasses.asdict(issued))
+
+
+@router.post(
+    "/auth/refresh",
+    response_model=TokenOut,
+    responses={
+        401: {
+            "model": ErrorOut,
+            "description": "`invalid_refresh_token` (unknown, expired or revoked); `refresh_token_reused` "
+            "(already used: the whole session is revoked)",
+        },
+    },
+)
+def refresh(body: RefreshIn) -> TokenOut:
+    """Trade a refresh token for a new access token and the next refresh token (rotation)."""
+    return _token_out(sessions.refresh(body.refresh_token))
+
+
+@router.post(
+    "/auth/logout",
+    status_code=204,
+    responses={401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}},
+)
+def logout(principal: CurrentUser) -> Response:
+    """End the caller's session: its refresh token and access tokens stop working."""
+    sessions.revoke_session(principal.session_id, reason="logout")
+    return Response(status_code=204)
+
+
+@router.put(
+    "/users/me/password",
+    status_code=204,
+    responses={
+        401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"},
+        403: {"model": ErrorOut, "description": "`wrong_password` (the current password)"},
+    },
+)
+def change_password(body: PasswordChange, principal: CurrentUser) -> Response:
+    """Change the caller's password; every session of the account ends (sign in again)."""
+    users.change_password(
+        user_id=principal.user_id, current_password=body.current_password, new_password=body.new_password
+    )
+    return Response(status_code=204)
 
 
 @router.get(

@@ -1,0 +1,265 @@
+"""No known secret ever signs tokens: no default, placeholder or string from this repository
+works as the JWT secret, processes refuse to start without a real one, and tokens have a
+bounded lifetime."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+
+from shared.errors import Unauthorized
+from shared.settings import (
+    REFUSED_JWT_SECRETS,
+    InsecureSecretError,
+    Settings,
+    get_settings,
+    jwt_secret_problem,
+)
+from tests.clients import Client
+from tests.factories import account
+from tests.settings_env import restore_env, set_env
+
+# Signing with short repository strings is the point here, not a mistake.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+# A fresh process sets none of these (the suite relaxes the password policy for old flows).
+_AUTH_VARS = ("APP_ENV", "JWT_SECRET", "JWT_SECRET_FILE", "PASSWORD_MIN_LENGTH", "PASSWORD_CHECK_COMMON")
+
+
+def _repo_text_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = []
+    for name in listed.stdout.splitlines():
+        path = ROOT / name
+        if path.is_file() and path.stat().st_size < 1_000_000:
+            try:
+                path.read_text()
+            except UnicodeDecodeError:
+                continue
+            files.append(path)
+    return files
+
+
+_QUOTED = re.compile(r"""(?<![\w\\])(['"])((?:(?!\1)[^\\\n]){1,300})\1""")
+# A value in a secret-looking position: FOO_SECRET=..., jwt_secret: ..., password = "...".
+_ASSIGNED = re.compile(
+    r"""(?i)\b\w*(?:secret|password|token|key)\w*['"]?\s*[:=]\s*['"]?([^\s'"#,;)}]+)"""
+)
+
+
+def _candidates() -> tuple[set[str], set[str]]:
+    """(every quoted string and assigned value, those assigned to a secret-looking name)."""
+    quoted: set[str] = set()
+    assigned: set[str] = set()
+    for path in _repo_text_files():
+        text = path.read_text()
+        quoted.update(m.group(2) for m in _QUOTED.finditer(text))
+        assigned.update(m.group(1) for m in _ASSIGNED.finditer(text))
+    # Code on the right of an "=" (a call) is not a value anyone could copy as a secret.
+    assigned = {value for value in assigned if value and "(" not in value}
+    return quoted | assigned, assigned
+
+
+ALL_CANDIDATES, ASSIGNED_CANDIDATES = _candidates()
+
+
+@pytest.fixture
+def no_auth_env() -> Iterator[None]:
+    """The environment of a process started with no APP_ENV and no secret at all."""
+    saved = {k: os.environ.pop(k, None) for k in _AUTH_VARS}
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def _token(secret: str, **claims: object) -> str:
+    now = int(time.time())
+    body = {"sub": "1", "role": "organizer", "iat": now, "exp": now + 60, "iss": "ticketing-backend",
+            "jti": "j", "sid": "s", **claims}
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+def test_the_scan_found_the_repositorys_strings() -> None:
+    """Guards the scanner itself: it must see the values that used to be secrets."""
+    assert len(ALL_CANDIDATES) > 1000
+    assert {"change-me-to-a-long-random-value", "dev-only-insecure-jwt-secret-change-me"} <= REFUSED_JWT_SECRETS
+    assert "ticketing" in ASSIGNED_CANDIDATES  # POSTGRES_PASSWORD=ticketing
+
+
+def test_unset_app_env_means_production_and_no_secret_refuses(no_auth_env: None) -> None:
+    settings = get_settings()
+    assert settings.app_env == "production"
+    with pytest.raises(InsecureSecretError, match="not set"):
+        settings.signing_secret()
+
+
+def test_a_token_signed_with_any_string_in_the_repository_is_refused(no_auth_env: None) -> None:
+    """The default configurations: none starts (production), or a random per-process secret
+    (explicit development). Either way no string from the repository signs a valid token."""
+    from shared.security import _verify
+
+    with pytest.raises(InsecureSecretError):
+        get_settings().signing_secret()
+    saved = set_env({"APP_ENV": "development"})
+    try:
+        secret = get_settings().signing_secret()
+        assert len(secret) >= 48 and secret not in ALL_CANDIDATES
+        for candidate in sorted(ALL_CANDIDATES):
+            with pytest.raises(Unauthorized) as refused:
+                _verify(_token(candidate))
+            assert refused.value.code == "invalid_token", candidate
+    finally:
+        restore_env(saved)
+
+
+@pytest.mark.parametrize("app_env", ["production", "test"])
+def test_every_secret_value_written_in_the_repository_is_refused_as_a_secret(app_env: str) -> None:
+    """Copying any value the repository assigns to a secret-looking name does not start."""
+    accepted = [c for c in ASSIGNED_CANDIDATES if jwt_secret_problem(c) is None]
+    assert accepted == []
+    for candidate in sorted(ASSIGNED_CANDIDATES | REFUSED_JWT_SECRETS):
+        settings = Settings(app_env=app_env, jwt_secret=candidate)  # type: ignore[arg-type]
+        with pytest.raises(InsecureSecretError):
+            settings.signing_secret()
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("", "not set"),
+        ("x", "shorter than 32 bytes"),
+        ("a" * 31, "shorter than 32 bytes"),
+        ("a" * 64, "too little variety"),
+        ("abababababababababababababababababab", "too little variety"),
+        ("please-change-me-to-a-long-random-value-0123456789", "placeholder"),
+        ("my-INSECURE-dev-secret-for-production-use-1234567", "placeholder"),
+    ],
+)
+def test_weak_secrets_are_refused_outside_development(secret: str, why: str) -> None:
+    for env in ("production", "test"):
+        with pytest.raises(InsecureSecretError, match=why):
+            Settings(app_env=env, jwt_secret=secret).signing_secret()  # type: ignore[arg-type]
+    strong = "q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5"
+    assert Settings(app_env="production", jwt_secret=strong).signing_secret() == strong  # type: ignore[arg-type]
+
+
+def test_development_refuses_the_placeholders_this_repository_published() -> None:
+    for placeholder in REFUSED_JWT_SECRETS:
+        with pytest.raises(InsecureSecretError, match="placeholder"):
+            Settings(app_env="development", jwt_secret=placeholder).signing_secret()  # type: ignore[arg-type]
+    assert Settings(app_env="development", jwt_secret="short").signing_secret() == "short"  # type: ignore[arg-type]
+
+
+def test_development_without_a_secret_gets_a_random_one_per_process() -> None:
+    code = "from shared.settings import Settings; print(Settings(app_env='development').signing_secret())"
+    env = {k: v for k, v in os.environ.items() if k not in _AUTH_VARS}
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                           check=True, timeout=60).stdout.strip() for _ in range(2)}
+    assert len(outs) == 2 and all(len(s) >= 48 for s in outs)
+
+
+def test_secret_file_is_read_and_checked(tmp_path: Path, no_auth_env: None) -> None:
+    path = tmp_path / "jwt-secret"
+    path.write_text("q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5xx\n")
+    settings = Settings(app_env="production", jwt_secret_file=str(path))  # type: ignore[arg-type]
+    assert settings.signing_secret() == "q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5xx"
+    path.write_text("change-me\n")
+    with pytest.raises(InsecureSecretError, match="shorter"):
+        Settings(app_env="production", jwt_secret_file=str(path)).signing_secret()  # type: ignore[arg-type]
+    with pytest.raises(InsecureSecretError, match="cannot be read"):
+        Settings(app_env="production", jwt_secret_file=str(tmp_path / "none")).signing_secret()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        ("local.app", {}),
+        ("functions.booking.app", {"APP_ENV": "production", "JWT_SECRET": "dev-only-insecure-jwt-secret-change-me"}),
+        ("functions.users.handler", {"APP_ENV": "test", "JWT_SECRET": "short"}),
+    ],
+)
+def test_apps_refuse_to_start_with_a_clear_message_and_no_traceback(module: str, extra: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _AUTH_VARS}
+    env.update(extra)
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to start" in proc.stderr and "JWT_SECRET" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_processes_that_never_touch_tokens_start_without_a_secret() -> None:
+    """Migrations, the relay and the worker do not need JWT_SECRET (k8s Job, compose)."""
+    env = {k: v for k, v in os.environ.items() if k not in _AUTH_VARS}
+    code = "import shared.migrate, shared.relay, functions.notify.worker"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_shipped_configurations_carry_no_secret_value() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert not re.search(r"JWT_SECRET\s*:\s*[^\s/]", compose.replace("JWT_SECRET_FILE: /run", ""))
+    assert "${JWT_SECRET" not in compose
+    env_example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^JWT_SECRET=$", env_example, re.M)
+    assert not re.search(r"^APP_ENV=development", env_example, re.M)
+    template = (ROOT / "infra" / "template.yaml").read_text()
+    assert "JWT_SECRET:" not in template and "JWT_SECRET_SSM_PARAM" in template
+    assert "JWT_SECRET" not in "".join(p.read_text() for p in (ROOT / "infra" / "k8s").glob("*.yaml")
+                                       if "kubectl create secret" not in p.read_text())
+
+
+def test_api_is_published_on_loopback_by_default() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert '"${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"' in compose
+
+
+# --- bounded lifetime --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"exp": int(time.time()) + 100 * 365 * 86400}, id="100-year"),
+        pytest.param({"iat": int(time.time()) + 5, "exp": int(time.time()) + 906}, id="ttl-plus-one"),
+        pytest.param({"iat": int(time.time()) + 600, "exp": int(time.time()) + 1200}, id="issued-in-future"),
+        pytest.param({"jti": None}, id="no-jti"),
+        pytest.param({"sid": None}, id="no-sid"),
+        pytest.param({"iat": None}, id="no-iat"),
+        pytest.param({"sid": 7}, id="bad-sid"),
+    ],
+)
+def test_tokens_beyond_the_configured_lifetime_or_missing_claims_are_refused(
+    client: Client, claims: dict[str, object]
+) -> None:
+    user, _ = account(client, "customer")
+    body = {k: v for k, v in {"sub": str(user["id"]), "role": "customer", **claims}.items() if v is not None}
+    token = _token(get_settings().signing_secret(), **{k: v for k, v in body.items()})
+    for key in [k for k, v in claims.items() if v is None]:
+        decoded = jwt.decode(token, options={"verify_signature": False})
+        decoded.pop(key, None)
+        token = jwt.encode(decoded, get_settings().signing_secret(), algorithm="HS256")
+    r = client.request("GET", "/users/me", token=token)
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token", r.text
+
+
+def test_a_token_within_the_lifetime_signed_with_the_real_secret_works(client: Client) -> None:
+    user, _ = account(client, "customer")
+    token = _token(get_settings().signing_secret(), sub=str(user["id"]), role="customer",
+                   exp=int(time.time()) + 900)
+    assert client.request("GET", "/users/me", token=token).status_code == 200

@@ -1,0 +1,202 @@
+"""Sessions: rotating refresh tokens, reuse detection, and revocation that takes effect at
+once on booking and read routes (logout, password change, role change)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import jwt
+import pytest
+
+from shared.settings import get_settings
+from tests.clients import Client, HttpClient, LambdaClient
+from tests.factories import PASSWORD, create_event, register
+from tests.settings_env import restore_env, set_env
+
+
+def _login(client: Client, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    r = client.request("POST", "/auth/token", form={"username": email, "password": password})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _refresh(client: Client, refresh_token: str) -> Any:
+    return client.request("POST", "/auth/refresh", json_body={"refresh_token": refresh_token})
+
+
+def _book(client: Client, token: str, event_id: int) -> Any:
+    return client.request("POST", "/bookings", json_body={"event_id": event_id}, token=token)
+
+
+@pytest.fixture
+def event(v2: LambdaClient) -> dict[str, Any]:
+    org = register(v2, "organizer")
+    return create_event(v2, _login(v2, org["email"])["access_token"], total_tickets=1000)
+
+
+def _assert_revoked_everywhere(client: Client, token: str, event_id: int) -> None:
+    """Refused on the booking hot path, on a read route and on a write route."""
+    for r in (_book(client, token, event_id), client.request("GET", "/users/me", token=token),
+              client.request("GET", "/bookings", token=token)):
+        assert r.status_code == 401, r.text
+        assert r.json()["code"] == "token_revoked"
+
+
+def test_login_answers_a_short_access_token_and_a_refresh_token(client: Client) -> None:
+    user = register(client, "customer")
+    body = _login(client, user["email"])
+    assert body["token_type"] == "bearer" and body["user_id"] == user["id"] and body["role"] == "customer"
+    assert body["expires_in"] == get_settings().jwt_ttl_seconds == 900
+    assert body["refresh_token"] and body["refresh_expires_in"] > body["expires_in"]
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 900 and claims["jti"] and claims["sid"]
+
+
+def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(client: Client, event: dict[str, Any]) -> None:
+    user = register(client, "customer")
+    first = _login(client, user["email"])
+    r = _refresh(client, first["refresh_token"])
+    assert r.status_code == 200, r.text
+    second = r.json()
+    assert second["refresh_token"] != first["refresh_token"] and second["user_id"] == user["id"]
+    assert client.request("GET", "/users/me", token=second["access_token"]).status_code == 200
+
+    # The first refresh token was used: presenting it again is theft.
+    r = _refresh(client, first["refresh_token"])
+    assert r.status_code == 401 and r.json()["code"] == "refresh_token_reused"
+    # The thief's and the owner's tokens of that login are all dead now.
+    r = _refresh(client, second["refresh_token"])
+    assert r.status_code == 401 and r.json()["code"] == "invalid_refresh_token"
+    _assert_revoked_everywhere(client, second["access_token"], event["id"])
+    # Another login of the same user is untouched.
+    other = _login(client, user["email"])
+    assert _book(client, other["access_token"], event["id"]).status_code == 201
+
+
+def test_unknown_refresh_token_is_401_not_500(v2: LambdaClient) -> None:
+    for bad in ("nope", "x" * 200):
+        r = _refresh(v2, bad)
+        assert r.status_code == 401 and r.json()["code"] == "invalid_refresh_token"
+    assert _refresh(v2, "").status_code == 422
+
+
+def test_concurrent_refresh_with_one_token_issues_exactly_one_new_token(http_client: HttpClient) -> None:
+    """Raced over real HTTP against PostgreSQL: the guarded UPDATE lets one use win."""
+    user = register(http_client, "customer")
+    token = _login(http_client, user["email"])["refresh_token"]
+    racers = 20
+    barrier = threading.Barrier(racers)
+    results: list[tuple[int, str]] = []
+
+    def use() -> None:
+        barrier.wait()
+        r = _refresh(http_client, token)
+        results.append((r.status_code, r.json().get("code", "")))
+
+    threads = [threading.Thread(target=use) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert Counter(status for status, _ in results) == {200: 1, 401: racers - 1}, results
+    assert {code for status, code in results if status == 401} <= {"refresh_token_reused", "invalid_refresh_token"}
+
+
+def test_logout_ends_the_session_on_booking_and_read_routes(client: Client, event: dict[str, Any]) -> None:
+    user = register(client, "customer")
+    session = _login(client, user["email"])
+    other = _login(client, user["email"])  # another device
+    assert _book(client, session["access_token"], event["id"]).status_code == 201
+
+    r = client.request("POST", "/auth/logout", token=session["access_token"])
+    assert r.status_code == 204, r.text
+    _assert_revoked_everywhere(client, session["access_token"], event["id"])
+    assert _refresh(client, session["refresh_token"]).json()["code"] == "invalid_refresh_token"
+    # Logout ends this login only.
+    assert _book(client, other["access_token"], event["id"]).status_code == 201
+    assert _refresh(client, other["refresh_token"]).status_code == 200
+
+
+def test_password_change_ends_every_session(client: Client, event: dict[str, Any]) -> None:
+    user = register(client, "customer")
+    one, two = _login(client, user["email"]), _login(client, user["email"])
+    r = client.request("PUT", "/users/me/password", token=one["access_token"],
+                       json_body={"current_password": "wrong-one", "new_password": "n3w-pass"})
+    assert r.status_code == 403 and r.json()["code"] == "wrong_password"
+    assert _book(client, one["access_token"], event["id"]).status_code == 201  # nothing changed
+
+    r = client.request("PUT", "/users/me/password", token=one["access_token"],
+                       json_body={"current_password": PASSWORD, "new_password": "n3w-pass"})
+    assert r.status_code == 204, r.text
+    for session in (one, two):
+        _assert_revoked_everywhere(client, session["access_token"], event["id"])
+        assert _refresh(client, session["refresh_token"]).status_code == 401
+    r = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+    assert r.status_code == 401
+    fresh = _login(client, user["email"], "n3w-pass")
+    assert _book(client, fresh["access_token"], event["id"]).status_code == 201
+
+
+def test_role_change_by_the_admin_command_ends_every_session(v2: LambdaClient, event: dict[str, Any]) -> None:
+    from functions.users import admin
+
+    user = register(v2, "customer")
+    session = _login(v2, user["email"])
+    assert admin.main(["set-role", user["email"].upper(), "organizer"]) == 0
+    _assert_revoked_everywhere(v2, session["access_token"], event["id"])
+    assert _refresh(v2, session["refresh_token"]).status_code == 401
+    again = _login(v2, user["email"])
+    assert again["role"] == "organizer"
+    assert _book(v2, again["access_token"], event["id"]).json()["code"] == "customer_only"
+    assert admin.main(["set-role", "nobody@test.com", "customer"]) == 1
+
+
+def test_booking_routes_check_revocation_in_the_rate_limit_round_trip(
+    v2: LambdaClient, event: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No second Redis call on the hot path: the plain check is never reached there."""
+    import shared.sessions
+
+    calls: list[object] = []
+    real = shared.sessions.ensure_active
+    monkeypatch.setattr(shared.sessions, "ensure_active", lambda p: calls.append(p) or real(p))
+    user = register(v2, "customer")
+    session = _login(v2, user["email"])
+    assert _book(v2, session["access_token"], event["id"]).status_code == 201
+    assert calls == []
+    assert v2.request("GET", "/bookings", token=session["access_token"]).status_code == 200
+    assert len(calls) == 1
+
+
+def test_revocation_holds_on_booking_routes_with_rate_limits_off(v2: LambdaClient, event: dict[str, Any]) -> None:
+    user = register(v2, "customer")
+    session = _login(v2, user["email"])
+    assert v2.request("POST", "/auth/logout", token=session["access_token"]).status_code == 204
+    saved = set_env({"RATE_LIMIT_ENABLED": "false"})
+    try:
+        r = _book(v2, session["access_token"], event["id"])
+        assert r.status_code == 401 and r.json()["code"] == "token_revoked"
+    finally:
+        restore_env(saved)
+
+
+def test_redis_down_fails_open_within_the_timeout(v2: LambdaClient, event: dict[str, Any]) -> None:
+    """A Redis outage must not sign everyone out: the short access TTL bounds the exposure."""
+    import shared.ratelimit
+    import shared.sessions
+
+    user = register(v2, "customer")
+    token = _login(v2, user["email"])["access_token"]
+    saved = set_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    try:
+        started = time.monotonic()
+        assert v2.request("GET", "/users/me", token=token).status_code == 200
+        assert _book(v2, token, event["id"]).status_code == 201
+        assert time.monotonic() - started < 3
+    finally:
+        restore_env(saved)
+        shared.sessions._redis._down_until = 0.0
+        shared.ratelimit.limiter._down_until = 0.0
