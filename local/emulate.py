@@ -151,13 +151,13 @@ def _allow_across_functions(method: str, path: str, headers: list[tuple[bytes, b
     """
     import importlib
 
-    from shared.web import allowed_methods
+    from shared.web import allow_header, allowed_methods
 
     scope = {"type": "http", "method": method, "path": path, "root_path": ""}
     methods: set[str] = set()
     for name in HTTP_FUNCTIONS:
         methods.update(allowed_methods(importlib.import_module(f"functions.{name}.routes").router.routes, scope))
-    allow = ", ".join([*sorted(methods), "OPTIONS"]).encode()
+    allow = allow_header(methods).encode()
     return [(k, v) for k, v in headers if k != b"allow"] + [(b"allow", allow)]
 
 

@@ -131,9 +131,15 @@ def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
     ]
 
 
+def allow_header(methods: Iterable[str]) -> str:
+    """The ``Allow`` value: the methods in one fixed order, and OPTIONS, which every path answers."""
+    served = set(methods)
+    return ", ".join([*(m for m in _METHODS if m in served), "OPTIONS"])
+
+
 def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
     """405 and OPTIONS, both with ``Allow`` naming every method of the path across routers."""
-    allow = ", ".join([*allowed_methods(request.app.router.routes, request.scope), "OPTIONS"])
+    allow = allow_header(allowed_methods(request.app.router.routes, request.scope))
     if request.method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": allow})
     message = f"{request.method} is not allowed here; allowed: {allow}"

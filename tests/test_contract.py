@@ -7,7 +7,9 @@ the protected routes are exercised past authentication.
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -15,8 +17,11 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
-from tests.clients import LambdaClient
+from local.lambda_events import build_event, invoke
+from tests.clients import Client, HttpClient, LambdaClient
 from tests.factories import account
+
+APPS = ["local.app", "functions.users.app", "functions.events.app", "functions.booking.app"]
 
 # Bounded: ~10 s on 2 cores. The seed makes a failure reproducible from its report.
 FUZZ_CONFIG = {
@@ -96,3 +101,66 @@ def test_schemathesis_finds_nothing(database: str) -> None:
     schema.auth()(BearerForRole)
     failures = _failures(schema)
     assert not failures, "\n\n".join(dict.fromkeys(failures))
+
+
+def _document(module: str) -> dict[str, Any]:
+    return importlib.import_module(module).app.openapi()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("module", APPS)
+def test_every_operation_documents_the_errors_the_factory_answers(module: str) -> None:
+    for path, item in _document(module)["paths"].items():
+        for method, operation in item.items():
+            expected = {"422", "503"} | ({"400", "413", "415"} if "requestBody" in operation else set())
+            assert expected <= operation["responses"].keys(), (method, path)
+            if "requestBody" in operation:
+                assert "`invalid_json`" in operation["responses"]["400"]["description"], (method, path)
+                assert "`payload_too_large`" in operation["responses"]["413"]["description"], (method, path)
+
+
+@pytest.mark.parametrize("module", APPS)
+def test_one_variable_name_per_path_position(module: str) -> None:
+    # OpenAPI (and API Gateway) take /events/{a} and /events/{b} for one path.
+    shapes: dict[str, str] = {}
+    for path in _document(module)["paths"]:
+        shape = re.sub(r"\{[^}]*\}", "{}", path)
+        assert shapes.setdefault(shape, path) == path, f"{path} and {shapes[shape]}"
+
+
+ALLOW = [
+    ("/events", "GET, POST, OPTIONS"),
+    ("/events/1", "GET, POST, PUT, OPTIONS"),
+    ("/bookings", "GET, POST, OPTIONS"),
+    ("/holds/1", "GET, DELETE, OPTIONS"),
+]
+
+
+@pytest.fixture(params=["http", "emulated"])
+def server(request: pytest.FixtureRequest) -> HttpClient:
+    """The local router and the Lambda emulator (API Gateway itself 404s undeclared methods)."""
+    return request.getfixturevalue(f"{request.param}_client")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("path", "allow"), ALLOW)
+def test_options_and_405_name_every_method_of_the_path(server: HttpClient, path: str, allow: str) -> None:
+    r = server.request("OPTIONS", path)
+    assert (r.status_code, r.headers["allow"], r.text) == (204, allow, "")
+    r = server.request("PATCH", path, json_body={})
+    assert r.status_code == 405 and r.headers["allow"] == allow
+    assert r.json()["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(("path", "allow"), ALLOW)
+def test_each_lambda_function_names_every_method_of_its_paths(path: str, allow: str) -> None:
+    function = "booking" if path.startswith(("/bookings", "/holds")) else "events"
+    result = invoke(function, build_event("DELETE" if "DELETE" not in allow else "PATCH", path))
+    assert result["statusCode"] == 405 and result["headers"]["allow"] == allow
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"email": "\xff"}', b"\xfe\xff\x00{", b'{"email": '], ids=["bad-utf8", "utf16-bom", "truncated"]
+)
+def test_one_code_for_an_unparsable_body(client: Client, content: bytes) -> None:
+    r = client.request("POST", "/users", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_json"
