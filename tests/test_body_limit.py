@@ -169,3 +169,15 @@ def test_a_body_within_the_limit_reaches_the_app_whole() -> None:
     messages = [{"type": "http.request", "body": p, "more_body": i < 2} for i, p in enumerate(pieces)]
     spy, sent, _ = _run(messages)
     assert spy.calls == [b"".join(pieces)] and sent[0]["status"] == 204
+
+
+def test_the_lambda_emulator_stops_reading_at_the_gateway_limit() -> None:
+    from local.emulate import _read_body
+
+    chunks = iter([{"type": "http.request", "body": b"x" * 8, "more_body": True}] * 100)
+
+    async def receive() -> dict[str, Any]:
+        return next(chunks)
+
+    assert asyncio.run(_read_body(receive, limit=20)) is None
+    assert sum(1 for _ in chunks) == 97  # read three chunks, then stopped
