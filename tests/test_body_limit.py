@@ -109,6 +109,16 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_arrives(htt
     _assert_413(status, body)
 
 
+def _drive(coroutine: Any) -> Any:
+    """Run a coroutine on a loop of its own: asyncio.run would unset the main thread's loop,
+    which Mangum (the Lambda transports of later tests) looks up."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 class _Spy:
     """An ASGI app that records what reached it."""
 
@@ -140,7 +150,7 @@ def _run(messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | No
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/users", "headers": headers or []}
-    asyncio.run(BodyLimit(spy, too_large=_payload_too_large)(scope, receive, send))
+    _drive(BodyLimit(spy, too_large=_payload_too_large)(scope, receive, send))
     return spy, sent, reads
 
 
@@ -179,5 +189,5 @@ def test_the_lambda_emulator_stops_reading_at_the_gateway_limit() -> None:
     async def receive() -> dict[str, Any]:
         return next(chunks)
 
-    assert asyncio.run(_read_body(receive, limit=20)) is None
+    assert _drive(_read_body(receive, limit=20)) is None
     assert sum(1 for _ in chunks) == 97  # read three chunks, then stopped
