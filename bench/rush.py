@@ -135,7 +135,7 @@ class ApiServer:
 
     def start(self, timeout: float = 60) -> None:
         cmd = [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning", "--no-access-log", "--workers", str(self.workers)]
+               "--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)

@@ -445,6 +445,9 @@ class Stack:
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "PYTHONUNBUFFERED": "1"}
         env.setdefault("APP_ENV", "development")
+        # The README's seed flow registers with password "123": allowed here only, explicitly.
+        env.setdefault("PASSWORD_MIN_LENGTH", "3")
+        env.setdefault("PASSWORD_CHECK_COMMON", "false")
         worker = None
         if opts.worker:
             worker = self._spawn("worker", [
@@ -455,6 +458,7 @@ class Stack:
         api = self._spawn("api", [
             sys.executable, "-m", "uvicorn", app, "--host", opts.host, "--port", str(opts.port),
             "--lifespan", "off", "--timeout-graceful-shutdown", "10",
+            "--no-proxy-headers",  # TRUSTED_PROXIES alone names the client (shared/client_ip.py)
         ], env)
         if worker is not None:
             with progress("Celery worker + relay schedule starting"):

@@ -1,4 +1,4 @@
-"""Rate limits shared by every process through Redis: login, failed logins, booking.
+"""Rate limits shared by every process through Redis: registration, login, failed logins, booking.
 
 One small Lua script implements GCRA (the generic cell rate algorithm): per key Redis
 holds a single "theoretical arrival time", so a limit "COUNT/SECONDS" lets COUNT requests
@@ -7,9 +7,10 @@ script checks several keys (per user and per IP) in one atomic round trip and co
 from none of them unless all allow, and it reads Redis's clock, so app instances with
 skewed clocks agree. Why a script rather than a library: see docs/operations.md.
 
-Redis trouble never takes the API down: with short socket timeouts and no retries, an
-unreachable Redis lets the request through (fail open), logs once, and is not asked
-again for a few seconds, so a rush does not pay a timeout per request.
+Redis trouble never takes the API down, nor switches the limits off: with short socket
+timeouts and no retries, an unreachable Redis makes the limiter apply the same rules in
+this process (``LocalLimiter``, bounded memory), logs once, and skips Redis for a few
+seconds, so a rush does not pay a timeout per request.
 """
 
 from __future__ import annotations
@@ -19,33 +20,36 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import redis
 from fastapi import Depends, Request
-from fastapi.security import OAuth2PasswordRequestForm
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
 from shared import metrics
+from shared.client_ip import client_ip as resolved_client_ip
 from shared.deps import current_principal
+from shared.emails import normalize_email
 from shared.errors import TooManyRequests, Unauthorized
+from shared.schemas import LoginForm
 from shared.security import Principal
 from shared.settings import get_settings
 
 log = logging.getLogger("ticketing.ratelimit")
 
-# KEYS: one per limit. ARGV[1]: "1" to consume, "0" to only look; then per key the
-# emission interval and the period, in milliseconds. Returns {allowed, retry_ms, index}.
+# KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
+# and the period, in milliseconds. Returns {allowed, retry_ms, index}.
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local consume = ARGV[1] == '1'
+local mode = ARGV[1]
 local worst, denied = 0, 0
-local tats = {}
+local tats, oks = {}, {}
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[2 * i])
   local period = tonumber(ARGV[2 * i + 1])
@@ -53,14 +57,15 @@ for i, key in ipairs(KEYS) do
   if tat < now then tat = now end
   local new_tat = tat + interval
   local allow_at = new_tat - period
-  if allow_at > now and allow_at - now > worst then
+  oks[i] = allow_at <= now
+  if not oks[i] and allow_at - now > worst then
     worst = allow_at - now
     denied = i
   end
   tats[i] = new_tat
 end
-if denied == 0 and consume then
-  for i, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
+  if (mode == 'all' and denied == 0) or (mode == 'each' and oks[i]) then
     redis.call('SET', key, string.format('%d', tats[i]), 'PX', tats[i] - now)
   end
 end
@@ -68,7 +73,11 @@ if denied == 0 then return {1, 0, 0} end
 return {0, worst, denied}
 """
 
-# After a Redis failure, requests skip the limiter for this long instead of timing out.
+# "look": consume nothing; "all": consume from every key if all allow (a request);
+# "each": consume from each key that allows on its own (an event to count, e.g. a failure).
+Mode = Literal["look", "all", "each"]
+
+# After a Redis failure, requests use the in-process limits for this long instead of timing out.
 _BREAKER_SECONDS = 5.0
 
 
@@ -86,6 +95,12 @@ class Rule:
         count, seconds = (int(part) for part in spec.split("/", 1))
         return cls(name, key, max(count, 1), max(seconds, 1))
 
+    @property
+    def timing_ms(self) -> tuple[int, int]:
+        """(emission interval, period) in milliseconds."""
+        period_ms = self.seconds * 1000
+        return max(1, period_ms // self.count), period_ms
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -94,8 +109,58 @@ class Decision:
     rule: Rule | None = None
 
 
+class LocalLimiter:
+    """The Lua script's GCRA and flags in this process, for when Redis is unreachable.
+
+    Per process, so N processes let up to N times a limit through: weaker than Redis but
+    never off. Memory is bounded: past ``max_keys`` the least recently used key is dropped
+    (its budget starts afresh), expired keys first in practice since they are not touched.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._flags: OrderedDict[str, float] = OrderedDict()
+
+    def gcra(self, keys: list[str], timings: list[tuple[int, int]], mode: Mode) -> tuple[int, float, int]:
+        now = time.monotonic() * 1000
+        worst, denied = 0.0, 0
+        with self._lock:
+            news: list[float] = []
+            oks: list[bool] = []
+            for i, (key, (interval, period)) in enumerate(zip(keys, timings, strict=True), start=1):
+                tat = max(self._tats.get(key, 0.0), now)
+                allow_at = tat + interval - period
+                oks.append(allow_at <= now)
+                if allow_at > now and allow_at - now > worst:
+                    worst, denied = allow_at - now, i
+                news.append(tat + interval)
+            for key, new, ok in zip(keys, news, oks, strict=True):
+                if (mode == "all" and denied == 0) or (mode == "each" and ok):
+                    _remember(self._tats, key, new)
+        return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
+
+    def flag(self, key: str, seconds: int) -> None:
+        with self._lock:
+            _remember(self._flags, key, time.monotonic() + seconds)
+
+    def flagged(self, key: str) -> bool:
+        with self._lock:
+            return self._flags.get(key, 0.0) > time.monotonic()
+
+
+
+def _remember(store: OrderedDict[str, float], key: str, value: float) -> None:
+    """Set a key as the most recently used; drop the least recently used past the bound."""
+    store[key] = value
+    store.move_to_end(key)
+    limit = get_settings().rate_limit_local_max_keys
+    while len(store) > limit:
+        store.popitem(last=False)
+
+
 class RateLimiter:
-    """Talks to Redis; fails open when it cannot."""
+    """Talks to Redis; applies the same rules in this process when it cannot."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -103,10 +168,11 @@ class RateLimiter:
         self._script: redis.commands.core.Script | None = None
         self._url = ""
         self._down_until = 0.0
+        self.local = LocalLimiter()
 
-    def _script_for(self, url: str, timeout: float) -> redis.commands.core.Script:
+    def _connect(self, url: str, timeout: float) -> tuple[redis.Redis, redis.commands.core.Script]:
         with self._lock:
-            if self._script is None or url != self._url:
+            if self._client is None or self._script is None or url != self._url:
                 if self._client is not None:
                     self._client.close()
                 self._client = redis.Redis.from_url(
@@ -119,34 +185,81 @@ class RateLimiter:
                 self._script = self._client.register_script(GCRA_LUA)
                 self._url = url
                 self._down_until = 0.0
-            return self._script
+            return self._client, self._script
 
-    def check(self, rules: list[Rule], *, consume: bool = True) -> Decision:
-        """Whether all rules allow one more request (and count it when ``consume``)."""
+    def _redis(self) -> tuple[redis.Redis, redis.commands.core.Script] | None:
+        """The client and script, or None while the breaker says Redis is down."""
+        settings = get_settings()
+        connection = self._connect(settings.redis_url, settings.rate_limit_redis_timeout)
+        return None if time.monotonic() < self._down_until else connection
+
+    def _trip(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + _BREAKER_SECONDS
+        log.warning(
+            "rate limiter using per-process limits for %.0fs: Redis unavailable (%s)",
+            _BREAKER_SECONDS, type(exc).__name__,
+        )
+
+    def reset(self) -> None:
+        """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
+        self._down_until = 0.0
+
+    def check(self, rules: list[Rule], *, consume: bool = True, mode: Mode | None = None) -> Decision:
+        """Whether all rules allow one more request (and count it when ``consume``).
+
+        ``mode="each"`` counts an event on every rule that still has room, whatever the others say.
+        """
         settings = get_settings()
         if not rules or not settings.rate_limit_enabled:
             return Decision(True)
-        if time.monotonic() < self._down_until:
-            return Decision(True)
-        prefix = settings.rate_limit_key_prefix
-        keys = [f"{prefix}:{rule.key}" for rule in rules]
-        args: list[int | str] = ["1" if consume else "0"]
-        for rule in rules:
-            period_ms = rule.seconds * 1000
-            args += [max(1, period_ms // rule.count), period_ms]
-        try:
-            script = self._script_for(settings.redis_url, settings.rate_limit_redis_timeout)
-            allowed, retry_ms, index = script(keys=keys, args=args)
-        except redis.RedisError as exc:
-            self._down_until = time.monotonic() + _BREAKER_SECONDS
-            log.warning(
-                "rate limiter failing open for %.0fs: Redis unavailable (%s)",
-                _BREAKER_SECONDS, type(exc).__name__,
-            )
-            return Decision(True)
+        mode = mode or ("all" if consume else "look")
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        timings = [rule.timing_ms for rule in rules]
+        result: tuple[int, float, int] | None = None
+        connection = self._redis()
+        if connection is not None:
+            args: list[int | str] = [mode]
+            for interval, period in timings:
+                args += [interval, period]
+            try:
+                allowed, retry_ms, index = connection[1](keys=keys, args=args)
+                result = (int(allowed), float(retry_ms), int(index))
+            except redis.RedisError as exc:
+                self._trip(exc)
+        if result is None:
+            result = self.local.gcra(keys, timings, mode)
+        allowed, retry_ms, index = result
         if allowed:
             return Decision(True)
-        return Decision(False, max(1, math.ceil(int(retry_ms) / 1000)), rules[int(index) - 1])
+        return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
+
+    def flag(self, key: str, seconds: int) -> None:
+        """Remember ``key`` for ``seconds`` (in Redis, or in this process without it)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return
+        full = f"{settings.rate_limit_key_prefix}:{key}"
+        connection = self._redis()
+        if connection is not None:
+            try:
+                connection[0].set(full, "1", ex=seconds)
+                return
+            except redis.RedisError as exc:
+                self._trip(exc)
+        self.local.flag(full, seconds)
+
+    def flagged(self, key: str) -> bool:
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return False
+        full = f"{settings.rate_limit_key_prefix}:{key}"
+        connection = self._redis()
+        if connection is not None:
+            try:
+                return bool(connection[0].exists(full))
+            except redis.RedisError as exc:
+                self._trip(exc)
+        return self.local.flagged(full)
 
 
 limiter = RateLimiter()
@@ -168,45 +281,49 @@ def enforce(rules: list[Rule], *, consume: bool = True) -> None:
 
 
 def client_ip(request: Request) -> str:
-    """The caller's address: the peer, or from ``X-Forwarded-For`` behind trusted proxies.
+    """The caller's address as a rate-limit key (the rule: ``shared.client_ip``)."""
+    return resolved_client_ip(request.scope) or "unknown"
 
-    Under Mangum the peer is API Gateway's ``sourceIp``.
-    """
-    trusted = get_settings().rate_limit_trusted_proxies
-    if trusted:
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-        if len(hops) >= trusted:
-            return hops[-trusted]
-    return request.client.host if request.client else "unknown"
+
+def _digest(text: str) -> str:
+    # Emails and addresses are not stored in Redis in clear.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _account_key(username: str) -> str:
-    # Emails are not stored in Redis in clear.
-    return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+    """The account a login names, by the one normalization lookups use (shared/emails.py)."""
+    return _digest(normalize_email(username))
 
 
-def limit_login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
-) -> Iterator[None]:
-    """Login attempts per IP and per account; failed logins per account (guessing)."""
+def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
+    """Throttle logins so guessing is slow but the owner is never locked out by others.
+
+    Every attempt counts per IP and per (account, IP); failures count per (account, IP)
+    tightly and per account from everywhere more loosely. An address that signed in to the
+    account lately (remembered, hashed, for ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt
+    from the account-wide failure limit, so a flood of wrong passwords from elsewhere cannot
+    lock the owner out, while each address, the owner's too, stays throttled on its own.
+    """
     settings = get_settings()
-    account = _account_key(form.username)
-    failed = Rule.parse(
-        "failed_login_per_account", f"login-failed:{account}",
-        settings.rate_limit_failed_login_per_account,
-    )
-    enforce([failed], consume=False)
+    account, ip = _account_key(form.username), client_ip(request)
+    pair = _digest(f"{account}|{ip}")
+    failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
+                             settings.rate_limit_failed_login_per_account_ip)
+    failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
+                                 settings.rate_limit_failed_login_per_account)
+    known = f"login-known:{pair}"
+    enforce([failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here], consume=False)
     enforce([
-        Rule.parse("login_per_ip", f"login-ip:{client_ip(request)}", settings.rate_limit_login_per_ip),
-        Rule.parse("login_per_account", f"login-account:{account}",
-                   settings.rate_limit_login_per_account),
+        Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
+        Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
     ])
     try:
         yield
     except Unauthorized as exc:
         if exc.code == "invalid_credentials":
-            limiter.check([failed])  # count the failure; the next attempt sees it
+            limiter.check([failed_anywhere, failed_here], mode="each")  # the next attempt sees it
         raise
+    limiter.flag(known, settings.rate_limit_login_known_ip_seconds)
 
 
 async def limit_booking(
@@ -224,5 +341,12 @@ async def limit_booking(
     ])
 
 
+def limit_register(request: Request) -> None:
+    """Registrations per IP: each costs a deliberately slow hash and creates an account."""
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_ip(request)}",
+                        get_settings().rate_limit_register_per_ip)])
+
+
 LoginRateLimit = Depends(limit_login)
 BookingRateLimit = Depends(limit_booking)
+RegisterRateLimit = Depends(limit_register)

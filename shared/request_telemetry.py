@@ -22,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
+from shared.client_ip import client_ip
 from shared.logging import reset_context, set_context
 
 log = logging.getLogger("ticketing.request")
@@ -113,7 +114,6 @@ class RequestTelemetry:
             level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
             if status >= 500:
                 level = logging.ERROR
-            client = scope.get("client")
             log.log(
                 level,
                 "%s %s %d %.1fms", method, route, status, seconds * 1000,
@@ -123,7 +123,7 @@ class RequestTelemetry:
                     "path": scope.get("path", ""),
                     "status": status,
                     "duration_ms": round(seconds * 1000, 2),
-                    "client_ip": client[0] if client else None,
+                    "client_ip": client_ip(scope),  # an IP address or null, never a header value
                 },
             )
         except Exception:  # telemetry must never turn a served request into a failure

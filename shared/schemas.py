@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Form
+from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -13,11 +16,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from shared.emails import normalize_email
+from shared.passwords import is_common_password
 from shared.settings import get_settings
 
 BIGINT_MAX = 2**63 - 1
@@ -56,7 +62,7 @@ TIMESTAMP_RULE = "an RFC 3339 date-time with an offset, years 1900 to 2999 (e.g.
 
 def _timestamp_text(value: Any) -> Any:
     text = value.isoformat() if isinstance(value, datetime) else value  # Python callers
-    if not isinstance(text, str) or not _TIMESTAMP.match(text):
+    if not isinstance(text, str) or not _TIMESTAMP.fullmatch(text):  # fullmatch: `$` passes a final \n
         raise PydanticCustomError("timestamp", "must be {rule}", {"rule": TIMESTAMP_RULE})
     return value
 
@@ -73,47 +79,116 @@ MAX_TICKETS_PER_EVENT = 1_000_000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in SQL.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+# Bidirectional embeddings, overrides and isolates, and the implicit direction marks: they
+# reorder what a reader sees (an email shown reversed, a title hiding text).
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Control characters (NUL cannot even be stored), lone surrogates (cannot be encoded) and
+# line or paragraph separators: no single-line field of this API holds them.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def unsafe_text(value: str) -> str | None:
+    """Why ``value`` may not be stored as text, or None. One rule for every text field.
+
+    Format characters other than the direction controls (zero-width joiners in emoji and
+    in Indic or Persian names) stay allowed.
+    """
+    for ch in value:
+        if ch in _BIDI_CONTROLS:
+            return "must not contain bidirectional control characters"
+        category = unicodedata.category(ch)
+        if category in _REFUSED_CATEGORIES:
+            return "must not contain surrogates" if category == "Cs" else "must not contain control characters"
+    return None
+
+
+def _text(value: str) -> str:
+    problem = unsafe_text(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
+# unsafe_text()'s rule as a JSON Schema character class, so the document states it: the
+# categories spelled as code points (Cc, Zl and Zp are fixed by Unicode's stability policy;
+# tests/test_contract.py checks the equality) and the direction controls. Surrogates are
+# left out: a JSON Schema regex cannot name them and no valid JSON string carries one.
+_TEXT_REFUSED = "\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(_BIDI_CONTROLS))
+TEXT_PATTERN = f"^[^{_TEXT_REFUSED}]*$"
+
+
+class _StatesTextRule:
+    """Puts TEXT_PATTERN in a Text field's JSON Schema at the type level, so a field's own
+    ``json_schema_extra`` adds to it instead of replacing it."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema.setdefault("pattern", TEXT_PATTERN)
+        return schema
+
+
 def _email(value: str) -> str:
+    """Stored as typed (trimmed); found and kept unique by :func:`normalize_email`."""
     value = value.strip()
-    if not _EMAIL.match(value):
+    if not _EMAIL.match(value):  # stated in the schema (UserCreate's pattern)
         raise ValueError("is not a valid email address")
+    # From here on, rules a JSON Schema cannot state: their own error type says so.
+    key = normalize_email(value)
+    if not _EMAIL.match(key) or len(key) > 320:
+        raise PydanticCustomError("email_not_allowed", "is not a valid email address once normalized")
+    # Nothing invisible or blank (zero-width, soft hyphen, no-break spaces), no private-use
+    # or unassigned code points: each would make a look-alike of another address.
+    if any(unicodedata.category(ch)[0] in "CZ" for ch in value):
+        raise PydanticCustomError("email_not_allowed", "must not contain invisible, blank or unassigned characters")
+    return value
+
+
+def _encodable(value: str) -> str:
+    """Secrets may hold any character but a lone surrogate (it has no UTF-8 encoding)."""
+    if any(unicodedata.category(ch) == "Cs" for ch in value):
+        raise ValueError("must not contain surrogates")
     return value
 
 
 def _password(value: str) -> str:
-    minimum = get_settings().password_min_length
-    if len(value) < minimum:
-        raise ValueError(f"must be at least {minimum} characters")
+    """A new password: encodable, long enough, not a well-known one (``errors[].type`` says which)."""
+    settings = get_settings()
+    minimum = settings.password_min_length
+    if len(_encodable(value)) < minimum:
+        raise PydanticCustomError(
+            "password_too_short", "must be at least {minimum} characters", {"minimum": minimum}
+        )
+    if settings.password_check_common and is_common_password(value):
+        raise PydanticCustomError("password_too_common", "is one of the most common passwords; choose another")
     return value
 
 
 Id = Annotated[int, Field(strict=True, ge=1, le=ID_MAX), JSON_INTEGER]
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(_text), _StatesTextRule()]
 Title = Annotated[Text, Field(min_length=1, max_length=200)]
 Venue = Annotated[Text, Field(max_length=200)]
 TicketCount = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 Email = Annotated[Text, Field(max_length=320), AfterValidator(_email)]
-Password = Annotated[Text, Field(max_length=256), AfterValidator(_password)]
+Password = Annotated[str, Field(max_length=256), AfterValidator(_password)]
+# What a login form may carry: checked like any text, but never against registration rules
+# (an account predates a stricter rule; a wrong guess is a 401, not a 422).
+LoginPassword = Annotated[str, Field(max_length=256), AfterValidator(_encodable)]
 Role = Literal["organizer", "customer"]
 
 
-# The JSON Schema states what the email and password validators check, so clients and the
-# contract fuzzer (tests/test_contract.py) know it. Python's whitespace (str.strip, \s) spelled
-# out, as JSON Schema regexes (ECMA 262) have a different \s.
+# The JSON Schema states what the email and password validators check where it can, so
+# clients and the contract fuzzer (tests/test_contract.py) know it; the rest raises a type
+# listed in UNSTATED_RULES. Python's whitespace (str.strip, \s) spelled out, as JSON Schema
+# regexes (ECMA 262) have a different \s.
+UNSTATED_RULES = frozenset({"email_not_allowed", "password_too_common"})
 _SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_EMAIL_CHARS = f"[^@{_SPACE}]+"
+_EMAIL_CHARS = f"[^@{_SPACE}{_TEXT_REFUSED}]+"
+_EMAIL_TRIM = " \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # what strip() removes that Text allows
 
 
 def _email_schema(schema: dict[str, Any]) -> None:
     if _EMAIL.pattern == r"^[^@\s]+@[^@\s]+\.[^@\s]+$":  # the rule _email applies after strip()
-        schema["pattern"] = f"^[{_SPACE}]*{_EMAIL_CHARS}@{_EMAIL_CHARS}\\.{_EMAIL_CHARS}[{_SPACE}]*$"
+        schema["pattern"] = f"^[{_EMAIL_TRIM}]*{_EMAIL_CHARS}@{_EMAIL_CHARS}\\.{_EMAIL_CHARS}[{_EMAIL_TRIM}]*$"
 
 
 def _password_schema(schema: dict[str, Any]) -> None:
@@ -125,6 +200,25 @@ class UserCreate(BaseModel):
     password: Password = Field(examples=["123"], json_schema_extra=_password_schema)
     role: Role
     name: Annotated[Text, Field(max_length=200)] | None = None
+
+
+class LoginForm(OAuth2PasswordRequestForm):
+    """The OAuth2 password form, its fields checked by the same text rule as every body."""
+
+    def __init__(
+        self,
+        *,
+        username: Annotated[Annotated[Text, Field(max_length=320)], Form(description="the email")],
+        password: Annotated[LoginPassword, Form(json_schema_extra={"format": "password"})],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[Text, Form()] = "",
+        client_id: Annotated[Text | None, Form()] = None,
+        client_secret: Annotated[LoginPassword | None, Form(json_schema_extra={"format": "password"})] = None,
+    ) -> None:
+        super().__init__(
+            grant_type=grant_type, username=username, password=password, scope=scope,
+            client_id=client_id, client_secret=client_secret,
+        )
 
 
 class UserOut(BaseModel):

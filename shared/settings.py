@@ -46,7 +46,16 @@ class Settings(BaseSettings):
     # argon2id cost; tests lower it so fixtures that create many users stay fast.
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65536, ge=8)
-    password_min_length: int = Field(default=3, ge=1)
+    password_min_length: int = Field(default=8, ge=1)
+    # Refuse the 30,000 most common passwords. Only a development stack may turn it off
+    # (local/stack.py does, with PASSWORD_MIN_LENGTH=3, for the README's password "123").
+    password_check_common: bool = True
+    # Each hash holds PASSWORD_HASH_MEMORY_KIB: at most this many run at once per process
+    # (peak extra memory = concurrency x memory), at most PASSWORD_HASH_QUEUE wait, each for
+    # at most PASSWORD_HASH_WAIT_SECONDS; the rest get 503 `busy` with Retry-After.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=16, ge=0)
+    password_hash_wait_seconds: float = Field(default=2.0, gt=0)
 
     max_tickets_per_booking: int = Field(default=10, ge=1, description="default; events may override")
     # Long-running servers coalesce concurrent bookings of one event into one transaction
@@ -79,12 +88,26 @@ class Settings(BaseSettings):
     rate_limit_key_prefix: str = "rl"
     rate_limit_login_per_ip: str = Field(default="30/60", pattern=r"^\d+/\d+$")
     rate_limit_login_per_account: str = Field(default="10/60", pattern=r"^\d+/\d+$")
-    rate_limit_failed_login_per_account: str = Field(default="5/900", pattern=r"^\d+/\d+$")
+    # Failed logins: tight per (account, address); looser per account from everywhere, and
+    # an address that signed in to the account lately is exempt from that one (see ratelimit).
+    rate_limit_failed_login_per_account_ip: str = Field(default="5/900", pattern=r"^\d+/\d+$")
+    rate_limit_failed_login_per_account: str = Field(default="20/900", pattern=r"^\d+/\d+$")
+    rate_limit_login_known_ip_seconds: int = Field(default=30 * 86_400, ge=60)
+    # Redis unreachable: the same limits per process, over at most this many keys.
+    rate_limit_local_max_keys: int = Field(default=100_000, ge=100)
     rate_limit_booking_per_user: str = Field(default="20/60", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_ip: str = Field(default="300/60", pattern=r"^\d+/\d+$")
-    # Client IP from X-Forwarded-For only behind this many trusted proxies (0: the peer).
+    rate_limit_register_per_ip: str = Field(default="20/600", pattern=r"^\d+/\d+$")
+    # Replaced by TRUSTED_PROXIES; a hop count trusted whoever connected. Refused if set.
     rate_limit_trusted_proxies: int = Field(default=0, ge=0)
     rate_limit_redis_timeout: float = Field(default=0.2, gt=0)
+    # Proxies allowed to say who the client is (X-Forwarded-For): comma-separated IPs or
+    # CIDRs; empty trusts none. The one rule for rate limits and logs (shared/client_ip.py).
+    trusted_proxies: str = ""
+    # /metrics answers only `Authorization: Bearer <token>`; no token: 404 (not served).
+    # METRICS_TOKEN_FILE names a file holding it (read per scrape, so it can rotate).
+    metrics_token: str = ""
+    metrics_token_file: str = ""
 
     # Notifications (issue 3): outbox publishing, the notify worker and its channels.
     notify_queue: str = "notify"
@@ -120,10 +143,43 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        from shared.client_ip import trusted_networks
+
+        trusted_networks(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("rate_limit_trusted_proxies")
+    @classmethod
+    def _hop_count_is_gone(cls, value: int) -> int:
+        if value:
+            raise ValueError(
+                "RATE_LIMIT_TRUSTED_PROXIES (a hop count) was replaced by TRUSTED_PROXIES: "
+                "the proxies' IP addresses or CIDRs, comma-separated"
+            )
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_is_long(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: /metrics off)")
+        return value
+
     @model_validator(mode="after")
     def _production_needs_real_secret(self) -> Settings:
         if self.app_env == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("JWT_SECRET must be set in production")
+        return self
+
+    @model_validator(mode="after")
+    def _weak_passwords_only_in_development(self) -> Settings:
+        if self.app_env == "production" and not self.password_check_common:
+            raise ValueError("PASSWORD_CHECK_COMMON=false is for development only")
+        if self.app_env == "production" and self.password_min_length < 8:
+            raise ValueError("PASSWORD_MIN_LENGTH below 8 is for development only")
         return self
 
     @property

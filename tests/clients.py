@@ -103,6 +103,7 @@ class HttpClient:
             port=self.port,
             log_level="warning",
             lifespan="off",
+            proxy_headers=False,  # as every deployment runs it: TRUSTED_PROXIES decides
             limit_concurrency=1000,
             backlog=2048,
         )

@@ -25,10 +25,16 @@ os.environ.setdefault("PASSWORD_HASH_MEMORY_KIB", "1024")
 os.environ.setdefault("JWT_SECRET", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("DB_POOL_MAX", "20")
+# Existing flows register with the README's short passwords; tests/test_passwords.py
+# checks the defaults (8 characters, common passwords refused) with these unset.
+os.environ.setdefault("PASSWORD_MIN_LENGTH", "3")
+# /metrics is served only to this token (tests/test_ops_metrics.py scrapes with it).
+os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
 # rate-limit tests (tests/test_ops_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
-               "BOOKING_PER_USER", "BOOKING_PER_IP"):
+               "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
+               "REGISTER_PER_IP"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
 
 

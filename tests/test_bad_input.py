@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -176,3 +177,64 @@ def test_validation_errors_never_echo_the_password(client: Client) -> None:
     r = client.request("POST", "/users", json_body={"email": "bad", "password": "hunter2-secret", "role": "customer"})
     assert r.status_code == 422
     assert "hunter2-secret" not in r.text
+
+
+# Every text field refuses these with 422 (a lone surrogate used to reach psycopg: 500).
+UNSAFE_CHARACTERS = {
+    "NUL": "\x00", "control": "\x01", "DEL": "\x7f", "C1 control": "\x85", "newline": "\n",
+    "right-to-left override": "\u202e", "left-to-right isolate": "\u2066", "right-to-left mark": "\u200f",
+    "line separator": "\u2028", "lone high surrogate": "\ud800", "lone low surrogate": "\udfff",
+}
+
+
+def _all_refused(send: Any, characters: dict[str, str] = UNSAFE_CHARACTERS) -> None:
+    for label, ch in characters.items():
+        r = send(ch)
+        assert r.status_code == 422, (label, r.status_code, r.text)
+        assert r.json()["code"] == "validation_error", label
+
+
+def test_unsafe_characters_in_registration(client: Client) -> None:
+    def body(**fields: str) -> dict[str, Any]:
+        return {"email": "ok@test.com", "password": "long-enough-secret", "role": "customer", **fields}
+
+    _all_refused(lambda ch: client.request("POST", "/users", json_body=body(email=f"a{ch}b@test.com")))
+    _all_refused(lambda ch: client.request("POST", "/users", json_body=body(name=f"Ann{ch}")))
+    # Emails also refuse what is invisible or blank.
+    _all_refused(lambda ch: client.request("POST", "/users", json_body=body(email=f"a{ch}b@test.com")),
+                 {"zero-width space": "\u200b", "soft hyphen": "\u00ad", "no-break space": "\u00a0",
+                  "private use": "\ue000", "fullwidth at": "\uff20x"})
+
+
+def test_unsafe_characters_in_events(client: Client, world: dict[str, Any]) -> None:
+    org, path = world["org"], f"/events/{world['event']['id']}"
+    _all_refused(lambda ch: client.request("POST", "/events", token=org,
+                                           json_body={"title": f"T{ch}", "total_tickets": 5}))
+    _all_refused(lambda ch: client.request("POST", "/events", token=org,
+                                           json_body={"title": "T", "venue": f"V{ch}", "total_tickets": 5}))
+    _all_refused(lambda ch: client.request("PUT", path, token=org, json_body={"title": f"T{ch}"}))
+
+
+def test_unsafe_characters_in_the_login_form(client: Client) -> None:
+    # A form cannot carry a lone surrogate (its percent-encoding decodes to U+FFFD).
+    in_forms = {k: v for k, v in UNSAFE_CHARACTERS.items() if "surrogate" not in k}
+    _all_refused(lambda ch: client.request("POST", "/auth/token",
+                                           form={"username": f"a{ch}b@test.com", "password": "x"}), in_forms)
+
+
+def test_passwords_refuse_only_lone_surrogates(client: Client) -> None:
+    def register(password: str) -> Any:
+        return client.request("POST", "/users", json_body={
+            "email": f"pw-{uuid.uuid4().hex[:10]}@test.com", "password": password, "role": "customer"})
+
+    _all_refused(register, {"lone high surrogate": "long-enough-\ud800", "lone low surrogate": "\udfff-long-enough"})
+    for password in ("long\x00enough\x01", "\u202edrowssap-long", "пароль-секрет-9", "👨\u200d👩\u200d👧 family!"):
+        r = register(password)
+        assert r.status_code == 201, (password, r.text)
+
+
+def test_joiners_and_emoji_stay_allowed_in_text(client: Client, world: dict[str, Any]) -> None:
+    title = "Family day 👨\u200d👩\u200d👧 · کتاب\u200cها"
+    r = client.request("POST", "/events", token=world["org"], json_body={"title": title, "total_tickets": 5})
+    assert r.status_code == 201, r.text
+    assert r.json()["title"] == title

@@ -367,10 +367,86 @@ def test_api_port_healthcheck_and_command_agree(dockerfile: Any) -> None:
     assert "curl" not in health.args and "wget" not in health.args
 
 
+def _uvicorn_launches() -> dict[str, str]:
+    """Every file that starts uvicorn, with its text."""
+    files = ["local/stack.py", "bench/rush.py", "tests/test_ops_ratelimit.py",
+             "tests/test_ops_password_hashing.py"]
+    return {name: (ROOT / name).read_text() for name in files}
+
+
+def test_uvicorn_leaves_the_client_ip_to_the_app(dockerfile: Any, compose: dict[str, Any]) -> None:
+    """TRUSTED_PROXIES (shared/client_ip.py) alone says who the client is.
+
+    uvicorn's own X-Forwarded-For handling is on by default and trusts 127.0.0.1
+    (``--forwarded-allow-ips "*"`` trusted everyone): it would rewrite the peer before
+    the app sees it, a second rule that spoofed headers get through.
+    """
+    _, stages = dockerfile
+    cmd = stages["api"].last("CMD")
+    assert cmd is not None and cmd.exec_form
+    commands = [cmd.exec_form] + [svc["command"] for svc in compose["services"].values()
+                                  if isinstance(svc.get("command"), list)]
+    for argv in commands:
+        if argv[0] == "uvicorn":
+            assert "--no-proxy-headers" in argv, argv
+        assert "--proxy-headers" not in argv and "--forwarded-allow-ips" not in argv, argv
+    for svc in compose["services"].values():
+        env = svc.get("environment") or {}
+        assert not {"FORWARDED_ALLOW_IPS", "UVICORN_FORWARDED_ALLOW_IPS", "UVICORN_PROXY_HEADERS"} & set(env)
+    assert "forwarded-allow-ips" not in DOCKERFILE.read_text()
+    for name, text in _uvicorn_launches().items():
+        launches = text.count('"uvicorn"') + text.count("uvicorn.Config(")
+        assert launches and text.count("--no-proxy-headers") >= launches, name
+        assert "forwarded-allow-ips" not in text and '"--proxy-headers"' not in text, name
+    assert "proxy_headers=False" in (ROOT / "tests" / "clients.py").read_text()
+
+
+def test_prometheus_scrapes_the_api_with_a_token_generated_once(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """/metrics is off on the public listener unless a token is configured: compose makes
+    one into a volume that only the api and Prometheus mount."""
+    from shared.secret_file import main as make_secret
+    from tests.settings_env import restore_env, set_env
+
+    services = compose["services"]
+    init = services["metrics-token"]
+    _resolve_command(init["command"])
+    token_path = init["command"][3]
+    volume, mount = init["volumes"][0].split(":")[:2]
+    assert token_path.startswith(mount + "/") and init["restart"] == "no"
+    api_env = _resolved_env(services["api"])
+    assert api_env["METRICS_TOKEN_FILE"] == token_path
+    assert f"{volume}:{mount}:ro" in services["api"]["volumes"]
+    assert depends(services["api"])["metrics-token"]["condition"] == "service_completed_successfully"
+    assert f"{volume}:{mount}:ro" in services["prometheus"]["volumes"]
+    assert volume in compose["volumes"]
+    mounting = {name for name, svc in services.items()
+                if any(str(v).startswith(f"{volume}:") for v in svc.get("volumes") or ())}
+    assert mounting == {"metrics-token", "api", "prometheus"}
+    config = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "api")
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": token_path}
+
+    # The init command makes a token once and keeps it; the api reads it from the file.
+    target = tmp_path / "token"
+    assert make_secret([str(target), "--mode", "0440"]) == 0
+    first = target.read_text()
+    assert make_secret([str(target)]) == 0 and target.read_text() == first
+    assert len(first.strip()) >= 32 and (target.stat().st_mode & 0o777) == 0o440
+    from shared.metrics import metrics_token
+
+    saved = set_env({"METRICS_TOKEN": "", "METRICS_TOKEN_FILE": str(target)})
+    try:
+        assert metrics_token() == first.strip()
+    finally:
+        restore_env(saved)
+
+
 # --- docker-compose.yml ----------------------------------------------------------------
 
 
-CORE_SERVICES = {"postgres", "redis", "migrate", "api", "worker", "prometheus", "grafana"}
+CORE_SERVICES = {"postgres", "redis", "migrate", "metrics-token", "api", "worker", "prometheus", "grafana"}
 
 
 def default_services(compose: dict[str, Any]) -> dict[str, Any]:

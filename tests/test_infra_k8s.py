@@ -133,3 +133,24 @@ def test_config_keys_are_settings_fields() -> None:
         BY_KIND["Secret"]["ticketing-secrets"]["stringData"]
     )
     assert keys <= fields, keys - fields
+
+
+def test_api_leaves_the_client_ip_to_the_app() -> None:
+    """uvicorn must not rewrite the peer from X-Forwarded-For: TRUSTED_PROXIES decides."""
+    from shared.client_ip import trusted_networks
+
+    (api,) = _containers("Deployment", "ticketing-api")
+    assert "--no-proxy-headers" in api["command"]
+    assert "--proxy-headers" not in api["command"] and "--forwarded-allow-ips" not in api["command"]
+    config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
+    assert "RATE_LIMIT_TRUSTED_PROXIES" not in config
+    assert trusted_networks(config["TRUSTED_PROXIES"])
+
+
+def test_api_serves_metrics_only_with_a_token_an_operator_created() -> None:
+    (api,) = _containers("Deployment", "ticketing-api")
+    (token,) = [e for e in api["env"] if e["name"] == "METRICS_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["optional"] is True  # absent: /metrics is off
+    config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
+    placeholders = set(config) | set(BY_KIND["Secret"]["ticketing-secrets"]["stringData"])
+    assert not {"METRICS_TOKEN", "METRICS_TOKEN_FILE"} & placeholders  # no example value works

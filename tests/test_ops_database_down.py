@@ -62,7 +62,8 @@ def test_database_stop_gives_503_and_restart_recovers(
     ready = http_client.request("GET", "/health/ready")
     assert ready.status_code == 503
     body = ready.json()
-    assert body["checks"]["database"] != "ok" and body["checks"]["redis"] == "ok"
+    assert body["checks"] == {"database": "unavailable", "redis": "ok"}
+    assert str(server.port) not in ready.text  # which dependency, never where it lives
     assert "database" in body["message"]
     assert int(ready.headers["retry-after"]) >= 1
 
@@ -91,3 +92,33 @@ def test_database_stop_gives_503_and_restart_recovers(
         assert http_client.request("GET", "/health/ready").status_code == 200
     finally:
         restarted.stop()
+
+
+def test_readiness_names_the_failed_dependency_and_leaks_nothing(
+    http_client: HttpClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Probes are public: the driver's error (host, port, user) goes to the log only."""
+    from local.embedded import free_port
+    from shared.logging import configure_logging
+
+    configure_logging("INFO")
+    db_port, redis_port = free_port(), free_port()
+    saved = set_env({
+        "DATABASE_URL": f"postgresql://probe_user@127.0.0.1:{db_port}/secretdb",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    })
+    try:
+        capsys.readouterr()
+        ready = http_client.request("GET", "/health/ready")
+        out = capsys.readouterr().out
+    finally:
+        restore_env(saved)
+    assert ready.status_code == 503
+    assert int(ready.headers["retry-after"]) >= 1
+    body = ready.json()
+    assert body["status"] == "unavailable" and body["code"] == "dependency_unavailable"
+    assert body["checks"] == {"database": "unavailable", "redis": "unavailable"}
+    for leak in (str(db_port), str(redis_port), "127.0.0.1", "probe_user", "secretdb", "refused"):
+        assert leak not in ready.text, leak
+    assert str(db_port) in out and str(redis_port) in out  # the operator still learns why
+    assert http_client.request("GET", "/health/ready").json()["checks"] == {"database": "ok", "redis": "ok"}

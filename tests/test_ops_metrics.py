@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,17 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clients import HttpClient, LambdaClient
+from tests.clients import HttpClient, LambdaClient, Response
 from tests.factories import account, create_event
+from tests.settings_env import restore_env, set_env
+
+
+def _get_metrics(client: HttpClient) -> Response:
+    return client.request("GET", "/metrics", token=os.environ["METRICS_TOKEN"])
 
 
 def scrape(client: HttpClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = client.request("GET", "/metrics")
+    r = _get_metrics(client)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     samples = {}
@@ -55,7 +61,7 @@ def test_metrics_endpoint_exposes_every_family(http_client: HttpClient) -> None:
     names = {name for name, _ in samples}
     for name in EXPECTED:
         assert name in names, name
-    text = http_client.request("GET", "/metrics").text
+    text = _get_metrics(http_client).text
     for name in DECLARED:
         assert f"# TYPE {name}_total counter" in text, name
 
@@ -176,7 +182,7 @@ def test_dashboard_and_prometheus_config_match_the_exposed_metrics(http_client: 
         for target in panel["targets"]
         for name in re.findall(r"\bticketing_[a-z_]+", target["expr"])
     }
-    exposed = http_client.request("GET", "/metrics").text
+    exposed = _get_metrics(http_client).text
     missing = {name for name in queried if f"# TYPE {name.removesuffix('_bucket')}" not in exposed
                and f"\n{name}" not in exposed}
     assert not missing, missing
@@ -190,3 +196,47 @@ def test_dashboard_and_prometheus_config_match_the_exposed_metrics(http_client: 
         (root / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
     assert uids == {datasource["datasources"][0]["uid"]}
+
+
+def test_metrics_are_served_only_to_the_token(http_client: HttpClient, tmp_path: Path) -> None:
+    token = os.environ["METRICS_TOKEN"]
+    assert _get_metrics(http_client).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
+                    {"Authorization": f"Basic {token}"}, {"Authorization": f"Bearer {token}x"},
+                    {"Authorization": "Bearer"}):
+        r = http_client.request("GET", "/metrics", headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.json()["code"] == "not_authenticated" and "ticketing_" not in r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+
+    # No token configured (the default): not served at all, as if the route did not exist.
+    saved = set_env({"METRICS_TOKEN": "", "METRICS_TOKEN_FILE": ""})
+    try:
+        for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Bearer {token}"}):
+            r = http_client.request("GET", "/metrics", headers=headers)
+            assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+    finally:
+        restore_env(saved)
+
+    # From a file (compose's generated token), read per scrape: a rotation applies at once.
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-0123456789\n")
+    saved = set_env({"METRICS_TOKEN": "", "METRICS_TOKEN_FILE": str(token_file)})
+    try:
+        assert http_client.request("GET", "/metrics", token="first-token-0123456789").status_code == 200
+        token_file.write_text("second-token-0123456789")
+        assert http_client.request("GET", "/metrics", token="first-token-0123456789").status_code == 401
+        assert http_client.request("GET", "/metrics", token="second-token-0123456789").status_code == 200
+        token_file.write_text("short")  # too short to be a secret: off, whatever is sent
+        assert http_client.request("GET", "/metrics", token="short").status_code == 404
+    finally:
+        restore_env(saved)
+
+
+def test_a_short_metrics_token_is_refused_at_startup() -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    with pytest.raises(ValidationError, match="METRICS_TOKEN"):
+        Settings(metrics_token="metrics")

@@ -1,4 +1,4 @@
-"""Rate limits: shared through Redis across processes, 429 + Retry-After, fail open."""
+"""Rate limits: shared through Redis across processes, 429 + Retry-After, per process without Redis."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def limits(database: str) -> Iterator[dict[str, str]]:
         "RATE_LIMIT_LOGIN_PER_IP": "1000/60",
         "RATE_LIMIT_LOGIN_PER_ACCOUNT": "3/60",
         "RATE_LIMIT_FAILED_LOGIN_PER_ACCOUNT": "3/600",
+        "RATE_LIMIT_FAILED_LOGIN_PER_ACCOUNT_IP": "3/600",
         "RATE_LIMIT_BOOKING_PER_USER": "2/60",
         "RATE_LIMIT_BOOKING_PER_IP": "1000/60",
     }
@@ -51,7 +52,7 @@ def second_process(limits: dict[str, str], database: str) -> Iterator[HttpClient
     env = {**os.environ, **limits}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+         "--port", str(port), "--log-level", "warning", "--no-access-log", "--no-proxy-headers"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     import httpx
@@ -176,7 +177,9 @@ def test_booking_limit_per_user_refuses_without_taking_tickets(
     assert r.json()["available_tickets"] == 8
 
 
-def test_redis_down_fails_open_quickly(limits: dict[str, str], http_client: HttpClient) -> None:
+def test_redis_down_falls_back_to_per_process_limits_quickly(
+    limits: dict[str, str], http_client: HttpClient
+) -> None:
     _, organizer = account(http_client, "organizer")
     user, token = account(http_client, "customer")
     event = create_event(http_client, organizer, total_tickets=10)
@@ -195,6 +198,6 @@ def test_redis_down_fails_open_quickly(limits: dict[str, str], http_client: Http
     finally:
         restore_env(saved)
         limiter.check([])  # no-op; the next real check reconnects to the restored URL
-    assert logins == [200, 200, 200]  # limits of 1/60 would refuse if they were enforced
-    assert bookings == [201, 201, 201]
+    assert logins == [200, 429, 429]  # limits of 1/60, enforced in this process
+    assert bookings == [201, 429, 429]
     assert elapsed < 5, elapsed

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.security import OAuth2PasswordRequestForm
 
 from shared import users
 from shared.deps import CurrentUser
-from shared.ratelimit import LoginRateLimit
-from shared.schemas import ErrorOut, TokenOut, UserCreate, UserOut
+from shared.ratelimit import LoginRateLimit, RegisterRateLimit
+from shared.schemas import ErrorOut, LoginForm, TokenOut, UserCreate, UserOut
 from shared.security import issue_token
 from shared.web import COMMON_ERRORS
 
@@ -21,7 +20,13 @@ router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
     "/users",
     status_code=201,
     response_model=UserOut,
-    responses={409: {"model": ErrorOut, "description": "`email_taken`"}},
+    responses={
+        409: {"model": ErrorOut, "description": "`email_taken`"},
+        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        503: {"model": ErrorOut,
+              "description": "`database_unavailable`, or `busy` (too many password hashes at once)"},
+    },
+    dependencies=[RegisterRateLimit],
 )
 def register(body: UserCreate) -> dict[str, Any]:
     """Create an organizer or a customer account."""
@@ -39,7 +44,7 @@ def register(body: UserCreate) -> dict[str, Any]:
     },
     dependencies=[LoginRateLimit],
 )
-def login(form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
+def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
     """Exchange email (as `username`) and password for a bearer token (OAuth2 password flow)."""
     user = users.authenticate(email=form.username, password=form.password)
     token, ttl = issue_token(user["id"], user["role"])

@@ -1,0 +1,129 @@
+"""Login throttling: guessing stays slow, the owner is never locked out by other addresses.
+
+Requests go through the users function's Lambda handler with API Gateway events whose
+``sourceIp`` is the caller's address, so each test plays several addresses at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+
+from local.embedded import free_port
+from local.lambda_events import build_event, invoke
+from shared.ratelimit import LocalLimiter, Rule, limiter
+from tests.clients import LambdaClient
+from tests.factories import PASSWORD, register, unique_email
+from tests.settings_env import restore_env, set_env
+
+OWNER_IP, ATTACKER_IP = "198.51.100.7", "203.0.113.66"
+
+
+@pytest.fixture
+def limits(database: str) -> Iterator[None]:
+    """3 failures per (account, address), 5 per account, under a key prefix of this test's own."""
+    saved = set_env({
+        "RATE_LIMIT_KEY_PREFIX": f"rl-lockout-{uuid.uuid4().hex[:8]}",
+        "RATE_LIMIT_LOGIN_PER_IP": "1000/60",
+        "RATE_LIMIT_LOGIN_PER_ACCOUNT": "1000/60",
+        "RATE_LIMIT_FAILED_LOGIN_PER_ACCOUNT_IP": "3/600",
+        "RATE_LIMIT_FAILED_LOGIN_PER_ACCOUNT": "5/600",
+    })
+    yield
+    restore_env(saved)
+
+
+def login_from(ip: str, email: str, password: str = PASSWORD) -> tuple[int, dict]:  # type: ignore[type-arg]
+    body = urlencode({"username": email, "password": password}).encode()
+    event = build_event("POST", "/auth/token", headers={"content-type": "application/x-www-form-urlencoded"},
+                        body=body, source_ip=ip)
+    result = invoke("users", event)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def test_attacker_address_is_throttled_while_the_owner_signs_in(limits: None) -> None:
+    user = register(LambdaClient("v2"), "customer")
+    assert login_from(OWNER_IP, user["email"])[0] == 200  # the owner's address is now known
+    attempts = [login_from(ATTACKER_IP, user["email"], "guess-" + str(i)) for i in range(4)]
+    assert [status for status, _ in attempts] == [401, 401, 401, 429]
+    assert attempts[-1][1]["details"]["limit"] == "failed_login_per_account_ip"
+    # The right password from the attacker's address is refused too: it is out of guesses.
+    assert login_from(ATTACKER_IP, user["email"])[0] == 429
+    assert login_from(OWNER_IP, user["email"])[0] == 200
+
+
+def test_no_number_of_failures_from_elsewhere_locks_the_owner_out(limits: None) -> None:
+    user = register(LambdaClient("v2"), "customer")
+    assert login_from(OWNER_IP, user["email"])[0] == 200
+    statuses = [login_from(f"203.0.113.{n}", user["email"], "wrong")[0] for n in range(1, 21) for _ in range(3)]
+    assert statuses.count(401) == 5  # the account-wide budget, then every address is refused
+    assert set(statuses) == {401, 429}
+    # A new address is refused even with the right password while the account is under attack...
+    status, body = login_from("192.0.2.200", user["email"])
+    assert status == 429 and body["details"]["limit"] == "failed_login_per_account"
+    # ...but the owner's own address is not.
+    assert login_from(OWNER_IP, user["email"])[0] == 200
+    # Exempt from the account-wide limit is not exempt from counting: its own typos still add up.
+    statuses = [login_from(OWNER_IP, user["email"], "typo")[0] for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+
+
+def test_the_owners_address_is_still_throttled_on_its_own(limits: None) -> None:
+    user = register(LambdaClient("v2"), "customer")
+    assert login_from(OWNER_IP, user["email"])[0] == 200
+    statuses = [login_from(OWNER_IP, user["email"], "wrong")[0] for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    status, body = login_from(OWNER_IP, user["email"])
+    assert status == 429 and body["details"]["limit"] == "failed_login_per_account_ip"
+
+
+def test_every_spelling_of_an_address_shares_one_guess_budget(limits: None) -> None:
+    email = unique_email("budget")
+    register(LambdaClient("v2"), "customer", email=email)
+    local, domain = email.split("@")
+    spellings = [email.upper(), "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in local) + "@" + domain,
+                 f"  {email}  ", email.title()]
+    statuses = [login_from(ATTACKER_IP, spelling, "wrong")[0] for spelling in spellings]
+    assert statuses == [401, 401, 401, 429]
+
+
+def test_a_dotted_capital_i_does_not_reach_the_dotless_account(limits: None) -> None:
+    """Python's case fold of U+0130 is "i" + U+0307; PostgreSQL's lower() made it "i"."""
+    email = unique_email("info")
+    register(LambdaClient("v2"), "customer", email=email)
+    status, body = login_from(ATTACKER_IP, "\u0130" + email[1:], PASSWORD)
+    assert status == 401 and body["code"] == "invalid_credentials"
+
+
+def test_without_redis_login_failures_are_limited_per_process(limits: None) -> None:
+    user = register(LambdaClient("v2"), "customer")
+    saved = set_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens there
+    try:
+        started = time.monotonic()
+        statuses = [login_from(ATTACKER_IP, user["email"], "wrong")[0] for _ in range(4)]
+        elapsed = time.monotonic() - started
+    finally:
+        restore_env(saved)
+        limiter.check([])  # reconnects to the restored URL
+    assert statuses == [401, 401, 401, 429]
+    assert elapsed < 5, elapsed
+
+
+def test_the_per_process_fallback_has_bounded_memory(database: str) -> None:
+    saved = set_env({"RATE_LIMIT_LOCAL_MAX_KEYS": "100"})
+    try:
+        local = LocalLimiter()
+        rule = Rule.parse("t", "k", "1/60")
+        for n in range(1000):
+            local.gcra([f"key-{n}"], [rule.timing_ms], "all")
+            local.flag(f"flag-{n}", 60)
+        assert local.gcra(["key-999"], [rule.timing_ms], "all")[0] == 0  # the newest still counts
+        assert local.flagged("flag-999")
+        assert len(local._tats) == 100 and len(local._flags) == 100
+    finally:
+        restore_env(saved)
