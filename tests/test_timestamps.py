@@ -212,3 +212,30 @@ def test_migration_0006_repairs_stored_times_then_refuses_them(
         ]
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE events SET start_time = 'infinity'")
+
+
+def test_a_path_that_skips_validation_still_stores_nothing_and_gets_422(v2: Client, sql: psycopg.Connection) -> None:
+    # The database's range check is the net under a route that forgot the Timestamp type:
+    # its violation is the client's 422; any other failed check stays a 500 (a bug).
+    from fastapi import APIRouter
+    from fastapi.testclient import TestClient
+
+    from shared.db import connection
+    from shared.web import create_app
+
+    event = create_event(v2, account(v2, "organizer")[1])
+    router = APIRouter()
+
+    @router.post("/set/{column}/{value}")
+    def set_value(column: str, value: str) -> dict[str, str]:
+        with connection() as conn:
+            conn.execute(f"UPDATE events SET {column} = %s WHERE id = %s", (value, event["id"]))
+        return {}
+
+    client = TestClient(create_app("probe", [router]))
+    r = client.post("/set/start_time/infinity")
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_value")
+    r = client.post("/set/available_tickets/-1")
+    assert (r.status_code, r.json()["code"]) == (500, "internal_error")
+    stored = sql.execute("SELECT start_time, available_tickets FROM events WHERE id = %s", (event["id"],)).fetchone()
+    assert stored == {"start_time": None, "available_tickets": 50}
