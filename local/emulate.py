@@ -125,16 +125,40 @@ def response_from_lambda(result: dict[str, Any]) -> tuple[int, list[tuple[bytes,
     return int(result.get("statusCode", 200)), headers, body
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int = LAMBDA_PAYLOAD_LIMIT) -> bytes | None:
+    """The request body, or None once it passes ``limit`` (API Gateway refuses those too)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _allow_across_functions(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``Allow`` naming the path's methods in every function, not only the one invoked.
+
+    Each function app knows its own routes; a path shared by two functions would otherwise
+    advertise half of its methods.
+    """
+    import importlib
+
+    from shared.web import allow_header, allowed_methods
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    methods: set[str] = set()
+    for name in HTTP_FUNCTIONS:
+        methods.update(allowed_methods(importlib.import_module(f"functions.{name}.routes").router.routes, scope))
+    allow = allow_header(methods).encode()
+    return [(k, v) for k, v in headers if k != b"allow"] + [(b"allow", allow)]
 
 
 async def _send(
@@ -179,6 +203,9 @@ class LambdaEmulator:
             await _gateway_error(send, 404, "Not Found")
             return
         body = await _read_body(receive)
+        if body is None:
+            await _gateway_error(send, 413, "Request Entity Too Large")
+            return
         event = request_to_event(scope, body)
         if len(json.dumps(event)) > LAMBDA_PAYLOAD_LIMIT:
             await _gateway_error(send, 413, "Request Entity Too Large")
@@ -199,6 +226,8 @@ class LambdaEmulator:
             await _gateway_error(send, 502, "Internal Server Error")
             return
         status, headers, payload = response_from_lambda(result)
+        if status == 405 or (scope["method"] == "OPTIONS" and status == 204):
+            headers = _allow_across_functions(scope["method"], scope["path"], headers)
         await _send(send, status, headers, payload)
 
 

@@ -6,14 +6,18 @@ work opens an explicit ``conn.transaction()``, so no request leaves a transactio
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import psycopg
+from psycopg.adapt import Buffer, Loader
+from psycopg.pq import Format
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -31,8 +35,57 @@ _pool_lock = threading.Lock()
 _returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
 
 
+log = logging.getLogger("ticketing.db")
+_TIMESTAMPTZ = psycopg.postgres.types["timestamptz"].oid
+_FAR_PAST = datetime.min.replace(tzinfo=UTC)
+_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+
+
+class _SafeTimestamptzLoader(Loader):
+    """psycopg's own timestamptz loader, except that a value Python cannot hold reads as
+    the nearest one it can instead of raising.
+
+    PostgreSQL keeps years up to 294276 and ``infinity``; Python stops at 9999. One such
+    stored value used to fail every listing, read, update and cancel of its row (and the
+    INSERT that wrote it answered an error after committing). Migration 0006 keeps client
+    timestamps in range; this keeps reads working whatever a row holds. Costs ~0.3 us per
+    timestamp read (a Python call around the C loader).
+    """
+
+    format = Format.TEXT
+    _base = psycopg.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        assert self._base is not None
+        self._load = self._base(oid, context).load
+
+    def load(self, data: Buffer) -> Any:
+        try:
+            return self._load(data)
+        except psycopg.DataError:
+            text = bytes(data)
+            log.warning("timestamp %r cannot be represented in Python; read as the nearest one", text)
+            return _FAR_PAST if text.startswith(b"-") or text.endswith(b"BC") else _FAR_FUTURE
+
+
+class _SafeTimestamptzBinaryLoader(_SafeTimestamptzLoader):
+    format = Format.BINARY
+    _base = psycopg.adapters.get_loader(_TIMESTAMPTZ, Format.BINARY)
+
+    def load(self, data: Buffer) -> Any:
+        try:
+            return self._load(data)
+        except psycopg.DataError:
+            micros = int.from_bytes(bytes(data), "big", signed=True)  # since 2000-01-01 UTC
+            log.warning("timestamp (%d us after 2000) cannot be represented in Python", micros)
+            return _FAR_PAST if micros < 0 else _FAR_FUTURE
+
+
 def _configure(conn: psycopg.Connection) -> None:
     conn.prepare_threshold = get_settings().db_prepare_threshold
+    conn.adapters.register_loader(_TIMESTAMPTZ, _SafeTimestamptzLoader)
+    conn.adapters.register_loader(_TIMESTAMPTZ, _SafeTimestamptzBinaryLoader)
 
 
 def _check(conn: psycopg.Connection) -> None:

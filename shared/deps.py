@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared import sessions
 from shared.errors import Forbidden, Unauthorized
-from shared.schemas import BIGINT_MAX
+from shared.schemas import ID_MAX
 from shared.security import Principal, decode_token
 
 _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -60,13 +60,13 @@ CurrentUser = Annotated[Principal, Depends(current_principal)]
 Organizer = Annotated[Principal, Depends(_organizer)]
 Customer = Annotated[Principal, Depends(_customer)]
 
-EventId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Event id")]
-BookingId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Booking id")]
-UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="User id; must be the caller")]
+EventId = Annotated[int, Path(ge=1, le=ID_MAX, description="Event id")]
+BookingId = Annotated[int, Path(ge=1, le=ID_MAX, description="Booking id")]
+UserId = Annotated[int, Path(ge=1, le=ID_MAX, description="User id; must be the caller")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
 
-HoldId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="Hold id")]
+HoldId = Annotated[int, Path(ge=1, le=ID_MAX, description="Hold id")]
 IdempotencyKey = Annotated[
     str | None,
     Header(

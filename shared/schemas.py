@@ -9,7 +9,17 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Form
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shared.emails import normalize_email
@@ -17,6 +27,54 @@ from shared.passwords import is_common_password
 from shared.settings import get_settings
 
 BIGINT_MAX = 2**63 - 1
+# Ids and counts a client sends are JSON-safe integers (2**53 - 1, what JavaScript and every
+# float64 JSON parser keep exact): above it a schema bound compared as a double says "valid"
+# to one side and "too large" to the other. A bigserial id never gets near it.
+ID_MAX = 2**53 - 1
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 50.0 is the integer 50 (JSON Schema agrees); 1.5, "50" and
+    # true stay refused by the strict check after this.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# On every integer field of a body, after its bounds (so they stay `minimum`/`maximum` in the
+# JSON Schema): a JSON number with no fractional part, never a string or a boolean.
+JSON_INTEGER = BeforeValidator(_integral)
+
+# Every timestamp a client sends: an RFC 3339 date-time string with an offset, years
+# 1900-2999 as written. Checked as written, not after conversion to UTC, so the JSON Schema
+# states exactly what is accepted (the pattern below); with an offset of at most 23:59 the
+# UTC value stays between 1899-12-31 and 3000-01-02, which migration 0006 enforces in the
+# database and Python reads back in any time zone. Integers (Unix times), dates without a
+# time, leap seconds and other spellings are refused: the schema says `date-time` string.
+TIMESTAMP_PATTERN = (
+    r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+TIMESTAMP_RULE = "an RFC 3339 date-time with an offset, years 1900 to 2999 (e.g. 2030-06-01T20:00:00+02:00)"
+
+
+def _timestamp_text(value: Any) -> Any:
+    text = value.isoformat() if isinstance(value, datetime) else value  # Python callers
+    if not isinstance(text, str) or not _TIMESTAMP.fullmatch(text):  # fullmatch: `$` passes a final \n
+        raise PydanticCustomError("timestamp", "must be {rule}", {"rule": TIMESTAMP_RULE})
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_timestamp_text),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN, "description": TIMESTAMP_RULE}
+    ),
+]
+
 MAX_TICKETS_PER_EVENT = 1_000_000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -51,16 +109,37 @@ def _text(value: str) -> str:
     return value
 
 
+# unsafe_text()'s rule as a JSON Schema character class, so the document states it: the
+# categories spelled as code points (Cc, Zl and Zp are fixed by Unicode's stability policy;
+# tests/test_contract.py checks the equality) and the direction controls. Surrogates are
+# left out: a JSON Schema regex cannot name them and no valid JSON string carries one.
+_TEXT_REFUSED = "\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(_BIDI_CONTROLS))
+TEXT_PATTERN = f"^[^{_TEXT_REFUSED}]*$"
+
+
+class _StatesTextRule:
+    """Puts TEXT_PATTERN in a Text field's JSON Schema at the type level, so a field's own
+    ``json_schema_extra`` adds to it instead of replacing it."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema.setdefault("pattern", TEXT_PATTERN)
+        return schema
+
+
 def _email(value: str) -> str:
     """Stored as typed (trimmed); found and kept unique by :func:`normalize_email`."""
     value = value.strip()
-    key = normalize_email(value)
-    if not _EMAIL.match(value) or not _EMAIL.match(key) or len(key) > 320:
+    if not _EMAIL.match(value):  # stated in the schema (UserCreate's pattern)
         raise ValueError("is not a valid email address")
+    # From here on, rules a JSON Schema cannot state: their own error type says so.
+    key = normalize_email(value)
+    if not _EMAIL.match(key) or len(key) > 320:
+        raise PydanticCustomError("email_not_allowed", "is not a valid email address once normalized")
     # Nothing invisible or blank (zero-width, soft hyphen, no-break spaces), no private-use
     # or unassigned code points: each would make a look-alike of another address.
     if any(unicodedata.category(ch)[0] in "CZ" for ch in value):
-        raise ValueError("must not contain invisible, blank or unassigned characters")
+        raise PydanticCustomError("email_not_allowed", "must not contain invisible, blank or unassigned characters")
     return value
 
 
@@ -84,11 +163,11 @@ def _password(value: str) -> str:
     return value
 
 
-Id = Annotated[int, Field(strict=True, ge=1, le=BIGINT_MAX)]
-Text = Annotated[str, AfterValidator(_text)]
+Id = Annotated[int, Field(strict=True, ge=1, le=ID_MAX), JSON_INTEGER]
+Text = Annotated[str, AfterValidator(_text), _StatesTextRule()]
 Title = Annotated[Text, Field(min_length=1, max_length=200)]
 Venue = Annotated[Text, Field(max_length=200)]
-TicketCount = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT)]
+TicketCount = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 Email = Annotated[Text, Field(max_length=320), AfterValidator(_email)]
 Password = Annotated[str, Field(max_length=256), AfterValidator(_password)]
 # What a login form may carry: checked like any text, but never against registration rules
@@ -97,9 +176,28 @@ LoginPassword = Annotated[str, Field(max_length=256), AfterValidator(_encodable)
 Role = Literal["organizer", "customer"]
 
 
+# The JSON Schema states what the email and password validators check where it can, so
+# clients and the contract fuzzer (tests/test_contract.py) know it; the rest raises a type
+# listed in UNSTATED_RULES. Python's whitespace (str.strip, \s) spelled out, as JSON Schema
+# regexes (ECMA 262) have a different \s.
+UNSTATED_RULES = frozenset({"email_not_allowed", "password_too_common"})
+_SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_EMAIL_CHARS = f"[^@{_SPACE}{_TEXT_REFUSED}]+"
+_EMAIL_TRIM = " \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # what strip() removes that Text allows
+
+
+def _email_schema(schema: dict[str, Any]) -> None:
+    if _EMAIL.pattern == r"^[^@\s]+@[^@\s]+\.[^@\s]+$":  # the rule _email applies after strip()
+        schema["pattern"] = f"^[{_EMAIL_TRIM}]*{_EMAIL_CHARS}@{_EMAIL_CHARS}\\.{_EMAIL_CHARS}[{_EMAIL_TRIM}]*$"
+
+
+def _password_schema(schema: dict[str, Any]) -> None:
+    schema["minLength"] = get_settings().password_min_length
+
+
 class UserCreate(BaseModel):
-    email: Email = Field(examples=["organizer@test.com"])
-    password: Password = Field(examples=["123"])
+    email: Email = Field(examples=["organizer@test.com"], json_schema_extra=_email_schema)
+    password: Password = Field(examples=["123"], json_schema_extra=_password_schema)
     role: Role
     name: Annotated[Text, Field(max_length=200)] | None = None
 
@@ -162,47 +260,53 @@ class PasswordChange(BaseModel):
     new_password: Password
 
 
+# Rules across fields that a JSON Schema cannot state: each answers 422 with its own code
+# (shared/web.py), the code the services use for the same rule.
+RULE_CODES = frozenset({"invalid_time_range"})
+
+
 class _EventTimes(BaseModel):
     @model_validator(mode="after")
     def _end_not_before_start(self) -> Any:
         start, end = getattr(self, "start_time", None), getattr(self, "end_time", None)
         if start is not None and end is not None and end < start:
-            raise ValueError("end_time must not be before start_time")
+            raise PydanticCustomError("invalid_time_range", "end_time must not be before start_time")
         return self
 
 
-PerBookingMax = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT)]
+PerBookingMax = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 
 
 class EventCreate(_EventTimes):
     title: Title = Field(examples=["Music Concert"])
     total_tickets: TicketCount = Field(examples=[50])
     venue: Venue | None = None
-    start_time: AwareDatetime | None = Field(default=None, description="ISO 8601 with offset")
-    end_time: AwareDatetime | None = None
+    start_time: Timestamp | None = None
+    end_time: Timestamp | None = None
     max_tickets_per_booking: PerBookingMax | None = Field(
         default=None, description="tickets one booking or hold may take; null: the server default"
     )
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # "not sent" is not a value a client could send
+
+
 class EventUpdate(_EventTimes):
-    """Fields not sent stay as they are; venue and times may be cleared with null."""
+    """Fields not sent stay as they are; venue and times may be cleared with null.
+
+    ``title`` and ``total_tickets`` may be omitted but never null, and the schema says so
+    (a default of None without ``| None``): read only the fields in ``model_fields_set``.
+    """
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"title": "Music Concert (late show)"}]})
 
-    title: Title | None = None
-    total_tickets: TicketCount | None = None
+    title: Title = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
+    total_tickets: TicketCount = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     venue: Venue | None = None
-    start_time: AwareDatetime | None = None
-    end_time: AwareDatetime | None = None
+    start_time: Timestamp | None = None
+    end_time: Timestamp | None = None
     max_tickets_per_booking: PerBookingMax | None = None
-
-    @model_validator(mode="after")
-    def _required_fields_not_null(self) -> EventUpdate:
-        for name in ("title", "total_tickets"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
-        return self
 
 
 class EventOut(BaseModel):
@@ -237,7 +341,7 @@ class EventPage(BaseModel):
     next_offset: int | None = Field(description="offset of the next page, null on the last")
 
 
-Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 
 
 class BookingCreate(BaseModel):
@@ -263,7 +367,7 @@ class BookingOut(BaseModel):
 
 class HoldCreate(BaseModel):
     quantity: Quantity = 1
-    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] | None = Field(
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400), JSON_INTEGER] | None = Field(
         default=None, description="how long to hold; absent: the server default, capped by its maximum"
     )
 

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     # bounded by 10 s) is about 150 s; 300 s leaves a margin for thread-pool waits.
     idempotency_lock_seconds: int = Field(default=300, ge=1)
 
+    # Request bodies above this many bytes get 413 before they are parsed (shared/body_limit.py).
+    # The largest legitimate body (a registration with the longest email, password and name,
+    # every character \u-escaped) is under 10 KiB; 64 KiB leaves room for new fields, and a
+    # JSON body this size parses into a few MB at most (30 MB took a process to 855 MB).
+    max_body_bytes: int = Field(default=65_536, ge=1)
+
     # Operations (issue 6): logs and rate limits. A limit is "COUNT/SECONDS".
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     rate_limit_enabled: bool = True

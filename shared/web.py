@@ -5,27 +5,31 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.body_limit import BodyLimit
 from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.request_telemetry import RequestTelemetry
-from shared.schemas import ErrorOut
+from shared.schemas import RULE_CODES, ErrorOut
 from shared.settings import require_safe_start
 
 log = logging.getLogger("ticketing.web")
 
 _HTTP_CODES = {
-    400: "bad_request",
+    # The framework raises a 400 only when it cannot parse a body (bad encoding, a broken
+    # form): the same code as a JSON syntax error, so clients branch on one.
+    400: "invalid_json",
     401: "not_authenticated",
     403: "forbidden",
     404: "not_found",
@@ -34,12 +38,33 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
 }
 
-# Documented on every route that can fail with these.
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    415: {"model": ErrorOut, "description": "A JSON body sent as a form or text (`unsupported_media_type`)"},
-    422: {"model": ErrorOut, "description": "Validation failed (`validation_error`)"},
-    503: {"model": ErrorOut, "description": "Database unreachable (`database_unavailable`)"},
+INVALID_BODY_MESSAGE = "The request body is not valid JSON"
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry for an error body; the description names its codes."""
+    return {"model": ErrorOut, "description": description}
+
+
+# The errors the app factory itself can answer, declared once and documented by
+# document_errors() on every route they can reach, whoever wrote the route.
+EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: error_doc("`validation_error`: a parameter or body field is invalid (`details.errors` says which)"),
+    503: error_doc("`database_unavailable`: the database is unreachable (see `Retry-After`)"),
 }
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: error_doc("`invalid_json`: the body cannot be parsed (not JSON, not UTF-8, a broken form)"),
+    413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES`"),
+    415: error_doc("`unsupported_media_type`: a JSON body sent as a form or text"),
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: error_doc(
+        "`not_authenticated`, `invalid_token`, `token_expired`, `token_revoked`, `unknown_user`: "
+        "no usable bearer token"
+    ),
+}
+# Kept for routers that pass it; document_errors() adds the same entries to every route.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = dict(EVERY_ROUTE_ERRORS)
 
 
 def error_response(
@@ -77,12 +102,15 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
     if any(err["type"] == "json_invalid" for err in errors):
-        return error_response(400, "invalid_json", "The request body is not valid JSON")
+        return error_response(400, "invalid_json", INVALID_BODY_MESSAGE)
     if not _sent_as_json(request) and any(err["loc"] == ["body"] for err in errors):
         # e.g. `curl -d '{...}'` without -H: the body arrives as a form, not as JSON.
         return error_response(
             415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'"
         )
+    rules = {err["type"] for err in errors}
+    if len(rules) == 1 and rules <= RULE_CODES:  # one cross-field rule, e.g. invalid_time_range
+        return error_response(422, rules.pop(), errors[0]["msg"], {"errors": errors})
     names = [".".join(str(p) for p in err["loc"][1:]) or "body" for err in errors]
     fields = ", ".join(dict.fromkeys(names))  # each field once, in order
     return error_response(
@@ -90,10 +118,50 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route serves on this request's path.
+
+    Starlette's 405 names only the methods of the first route that matched the path, and
+    FastAPI has one route per method: ``/events`` advertised ``POST`` without ``GET``. Each
+    method is asked of every route through ``matches``, the one interface routes of every
+    kind (and FastAPI's lazily included routers) share.
+    """
+    routes = list(routes)
+    probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**probe, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+def allow_header(methods: Iterable[str]) -> str:
+    """The ``Allow`` value: the methods in one fixed order, and OPTIONS, which every path answers."""
+    served = set(methods)
+    return ", ".join([*(m for m in _METHODS if m in served), "OPTIONS"])
+
+
+def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+    """405 and OPTIONS, both with ``Allow`` naming every method of the path across routers."""
+    allow = allow_header(allowed_methods(request.app.router.routes, request.scope))
+    if request.method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": allow})
+    message = f"{request.method} is not allowed here; allowed: {allow}"
+    return error_response(405, "method_not_allowed", message, headers={**(exc.headers or {}), "Allow": allow})
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _method_not_allowed(request, exc)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 400:
+        message = INVALID_BODY_MESSAGE
+    else:
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}) or None)
 
 
@@ -106,6 +174,76 @@ async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_bad_value(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_value", "A value is out of range or malformed")
+
+
+async def _on_check_violation(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database's range checks refuse (``*_in_range``): the client's, so a 422.
+
+    Input validation refuses such values first; this is the net under a path that forgot.
+    Any other check failing is a bug and stays a 500.
+    """
+    assert isinstance(exc, psycopg.errors.CheckViolation)
+    if not str(exc.diag.constraint_name or "").endswith("_in_range"):
+        raise exc
+    log.warning("database refused an out-of-range value: %s", exc.diag.constraint_name)
+    return await _on_bad_value(request, exc)
+
+
+def _payload_too_large(limit: int) -> ASGIApp:
+    return error_response(
+        413, "payload_too_large", f"The request body is larger than {limit} bytes", {"limit": limit}
+    )
+
+
+_HTTP_OPERATIONS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def _add_response(responses: dict[str, Any], status: int | str, description: str) -> None:
+    """Document an error under ``status``; a route's own entry keeps its text and gains the code."""
+    key = str(status)
+    own = responses.get(key)
+    if own is None:
+        responses[key] = {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+        return
+    code = description.split(":", 1)[0]  # e.g. "`invalid_json`"
+    if code not in own.get("description", ""):
+        own["description"] = f"{own['description']}; {description}" if own.get("description") else description
+
+
+def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document the factory's own errors on every operation that can answer them.
+
+    Every operation: 422 and 503. Every operation with a request body (JSON or form): 400,
+    413 and 415. Every operation that takes a bearer token: 401. Done on the generated
+    document, so a route added later by anyone, in any router, is documented the same way.
+    """
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for path_item in openapi.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method not in _HTTP_OPERATIONS:
+                continue
+            responses = operation.setdefault("responses", {})
+            errors = {
+                **EVERY_ROUTE_ERRORS,
+                **(BODY_ERRORS if "requestBody" in operation else {}),
+                **(AUTH_ERRORS if operation.get("security") else {}),
+            }
+            for status, doc in errors.items():
+                _add_response(responses, status, doc["description"])
+    return openapi
+
+
+def _documented_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    return openapi
 
 
 class CatchAllErrors:
@@ -160,13 +298,17 @@ def create_app(title: str, routers: Iterable[APIRouter], description: str = "") 
     )
     for router in routers:
         app.include_router(router)
+    app.openapi = _documented_openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(PoolTimeout, _on_database_down)
     app.add_exception_handler(psycopg.OperationalError, _on_database_down)
     app.add_exception_handler(psycopg.DataError, _on_bad_value)
+    app.add_exception_handler(psycopg.errors.CheckViolation, _on_check_violation)
     app.add_middleware(CatchAllErrors)
+    # Before anything reads a body: an oversized one is refused unparsed, with a logged 413.
+    app.add_middleware(BodyLimit, too_large=_payload_too_large)
     # Outermost: even the JSON 500 above carries X-Request-ID and is logged and counted.
     app.add_middleware(RequestTelemetry)
     # Everything built so far (modules, routes, schemas, settings) lives as long as the

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from shared import events
-from shared.deps import EventId, Limit, Offset, Organizer, UserId, require_self
-from shared.schemas import BIGINT_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
-from shared.web import COMMON_ERRORS
+from shared.deps import EventId, Limit, Offset, Organizer, require_self
+from shared.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
+from shared.web import COMMON_ERRORS, error_doc
 
 router = APIRouter(tags=["events"], responses=COMMON_ERRORS)
 
@@ -17,18 +17,36 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
     403: {"model": ErrorOut, "description": "`organizer_only`, `not_your_account`"},
 }
+# Times are checked against each other as well as one by one.
+_TIME_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: error_doc("`validation_error`; `invalid_time_range`: end_time is before start_time"),
+}
 
 
-@router.post("/events", status_code=201, response_model=EventOut, responses=_AUTH_ERRORS)
+@router.post("/events", status_code=201, response_model=EventOut, responses={**_AUTH_ERRORS, **_TIME_ERRORS})
 def create_event(body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event as the calling organizer."""
     return events.create_event(organizer_id=organizer.user_id, fields=body.model_dump())
 
 
+# One variable name per path position (OpenAPI treats /events/{a} and /events/{b} as the same
+# path, and so does API Gateway): the seed's organizer id sits where GET and PUT have event_id.
+SeedOrganizerId = Annotated[
+    int,
+    Path(
+        alias="event_id",
+        ge=1,
+        le=ID_MAX,
+        description="On this route, the seed's `POST /events/{organizer_id}`: the organizer's user id; "
+        "must be the caller",
+    ),
+]
+
+
 @router.post(
-    "/events/{organizer_id}", status_code=201, response_model=EventOut, responses=_AUTH_ERRORS
+    "/events/{event_id}", status_code=201, response_model=EventOut, responses={**_AUTH_ERRORS, **_TIME_ERRORS}
 )
-def create_event_for(organizer_id: UserId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
+def create_event_for(organizer_id: SeedOrganizerId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event; the path names the organizer, who must be the caller."""
     require_self(organizer, organizer_id)
     return events.create_event(organizer_id=organizer_id, fields=body.model_dump())
@@ -42,7 +60,7 @@ def list_events(
         Literal["newest", "upcoming"],
         Query(description="`newest` first, or `upcoming` (not started, soonest first)"),
     ] = "newest",
-    organizer_id: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+    organizer_id: Annotated[int | None, Query(ge=1, le=ID_MAX)] = None,
 ) -> EventPage:
     """Browse events, one page at a time."""
     rows = events.list_events(
@@ -69,6 +87,7 @@ def get_event(event_id: EventId) -> dict[str, Any]:
         403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
         404: {"model": ErrorOut, "description": "`event_not_found`"},
         409: {"model": ErrorOut, "description": "`capacity_below_sold`, `event_cancelled`"},
+        **_TIME_ERRORS,
     },
 )
 def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> dict[str, Any]:
