@@ -34,6 +34,16 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="probe a pooled connection idle this long before lending it"
     )
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # Client-side bound on each database step (wait for a connection, probe, statements,
+    # commit): the server's statement_timeout never fires on a server that stopped
+    # answering. Above statement_timeout, so a slow statement on a live server ends with
+    # the server's own definite error, never a client cut whose outcome is unknown.
+    db_request_deadline_seconds: float = Field(default=12.0, gt=0)
+    # TCP: notice a dead host or a broken network (not a stopped process on a live host).
+    db_keepalives_idle: int = Field(default=30, ge=1, description="seconds idle before probing")
+    db_keepalives_interval: int = Field(default=10, ge=1)
+    db_keepalives_count: int = Field(default=3, ge=1)
+    db_tcp_user_timeout_ms: int = Field(default=15_000, ge=0, description="unacknowledged data; 0: OS default")
     # psycopg prepares after N runs; empty or "none" disables it (PgBouncer transaction
     # pooling, RDS Proxy connection sharing).
     db_prepare_threshold: int | None = 5
