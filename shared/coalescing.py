@@ -18,7 +18,7 @@ one that waited ``BOOKING_LANE_WAIT_SECONDS`` hears 503 ``contention``, unbooked
 deadline even while the lane's transaction is stuck (a timer per waiter). A transaction
 cut off by the database deadline (:mod:`shared.db`) ends the lane's turn: before COMMIT
 its requests hear 503 unbooked (never retried one by one against a database that just
-failed to answer), at COMMIT the unknown-outcome 503.
+failed to answer), at COMMIT the unknown-outcome 503 (its key stays claimed).
 
 Lanes live on the server's event loop; the batch runs on a worker thread. Under Lambda
 (one request per environment) nothing is coalesced.
@@ -37,7 +37,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from shared import bookings, metrics
-from shared.db import DeadlineExceeded, OutcomeUnknown
+from shared.db import OutcomeUnknown
 from shared.errors import ServiceUnavailable
 from shared.idempotency import Claim, release, settle_failure
 from shared.settings import get_settings, running_in_lambda
@@ -94,6 +94,10 @@ def _outcome_unknown() -> OutcomeUnknown:
         "A retry with the same Idempotency-Key replays it if so",
         retry_after=2,
     )
+
+
+def _not_booked() -> ServiceUnavailable:
+    return ServiceUnavailable("database_unavailable", "The database did not answer in time; nothing was booked")
 
 
 class _Unknown:
@@ -222,11 +226,11 @@ class Coalescer:
             return
         exc = work.exception()
         outcomes: list[_Outcome]
-        if isinstance(exc, bookings.BatchNotWritten) and isinstance(exc.__cause__, DeadlineExceeded):
-            # Cut off before COMMIT: nothing was written, and the database just failed to
-            # answer; going one by one would only wait for it again. Unbooked, keys freed.
-            log.error("coalesced booking batch cut off by the database deadline before commit")
-            outcomes = [DeadlineExceeded(sent=False) for _ in batch]
+        if isinstance(exc, bookings.BatchNotWritten) and isinstance(exc.__cause__, ServiceUnavailable):
+            # The database did not answer (deadline, pool timeout) before COMMIT: nothing was
+            # written, and one by one would only wait for it again. 503 unbooked, keys freed.
+            log.error("coalesced booking batch failed before commit: %s", exc.__cause__.message)
+            outcomes = [_not_booked() for _ in batch]
         elif isinstance(exc, bookings.BatchNotWritten):
             # Nothing was written; each request tries alone and meets the error itself.
             log.warning("coalesced booking batch failed before commit; booking one by one", exc_info=exc)
