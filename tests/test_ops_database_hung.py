@@ -117,11 +117,18 @@ def _signal_all(server: Server, sig: int) -> None:
 
 @contextmanager
 def frozen(server: Server) -> Iterator[None]:
-    """SIGSTOP every process of the cluster: connections stay open, nothing answers."""
+    """SIGSTOP every process of the cluster: connections stay open, nothing answers.
+
+    Thawed after FREEZE seconds at the latest, so a request that waits it out fails the
+    test's timing instead of hanging it.
+    """
     _signal_all(server, signal.SIGSTOP)
+    thaw = threading.Timer(FREEZE, _signal_all, (server, signal.SIGCONT))
+    thaw.start()
     try:
         yield
     finally:
+        thaw.cancel()
         _signal_all(server, signal.SIGCONT)
 
 
@@ -322,15 +329,24 @@ def test_under_lambda_a_frozen_database_answers_503_and_the_one_connection_recov
 
 
 class _RowLock:
-    """Holds an event's row lock from another connection: its bookings get no answer."""
+    """Holds an event's row lock from another connection: its bookings get no answer.
+
+    Released after FREEZE seconds at the latest, so code without a deadline fails the
+    test's timing instead of hanging it.
+    """
 
     def __init__(self, database: str, event_id: int) -> None:
         self.conn = psycopg.connect(database)
         self.conn.execute("UPDATE events SET available_tickets = available_tickets WHERE id = %s", (event_id,))
+        self._once = threading.Lock()
+        self._timer = threading.Timer(FREEZE, self.release)
+        self._timer.start()
 
     def release(self) -> None:
-        self.conn.commit()
-        self.conn.close()
+        self._timer.cancel()
+        if self._once.acquire(blocking=False):
+            self.conn.commit()
+            self.conn.close()
 
 
 @pytest.fixture
