@@ -106,7 +106,11 @@ def _cut(conn: psycopg.Connection) -> None:
 
 
 class _Watchdog:
-    """One thread and a heap of deadlines; arming and disarming is a push and a flag."""
+    """One thread and a heap of deadlines; arming and disarming is a push and a flag.
+
+    A disarmed deadline stays in the heap until it is due (no search to remove it): at
+    N database steps a second that is N x DB_REQUEST_DEADLINE_SECONDS small entries.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -154,6 +158,15 @@ class _Watchdog:
 
 _watchdog = _Watchdog()
 _current = threading.local()  # the cutoff of the connection() block this thread is in
+
+
+def _after_fork() -> None:
+    """A forked child gets fresh deadlines: its parent's lock may have been held mid-fork."""
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _configure(conn: psycopg.Connection) -> None:

@@ -72,9 +72,10 @@ class Settings(BaseSettings):
     hold_ttl_max_seconds: int = Field(default=3600, ge=1)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
     # Longer than any booking can take, so a claim this old cannot still commit. Worst case
-    # with the defaults: lane wait 5 s + a batch (pool 5 s + 2 statements of 10 s) + the
-    # one-request path (pool 5 s + up to 3 claims, each statement, diagnosis and reclaim
-    # bounded by 10 s) is about 150 s; 300 s leaves a margin for thread-pool waits.
+    # with the defaults: lane wait 5 s + a batch (one step, DB_REQUEST_DEADLINE_SECONDS
+    # 12 s) + the one-request path (one step, 12 s) is about 30 s; 300 s leaves a wide
+    # margin. One exception no client bound covers: a statement cut off at its deadline by
+    # a server that stopped answering runs when that server resumes, however late.
     idempotency_lock_seconds: int = Field(default=300, ge=1)
 
     # Operations (issue 6): logs and rate limits. A limit is "COUNT/SECONDS".

@@ -314,7 +314,7 @@ def test_under_lambda_a_frozen_database_answers_503_and_the_one_connection_recov
             ("POST", "/auth/token", {"form": {"username": user["email"], "password": PASSWORD}}),
         ):
             started = time.monotonic()
-            r = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+            r = client.request(method, path, **kwargs)
             elapsed = time.monotonic() - started
             assert r.status_code == 503 and r.json()["code"] == "database_unavailable", (path, r.text)
             assert int(r.headers["retry-after"]) >= 1
@@ -355,7 +355,7 @@ def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _bookings_of(sql: Any, event_id: int) -> list[dict[str, Any]]:
-    return sql.execute("SELECT id, user_id FROM bookings WHERE event_id = %s", (event_id,)).fetchall()  # type: ignore[no-any-return]
+    return sql.execute("SELECT id, user_id FROM bookings WHERE event_id = %s", (event_id,)).fetchall()
 
 
 def test_a_booking_cut_at_the_deadline_keeps_its_key_until_its_outcome_is_known(
