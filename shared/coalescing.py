@@ -229,7 +229,7 @@ class Coalescer:
         if isinstance(exc, bookings.BatchNotWritten) and isinstance(exc.__cause__, ServiceUnavailable):
             # The database did not answer (deadline, pool timeout) before COMMIT: nothing was
             # written, and one by one would only wait for it again. 503 unbooked, keys freed.
-            log.error("coalesced booking batch failed before commit: %s", exc.__cause__.message)
+            log.error("coalesced booking batch failed before commit, nothing written: %s", exc.__cause__.code)
             outcomes = [_not_booked() for _ in batch]
         elif isinstance(exc, bookings.BatchNotWritten):
             # Nothing was written; each request tries alone and meets the error itself.

@@ -121,7 +121,7 @@ class _Watchdog:
     def arm(self, at: float) -> _Cutoff:
         cutoff = _Cutoff(at)
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="db-deadlines", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (at, next(self._seq), cutoff))
@@ -153,7 +153,10 @@ class _Watchdog:
                 cutoff.fired = True
                 if cutoff.conn is not None:
                     log.warning("database deadline passed; cutting the connection")
-                    _cut(cutoff.conn)
+                    try:
+                        _cut(cutoff.conn)
+                    except Exception:  # this thread must outlive any one connection
+                        log.exception("cutting a connection at its deadline failed")
 
 
 _watchdog = _Watchdog()
@@ -282,5 +285,6 @@ def connection() -> Iterator[Connection]:
             raise ServiceUnavailable("database_unavailable", "The database is not reachable") from exc
         raise
     finally:
-        _watchdog.disarm(cutoff)
+        if not cutoff.disarmed:  # never lent (pool timeout, failed probe)
+            _watchdog.disarm(cutoff)
         _current.cutoff = outer
