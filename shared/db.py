@@ -61,7 +61,7 @@ class DeadlineExceeded(ServiceUnavailable):
         message = "The database did not answer in time"
         if sent:
             message += (
-                "; what this request asked for may still be done (see GET /bookings). "
+                "; a change this request asked for may still be made. "
                 "A retry with the same Idempotency-Key replays it if so"
             )
         super().__init__("database_unavailable", message)
