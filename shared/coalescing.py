@@ -14,7 +14,11 @@ error before COMMIT) runs the ordinary one-request path, which decides it exactl
 says why; so sold-out stays exact and every refusal reads as before. A failure AT commit
 is never retried (the bookings may exist): those requests hear 503, and a keyed retry
 learns the outcome. A request whose client went away before its turn is dropped unbooked;
-one that waited ``BOOKING_LANE_WAIT_SECONDS`` hears 503 ``contention``, unbooked.
+one that waited ``BOOKING_LANE_WAIT_SECONDS`` hears 503 ``contention``, unbooked, at that
+deadline even while the lane's transaction is stuck (a timer per waiter). A transaction
+cut off by the database deadline (:mod:`shared.db`) ends the lane's turn: before COMMIT
+its requests hear 503 unbooked (never retried one by one against a database that just
+failed to answer), at COMMIT the unknown-outcome 503 (its key stays claimed).
 
 Lanes live on the server's event loop; the batch runs on a worker thread. Under Lambda
 (one request per environment) nothing is coalesced.
@@ -33,6 +37,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from shared import bookings, metrics
+from shared.db import OutcomeUnknown
 from shared.errors import ServiceUnavailable
 from shared.idempotency import Claim, release, settle_failure
 from shared.settings import get_settings, running_in_lambda
@@ -51,8 +56,27 @@ def enabled(scope: Mapping[str, Any] | None = None) -> bool:
     return scope is None or "aws.event" not in scope
 
 
-_Waiter = tuple[bookings.BatchItem, "asyncio.Future[dict[str, Any] | None]", float]
-"""A booking in a lane: what it asks, where its answer goes, when it stops waiting."""
+class _Waiter:
+    """A booking in a lane: what it asks, where its answer goes, the timer that ends its wait."""
+
+    __slots__ = ("deadline", "done", "expired", "item", "timer")
+
+    def __init__(self, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None], deadline: float) -> None:
+        self.item = item
+        self.done = done
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    def expire(self) -> None:
+        """At its deadline, still not taken into a transaction: 503 ``contention``, unbooked."""
+        if not self.done.done():
+            self.expired = True
+            self.done.set_exception(_contention())
+
+
+def _contention() -> ServiceUnavailable:
+    return ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
 
 
 @dataclass
@@ -63,13 +87,17 @@ class _Lane:
     busy: bool = False
 
 
-def _outcome_unknown() -> ServiceUnavailable:
-    return ServiceUnavailable(
+def _outcome_unknown() -> OutcomeUnknown:
+    return OutcomeUnknown(
         "database_unavailable",
         "The database failed while committing; the booking may have been made (see GET /bookings). "
         "A retry with the same Idempotency-Key replays it if so",
         retry_after=2,
     )
+
+
+def _not_booked() -> ServiceUnavailable:
+    return ServiceUnavailable("database_unavailable", "The database did not answer in time; nothing was booked")
 
 
 class _Unknown:
@@ -95,7 +123,9 @@ class Coalescer:
         item = bookings.BatchItem(user_id=user_id, quantity=quantity, idempotency=idempotency)
         done: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         lane = self._lanes.setdefault(event_id, _Lane())
-        lane.waiting.append((item, done, loop.time() + get_settings().booking_lane_wait_seconds))
+        waiter = _Waiter(item, done, loop.time() + get_settings().booking_lane_wait_seconds)
+        waiter.timer = loop.call_at(waiter.deadline, waiter.expire)
+        lane.waiting.append(waiter)
         if not lane.busy:
             lane.busy = True
             task = asyncio.create_task(self._drain(event_id, lane, default_max))
@@ -125,7 +155,7 @@ class Coalescer:
                 limit = get_settings().booking_batch_max
                 taken, lane.waiting = lane.waiting[:limit], lane.waiting[limit:]
                 now = loop.time()
-                batch = [(i, d) for i, d, deadline in taken if self._still_waiting(i, d, deadline, now)]
+                batch = [(w.item, w.done) for w in taken if self._still_waiting(w, now)]
                 if not batch:
                     continue
                 if len(batch) == 1:  # alone: the one-statement path is cheaper than a batch
@@ -145,8 +175,11 @@ class Coalescer:
         finally:
             # Only reached with bookings still waiting when cancelled (the loop shutting
             # down): they never reached the database and go the one-request way.
-            for item, done, _ in lane.waiting:
-                self._deliver(item, done, None)
+            for waiter in lane.waiting:
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                if not waiter.expired:
+                    self._deliver(waiter.item, waiter.done, None)
             lane.waiting = []
             lane.busy = False
             if self._lanes.get(event_id) is lane:
@@ -162,16 +195,17 @@ class Coalescer:
         work.add_done_callback(answer or _consume)
         return work
 
-    def _still_waiting(
-        self, item: bookings.BatchItem, done: asyncio.Future[dict[str, Any] | None], deadline: float, now: float
-    ) -> bool:
+    def _still_waiting(self, waiter: _Waiter, now: float) -> bool:
         """Drop requests that went away; refuse, unbooked, those that waited too long."""
-        if done.done():  # cancelled: the client went away or the server is stopping
-            self._deliver(item, done, None)  # never reached the database: frees its key
+        if waiter.timer is not None:
+            waiter.timer.cancel()  # taken: its wait is over either way
+        if waiter.expired:  # already answered 503 contention by its timer
             return False
-        if now > deadline:
-            err = ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
-            self._deliver(item, done, err)
+        if waiter.done.done():  # cancelled: the client went away or the server is stopping
+            self._deliver(waiter.item, waiter.done, None)  # never reached the database: frees its key
+            return False
+        if now > waiter.deadline:  # due, its timer not run yet
+            waiter.expire()
             return False
         return True
 
@@ -192,7 +226,12 @@ class Coalescer:
             return
         exc = work.exception()
         outcomes: list[_Outcome]
-        if isinstance(exc, bookings.BatchNotWritten):
+        if isinstance(exc, bookings.BatchNotWritten) and isinstance(exc.__cause__, ServiceUnavailable):
+            # The database did not answer (deadline, pool timeout) before COMMIT: nothing was
+            # written, and one by one would only wait for it again. 503 unbooked, keys freed.
+            log.error("coalesced booking batch failed before commit, nothing written: %s", exc.__cause__.code)
+            outcomes = [_not_booked() for _ in batch]
+        elif isinstance(exc, bookings.BatchNotWritten):
             # Nothing was written; each request tries alone and meets the error itself.
             log.warning("coalesced booking batch failed before commit; booking one by one", exc_info=exc)
             outcomes = [None] * len(batch)

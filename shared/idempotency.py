@@ -23,7 +23,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from shared import clock
-from shared.db import connection
+from shared.db import connection, outcome_unknown
 from shared.errors import AppError, Conflict, Unprocessable
 from shared.settings import get_settings
 
@@ -159,7 +159,15 @@ def _begin(user_id: int, key: str, request_fingerprint: str) -> Claim | tuple[di
 
 
 def settle_failure(claim: Claim, err: BaseException) -> None:
-    """A refusal (4xx) is the key's answer; anything else frees the key for a retry."""
+    """A refusal (4xx) is the key's answer; anything else frees the key for a retry.
+
+    Except a write cut off with its outcome unknown (:func:`shared.db.outcome_unknown`):
+    it may still commit (a frozen server resumes and runs it), and a freed key would let
+    a retry book again. The key stays claimed: the write's own statement completes it if
+    it commits (a retry then replays), else ``locked_until`` frees it.
+    """
+    if outcome_unknown(err):
+        return
     if isinstance(err, AppError) and err.status_code < 500:
         _finish(claim, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
     else:

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="probe a pooled connection idle this long before lending it"
     )
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # Client-side bound on each database step (wait for a connection, probe, statements,
+    # commit): the server's statement_timeout never fires on a server that stopped
+    # answering. Above statement_timeout, so a slow statement on a live server ends with
+    # the server's own definite error, never a client cut whose outcome is unknown.
+    db_request_deadline_seconds: float = Field(default=12.0, gt=0)
+    # TCP: notice a dead host or a broken network (not a stopped process on a live host).
+    db_keepalives_idle: int = Field(default=30, ge=1, description="seconds idle before probing")
+    db_keepalives_interval: int = Field(default=10, ge=1)
+    db_keepalives_count: int = Field(default=3, ge=1)
+    db_tcp_user_timeout_ms: int = Field(default=15_000, ge=0, description="unacknowledged data; 0: OS default")
     # psycopg prepares after N runs; empty or "none" disables it (PgBouncer transaction
     # pooling, RDS Proxy connection sharing).
     db_prepare_threshold: int | None = 5
@@ -118,9 +128,10 @@ class Settings(BaseSettings):
     hold_ttl_max_seconds: int = Field(default=3600, ge=1)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
     # Longer than any booking can take, so a claim this old cannot still commit. Worst case
-    # with the defaults: lane wait 5 s + a batch (pool 5 s + 2 statements of 10 s) + the
-    # one-request path (pool 5 s + up to 3 claims, each statement, diagnosis and reclaim
-    # bounded by 10 s) is about 150 s; 300 s leaves a margin for thread-pool waits.
+    # with the defaults: lane wait 5 s + a batch (one step, DB_REQUEST_DEADLINE_SECONDS
+    # 12 s) + the one-request path (one step, 12 s) is about 30 s; 300 s leaves a wide
+    # margin. One exception no client bound covers: a statement cut off at its deadline by
+    # a server that stopped answering runs when that server resumes, however late.
     idempotency_lock_seconds: int = Field(default=300, ge=1)
 
     # Request bodies above this many bytes get 413 before they are parsed (shared/body_limit.py).

@@ -438,3 +438,43 @@ def test_a_request_that_waits_too_long_hears_503_unbooked(
     assert isinstance(ahead, dict)
     assert [(e.status_code, e.code) for e in behind] == [(503, "contention")] * 3
     assert _event_totals(sql, event["id"])["rows"] == 1
+
+
+def test_a_waiter_behind_a_stuck_transaction_hears_503_at_its_deadline(
+    http_client: HttpClient, sql: Any, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.settings import get_settings
+
+    wait = 0.3
+    monkeypatch.setattr(get_settings(), "booking_lane_wait_seconds", wait)
+    _, org = account(http_client, "organizer")
+    user, _ = account(http_client, "customer")
+    event = create_event(http_client, org, total_tickets=50)
+    lock = _RowLock(database, event["id"])
+
+    async def scenario() -> tuple[set[asyncio.Task[Any]], Any]:
+        lanes = coalescing.Coalescer()
+
+        async def one() -> Any:
+            try:
+                return await lanes.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10)
+            except AppError as err:
+                return err
+
+        ahead = asyncio.create_task(one())
+        await asyncio.sleep(0.1)  # `ahead` is stuck on the row lock: the lane stays busy
+        behind = {asyncio.create_task(one()) for _ in range(3)}
+        try:
+            # WHEN their wait passes while the transaction ahead is still stuck
+            done, _ = await asyncio.wait(behind, timeout=wait + 1.0)
+        finally:
+            lock.release()
+        await ahead
+        return done, [b.result() for b in behind]
+
+    done, behind = _run(scenario())
+
+    # THEN they hear 503 contention at their deadline, not when the lane moves again
+    assert len(done) == 3
+    assert [(e.status_code, e.code) for e in behind] == [(503, "contention")] * 3
+    assert _event_totals(sql, event["id"])["rows"] == 1

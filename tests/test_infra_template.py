@@ -262,3 +262,15 @@ def test_environment_names_are_settings_or_aws_references(template: dict[str, An
         for container in props.get("ContainerDefinitions", []):
             names |= {e["Name"] for e in container.get("Environment", [])}
     assert names - known == set()
+
+
+def test_http_functions_answer_a_hung_database_before_their_timeout(translated: dict[str, Any]) -> None:
+    # A keyed booking on a hung database takes at most two database steps (the booking,
+    # then freeing its key), each cut off at DB_REQUEST_DEADLINE_SECONDS: 503, not a timeout.
+    resources = translated["Resources"]
+    for name in ("UsersFunction", "EventsFunction", "BookingFunction"):
+        props = resources[name]["Properties"]
+        env = props["Environment"]["Variables"]
+        deadline = float(env["DB_REQUEST_DEADLINE_SECONDS"])
+        assert deadline * 1000 > int(env["DB_STATEMENT_TIMEOUT_MS"]), name
+        assert 2 * deadline + 1 < props["Timeout"], name
