@@ -90,9 +90,10 @@ def test_a_coalesced_rush_sells_exactly_the_tickets_that_exist(http_client: Http
 
 
 def test_idempotent_requests_in_a_coalesced_rush_replay(http_client: HttpClient, sql: Any) -> None:
-    # GIVEN 90 keyed requests racing for an event with room for all of them
+    # GIVEN 90 keyed requests racing for an event with room for all of them (and customers
+    # enough that none passes the per-customer limit: 6 requests of 2 each)
     _, org = account(http_client, "organizer")
-    customers = [account(http_client, "customer") for _ in range(8)]
+    customers = [account(http_client, "customer") for _ in range(15)]
     event = create_event(http_client, org, total_tickets=500)
     keys = [f"rush-{uuid.uuid4().hex}" for _ in range(90)]
     batches_before = _batches_over_one()
