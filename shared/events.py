@@ -8,7 +8,7 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 
 from shared import clock, outbox
-from shared.claims import EXPIRED_HELD_SQL, reclaim_expired_holds
+from shared.claims import EXPIRED_HELD_SQL, SALES_END_SQL, reclaim_expired_holds
 from shared.db import Connection, connection
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
 
@@ -166,6 +166,8 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
                 {**changed, "id": event_id},
             ).fetchone()
             assert row is not None
+            if {"start_time", "end_time"} & changed.keys():
+                _holds_end_with_sales(conn, event_id)
             notification = conn.execute(
                 "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
                 (
@@ -184,6 +186,16 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
         assert notification is not None
         outbox.publish_committed(conn, [notification["id"]])  # the relay covers a failure
         return read_event(conn, event_id)
+
+
+def _holds_end_with_sales(conn: Connection, event_id: int) -> None:
+    """Sales now close earlier: live holds end then too (the event row is locked first)."""
+    conn.execute(
+        f"""UPDATE holds h SET expires_at = e.sales_end
+              FROM (SELECT {SALES_END_SQL} AS sales_end FROM events WHERE id = %(id)s) e
+             WHERE h.event_id = %(id)s AND h.status = 'active' AND h.expires_at > e.sales_end""",
+        {"id": event_id},
+    )
 
 
 def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:

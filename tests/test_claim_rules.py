@@ -305,3 +305,16 @@ def test_an_events_hold_lifetime_is_capped_and_shown(http_client: HttpClient) ->
         assert timedelta(seconds=119) <= lifetime <= timedelta(seconds=125), hold
     short = _hold(http_client, token, event["id"], ttl_seconds=30).json()
     assert datetime.fromisoformat(short["expires_at"]) - before <= timedelta(seconds=35)
+
+
+def test_moving_an_events_end_earlier_ends_its_live_holds_then(http_client: HttpClient, sql: Any) -> None:
+    _, org = account(http_client, "organizer")
+    _, token = account(http_client, "customer")
+    start = (clock.now() + timedelta(hours=2)).replace(microsecond=0)
+    event = create_event(http_client, org, total_tickets=10, start_time=start.isoformat())
+    hold = _hold(http_client, token, event["id"], ttl_seconds=3600).json()
+    sooner = (clock.now() + timedelta(minutes=10)).replace(microsecond=0)
+    r = http_client.request("PUT", f"/events/{event['id']}", json_body={"start_time": sooner.isoformat()}, token=org)
+    assert r.status_code == 200, r.text
+    moved = http_client.request("GET", f"/holds/{hold['id']}", token=token).json()
+    assert datetime.fromisoformat(moved["expires_at"]) == sooner
