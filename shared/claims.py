@@ -34,8 +34,8 @@ CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
 SALES_END_SQL = "coalesce(end_time, start_time)"
 # An event that can grant tickets at the application's time %(now)s.
 OPEN_SQL = f"status = 'active' AND coalesce({SALES_END_SQL}, 'infinity') > %(now)s"
-# The event's per-customer limit: its own, else the default but never below what one
-# booking of it may take.
+# The event's per-customer limit: its own, else the default but never below the event's
+# own per-booking maximum (an organizer who allows 30 in one booking allows 30).
 CUSTOMER_MAX_SQL = (
     "coalesce(max_tickets_per_customer, greatest(%(customer_max)s, max_tickets_per_booking))"
 )
@@ -50,7 +50,6 @@ CLAIM_CTE = f"""claimed AS (
        AND %(quantity)s <= coalesce(max_tickets_per_booking, %(default_max)s)
     RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end, max_hold_seconds
 )"""
-
 
 
 def count_cte(rows: str) -> str:
