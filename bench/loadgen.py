@@ -28,8 +28,10 @@ STRAGGLER_GRACE_S = 30.0
 class Spec:
     """What every connection sends.
 
-    ``tokens`` are spread over connections (connection i uses token i mod n); ``event_ids``
-    are chosen at random per request. ``stop_codes``: a connection stops after receiving
+    ``tokens`` are spread over connections (connection i uses token i mod n, or, with more
+    tokens than connections, tokens i, i + c, i + 2c... in turn, so no customer books more
+    than its share: the per-customer limit); ``event_ids`` are chosen at random per request.
+    ``stop_codes``: a connection stops after receiving
     an error with one of these codes (a sell-out rush ends when every client has seen
     ``sold_out``).
     """
@@ -73,15 +75,18 @@ class Result:
         return sum(self.statuses.values())
 
 
-def _request_bytes(spec: Spec, token: str | None, event_id: int | None) -> bytes:
+def _request_head(spec: Spec, token: str | None) -> bytes:
     head = f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
     if token:
         head += f"Authorization: Bearer {token}\r\n"
+    return head.encode()
+
+
+def _request_tail(spec: Spec, event_id: int | None) -> bytes:
     if event_id is None:
-        return (head + "\r\n").encode()
+        return b"\r\n"
     body = json.dumps({"event_id": event_id, "quantity": spec.quantity}, separators=(",", ":")).encode()
-    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
+    return f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -108,14 +113,17 @@ class _Closing(Exception):
 
 
 class _Connection:
-    def __init__(self, spec: Spec, index: int, out: dict[str, Any]) -> None:
+    def __init__(self, spec: Spec, index: int, connections: int, out: dict[str, Any]) -> None:
         self.spec, self.out = spec, out
-        self.token = spec.tokens[index % len(spec.tokens)] if spec.tokens else None
+        tokens: list[str | None] = [None]
+        if spec.tokens:
+            tokens = list(spec.tokens[index::connections]) or [spec.tokens[index % len(spec.tokens)]]
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        # Pre-rendered requests: one per event id (a few thousand at most).
+        # Pre-rendered parts: a head per token, a tail per event id (a few thousand at most).
+        self.heads = [_request_head(spec, t) for t in tokens]
         ids = spec.event_ids or (None,)
-        self.requests = [_request_bytes(spec, self.token, e) for e in ids]
+        self.tails = [_request_tail(spec, e) for e in ids]
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.wait_for(
@@ -151,9 +159,12 @@ class _Connection:
 
     async def run(self, start_at: float, deadline: float) -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        requests, pick = self.requests, random.choice
+        heads, tails, pick = self.heads, self.tails, random.choice
+        turn = 0
         while time.time() < deadline:
-            request = requests[0] if len(requests) == 1 else pick(requests)
+            head = heads[0] if len(heads) == 1 else heads[turn % len(heads)]
+            turn += 1
+            request = head + (tails[0] if len(tails) == 1 else pick(tails))
             sent = time.time()
             try:
                 if self.writer is None:
@@ -175,12 +186,14 @@ class _Connection:
                 return
 
 
-async def _process_main(spec: Spec, indices: list[int], ready: Any, go: Any, window: Any) -> dict[str, Any]:
+async def _process_main(
+    spec: Spec, indices: list[int], connections: int, ready: Any, go: Any, window: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "statuses": Counter(), "codes": Counter(), "latencies": [], "success_latencies": [], "ids": [],
         "last_success": 0.0, "last_response": 0.0, "conn_errors": 0, "timeouts": 0,
     }
-    conns = [_Connection(spec, i, out) for i in indices]
+    conns = [_Connection(spec, i, connections, out) for i in indices]
     await asyncio.gather(*(c.connect() for c in conns))
     ready.wait()  # blocks the loop on purpose: nothing runs until every process is connected
     go.wait()
@@ -197,7 +210,9 @@ async def _process_main(spec: Spec, indices: list[int], ready: Any, go: Any, win
     return out
 
 
-def _child(spec: Spec, indices: list[int], ready: Any, go: Any, window: Any, results: Any) -> None:
+def _child(
+    spec: Spec, indices: list[int], connections: int, ready: Any, go: Any, window: Any, results: Any
+) -> None:
     try:
         import uvloop
 
@@ -205,7 +220,7 @@ def _child(spec: Spec, indices: list[int], ready: Any, go: Any, window: Any, res
     except ImportError:
         pass
     try:
-        results.put(asyncio.run(_process_main(spec, indices, ready, go, window)))
+        results.put(asyncio.run(_process_main(spec, indices, connections, ready, go, window)))
     except BaseException as exc:
         ready.abort()
         go.abort()
@@ -222,7 +237,9 @@ def run(spec: Spec, *, connections: int, duration: float, procs: int = 2) -> Res
     children = []
     for p in range(procs):
         indices = list(range(p, connections, procs))
-        child = ctx.Process(target=_child, args=(spec, indices, ready, go, window, results), daemon=True)
+        child = ctx.Process(
+            target=_child, args=(spec, indices, connections, ready, go, window, results), daemon=True
+        )
         child.start()
         children.append(child)
     try:

@@ -1,8 +1,9 @@
 """The database's own limit: pgbench running the project's exact booking statement.
 
 The script is generated at run time from ``shared.bookings.BOOK_SQL``: each psycopg
-``%(name)s`` parameter becomes a pgbench ``:name`` variable set by ``\\set`` lines, so
-whatever the booking statement becomes, pgbench measures that statement and not a copy.
+``%(name)s`` parameter becomes a pgbench ``:name`` variable set by ``\\set`` lines (or,
+for values pgbench expressions cannot make such as the application's time, by ``-D``),
+so whatever the booking statement becomes, pgbench measures that statement and not a copy.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def book_sql() -> str:
     return BOOK_SQL
 
 
-def translate(sql: str, variables: dict[str, str]) -> str:
+def translate(sql: str, variables: dict[str, str], defines: dict[str, str] | None = None) -> str:
     """A pgbench script: ``\\set`` lines for ``variables``, then ``sql`` with ``:name`` parameters.
 
-    ``variables`` maps each parameter to a pgbench expression (``1``, ``random(1, 1000)``).
+    ``variables`` maps each parameter to a pgbench expression (``1``, ``random(1, 1000)``);
+    ``defines`` names parameters given as constant text to :func:`run` (``-D``).
     """
-    names = list(dict.fromkeys(_NAMED.findall(sql)))
+    names = [n for n in dict.fromkeys(_NAMED.findall(sql)) if n not in (defines or {})]
     missing = [n for n in names if n not in variables]
     if missing:
         raise ScriptError(f"BOOK_SQL parameters without a pgbench value: {', '.join(missing)}")
@@ -66,7 +68,8 @@ def _number(pattern: str, text: str) -> float | None:
 
 
 def run(
-    env: Environment, script: str, *, clients: int, duration: float, workdir: Path, label: str
+    env: Environment, script: str, *, clients: int, duration: float, workdir: Path, label: str,
+    defines: dict[str, str] | None = None,
 ) -> PgbenchRun:
     """One pgbench run of ``script``; ``-M prepared`` like psycopg after its prepare threshold."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,7 @@ def run(
     cmd = [
         _pg_bin("pgbench"), "-n", "-M", "prepared", "-f", str(path),
         "-c", str(clients), "-j", str(threads), "-T", str(max(1, round(duration))),
+        *[f"-D{name}={value}" for name, value in (defines or {}).items()],
         "-h", info["host"], "-p", info["port"], "-U", info["user"], info["dbname"],
     ]
     pg_env = {**os.environ, "PGPASSWORD": info["password"]} if info["password"] else None

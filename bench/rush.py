@@ -11,6 +11,11 @@ In one run, on one PostgreSQL (see bench/environment.py):
    a subprocess; users, tokens and events are created through its API; then the load
    generator (bench/loadgen.py) measures its own ceiling on ``/health/live`` and rushes
    ``POST /bookings``: one hot event at each client count, a sell-out, and spread events.
+   Events that must not sell out (hot, spread, pgbench) are created with their own
+   per-customer limit of 1,000,000 (an event setting, the default is unchanged): no number
+   of customers would keep a minutes-long rush on one event within 20 each. The sell-out
+   runs at the default limit, with customers enough (the load generator rotates each
+   connection over its share of them), so it must end with nothing but ``sold_out``.
 3. Every scenario is checked: bookings rows == tickets taken for each event, successes
    counted by the client == bookings rows, every booking id distinct, one outbox row per
    booking; a sell-out must end with no ticket left and none oversold.
@@ -19,6 +24,7 @@ In one run, on one PostgreSQL (see bench/environment.py):
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import subprocess
@@ -37,6 +43,8 @@ from local.embedded import REPO_ROOT, free_port
 
 PASSWORD = "bench-pass-1"
 TICKETS_NOT_SELLING_OUT = 1_000_000  # the API's largest event
+# Per-event limit of the events that must not sell out: one customer may take them all.
+NO_CUSTOMER_LIMIT = 1_000_000
 
 
 @dataclass
@@ -247,11 +255,14 @@ def create_accounts(api: httpx.Client, customers: int) -> Fixtures:
     return Fixtures([p[0] for p in pairs], [p[1] for p in pairs], organizer)
 
 
-def create_events(api: httpx.Client, token: str, count: int, tickets: int, title: str) -> list[int]:
+def create_events(api: httpx.Client, token: str, count: int, tickets: int, title: str,
+                  per_customer: int | None = None) -> list[int]:
     ids = []
     for i in range(count):
-        r = api.post("/events", json={"title": f"{title} {i}", "total_tickets": tickets},
-                     headers={"Authorization": f"Bearer {token}"})
+        body: dict[str, Any] = {"title": f"{title} {i}", "total_tickets": tickets}
+        if per_customer is not None:
+            body["max_tickets_per_customer"] = per_customer
+        r = api.post("/events", json=body, headers={"Authorization": f"Bearer {token}"})
         r.raise_for_status()
         ids.append(int(r.json()["id"]))
     return ids
@@ -380,15 +391,20 @@ def pgbench_part(env: Environment, fx: Fixtures, hot_event: int, spread: list[in
         raise RuntimeError("customer ids are not contiguous: pgbench picks them with random(lo, hi)")
     if spread and max(spread) - min(spread) + 1 != len(spread):
         raise RuntimeError("spread event ids are not contiguous")
+    from datetime import UTC, datetime
+
+    settings = get_settings()
     common = {"user_id": f"random({lo}, {hi})", "quantity": "1",
-              "default_max": str(get_settings().max_tickets_per_booking), **opts.pg_vars}
+              "default_max": str(settings.max_tickets_per_booking),
+              "customer_max": str(settings.max_tickets_per_customer), **opts.pg_vars}
+    defines = {"now": datetime.now(UTC).isoformat()}  # the application's clock, a constant here
     sql = pgbench_booking.book_sql()
-    hot_script = pgbench_booking.translate(sql, {**common, "event_id": str(hot_event)})
+    hot_script = pgbench_booking.translate(sql, {**common, "event_id": str(hot_event)}, defines)
     before = max_booking_id(env.database_url)
     hot = []
     for clients in opts.pg_clients:
         run = pgbench_booking.run(env, hot_script, clients=clients, duration=opts.pg_duration, workdir=workdir,
-                                  label="hot")
+                                  label="hot", defines=defines)
         print(f"  pgbench hot event, {clients:>3} clients: {run.tps:>8.1f} bookings/s", flush=True)
         hot.append(run.as_dict())
     hot_check = ticket_check(env.database_url, [hot_event], after_booking_id=before, client_successes=None)
@@ -399,11 +415,11 @@ def pgbench_part(env: Environment, fx: Fixtures, hot_event: int, spread: list[in
     spread_check = None
     if spread:
         spread_script = pgbench_booking.translate(
-            sql, {**common, "event_id": f"random({min(spread)}, {max(spread)})"})
+            sql, {**common, "event_id": f"random({min(spread)}, {max(spread)})"}, defines)
         before = max_booking_id(env.database_url)
         for clients in sorted({peak["clients"], 64} & set(opts.pg_clients) or {max(opts.pg_clients)}):
             run = pgbench_booking.run(env, spread_script, clients=clients, duration=opts.pg_duration,
-                                      workdir=workdir, label="spread")
+                                      workdir=workdir, label="spread", defines=defines)
             print(f"  pgbench {len(spread)} events, {clients:>3} clients: {run.tps:>8.1f} bookings/s", flush=True)
             spread_runs.append(run.as_dict())
         spread_check = ticket_check(env.database_url, spread, after_booking_id=before, client_successes=None)
@@ -435,15 +451,18 @@ def run(env: Environment, opts: Options, out_dir: Path) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         server.start()
-        customers = max([*opts.clients, *opts.spread_clients, opts.sellout_clients, 2])
+        customers = max([*opts.clients, *opts.spread_clients, sellout_customers(opts), 2])
         with httpx.Client(base_url=server.base_url, timeout=30) as api:
             fx = create_accounts(api, customers)
             org = fx.organizer_token
-            pg_hot = create_events(api, org, 1, TICKETS_NOT_SELLING_OUT, "pgbench hot")[0]
-            spread = create_events(api, org, opts.spread_events, TICKETS_NOT_SELLING_OUT, "spread")
-            hot_events = create_events(api, org, len(opts.clients) + 1, TICKETS_NOT_SELLING_OUT, "hot")
+            unlimited = {"tickets": TICKETS_NOT_SELLING_OUT, "per_customer": NO_CUSTOMER_LIMIT}
+            pg_hot = create_events(api, org, 1, title="pgbench hot", **unlimited)[0]
+            spread = create_events(api, org, opts.spread_events, title="spread", **unlimited)
+            hot_events = create_events(api, org, len(opts.clients) + 1, title="hot", **unlimited)
             sellout_event = create_events(api, org, 1, opts.sellout_tickets, "sell-out")[0]
         report["setup_s"] = round(time.monotonic() - t0, 1)
+        report["customers"] = customers
+        report["per_customer_limit"] = {"sell-out": customer_limit(opts), "hot, spread, pgbench": NO_CUSTOMER_LIMIT}
         report["server"] = {"command": f"uvicorn local.app:app ({opts.workers} worker(s))",
                             "env": {"RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "INFO", **opts.server_env},
                             "db_pool_max": int(server.env.get("DB_POOL_MAX", get_settings().db_pool_max))}
@@ -510,6 +529,19 @@ def run(env: Environment, opts: Options, out_dir: Path) -> dict[str, Any]:
     finally:
         server.stop()
         _drop_queue(env.redis_url, server.env["NOTIFY_QUEUE"])
+
+
+def customer_limit(opts: Options) -> int:
+    """The server's default per-customer limit (the sell-out event's)."""
+    from shared.settings import get_settings
+
+    return int(opts.server_env.get("MAX_TICKETS_PER_CUSTOMER", get_settings().max_tickets_per_customer))
+
+
+def sellout_customers(opts: Options) -> int:
+    """Customers for the sell-out: each connection rotates over as many, a third of the limit each on average."""
+    per_connection = math.ceil(3 * opts.sellout_tickets / customer_limit(opts) / opts.sellout_clients)
+    return max(1, per_connection) * opts.sellout_clients
 
 
 def _drop_queue(redis_url: str, queue: str) -> None:

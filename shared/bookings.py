@@ -14,7 +14,19 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from shared import clock
-from shared.claims import CLAIM_CTE, claim
+from shared.claims import (
+    CLAIM_CTE,
+    COUNT_CTE,
+    CUSTOMER_MAX_SQL,
+    GATE_COLUMNS,
+    UNCOUNT_SQL,
+    claim,
+    closed,
+    count_cte,
+    rule_params,
+    too_large,
+    within_customer_limit,
+)
 from shared.db import Connection, connection
 from shared.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
 from shared.idempotency import Claim, completion_cte
@@ -36,9 +48,9 @@ CONFIRMATION_CTE = f"""notification AS (
 
 def _book_sql(idempotent: bool) -> str:
     return f"""
-WITH {CLAIM_CTE}, booking AS (
+WITH {CLAIM_CTE}, {COUNT_CTE}, booking AS (
     INSERT INTO bookings (event_id, user_id, quantity)
-    SELECT id, %(user_id)s, %(quantity)s FROM claimed
+    SELECT event_id, %(user_id)s, %(quantity)s FROM counted
     RETURNING {BOOKING_COLUMNS}
 ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
 SELECT booking.*, notification.id AS outbox_id FROM booking, notification
@@ -58,12 +70,8 @@ def book(
     idempotency: Claim | None = None,
 ) -> dict[str, Any]:
     """Take ``quantity`` tickets of an event for a user, or raise why not."""
-    params: dict[str, Any] = {
-        "user_id": user_id,
-        "event_id": event_id,
-        "quantity": quantity,
-        "default_max": default_max,
-    }
+    params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+    params["user_id"] = user_id
     sql = BOOK_SQL
     if idempotency is not None:
         params.update(idempotency.params())
@@ -74,7 +82,7 @@ def book(
             with unknown_user_is_401():
                 return conn.execute(sql, params).fetchone()
 
-        row = claim(conn, run, event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+        row = claim(conn, run, params=params, user_id=user_id)
         if idempotency is not None:
             idempotency.completed = True  # by the completion CTE, in the same statement
         publish_committed(conn, [row["outbox_id"]])
@@ -90,6 +98,11 @@ class BatchItem:
     idempotency: Claim | None = None
 
 
+_BATCH_COUNT_CTE = count_cte(
+    """SELECT claimed.id, req.user_id, sum(req.quantity), claimed.customer_max FROM req, claimed
+     GROUP BY claimed.id, req.user_id, claimed.customer_max"""
+)
+
 # Many bookings of one event in one statement, for a transaction that already holds the
 # event row's lock. Booking ids are drawn up front so each answer maps back to its request.
 BOOK_BATCH_SQL = f"""
@@ -101,8 +114,8 @@ WITH req AS MATERIALIZED (
 ), claimed AS (
     UPDATE events SET available_tickets = available_tickets - %(total)s
      WHERE id = %(event_id)s
-    RETURNING id
-), booking AS (
+    RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max
+), {_BATCH_COUNT_CTE}, booking AS (
     INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
     SELECT req.id, claimed.id, req.user_id, req.quantity FROM req, claimed ORDER BY req.seq
     RETURNING {BOOKING_COLUMNS}
@@ -124,9 +137,10 @@ class BatchNotWritten(Exception):
 def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
-    The event row is locked first, then requests are granted in order while tickets last
-    (first fit: a later, smaller request may still fit). A request not granted, or a whole
-    batch on an event that is missing, cancelled or capped lower, gets ``None``: the caller
+    The event row is locked first, then requests are granted in order while the claim
+    rules allow (first fit: a later, smaller request may still fit). A request not granted
+    (no tickets left for it, above the per-booking maximum or its customer's limit), or a
+    whole batch on an event that is missing, cancelled or ended, gets ``None``: the caller
     sends it down the one-request path (:func:`book`), which decides it exactly and says why.
 
     Raises :class:`BatchNotWritten` for a failure before COMMIT (the caller may then try
@@ -156,19 +170,41 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
 
 
 def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any]]:
+    """Grant what the claim rules (shared/claims.py) allow, under the event row's lock.
+
+    The decisions are made here from what the lock makes exact; the statement then relies
+    on the database for the customer limit too (its CHECK would abort the batch rather
+    than let a wrong decision through). Expired holds are not reclaimed here: a request
+    they stand in the way of is left to the one-request path, which reclaims them.
+    """
+    params = rule_params(event_id=event_id, quantity=0, default_max=default_max, now=clock.now())
     event = conn.execute(
-        """SELECT status, available_tickets, coalesce(max_tickets_per_booking, %s) AS max_quantity
-             FROM events WHERE id = %s FOR NO KEY UPDATE""",
-        (default_max, event_id),
+        f"SELECT {GATE_COLUMNS} FROM events WHERE id = %(event_id)s FOR NO KEY UPDATE", params
     ).fetchone()
-    if event is None or event["status"] != "active":
+    if closed(event_id, event, params["now"]) is not None:
         return []
+    assert event is not None
+    # A new statement after the lock: it sees every committed counter of this event, and
+    # nobody changes them while the lock is held (every writer takes it first).
+    has: dict[int, int] = {
+        row["user_id"]: row["tickets"]
+        for row in conn.execute(
+            "SELECT user_id, tickets FROM customer_tickets WHERE event_id = %s AND user_id = ANY(%s)",
+            (event_id, sorted({i.user_id for i in items})),
+        ).fetchall()
+    }
     left = event["available_tickets"]
     granted: list[int] = []
     for seq, item in enumerate(items):
-        if item.quantity <= min(left, event["max_quantity"]):
+        mine = has.get(item.user_id, 0)
+        if (
+            item.quantity <= left
+            and too_large(event, item.quantity) is None
+            and within_customer_limit(event, mine, item.quantity)
+        ):
             granted.append(seq)
             left -= item.quantity
+            has[item.user_id] = mine + item.quantity
     if not granted:
         return []
     chosen = [items[seq] for seq in granted]
@@ -176,6 +212,7 @@ def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], defaul
         BOOK_BATCH_SQL,
         {
             "event_id": event_id,
+            "customer_max": params["customer_max"],
             "total": event["available_tickets"] - left,
             "seq": granted,
             "user_ids": [i.user_id for i in chosen],
@@ -230,6 +267,7 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                 "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
                 (give_back, row["event_id"]),
             )
+            conn.execute(UNCOUNT_SQL, {"n": give_back, "event_id": row["event_id"], "user_id": user_id})
             notification = conn.execute(
                 "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
                 (

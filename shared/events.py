@@ -8,13 +8,14 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 
 from shared import clock, outbox
-from shared.claims import EXPIRED_HELD_SQL, reclaim_expired_holds
+from shared.claims import EXPIRED_HELD_SQL, SALES_END_SQL, reclaim_expired_holds
 from shared.db import Connection, connection
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
-    "available_tickets", "max_tickets_per_booking", "status", "created_at", "updated_at",
+    "available_tickets", "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
+    "status", "created_at", "updated_at",
 )
 EVENT_COLUMNS = ", ".join(_COLUMNS)
 # What readers see: expired holds count as available even before anything reclaims them.
@@ -24,7 +25,12 @@ EVENT_READ_COLUMNS = ", ".join(
     else c
     for c in _COLUMNS
 )
-UPDATABLE = ("title", "venue", "start_time", "end_time", "total_tickets", "max_tickets_per_booking")
+UPDATABLE = (
+    "title", "venue", "start_time", "end_time", "total_tickets",
+    "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
+)
+_OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
+             "max_tickets_per_customer": None, "max_hold_seconds": None}
 TASK_EVENT_UPDATED = "notify_event_update"
 TASK_EVENT_CANCELLED = "event_cancelled"
 
@@ -33,11 +39,13 @@ def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]
     with connection() as conn, unknown_user_is_401():
         row = conn.execute(
             f"""INSERT INTO events (organizer_id, title, venue, start_time, end_time,
-                                    total_tickets, available_tickets, max_tickets_per_booking)
+                                    total_tickets, available_tickets, max_tickets_per_booking,
+                                    max_tickets_per_customer, max_hold_seconds)
                 VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
-                        %(total_tickets)s, %(total_tickets)s, %(max_tickets_per_booking)s)
+                        %(total_tickets)s, %(total_tickets)s, %(max_tickets_per_booking)s,
+                        %(max_tickets_per_customer)s, %(max_hold_seconds)s)
                 RETURNING {EVENT_COLUMNS}""",
-            {"organizer_id": organizer_id, "max_tickets_per_booking": None, **fields},
+            {"organizer_id": organizer_id, **_OPTIONAL, **fields},
         ).fetchone()
     assert row is not None
     return row
@@ -158,6 +166,8 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
                 {**changed, "id": event_id},
             ).fetchone()
             assert row is not None
+            if {"start_time", "end_time"} & changed.keys():
+                _holds_end_with_sales(conn, event_id)
             notification = conn.execute(
                 "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
                 (
@@ -178,11 +188,21 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
         return read_event(conn, event_id)
 
 
+def _holds_end_with_sales(conn: Connection, event_id: int) -> None:
+    """Sales now close earlier: live holds end then too (the event row is locked first)."""
+    conn.execute(
+        f"""UPDATE holds h SET expires_at = e.sales_end
+              FROM (SELECT {SALES_END_SQL} AS sales_end FROM events WHERE id = %(id)s) e
+             WHERE h.event_id = %(id)s AND h.status = 'active' AND h.expires_at > e.sales_end""",
+        {"id": event_id},
+    )
+
+
 def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
     """Cancel an event and every booking of it; booked customers are notified.
 
     Cancelling twice is harmless. Live holds stay counted until they expire or are
-    released, and can no longer be confirmed.
+    released, and can no longer be confirmed: customers' counters keep only those.
     """
     with connection() as conn:
         with conn.transaction():
@@ -199,6 +219,14 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
                    ) SELECT count(*)::int AS bookings FROM c""",
                 (event_id,),
             ).fetchone()
+            conn.execute(
+                """UPDATE customer_tickets ct
+                      SET tickets = coalesce((SELECT sum(quantity) FROM holds h
+                                               WHERE h.event_id = ct.event_id AND h.user_id = ct.user_id
+                                                 AND h.status = 'active'), 0)
+                    WHERE ct.event_id = %s""",
+                (event_id,),
+            )
             conn.execute(
                 """UPDATE events
                       SET status = 'cancelled', updated_at = now(),

@@ -1,31 +1,54 @@
 """Seat holds: tickets set aside for a customer until they confirm, release, or time runs out.
 
-Creating a hold is the same one-statement claim as a booking. Expiry needs no sweeper:
+Creating a hold is the same one-statement claim as a booking, under the same rules
+(shared/claims.py), and counts against the customer's limit until it ends. Its lifetime
+is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
+``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
+sales close (its end, or its start when it has no end): ``expires_at`` says which.
+Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
 the first claim that needs its tickets; :func:`tidy_expired_holds` only tidies.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
+
+import psycopg
 
 from shared import clock
 from shared.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
-from shared.claims import CLAIM_CTE, claim, reclaim_expired_holds
+from shared.claims import (
+    CLAIM_CTE,
+    COUNT_CTE,
+    OPEN_SQL,
+    UNCOUNT_SQL,
+    claim,
+    closed,
+    customer_refusal,
+    is_customer_limit,
+    read_gate,
+    reclaim_expired_holds,
+    rule_params,
+    too_large,
+)
 from shared.db import Connection, connection
-from shared.errors import Conflict, NotFound, unknown_user_is_401
+from shared.errors import AppError, Conflict, NotFound, ServiceUnavailable, unknown_user_is_401
 from shared.idempotency import Claim, completion_cte
 from shared.outbox import publish_committed
+from shared.settings import get_settings
 
 HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at"
 
 
 def _hold_sql(idempotent: bool) -> str:
     return f"""
-WITH {CLAIM_CTE}, hold AS (
+WITH {CLAIM_CTE}, {COUNT_CTE}, hold AS (
     INSERT INTO holds (event_id, user_id, quantity, expires_at)
-    SELECT id, %(user_id)s, %(quantity)s, %(expires_at)s FROM claimed
+    SELECT c.id, %(user_id)s, %(quantity)s,
+           least(%(now)s + least(%(ttl)s, coalesce(c.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
+                 c.sales_end)
+      FROM claimed c, counted
     RETURNING {HOLD_COLUMNS}
 ){completion_cte("hold") if idempotent else ""}
 SELECT * FROM hold
@@ -38,7 +61,7 @@ def _confirm_sql(idempotent: bool) -> str:
     return f"""
 WITH event AS (
     SELECT e.id FROM events e
-     WHERE e.id = %(event_id)s AND e.status = 'active'
+     WHERE e.id = %(event_id)s AND {OPEN_SQL}
        FOR SHARE
 ), held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
@@ -59,30 +82,23 @@ def create_hold(
     user_id: int,
     event_id: int,
     quantity: int,
-    ttl_seconds: int,
-    default_max: int,
+    ttl_seconds: int | None,
+    default_max: int | None = None,
     idempotency: Claim | None = None,
 ) -> dict[str, Any]:
-    now = clock.now()
-    params: dict[str, Any] = {
-        "user_id": user_id,
-        "event_id": event_id,
-        "quantity": quantity,
-        "default_max": default_max,
-        "expires_at": now + timedelta(seconds=ttl_seconds),
-    }
+    """Hold tickets for ``ttl_seconds`` (None: the default), within the event's bounds."""
+    settings = get_settings()
+    params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+    params.update(
+        user_id=user_id,
+        ttl=settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds,
+        ttl_max=settings.hold_ttl_max_seconds,
+    )
     if idempotency is not None:
         params.update(idempotency.params())
     sql = _hold_sql(idempotency is not None)
     with connection() as conn, unknown_user_is_401():
-        row = claim(
-            conn,
-            lambda: conn.execute(sql, params).fetchone(),
-            event_id=event_id,
-            quantity=quantity,
-            default_max=default_max,
-            now=now,
-        )
+        row = claim(conn, lambda: conn.execute(sql, params).fetchone(), params=params, user_id=user_id)
     if idempotency is not None:
         idempotency.completed = True  # by the completion CTE, in the same statement
     return row
@@ -106,12 +122,13 @@ def _effective(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def confirm_hold(
-    *, hold_id: int, user_id: int, idempotency: Claim | None = None
+    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: Claim | None = None
 ) -> tuple[dict[str, Any], bool]:
     """Turn a hold into a booking; returns (booking, created).
 
     Confirming twice returns the same booking. A hold that expired is confirmed only if
-    its tickets can still be had; otherwise ``hold_expired`` says how many are left.
+    its tickets can still be had under every claim rule; otherwise ``hold_expired`` says
+    how many are left (or the rule says why).
     """
     hold = get_hold(hold_id=hold_id, user_id=user_id)
     now = clock.now()
@@ -121,7 +138,8 @@ def confirm_hold(
     with connection() as conn:
         row = conn.execute(_confirm_sql(idempotency is not None), params).fetchone()
         if row is None:
-            row = _confirm_expired(conn, hold, now, idempotency)
+            rules = rule_params(event_id=hold["event_id"], quantity=hold["quantity"], default_max=default_max, now=now)
+            row = _confirm_expired(conn, hold, {**rules, "user_id": user_id}, idempotency)
             if row is None:  # confirmed before: the same booking again
                 existing = conn.execute(
                     f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE hold_id = %s", (hold_id,)
@@ -134,21 +152,38 @@ def confirm_hold(
     return row, True
 
 
+_RECLAIM_ONE_SQL = f"WITH {CLAIM_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
+
+
 def _confirm_expired(
-    conn: Connection, hold: dict[str, Any], now: datetime, idempotency: Claim | None
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
 ) -> dict[str, Any] | None:
     """The slow path of a confirmation: the hold is not active any more (or never was).
 
-    One transaction, event row locked first like every writer: a hold that expired gets
-    its tickets back and, if as many are free, is booked again *as this hold* (the
-    booking carries ``hold_id``, the hold becomes ``confirmed``), so a second confirm
-    finds it confirmed. Returns None when the hold was already confirmed.
+    A hold that expired gets its tickets back and is booked again *as this hold* if the
+    claim rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
+    so a second confirm finds it confirmed. Returns None when it was already confirmed.
+    A customer limit in the way after expired holds were reclaimed is retried, as a claim is.
     """
-    hold_id, event_id, quantity = hold["id"], hold["event_id"], hold["quantity"]
+    for _ in range(3):
+        try:
+            return _confirm_expired_once(conn, hold, params, idempotency)
+        except psycopg.errors.CheckViolation as exc:
+            if not is_customer_limit(exc):
+                raise
+            refusal = customer_refusal(conn, params, params["user_id"])
+            if refusal is not None:
+                raise refusal from None
+    raise ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
+
+
+def _confirm_expired_once(
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+) -> dict[str, Any] | None:
+    """One transaction, event row locked first like every writer."""
+    hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
     with conn.transaction():
-        event = conn.execute(
-            "SELECT status FROM events WHERE id = %s FOR UPDATE", (event_id,)
-        ).fetchone()
+        event = read_gate(conn, params, "FOR UPDATE")
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()
@@ -157,26 +192,14 @@ def _confirm_expired(
             return None
         if current["status"] == "released":
             raise Conflict("hold_released", f"Hold {hold_id} was released")
-        if event["status"] != "active":
-            raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
+        refusal = closed(event_id, event, now)
+        if refusal is not None:
+            raise refusal
         still_held = current["status"] == "active" and current["expires_at"] > now
         if not still_held:
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
-            available = conn.execute(
-                "SELECT available_tickets FROM events WHERE id = %s", (event_id,)
-            ).fetchone()
-            assert available is not None
-            if available["available_tickets"] < quantity:
-                raise Conflict(
-                    "hold_expired",
-                    f"Hold {hold_id} expired and its tickets are no longer available",
-                    available=available["available_tickets"],
-                    requested=quantity,
-                )
-            conn.execute(
-                "UPDATE events SET available_tickets = available_tickets - %s WHERE id = %s",
-                (quantity, event_id),
-            )
+            if conn.execute(_RECLAIM_ONE_SQL, params).fetchone() is None:
+                raise _reclaim_refusal(conn, params, hold_id)
         conn.execute(
             "UPDATE holds SET status = 'confirmed', closed_at = %s WHERE id = %s", (now, hold_id)
         )
@@ -201,6 +224,21 @@ def _confirm_expired(
     return row
 
 
+def _reclaim_refusal(conn: Connection, params: dict[str, Any], hold_id: int) -> AppError:
+    """Why an expired hold's tickets could not be claimed again (the event row is locked)."""
+    event = read_gate(conn, params)
+    assert event is not None
+    refusal = too_large(event, params["quantity"])
+    if refusal is not None:
+        return refusal
+    return Conflict(
+        "hold_expired",
+        f"Hold {hold_id} expired and its tickets are no longer available",
+        available=event["available_tickets"],
+        requested=params["quantity"],
+    )
+
+
 def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     """Give a hold's tickets back now; releasing twice (or after expiry) is harmless."""
     hold = get_hold(hold_id=hold_id, user_id=user_id)
@@ -219,6 +257,7 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
             "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
             (row["quantity"], row["event_id"]),
         )
+        conn.execute(UNCOUNT_SQL, {"n": row["quantity"], "event_id": row["event_id"], "user_id": row["user_id"]})
     return row
 
 

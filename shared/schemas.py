@@ -275,6 +275,15 @@ class _EventTimes(BaseModel):
 
 
 PerBookingMax = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
+PerCustomerMax = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
+HOLD_SECONDS_MAX = 86_400
+HoldSeconds = Annotated[int, Field(strict=True, ge=1, le=HOLD_SECONDS_MAX), JSON_INTEGER]
+_PER_CUSTOMER = (
+    "booked plus actively held tickets one customer may have of this event; null: the server default "
+    "(MAX_TICKETS_PER_CUSTOMER, never below max_tickets_per_booking). Lowering it keeps what customers "
+    "have and refuses what would pass it"
+)
+_HOLD_SECONDS = "longest hold lifetime for this event; null: the server default (HOLD_TTL_MAX_SECONDS)"
 
 
 class EventCreate(_EventTimes):
@@ -286,6 +295,8 @@ class EventCreate(_EventTimes):
     max_tickets_per_booking: PerBookingMax | None = Field(
         default=None, description="tickets one booking or hold may take; null: the server default"
     )
+    max_tickets_per_customer: PerCustomerMax | None = Field(default=None, description=_PER_CUSTOMER)
+    max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -307,6 +318,8 @@ class EventUpdate(_EventTimes):
     start_time: Timestamp | None = None
     end_time: Timestamp | None = None
     max_tickets_per_booking: PerBookingMax | None = None
+    max_tickets_per_customer: PerCustomerMax | None = Field(default=None, description=_PER_CUSTOMER)
+    max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
 
 
 class EventOut(BaseModel):
@@ -319,6 +332,8 @@ class EventOut(BaseModel):
     total_tickets: int
     available_tickets: int = Field(description="exact: expired holds already count as free")
     max_tickets_per_booking: int | None
+    max_tickets_per_customer: int | None = Field(description="null: the server default")
+    max_hold_seconds: int | None = Field(description="null: the server default")
     status: Literal["active", "cancelled"]
     created_at: datetime
     updated_at: datetime
@@ -367,8 +382,11 @@ class BookingOut(BaseModel):
 
 class HoldCreate(BaseModel):
     quantity: Quantity = 1
-    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400), JSON_INTEGER] | None = Field(
-        default=None, description="how long to hold; absent: the server default, capped by its maximum"
+    ttl_seconds: HoldSeconds | None = Field(
+        default=None,
+        description="how long to hold; absent: HOLD_TTL_SECONDS. Capped by the event's max_hold_seconds "
+        "(else HOLD_TTL_MAX_SECONDS) and by the close of its sales (its end, else its start): "
+        "the answer's expires_at says when the hold really ends",
     )
 
 

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     password_hash_wait_seconds: float = Field(default=2.0, gt=0)
 
     max_tickets_per_booking: int = Field(default=10, ge=1, description="default; events may override")
+    # Booked plus actively held tickets one customer may have of one event (never below the
+    # event's per-booking maximum); events may override. Twice a full booking: room for a
+    # group and a second purchase, while one account cannot take a sale.
+    max_tickets_per_customer: int = Field(default=20, ge=1, le=1_000_000)
     # Long-running servers coalesce concurrent bookings of one event into one transaction
     # (shared/coalescing.py); Lambda (one request per environment) never does.
     booking_coalesce: bool = True
@@ -125,7 +129,7 @@ class Settings(BaseSettings):
 
     # Seat holds and idempotency keys (booking depth).
     hold_ttl_seconds: int = Field(default=600, ge=1, description="default hold lifetime")
-    hold_ttl_max_seconds: int = Field(default=3600, ge=1)
+    hold_ttl_max_seconds: int = Field(default=3600, ge=1, le=86_400, description="events may override")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
     # Longer than any booking can take, so a claim this old cannot still commit. Worst case
     # with the defaults: lane wait 5 s + a batch (one step, DB_REQUEST_DEADLINE_SECONDS

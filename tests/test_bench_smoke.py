@@ -58,9 +58,12 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
 
 def test_pgbench_script_is_the_booking_statement_with_variables() -> None:
     script = pgbench_booking.translate(
-        pgbench_booking.book_sql(), {"event_id": "7", "user_id": "random(1, 9)", "quantity": "1", "default_max": "10"}
+        pgbench_booking.book_sql(),
+        {"event_id": "7", "user_id": "random(1, 9)", "quantity": "1", "default_max": "10", "customer_max": "20"},
+        {"now": "2026-01-01T00:00:00+00:00"},
     )
     assert "\\set event_id 7" in script and "\\set user_id random(1, 9)" in script
+    assert "\\set now" not in script and ":now" in script  # given with -D: pgbench cannot make a time
     assert "%(" not in script and ":event_id" in script and script.rstrip().endswith(";")
 
 

@@ -57,9 +57,10 @@ def _event_totals(sql: Any, event_id: int) -> dict[str, Any]:
 
 
 def test_a_coalesced_rush_sells_exactly_the_tickets_that_exist(http_client: HttpClient, sql: Any) -> None:
-    # GIVEN 150 tickets and 96 requests for 1-3 tickets each (192 asked for), all at once
+    # GIVEN 150 tickets and 96 requests for 1-3 tickets each (192 asked for), all at once,
+    # from customers enough that none asks past the per-customer limit (4 requests each)
     _, org = account(http_client, "organizer")
-    customers = [account(http_client, "customer") for _ in range(12)]
+    customers = [account(http_client, "customer") for _ in range(24)]
     event = create_event(http_client, org, total_tickets=150)
     batches_before = _batches_over_one()
 
@@ -90,9 +91,10 @@ def test_a_coalesced_rush_sells_exactly_the_tickets_that_exist(http_client: Http
 
 
 def test_idempotent_requests_in_a_coalesced_rush_replay(http_client: HttpClient, sql: Any) -> None:
-    # GIVEN 90 keyed requests racing for an event with room for all of them
+    # GIVEN 90 keyed requests racing for an event with room for all of them (and customers
+    # enough that none passes the per-customer limit: 6 requests of 2 each)
     _, org = account(http_client, "organizer")
-    customers = [account(http_client, "customer") for _ in range(8)]
+    customers = [account(http_client, "customer") for _ in range(15)]
     event = create_event(http_client, org, total_tickets=500)
     keys = [f"rush-{uuid.uuid4().hex}" for _ in range(90)]
     batches_before = _batches_over_one()

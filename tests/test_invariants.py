@@ -1,8 +1,10 @@
 """A randomized concurrent workload with the ticket invariant checked throughout and at the end.
 
 For every event, at any instant: sold + actively held + available == total, with
-available never negative and never above total. Every booking a worker was told about
-exists, and nothing else does.
+available never negative and never above total. For every customer of every event, at
+any instant: their counter == their confirmed bookings' tickets + their active holds'
+(expired ones until reclaimed, as for availability). Every booking a worker was told
+about exists, and nothing else does.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ EXPECTED_REFUSALS = {
     "hold_released",
     "cancel_exceeds_booking",
     "quantity_too_large",
+    "customer_limit_exceeded",
 }
 
 INVARIANT_SQL = """
@@ -44,10 +47,29 @@ SELECT e.id, e.total_tickets, e.available_tickets AS counter,
 """
 
 
+# Every (event, customer) that has a counter or any tickets: the counter against the sum.
+CUSTOMER_SQL = """
+WITH taken AS (
+    SELECT event_id, user_id, sum(quantity) AS n FROM (
+        SELECT event_id, user_id, quantity FROM bookings WHERE status = 'confirmed' AND event_id = ANY(%(ids)s)
+        UNION ALL
+        SELECT event_id, user_id, quantity FROM holds WHERE status = 'active' AND event_id = ANY(%(ids)s)
+    ) t GROUP BY event_id, user_id
+)
+SELECT coalesce(c.event_id, t.event_id) AS event_id, coalesce(c.user_id, t.user_id) AS user_id,
+       c.tickets AS counter, coalesce(t.n, 0) AS recomputed, c.limit_at_claim
+  FROM (SELECT * FROM customer_tickets WHERE event_id = ANY(%(ids)s)) c
+  FULL JOIN taken t ON t.event_id = c.event_id AND t.user_id = c.user_id
+ WHERE c.tickets IS DISTINCT FROM coalesce(t.n, 0) OR c.tickets > c.limit_at_claim
+"""
+
+
 def _check(conn: psycopg.Connection, ids: list[int], now: Any) -> list[str]:
     problems = []
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for row in conn.execute(CUSTOMER_SQL, {"ids": ids}).fetchall():
+            problems.append(f"customer counter != booked + held: {row}")
         for row in conn.execute(INVARIANT_SQL, {"ids": ids, "now": now}).fetchall():
             available = row["counter"] + row["expired_held"]
             if row["sold"] + row["held"] + available != row["total_tickets"]:
@@ -70,6 +92,7 @@ def test_randomized_workload_keeps_the_invariant(http_client: Any, database: str
                 "start_time": None,
                 "end_time": None,
                 "total_tickets": 30,
+                "max_tickets_per_customer": 4,  # low, so the limit bites often
             },
         )["id"]
         for i in range(3)
@@ -89,7 +112,8 @@ def test_randomized_workload_keeps_the_invariant(http_client: Any, database: str
             user = rng.choice(my_users)
             event_id = rng.choice(ids)
             op = rng.choices(
-                ["book", "cancel", "hold", "confirm", "release", "resize", "expire"], weights=[30, 12, 22, 14, 6, 8, 8]
+                ["book", "cancel", "hold", "confirm", "release", "resize", "limit", "expire"],
+                weights=[30, 12, 22, 14, 6, 8, 4, 8],
             )[0]
             try:
                 if op == "book":
@@ -125,6 +149,11 @@ def test_randomized_workload_keeps_the_invariant(http_client: Any, database: str
                 elif op == "resize":
                     events.update_event(
                         event_id=event_id, organizer_id=organizer["id"], changes={"total_tickets": rng.randint(20, 45)}
+                    )
+                elif op == "limit":  # lowered below what some have, raised again
+                    events.update_event(
+                        event_id=event_id, organizer_id=organizer["id"],
+                        changes={"max_tickets_per_customer": rng.randint(2, 6)},
                     )
                 elif op == "expire":
                     fake_clock.advance(rng.uniform(1, 8))
@@ -164,6 +193,7 @@ def test_randomized_workload_keeps_the_invariant(http_client: Any, database: str
         outcomes["book"] > 100
         and outcomes["confirm"] > 20
         and outcomes["sold_out"] + outcomes["insufficient_tickets"] > 0
+        and outcomes["customer_limit_exceeded"] > 0
     ), outcomes
     with psycopg.connect(database, autocommit=True, row_factory=dict_row) as conn:
         assert _check(conn, ids, fake_clock.now()) == []

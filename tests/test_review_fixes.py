@@ -55,11 +55,9 @@ def test_losing_every_race_is_a_503_not_a_refusal(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ServiceUnavailable) as caught:
         claims.claim(
             sql,
-            always_deadlocked,
-            event_id=1,
-            quantity=1,
-            default_max=10,  # type: ignore[arg-type]
-            now=holds.clock.now(),
+            always_deadlocked,  # type: ignore[arg-type]
+            params=claims.rule_params(event_id=1, quantity=1, default_max=10, now=holds.clock.now()),
+            user_id=1,
         )
     assert caught.value.code == "contention"
 

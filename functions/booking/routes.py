@@ -51,12 +51,15 @@ _CLAIM_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorOut,
         "description": "`sold_out`, `insufficient_tickets` (details say how many remain), "
-        "`quantity_too_large` (details give the event's maximum)",
+        "`quantity_too_large` (details give the event's maximum), "
+        "`customer_limit_exceeded` (this customer's booked plus actively held tickets of the event would "
+        "pass its per-customer limit; details: `limit`, `booked`, `held`, `requested`)",
     },
     404: {"model": ErrorOut, "description": "`event_not_found`"},
     409: {
         "model": ErrorOut,
-        "description": "`event_cancelled`; `request_in_progress` (same Idempotency-Key still running)",
+        "description": "`event_cancelled`; `event_ended` (its end, or its start when it has no end, has "
+        "passed; details: `ended_at`); `request_in_progress` (same Idempotency-Key still running)",
     },
     422: {
         "model": ErrorOut,
@@ -242,10 +245,15 @@ def create_hold(
     idempotency_key: IdempotencyKey = None,
     body: HoldCreate | None = None,
 ) -> dict[str, Any]:
-    """Set tickets aside for the caller until `expires_at`; confirm or release them before then."""
+    """Set tickets aside for the caller until `expires_at`; confirm or release them before then.
+
+    The hold lasts `ttl_seconds` (default `HOLD_TTL_SECONDS`), at most the event's
+    `max_hold_seconds` (default `HOLD_TTL_MAX_SECONDS`) and never past the close of the
+    event's sales (its end, else its start): `expires_at` in the answer is the real end.
+    Held tickets count against the customer's per-event limit until the hold ends.
+    """
     body = body or HoldCreate()
     settings = get_settings()
-    ttl = min(body.ttl_seconds or settings.hold_ttl_seconds, settings.hold_ttl_max_seconds)
     return _idempotent(
         request,
         response,
@@ -256,7 +264,7 @@ def create_hold(
             user_id=customer.user_id,
             event_id=event_id,
             quantity=body.quantity,
-            ttl_seconds=ttl,
+            ttl_seconds=body.ttl_seconds,
             default_max=settings.max_tickets_per_booking,
             idempotency=claim,
         ),
@@ -291,7 +299,7 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
         409: {
             "model": ErrorOut,
             "description": "`hold_expired` (its tickets are gone; details say how many are left), "
-            "`hold_released`, `event_cancelled`, `request_in_progress`",
+            "`hold_released`, `event_cancelled`, `event_ended`, `request_in_progress`",
         },
     },
 )
@@ -308,6 +316,7 @@ def confirm_hold(
         booking, created = holds.confirm_hold(
             hold_id=hold_id,
             user_id=customer.user_id,
+            default_max=get_settings().max_tickets_per_booking,
             idempotency=claim,
         )
         if created:

@@ -94,6 +94,9 @@ def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> 
     """Change an event; fields not sent stay as they are. Booked customers are notified.
 
     Lowering `total_tickets` below what is sold plus held is refused with the numbers.
+    Lowering `max_tickets_per_customer` below what a customer has keeps their bookings and
+    holds and refuses them more until they are back under it; `max_hold_seconds` bounds
+    holds made from now on. Sales close at `end_time` (or `start_time` without one).
     """
     return events.update_event(
         event_id=event_id,
