@@ -22,7 +22,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -36,7 +37,7 @@ from shared import metrics, sessions
 from shared.client_ip import client_ip as resolved_client_ip
 from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
-from shared.errors import TooManyRequests, Unauthorized
+from shared.errors import AppError, TooManyRequests
 from shared.schemas import LoginForm
 from shared.security import Principal
 from shared.settings import get_settings
@@ -321,17 +322,17 @@ def _account_key(username: str) -> str:
     return _digest(normalize_email(username))
 
 
-def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
-    """Throttle logins so guessing is slow but the owner is never locked out by others.
+@contextmanager
+def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool]) -> Iterator[str]:
+    """Throttle password guesses so guessing is slow but the owner is never locked out by others.
 
-    Every attempt counts per IP and per (account, IP); failures count per (account, IP)
-    tightly and per account from everywhere more loosely. An address that signed in to the
-    account lately (remembered, hashed, for ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt
-    from the account-wide failure limit, so a flood of wrong passwords from elsewhere cannot
-    lock the owner out, while each address, the owner's too, stays throttled on its own.
+    Failures count per (account, IP) tightly and per account from everywhere more loosely.
+    An address that got the password right lately (remembered, hashed, for
+    ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt from the account-wide limit, so a flood
+    of wrong passwords from elsewhere cannot lock the owner out, while each address, the
+    owner's too, stays throttled on its own. Yields the (account, IP) key.
     """
     settings = get_settings()
-    account, ip = _account_key(form.username), client_ip(request)
     pair = _digest(f"{account}|{ip}")
     failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
                              settings.rate_limit_failed_login_per_account_ip)
@@ -339,17 +340,36 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
                                  settings.rate_limit_failed_login_per_account)
     known = f"login-known:{pair}"
     enforce([failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here], consume=False)
-    enforce([
-        Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
-        Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
-    ])
     try:
-        yield
-    except Unauthorized as exc:
-        if exc.code == "invalid_credentials":
+        yield pair
+    except AppError as exc:
+        if failed(exc):
             limiter.check([failed_anywhere, failed_here], mode="each")  # the next attempt sees it
         raise
     limiter.flag(known, settings.rate_limit_login_known_ip_seconds)
+
+
+def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
+    """Logins: every attempt per IP and per (account, IP); wrong passwords as guesses."""
+    settings = get_settings()
+    ip = client_ip(request)
+    with _guessing_throttled(_account_key(form.username), ip,
+                             lambda exc: exc.code == "invalid_credentials") as pair:
+        enforce([
+            Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
+            Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
+        ])
+        yield
+
+
+def limit_password_change(
+    request: Request, principal: Annotated[Principal, Depends(token_principal)]
+) -> Iterator[None]:
+    """A wrong current password is a guess like a failed login: a stolen token must not
+    become an unthrottled oracle for the account's password."""
+    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_ip(request),
+                             lambda exc: exc.code == "wrong_password"):
+        yield
 
 
 async def limit_booking(
@@ -378,6 +398,7 @@ def limit_register(request: Request) -> None:
 
 
 LoginRateLimit = Depends(limit_login)
+PasswordChangeRateLimit = Depends(limit_password_change)
 RegisterRateLimit = Depends(limit_register)
 # Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
 # session check share one Redis round trip (never ``Customer`` plus a limit: two trips).

@@ -96,7 +96,7 @@ def sign_out_everywhere(*, email: str) -> dict[str, Any]:
 def _revoking_update(email: str, reason: str, update: str, params: tuple[Any, ...]) -> dict[str, Any]:
     with connection() as conn, conn.transaction():
         row = conn.execute(
-            f"{update} WHERE lower(email) = lower(%s) RETURNING {_USER_COLUMNS}", (*params, email.strip())
+            f"{update} WHERE email_key = %s RETURNING {_USER_COLUMNS}", (*params, normalize_email(email))
         ).fetchone()
         if row is None:
             raise NotFound("user_not_found", f"No user with email {email}")

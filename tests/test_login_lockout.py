@@ -127,3 +127,19 @@ def test_the_per_process_fallback_has_bounded_memory(database: str) -> None:
         assert len(local._tats) == 100 and len(local._flags) == 100
     finally:
         restore_env(saved)
+
+
+def test_a_stolen_token_cannot_guess_the_password_through_a_password_change(limits: None) -> None:
+    """PUT /users/me/password checks the current password: wrong ones count as guesses."""
+    client = LambdaClient("v2")
+    user = register(client, "customer")
+    token = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+    access = token.json()["access_token"]
+    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
+    statuses = [client.request("PUT", "/users/me/password", json_body=body, token=access).status_code
+                for _ in range(4)]
+    assert statuses == [403, 403, 403, 429]
+    # Out of guesses: even the right current password waits, so the oracle is closed.
+    right = {**body, "current_password": PASSWORD}
+    r = client.request("PUT", "/users/me/password", json_body=right, token=access)
+    assert r.status_code == 429 and r.json()["details"]["limit"] == "failed_login_per_account_ip"

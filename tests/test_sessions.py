@@ -152,6 +152,9 @@ def test_role_change_by_the_admin_command_ends_every_session(v2: LambdaClient, e
     assert again["role"] == "organizer"
     assert _book(v2, again["access_token"], event["id"]).json()["code"] == "customer_only"
     assert admin.main(["set-role", "nobody@test.com", "customer"]) == 1
+    # The command finds the account by the one email normalization (fullwidth forms too).
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in user["email"])
+    assert admin.main(["set-role", fullwidth, "customer"]) == 0
 
 
 def test_booking_routes_check_revocation_in_the_rate_limit_round_trip(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from shared import email_verification, sessions, users
 from shared.deps import CurrentUser
-from shared.ratelimit import LoginRateLimit, RegisterRateLimit, Rule, client_ip, enforce
+from shared.ratelimit import LoginRateLimit, PasswordChangeRateLimit, RegisterRateLimit, Rule, client_ip, enforce
 from shared.schemas import (
     EmailVerify,
     ErrorOut,
@@ -99,7 +99,9 @@ def logout(principal: CurrentUser) -> Response:
     responses={
         401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"},
         403: {"model": ErrorOut, "description": "`wrong_password` (the current password)"},
+        429: {"model": ErrorOut, "description": "`rate_limited`: too many wrong current passwords"},
     },
+    dependencies=[PasswordChangeRateLimit],
 )
 def change_password(body: PasswordChange, principal: CurrentUser) -> Response:
     """Change the caller's password; every session of the account ends (sign in again)."""
