@@ -307,6 +307,18 @@ def close_pool() -> None:
 
 
 @contextmanager
+def bounded(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """Cut ``conn`` if the block runs past ``seconds``: for connections outside the pool
+    (the readiness probe), which a frozen server would otherwise hold forever."""
+    cutoff = _watchdog.arm(_now() + seconds)
+    _watchdog.attach(cutoff, conn)
+    try:
+        yield
+    finally:
+        _watchdog.disarm(cutoff)
+
+
+@contextmanager
 def connection() -> Iterator[Connection]:
     """Borrow a connection; an unreachable or unresponsive database becomes a 503, never a hang.
 

@@ -14,6 +14,7 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from shared import db
 from shared.settings import get_settings
 
 log = logging.getLogger("ticketing.health")
@@ -27,7 +28,7 @@ def _check_database() -> str | None:
     try:
         with psycopg.connect(
             get_settings().database_url, connect_timeout=_CHECK_TIMEOUT_S, autocommit=True
-        ) as conn:
+        ) as conn, db.bounded(conn, _CHECK_TIMEOUT_S):  # connected, then frozen: still bounded
             conn.execute("SELECT 1")
     except Exception as exc:  # any failure means not ready; the text goes to the log only
         return f"{type(exc).__name__}: {str(exc).strip()[:200]}"

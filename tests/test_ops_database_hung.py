@@ -450,3 +450,30 @@ def test_a_coalesced_batch_cut_before_commit_answers_503_unbooked_and_frees_its_
     assert isinstance(again, idempotency.Claim)
     booked = bookings.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=again)
     assert [r["id"] for r in _bookings_of(sql, event["id"]) if r["user_id"] == user["id"]] == [booked["id"]]
+
+
+def test_readiness_is_bounded_when_the_server_freezes_after_it_connected(
+    hung_env: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """connect_timeout bounds the connect; the probe's query needs the watchdog too."""
+    from shared import health
+
+    server, _ = hung_env
+    real_connect = psycopg.connect
+    thaw = threading.Timer(FREEZE, _signal_all, (server, signal.SIGCONT))
+
+    def connect_then_freeze(*args: Any, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = real_connect(*args, **kwargs)
+        _signal_all(server, signal.SIGSTOP)
+        thaw.start()
+        return conn
+
+    monkeypatch.setattr(psycopg, "connect", connect_then_freeze)
+    started = time.monotonic()
+    try:
+        problem = health._check_database()
+    finally:
+        thaw.cancel()
+        _signal_all(server, signal.SIGCONT)
+    assert problem is not None  # not ready, and said so within the probe's own bound
+    assert time.monotonic() - started <= health._CHECK_TIMEOUT_S + MARGIN
