@@ -213,6 +213,7 @@ def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], defaul
         {
             "event_id": event_id,
             "customer_max": params["customer_max"],
+            "default_max": params["default_max"],
             "total": event["available_tickets"] - left,
             "seq": granted,
             "user_ids": [i.user_id for i in chosen],

@@ -19,7 +19,7 @@ The hot path (a claim) locks only the event row and one counter row, for one sta
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -34,10 +34,11 @@ CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
 SALES_END_SQL = "coalesce(end_time, start_time)"
 # An event that can grant tickets at the application's time %(now)s.
 OPEN_SQL = f"status = 'active' AND coalesce({SALES_END_SQL}, 'infinity') > %(now)s"
-# The event's per-customer limit: its own, else the default but never below the event's
-# own per-booking maximum (an organizer who allows 30 in one booking allows 30).
+# The event's per-customer limit: its own, else the default but never below the per-booking
+# maximum in force, the event's or the server's (who allows 30 in one booking allows 30).
 CUSTOMER_MAX_SQL = (
-    "coalesce(max_tickets_per_customer, greatest(%(customer_max)s, max_tickets_per_booking))"
+    "coalesce(max_tickets_per_customer,"
+    " greatest(%(customer_max)s, coalesce(max_tickets_per_booking, %(default_max)s)))"
 )
 
 # The guarded decrement, shared by bookings, holds and re-claims: a CTE named ``claimed``.
@@ -143,7 +144,7 @@ def closed(event_id: int, event: Mapping[str, Any] | None, now: datetime) -> App
         return Conflict("event_cancelled", f"Event {event_id} is cancelled")
     if event["sales_end"] is not None and event["sales_end"] <= now:
         return Conflict(
-            "event_ended", f"Event {event_id} has ended", ended_at=event["sales_end"].isoformat()
+            "event_ended", f"Event {event_id} has ended", ended_at=_json_time(event["sales_end"])
         )
     return None
 
@@ -266,3 +267,8 @@ def shortage(event_id: int, available: int, quantity: int) -> AppError:
         available=available,
         requested=quantity,
     )
+
+
+def _json_time(value: datetime) -> str:
+    """A UTC time as the API writes every other one (``...Z``, like the response models)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from shared import sessions
@@ -60,13 +62,29 @@ CurrentUser = Annotated[Principal, Depends(current_principal)]
 Organizer = Annotated[Principal, Depends(_organizer)]
 Customer = Annotated[Principal, Depends(_customer)]
 
-EventId = Annotated[int, Path(ge=1, le=ID_MAX, description="Event id")]
-BookingId = Annotated[int, Path(ge=1, le=ID_MAX, description="Booking id")]
-UserId = Annotated[int, Path(ge=1, le=ID_MAX, description="User id; must be the caller")]
-Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
+_DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 
-HoldId = Annotated[int, Path(ge=1, le=ID_MAX, description="Hold id")]
+
+def _decimal(value: object) -> object:
+    """A path or query integer is written as the schema says: plain decimal digits.
+
+    Pydantic's lax parsing would also take ``1.0``, ``+1``, `` 1``, ``01`` and ``5_0``
+    (body integers are strict already); one resource must have one URL.
+    """
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        raise ValueError("must be a whole number written in plain decimal digits")
+    return value
+
+
+Decimal = BeforeValidator(_decimal)
+
+EventId = Annotated[int, Path(ge=1, le=ID_MAX, description="Event id"), Decimal]
+BookingId = Annotated[int, Path(ge=1, le=ID_MAX, description="Booking id"), Decimal]
+UserId = Annotated[int, Path(ge=1, le=ID_MAX, description="User id; must be the caller"), Decimal]
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size"), Decimal]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip"), Decimal]
+
+HoldId = Annotated[int, Path(ge=1, le=ID_MAX, description="Hold id"), Decimal]
 IdempotencyKey = Annotated[
     str | None,
     Header(

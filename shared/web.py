@@ -49,12 +49,12 @@ def error_doc(description: str) -> dict[str, Any]:
 # The errors the app factory itself can answer, declared once and documented by
 # document_errors() on every route they can reach, whoever wrote the route.
 EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES` (any route, body or not)"),
     422: error_doc("`validation_error`: a parameter or body field is invalid (`details.errors` says which)"),
     503: error_doc("`database_unavailable`: the database is unreachable (see `Retry-After`)"),
 }
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_doc("`invalid_json`: the body cannot be parsed (not JSON, not UTF-8, a broken form)"),
-    413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES`"),
     415: error_doc("`unsupported_media_type`: a JSON body sent as a form or text"),
 }
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -214,9 +214,10 @@ def _add_response(responses: dict[str, Any], status: int | str, description: str
 def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
     """Document the factory's own errors on every operation that can answer them.
 
-    Every operation: 422 and 503. Every operation with a request body (JSON or form): 400,
-    413 and 415. Every operation that takes a bearer token: 401. Done on the generated
-    document, so a route added later by anyone, in any router, is documented the same way.
+    Every operation: 413 (the body limit applies whether or not a route reads a body), 422
+    and 503. Every operation with a request body (JSON or form): 400 and 415. Every
+    operation that takes a bearer token: 401. Done on the generated document, so a route
+    added later by anyone, in any router, is documented the same way.
     """
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault("ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))

@@ -238,3 +238,18 @@ def test_joiners_and_emoji_stay_allowed_in_text(client: Client, world: dict[str,
     r = client.request("POST", "/events", token=world["org"], json_body={"title": title, "total_tickets": 5})
     assert r.status_code == 201, r.text
     assert r.json()["title"] == title
+
+
+@pytest.mark.parametrize("written", ["1.0", "+1", " 1", "01", "1_0", "１"])
+def test_path_and_query_integers_are_plain_decimal_digits(client: Client, written: str) -> None:
+    """One resource, one URL: lax spellings of an id or a page size are refused, not read."""
+    from urllib.parse import quote
+
+    _, org = account(client, "organizer")
+    event = create_event(client, org)
+    spelled = written.replace("1", str(event["id"]), 1)
+    assert client.request("GET", f"/events/{event['id']}").status_code == 200
+    r = client.request("GET", f"/events/{quote(spelled)}")
+    assert r.status_code == 422 and r.json()["code"] == "validation_error", (written, r.text)
+    r = client.request("GET", "/events", params={"limit": written})
+    assert r.status_code == 422 and r.json()["code"] == "validation_error", (written, r.text)

@@ -14,8 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
 from shared import bookings, clock, metrics
 from shared.errors import AppError
+from shared.settings import get_settings
 from tests.clients import Client, HttpClient
 from tests.conftest import FakeClock
 from tests.factories import account, create_event
@@ -135,6 +138,25 @@ def test_the_default_limit_never_forbids_what_one_booking_may_take(http_client: 
     assert _book(http_client, token, event["id"], 30).status_code == 201
     r = _book(http_client, token, event["id"])
     assert r.status_code == 400 and r.json()["details"]["limit"] == 30
+
+
+def test_the_default_limit_never_forbids_what_the_servers_per_booking_maximum_allows(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment that raises MAX_TICKETS_PER_BOOKING above MAX_TICKETS_PER_CUSTOMER."""
+    monkeypatch.setenv("MAX_TICKETS_PER_BOOKING", "30")
+    monkeypatch.setenv("MAX_TICKETS_PER_CUSTOMER", "20")
+    get_settings.cache_clear()
+    try:
+        _, org = account(client, "organizer")
+        _, token = account(client, "customer")
+        event = create_event(client, org, total_tickets=100)  # no limits of its own
+        assert _book(client, token, event["id"], 25).status_code == 201
+        r = _book(client, token, event["id"], 6)
+        assert r.status_code == 400 and r.json()["details"]["limit"] == 30, r.text
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 def test_limits_are_validated(http_client: HttpClient) -> None:
@@ -265,7 +287,8 @@ def test_an_ended_event_grants_nothing(client: Client, fake_clock: FakeClock) ->
     for r in (_book(client, token, event["id"]), _hold(client, token, event["id"]),
               client.request("POST", f"/holds/{hold['id']}/confirm", token=token)):
         assert r.status_code == 409 and r.json()["code"] == "event_ended", r.text
-        assert datetime.fromisoformat(r.json()["details"]["ended_at"]) == start + timedelta(hours=1)
+        ended_at = r.json()["details"]["ended_at"]
+        assert ended_at.endswith("Z") and datetime.fromisoformat(ended_at) == start + timedelta(hours=1)
 
 
 def test_an_event_without_an_end_ends_at_its_start_and_holds_never_outlive_it(

@@ -66,6 +66,11 @@ _CLAIM_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "`validation_error`; `idempotency_key_reused` (same key, different request)",
     },
     429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+    503: {
+        "model": ErrorOut,
+        "description": "`contention` (lost every race for free tickets or waited its turn too long: retry "
+        "after `Retry-After`, nothing was booked); `database_unavailable`",
+    },
 }
 
 

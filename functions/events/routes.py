@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 
 from shared import events
-from shared.deps import EventId, Limit, Offset, Organizer, require_self
+from shared.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
 from shared.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
 from shared.web import COMMON_ERRORS, error_doc
 
@@ -40,6 +40,7 @@ SeedOrganizerId = Annotated[
         description="On this route, the seed's `POST /events/{organizer_id}`: the organizer's user id; "
         "must be the caller",
     ),
+    Decimal,
 ]
 
 
@@ -60,7 +61,7 @@ def list_events(
         Literal["newest", "upcoming"],
         Query(description="`newest` first, or `upcoming` (not started, soonest first)"),
     ] = "newest",
-    organizer_id: Annotated[int | None, Query(ge=1, le=ID_MAX)] = None,
+    organizer_id: Annotated[int | None, Query(ge=1, le=ID_MAX), Decimal] = None,
 ) -> EventPage:
     """Browse events, one page at a time."""
     rows = events.list_events(
