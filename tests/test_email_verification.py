@@ -146,6 +146,15 @@ ATTACKS = [
     "mail boss@evil.example", "@evil", "ｅｖｉｌ．ｅｘａｍｐｌｅ", "evil。example", "evil\u200b.example",
     "hxxps://evil", "javascript:alert(1)", "10.0.0.1", "//evil", "evil.xn--p1ai",
     "Hi\r\nBcc: x\u202eelpmaxe.live", "evil.co" + "m" * 200,
+    # Default_Ignorable code points that are not Cf (UTS46 maps them away: evil.com)
+    "evil.\u034fcom", "evil.\ufe0fcom", "evil.\u180bcom", "evil.\U000e0100com", "evil.\u3164com",
+    "evil.\u00adcom", "evil.\u17b4com", "evil.\U0001d173com", "evil.\uffa0com",
+    # IPv4 and IPv6 in the forms browsers and inet_aton accept
+    "0x7f.1", "2130706433", "0x7f000001", "017700000001", "127.1", "127.0.1", "10.1",
+    "[::1]", "[fe80::1]", "::ffff:7f00:1", "2001:db8:0:0:0:0:0:1",
+    # schemes without `//`
+    "https:2130706433", "https:localhost", "http:intranet/admin", "news:x", "ftp:evil",
+    "sip:x", "irc:evil", "magnet:?xt=urn:btih:e", "intent:x", "ms-settings:", "web+evil:",
 ]
 
 
@@ -177,8 +186,37 @@ def test_no_message_carries_a_link_from_user_text(attack: str) -> None:
         for word in f"{email.subject} {body}".split():
             assert not _LINKISH.search(word), (word, email)
         lowered = f"{email.subject}\n{email.body}".lower()
-        for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nbcc", "\u202e", "\u200b", "\r"):
+        for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nbcc", "\u202e", "\u200b", "\r",
+                         "127", "0x7f", "::", "localhost", "intranet", "magnet", "settings"):
             assert fragment not in lowered, (fragment, email)
+        # No attack text survives at all: each was one word, so it is removed whole.
+        assert attack.split()[-1].lower() not in lowered or " " in attack, (attack, email)
+
+
+PROSE = ["Doors 19:30", "Starts 20:00", "Note: bring ID", "€12.50 at the door", "Room 101",
+         "Café Noir, 3rd floor", "Music Concert (late show)", "Year 2026"]
+
+
+@pytest.mark.parametrize("prose", PROSE)
+def test_ordinary_prose_is_not_taken_for_a_link(prose: str) -> None:
+    from functions.notify.messages import safe_text
+
+    assert safe_text(prose) == prose
+
+
+def test_no_space_before_the_full_stop_without_venue_or_time() -> None:
+    from functions.notify import messages
+
+    user = {"id": 1, "email": "c@test.com", "name": "Ann"}
+    bare = {"id": 2, "title": "Music Concert", "venue": None, "start_time": None}
+    confirmed = messages.booking_confirmation(user, {"id": 3, "quantity": 1}, bare)
+    assert "1 ticket for Music Concert.\n" in confirmed.body
+    assert "for Music Concert are cancelled" in messages.booking_cancelled(
+        user, {"id": 3, "quantity": 2}, bare, 2).body
+    assert "Music Concert is cancelled." in messages.event_cancelled(user, bare).body
+    placed = {**bare, "venue": "Blue Hall"}
+    assert "for Music Concert at Blue Hall.\n" in messages.booking_confirmation(
+        user, {"id": 3, "quantity": 1}, placed).body
 
 
 def test_user_text_is_length_limited_and_ordinary_text_survives() -> None:
@@ -209,6 +247,39 @@ def test_console_channel_logs_a_token_only_in_development(caplog: pytest.LogCapt
             assert ("T0KEN-" in caplog.text) is shown, caplog.text
         finally:
             restore_env(saved)
+
+
+def test_dev_console_shows_the_verification_instructions_unredacted(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The development console is the local developer's mailbox: the JSON log line must
+    # carry the instructions and the code as written, not a mangled `"token": [REDACTED]`.
+    from functions.notify.channels import ConsoleChannel
+    from functions.notify.messages import email_verification
+    from shared.logging import REDACTED, JsonFormatter
+
+    code = secrets.token_urlsafe(32)
+    mail = email_verification("c@test.com", code, link_template="", ttl_seconds=3600)
+    saved = set_env({"APP_ENV": "development"})
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    console = logging.getLogger("functions.notify.console")
+    console.addHandler(handler)
+    old_level = console.level
+    console.setLevel(logging.INFO)
+    try:
+        ConsoleChannel().send(mail)
+    finally:
+        console.removeHandler(handler)
+        console.setLevel(old_level)
+        restore_env(saved)
+    [record] = records
+    import json
+
+    line = json.loads(JsonFormatter().format(record))["message"]
+    assert REDACTED not in line, line
+    assert mail.body in line and f"\n    {code}\n" in line
 
 
 def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient,
