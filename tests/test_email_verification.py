@@ -139,6 +139,46 @@ def test_verified_email_is_required_unless_explicitly_development(
     assert settings.verified_email_required is required
 
 
+LEAKY_URLS = [
+    ("production", "http://tickets.example/verify#{token}"),  # readable on the wire
+    ("production", "https://tickets.example/verify?token={token}"),  # server logs, Referer
+    ("production", "https://tickets.example/verify/{token}"),
+    ("production", "https://tickets.example/verify?t={token}#done"),
+    ("production", "http://localhost:8000/verify#{token}"),  # loopback: development only
+    ("test", "http://127.0.0.1/verify#{token}"),
+    ("development", "http://tickets.example/verify#{token}"),
+    ("production", "https:///verify#{token}"), ("production", "javascript:alert(1)#{token}"),
+    ("production", "https://user:pw@tickets.example/verify#{token}"),
+    ("production", "https://tickets.example/verify#"),  # no token at all
+]
+SAFE_URLS = [
+    ("production", ""), ("production", "https://tickets.example/verify#{token}"),
+    ("production", "https://tickets.example/verify?lang=en#token={token}"),
+    ("development", "http://localhost:8000/verify#{token}"),
+    ("development", "http://127.0.0.1:8000/verify#token={token}"),
+]
+
+
+@pytest.mark.parametrize(("app_env", "url"), LEAKY_URLS)
+def test_a_verification_url_that_leaks_its_token_is_refused_at_load(app_env: str, url: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="EMAIL_VERIFICATION_URL"):
+        Settings(app_env=app_env, email_verification_url=url)  # type: ignore[arg-type]
+    saved = set_env({"APP_ENV": app_env, "EMAIL_VERIFICATION_URL": url})
+    try:
+        with pytest.raises(ValidationError, match="EMAIL_VERIFICATION_URL"):
+            get_settings()
+    finally:
+        restore_env(saved)
+
+
+@pytest.mark.parametrize(("app_env", "url"), SAFE_URLS)
+def test_a_verification_url_with_the_token_in_its_fragment_is_accepted(app_env: str, url: str) -> None:
+    settings = Settings(app_env=app_env, email_verification_url=url)  # type: ignore[arg-type]
+    assert settings.email_verification_url == url
+
+
 # --- messages: user text is length-limited and cannot carry a link ------------------------
 
 ATTACKS = [
