@@ -29,6 +29,8 @@ def _issue(user: dict[str, Any]) -> str:
     from shared.db import connection
 
     with connection() as conn, conn.transaction():
+        # As the worker does: the user's row locked, so a worker minting too takes turns.
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user["id"],))
         return email_verification.mint(conn, user_id=user["id"], email=user["email"],
                                        ttl_seconds=get_settings().email_verification_ttl_seconds)
 
@@ -340,3 +342,128 @@ def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient
     fake_clock.advance(7 * 86_400)
     assert tidy()["verification_tokens_purged"] >= 1
     assert left() == 0
+
+
+# --- races between minting, verifying and holding mail -----------------------------------
+
+class _SlowMailbox:
+    """A channel slow enough that two sends overlap (as tests/slow_channel.py), keeping mail."""
+
+    name = "slow"
+    sends_per_commit = 1
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.sent: list[Any] = []
+        self._lock = threading.Lock()
+
+    def send(self, email: Any) -> None:
+        import time
+
+        time.sleep(self.delay)
+        with self._lock:
+            self.sent.append(email)
+
+
+def test_concurrent_verification_sends_leave_exactly_one_live_token(
+    v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    from functions.notify.channels import use_channel
+    from functions.notify.tasks import email_verification
+    from shared import email_verification as ev
+    from shared.db import connection
+    from tests.notify_support import token_of
+
+    # GIVEN a customer with two verification mails queued (registration's and a resend)
+    user, _ = account(v2, "customer")
+    with connection() as conn, conn.transaction():
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user["id"],))
+        ev.request_mail(conn, user["id"])
+    rows = sql.execute("SELECT * FROM outbox WHERE task = 'email_verification' "
+                       "AND (payload->>'user_id')::bigint = %s ORDER BY id", (user["id"],)).fetchall()
+    assert len(rows) == 2
+    mailbox = _SlowMailbox(0.3)
+    use_channel(mailbox)
+    barrier = threading.Barrier(len(rows))
+    errors: list[BaseException] = []
+
+    def send(row: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            email_verification.apply(kwargs={**row["payload"], "outbox_id": row["id"]}).get()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    # WHEN the worker sends both at the same instant, each send slow
+    threads = [threading.Thread(target=send, args=(row,)) for row in rows]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        use_channel(None)
+    # THEN both mails went out, but only one token is live, and only it verifies
+    assert errors == []
+    tokens = [token_of(mail) for mail in mailbox.sent]
+    assert len(tokens) == 2 and len(set(tokens)) == 2
+    live = sql.execute("SELECT token_hash FROM email_verification_tokens WHERE user_id = %s "
+                       "AND used_at IS NULL AND revoked_at IS NULL", (user["id"],)).fetchall()
+    assert len(live) == 1
+    answers = {t: _verify(v2, t) for t in tokens}
+    assert sorted(r.status_code for r in answers.values()) == [200, 410]
+    [winner] = [t for t, r in answers.items() if r.status_code == 200]
+    assert bytes(live[0]["token_hash"]) == ev.token_hash(winner)
+
+
+def test_a_second_live_token_is_refused_by_the_database(v2: LambdaClient) -> None:
+    from shared.db import connection
+
+    user, _ = account(v2, "customer")
+    _issue(user)
+    with pytest.raises(psycopg.errors.UniqueViolation), connection() as conn, conn.transaction():
+        conn.execute(
+            """INSERT INTO email_verification_tokens (user_id, email, token_hash, expires_at)
+               VALUES (%s, %s, %s, now() + interval '1 hour')""",
+            (user["id"], user["email"], secrets.token_bytes(32)))
+
+
+def test_booking_mail_read_before_verifying_and_held_after_is_sent(
+    v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    from functions.notify import deliveries, messages, tasks
+    from functions.notify.channels import use_channel
+    from tests.factories import create_event
+    from tests.notify_support import CaptureChannel
+
+    saved = set_env({"REQUIRE_VERIFIED_EMAIL": "true"})
+    mailbox = CaptureChannel()
+    use_channel(mailbox)
+    try:
+        # GIVEN an unverified customer's booking, read by the worker while still unverified
+        _, organizer = account(v2, "organizer")
+        event = create_event(v2, organizer, title="Jazz Night", total_tickets=5)
+        customer, token = account(v2, "customer")
+        secret = _issue(customer)
+        r = v2.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=token)
+        assert r.status_code == 201, r.text
+        row = sql.execute("SELECT id FROM outbox WHERE task = 'booking_confirmation' "
+                          "AND payload->>'booking_id' = %s", (str(r.json()["id"]),)).fetchone()
+        booking, user, ev = deliveries.booking_details(r.json()["id"])
+        assert user["email_verified_at"] is None
+        # WHEN verify() commits before the worker records the hold (its release finds nothing)
+        assert _verify(v2, secret).status_code == 200
+        email = messages.booking_confirmation(user, booking, ev)
+        sent = tasks._send_to_one(outbox_id=row["id"], user=user, kind="booking_confirmation",
+                                  email=email)
+        # THEN the worker sees the verification and sends, instead of holding for ever
+        assert sent is True
+        assert [e.subject for e in mailbox.to(customer["email"])] == ["Booking confirmed: Jazz Night"]
+        status = sql.execute("SELECT status FROM notification_deliveries WHERE outbox_id = %s",
+                             (row["id"],)).fetchall()
+        assert [s["status"] for s in status] == ["sent"]
+        # AND a fan-out page read before the verification mails that user too
+        assert tasks._skip_unverified(row["id"], "event_update", "capture", [user]) == [user]
+    finally:
+        use_channel(None)
+        restore_env(saved)
