@@ -54,7 +54,11 @@ def revoke(conn: Connection, user_id: int) -> None:
 
 
 def mint(conn: Connection, *, user_id: int, email: str, ttl_seconds: int) -> str:
-    """A new token for ``email`` (older ones revoked); only its hash is stored."""
+    """A new token for ``email`` (older ones revoked); only its hash is stored.
+
+    The caller holds the user's row FOR UPDATE, so concurrent mints take turns; the
+    index of migration 0009 refuses a second live token for a user whatever the caller.
+    """
     token = secrets.token_urlsafe(TOKEN_BYTES)
     revoke(conn, user_id)
     conn.execute(
@@ -92,6 +96,11 @@ UPDATE users u SET email_verified_at = coalesce(u.email_verified_at, %(now)s)
 RETURNING {_USER}
 """
 
+_LOCK_OWNER = """
+SELECT u.id FROM email_verification_tokens t JOIN users u ON u.id = t.user_id
+ WHERE t.token_hash = %s FOR UPDATE OF u
+"""
+
 _RELEASE_HELD = """
 WITH held AS (
     DELETE FROM notification_deliveries
@@ -107,6 +116,9 @@ def verify(token: str) -> dict[str, Any]:
     digest = token_hash(token)
     with connection() as conn:
         with conn.transaction():
+            # The user row first, as the worker's mint and resend lock it: the same order
+            # everywhere (user, then tokens), so none of them can deadlock another.
+            conn.execute(_LOCK_OWNER, (digest,))
             user = conn.execute(_CONSUME, {"hash": digest, "now": now}).fetchone()
             if user is None:
                 raise _refusal(conn, digest, now)

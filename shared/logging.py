@@ -205,6 +205,7 @@ def configure_logging(level: str | None = None) -> None:
         level = get_settings().log_level
     root = logging.getLogger()
     root.setLevel(level)
+    quiet_third_party()
     if any(isinstance(h, StdoutHandler) for h in root.handlers):
         return
     for handler in list(root.handlers):
@@ -220,3 +221,25 @@ def configure_logging(level: str | None = None) -> None:
         lg.propagate = name != "uvicorn.access"
     # Mangum logs its own "POST /path 201" per invocation: the request line already says it.
     logging.getLogger("mangum.http").setLevel(logging.WARNING)
+
+
+# Libraries whose DEBUG/INFO lines carry whole requests, responses or message bodies: an
+# SES SendEmail request holds the mail (a verification token), a Celery task line its
+# arguments and result, an HTTP client its URLs and headers. Our redactor only knows
+# secrets by name or shape, so these never log below WARNING, whatever LOG_LEVEL says;
+# their warnings and errors (retries, connection failures) still come through.
+QUIET_LOGGERS = (
+    "botocore", "boto3", "s3transfer", "urllib3", "aiobotocore",
+    "httpx", "httpcore", "requests",
+    "kombu", "amqp", "redis",
+    "celery.worker.strategy", "celery.worker.request", "celery.app.trace",
+    "celery.worker.consumer", "celery.beat",
+)
+
+
+def quiet_third_party() -> None:
+    """Pin the chatty third-party loggers at WARNING or above (see QUIET_LOGGERS)."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:  # NOTSET (0) inherits LOG_LEVEL: pin it
+            logger.setLevel(logging.WARNING)

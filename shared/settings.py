@@ -8,8 +8,9 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NoReturn
+from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values this repository itself has used or shows as a JWT secret: refused everywhere but
@@ -203,8 +204,8 @@ class Settings(BaseSettings):
     require_verified_email: bool | None = None
     email_verification_ttl_seconds: int = Field(default=86_400, ge=60, description="token lifetime")
     email_verification_url: str = Field(
-        default="", pattern=r"^(|https?://\S*\{token\}\S*)$",
-        description="link with a {token} placeholder mailed for verification; empty: the code only",
+        default="",
+        description="https link with {token} in its #fragment mailed for verification; empty: the code only",
     )
     rate_limit_verification_resend: str = Field(default="3/3600", pattern=r"^\d+/\d+$")
     rate_limit_verify_per_ip: str = Field(default="30/60", pattern=r"^\d+/\d+$")
@@ -232,6 +233,14 @@ class Settings(BaseSettings):
                 "RATE_LIMIT_TRUSTED_PROXIES (a hop count) was replaced by TRUSTED_PROXIES: "
                 "the proxies' IP addresses or CIDRs, comma-separated"
             )
+        return value
+
+    @field_validator("email_verification_url")
+    @classmethod
+    def _verification_url_keeps_the_token_private(cls, value: str, info: ValidationInfo) -> str:
+        problem = verification_url_problem(value, info.data.get("app_env", "production"))
+        if problem:
+            raise ValueError(f"EMAIL_VERIFICATION_URL {problem}")
         return value
 
     @field_validator("metrics_token")
@@ -297,6 +306,35 @@ class Settings(BaseSettings):
         if running_in_lambda():
             return 1, 1
         return min(self.db_pool_min, self.db_pool_max), self.db_pool_max
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def verification_url_problem(template: str, app_env: str) -> str | None:
+    """Why a verification link template would leak its token, or None if it is safe.
+
+    The token must sit in the URL fragment (``#...{token}``): browsers never send a
+    fragment to a server, so it stays out of access logs, proxies and Referer headers.
+    The link must be https (plain http only to this machine, in explicit development).
+    """
+    if not template:
+        return None
+    if any(c.isspace() for c in template):
+        return "must not contain whitespace"
+    head, _, fragment = template.partition("#")
+    if "{token}" not in fragment or "{token}" in head:
+        return ("must carry {token} in its #fragment, never in the path or query "
+                "(e.g. https://tickets.example/verify#token={token})")
+    parts = urlsplit(head)
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK and app_env == "development":
+        return None
+    return ("must be an https:// link (http:// only to localhost or 127.0.0.1, and only with "
+            "APP_ENV=development)")
 
 
 def require_safe_start() -> None:

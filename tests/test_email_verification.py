@@ -29,6 +29,8 @@ def _issue(user: dict[str, Any]) -> str:
     from shared.db import connection
 
     with connection() as conn, conn.transaction():
+        # As the worker does: the user's row locked, so a worker minting too takes turns.
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user["id"],))
         return email_verification.mint(conn, user_id=user["id"], email=user["email"],
                                        ttl_seconds=get_settings().email_verification_ttl_seconds)
 
@@ -139,6 +141,46 @@ def test_verified_email_is_required_unless_explicitly_development(
     assert settings.verified_email_required is required
 
 
+LEAKY_URLS = [
+    ("production", "http://tickets.example/verify#{token}"),  # readable on the wire
+    ("production", "https://tickets.example/verify?token={token}"),  # server logs, Referer
+    ("production", "https://tickets.example/verify/{token}"),
+    ("production", "https://tickets.example/verify?t={token}#done"),
+    ("production", "http://localhost:8000/verify#{token}"),  # loopback: development only
+    ("test", "http://127.0.0.1/verify#{token}"),
+    ("development", "http://tickets.example/verify#{token}"),
+    ("production", "https:///verify#{token}"), ("production", "javascript:alert(1)#{token}"),
+    ("production", "https://user:pw@tickets.example/verify#{token}"),
+    ("production", "https://tickets.example/verify#"),  # no token at all
+]
+SAFE_URLS = [
+    ("production", ""), ("production", "https://tickets.example/verify#{token}"),
+    ("production", "https://tickets.example/verify?lang=en#token={token}"),
+    ("development", "http://localhost:8000/verify#{token}"),
+    ("development", "http://127.0.0.1:8000/verify#token={token}"),
+]
+
+
+@pytest.mark.parametrize(("app_env", "url"), LEAKY_URLS)
+def test_a_verification_url_that_leaks_its_token_is_refused_at_load(app_env: str, url: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="EMAIL_VERIFICATION_URL"):
+        Settings(app_env=app_env, email_verification_url=url)  # type: ignore[arg-type]
+    saved = set_env({"APP_ENV": app_env, "EMAIL_VERIFICATION_URL": url})
+    try:
+        with pytest.raises(ValidationError, match="EMAIL_VERIFICATION_URL"):
+            get_settings()
+    finally:
+        restore_env(saved)
+
+
+@pytest.mark.parametrize(("app_env", "url"), SAFE_URLS)
+def test_a_verification_url_with_the_token_in_its_fragment_is_accepted(app_env: str, url: str) -> None:
+    settings = Settings(app_env=app_env, email_verification_url=url)  # type: ignore[arg-type]
+    assert settings.email_verification_url == url
+
+
 # --- messages: user text is length-limited and cannot carry a link ------------------------
 
 ATTACKS = [
@@ -146,6 +188,15 @@ ATTACKS = [
     "mail boss@evil.example", "@evil", "ｅｖｉｌ．ｅｘａｍｐｌｅ", "evil。example", "evil\u200b.example",
     "hxxps://evil", "javascript:alert(1)", "10.0.0.1", "//evil", "evil.xn--p1ai",
     "Hi\r\nBcc: x\u202eelpmaxe.live", "evil.co" + "m" * 200,
+    # Default_Ignorable code points that are not Cf (UTS46 maps them away: evil.com)
+    "evil.\u034fcom", "evil.\ufe0fcom", "evil.\u180bcom", "evil.\U000e0100com", "evil.\u3164com",
+    "evil.\u00adcom", "evil.\u17b4com", "evil.\U0001d173com", "evil.\uffa0com",
+    # IPv4 and IPv6 in the forms browsers and inet_aton accept
+    "0x7f.1", "2130706433", "0x7f000001", "017700000001", "127.1", "127.0.1", "10.1",
+    "[::1]", "[fe80::1]", "::ffff:7f00:1", "2001:db8:0:0:0:0:0:1",
+    # schemes without `//`
+    "https:2130706433", "https:localhost", "http:intranet/admin", "news:x", "ftp:evil",
+    "sip:x", "irc:evil", "magnet:?xt=urn:btih:e", "intent:x", "ms-settings:", "web+evil:",
 ]
 
 
@@ -177,8 +228,37 @@ def test_no_message_carries_a_link_from_user_text(attack: str) -> None:
         for word in f"{email.subject} {body}".split():
             assert not _LINKISH.search(word), (word, email)
         lowered = f"{email.subject}\n{email.body}".lower()
-        for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nbcc", "\u202e", "\u200b", "\r"):
+        for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nbcc", "\u202e", "\u200b", "\r",
+                         "127", "0x7f", "::", "localhost", "intranet", "magnet", "settings"):
             assert fragment not in lowered, (fragment, email)
+        # No attack text survives at all: each was one word, so it is removed whole.
+        assert attack.split()[-1].lower() not in lowered or " " in attack, (attack, email)
+
+
+PROSE = ["Doors 19:30", "Starts 20:00", "Note: bring ID", "€12.50 at the door", "Room 101",
+         "Café Noir, 3rd floor", "Music Concert (late show)", "Year 2026"]
+
+
+@pytest.mark.parametrize("prose", PROSE)
+def test_ordinary_prose_is_not_taken_for_a_link(prose: str) -> None:
+    from functions.notify.messages import safe_text
+
+    assert safe_text(prose) == prose
+
+
+def test_no_space_before_the_full_stop_without_venue_or_time() -> None:
+    from functions.notify import messages
+
+    user = {"id": 1, "email": "c@test.com", "name": "Ann"}
+    bare = {"id": 2, "title": "Music Concert", "venue": None, "start_time": None}
+    confirmed = messages.booking_confirmation(user, {"id": 3, "quantity": 1}, bare)
+    assert "1 ticket for Music Concert.\n" in confirmed.body
+    assert "for Music Concert are cancelled" in messages.booking_cancelled(
+        user, {"id": 3, "quantity": 2}, bare, 2).body
+    assert "Music Concert is cancelled." in messages.event_cancelled(user, bare).body
+    placed = {**bare, "venue": "Blue Hall"}
+    assert "for Music Concert at Blue Hall.\n" in messages.booking_confirmation(
+        user, {"id": 3, "quantity": 1}, placed).body
 
 
 def test_user_text_is_length_limited_and_ordinary_text_survives() -> None:
@@ -211,6 +291,39 @@ def test_console_channel_logs_a_token_only_in_development(caplog: pytest.LogCapt
             restore_env(saved)
 
 
+def test_dev_console_shows_the_verification_instructions_unredacted(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The development console is the local developer's mailbox: the JSON log line must
+    # carry the instructions and the code as written, not a mangled `"token": [REDACTED]`.
+    from functions.notify.channels import ConsoleChannel
+    from functions.notify.messages import email_verification
+    from shared.logging import REDACTED, JsonFormatter
+
+    code = secrets.token_urlsafe(32)
+    mail = email_verification("c@test.com", code, link_template="", ttl_seconds=3600)
+    saved = set_env({"APP_ENV": "development"})
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    console = logging.getLogger("functions.notify.console")
+    console.addHandler(handler)
+    old_level = console.level
+    console.setLevel(logging.INFO)
+    try:
+        ConsoleChannel().send(mail)
+    finally:
+        console.removeHandler(handler)
+        console.setLevel(old_level)
+        restore_env(saved)
+    [record] = records
+    import json
+
+    line = json.loads(JsonFormatter().format(record))["message"]
+    assert REDACTED not in line, line
+    assert mail.body in line and f"\n    {code}\n" in line
+
+
 def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient,
                                                sql: psycopg.Connection) -> None:
     from shared.maintenance import tidy
@@ -229,3 +342,128 @@ def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient
     fake_clock.advance(7 * 86_400)
     assert tidy()["verification_tokens_purged"] >= 1
     assert left() == 0
+
+
+# --- races between minting, verifying and holding mail -----------------------------------
+
+class _SlowMailbox:
+    """A channel slow enough that two sends overlap (as tests/slow_channel.py), keeping mail."""
+
+    name = "slow"
+    sends_per_commit = 1
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.sent: list[Any] = []
+        self._lock = threading.Lock()
+
+    def send(self, email: Any) -> None:
+        import time
+
+        time.sleep(self.delay)
+        with self._lock:
+            self.sent.append(email)
+
+
+def test_concurrent_verification_sends_leave_exactly_one_live_token(
+    v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    from functions.notify.channels import use_channel
+    from functions.notify.tasks import email_verification
+    from shared import email_verification as ev
+    from shared.db import connection
+    from tests.notify_support import token_of
+
+    # GIVEN a customer with two verification mails queued (registration's and a resend)
+    user, _ = account(v2, "customer")
+    with connection() as conn, conn.transaction():
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user["id"],))
+        ev.request_mail(conn, user["id"])
+    rows = sql.execute("SELECT * FROM outbox WHERE task = 'email_verification' "
+                       "AND (payload->>'user_id')::bigint = %s ORDER BY id", (user["id"],)).fetchall()
+    assert len(rows) == 2
+    mailbox = _SlowMailbox(0.3)
+    use_channel(mailbox)
+    barrier = threading.Barrier(len(rows))
+    errors: list[BaseException] = []
+
+    def send(row: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            email_verification.apply(kwargs={**row["payload"], "outbox_id": row["id"]}).get()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    # WHEN the worker sends both at the same instant, each send slow
+    threads = [threading.Thread(target=send, args=(row,)) for row in rows]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        use_channel(None)
+    # THEN both mails went out, but only one token is live, and only it verifies
+    assert errors == []
+    tokens = [token_of(mail) for mail in mailbox.sent]
+    assert len(tokens) == 2 and len(set(tokens)) == 2
+    live = sql.execute("SELECT token_hash FROM email_verification_tokens WHERE user_id = %s "
+                       "AND used_at IS NULL AND revoked_at IS NULL", (user["id"],)).fetchall()
+    assert len(live) == 1
+    answers = {t: _verify(v2, t) for t in tokens}
+    assert sorted(r.status_code for r in answers.values()) == [200, 410]
+    [winner] = [t for t, r in answers.items() if r.status_code == 200]
+    assert bytes(live[0]["token_hash"]) == ev.token_hash(winner)
+
+
+def test_a_second_live_token_is_refused_by_the_database(v2: LambdaClient) -> None:
+    from shared.db import connection
+
+    user, _ = account(v2, "customer")
+    _issue(user)
+    with pytest.raises(psycopg.errors.UniqueViolation), connection() as conn, conn.transaction():
+        conn.execute(
+            """INSERT INTO email_verification_tokens (user_id, email, token_hash, expires_at)
+               VALUES (%s, %s, %s, now() + interval '1 hour')""",
+            (user["id"], user["email"], secrets.token_bytes(32)))
+
+
+def test_booking_mail_read_before_verifying_and_held_after_is_sent(
+    v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    from functions.notify import deliveries, messages, tasks
+    from functions.notify.channels import use_channel
+    from tests.factories import create_event
+    from tests.notify_support import CaptureChannel
+
+    saved = set_env({"REQUIRE_VERIFIED_EMAIL": "true"})
+    mailbox = CaptureChannel()
+    use_channel(mailbox)
+    try:
+        # GIVEN an unverified customer's booking, read by the worker while still unverified
+        _, organizer = account(v2, "organizer")
+        event = create_event(v2, organizer, title="Jazz Night", total_tickets=5)
+        customer, token = account(v2, "customer")
+        secret = _issue(customer)
+        r = v2.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=token)
+        assert r.status_code == 201, r.text
+        row = sql.execute("SELECT id FROM outbox WHERE task = 'booking_confirmation' "
+                          "AND payload->>'booking_id' = %s", (str(r.json()["id"]),)).fetchone()
+        booking, user, ev = deliveries.booking_details(r.json()["id"])
+        assert user["email_verified_at"] is None
+        # WHEN verify() commits before the worker records the hold (its release finds nothing)
+        assert _verify(v2, secret).status_code == 200
+        email = messages.booking_confirmation(user, booking, ev)
+        sent = tasks._send_to_one(outbox_id=row["id"], user=user, kind="booking_confirmation",
+                                  email=email)
+        # THEN the worker sees the verification and sends, instead of holding for ever
+        assert sent is True
+        assert [e.subject for e in mailbox.to(customer["email"])] == ["Booking confirmed: Jazz Night"]
+        status = sql.execute("SELECT status FROM notification_deliveries WHERE outbox_id = %s",
+                             (row["id"],)).fetchall()
+        assert [s["status"] for s in status] == ["sent"]
+        # AND a fan-out page read before the verification mails that user too
+        assert tasks._skip_unverified(row["id"], "event_update", "capture", [user]) == [user]
+    finally:
+        use_channel(None)
+        restore_env(saved)

@@ -105,7 +105,10 @@ def test_unverified_sender_is_a_failure_not_a_silent_success(
 
 
 ATTACKS = ["Click https://evil.example/login now", "evil.example", "ｅｖｉｌ．ｅｘａｍｐｌｅ",
-           "write to boss@evil.example", "www.evil.example", "see evil。example"]
+           "write to boss@evil.example", "www.evil.example", "see evil。example",
+           "evil.\u034fcom", "evil.\ufe0fcom", "evil.\u180bcom", "0x7f.1", "2130706433",
+           "017700000001", "127.1", "10.1", "[::1]", "::ffff:7f00:1", "https:localhost",
+           "http:intranet/admin", "magnet:?xt=urn:btih:e", "ms-settings:"]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -137,8 +140,40 @@ def test_user_text_reaches_ses_without_a_usable_link(
     assert message.destinations["ToAddresses"] == [customer["email"]]
     text = f"{message.subject}\n{message.body}"
     assert "Gala" in message.subject and "[link removed]" in text
-    for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nNew line"):
+    for fragment in ("evil", "ｅｖｉｌ", "http", "www", "@", "\nNew line", "0x7f", "::",
+                     "localhost", "intranet", "magnet", "settings"):
         assert fragment not in text, (fragment, text)
     assert message.body.startswith("Hello,")  # a name that carried a link is dropped
     [call] = calls
     assert set(call["Message"]["Body"]) == {"Text"}  # no HTML part to inject markup into
+
+
+def test_verification_token_never_reaches_the_logs_at_debug(
+    ses: Any, v2: LambdaClient, sql: psycopg.Connection, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from functions.notify.tasks import email_verification
+    from shared.logging import configure_logging
+
+    # GIVEN LOG_LEVEL=DEBUG (botocore would log the whole SendEmail request, body included)
+    customer = register(v2, "customer")
+    row = sql.execute("SELECT * FROM outbox WHERE task = 'email_verification' "
+                      "AND (payload->>'user_id')::bigint = %s", (customer["id"],)).fetchone()
+    capfd.readouterr()
+    caplog.set_level(logging.DEBUG)
+    configure_logging("DEBUG")
+    try:
+        # WHEN the worker mails the verification token through SES
+        _run_outbox_task(email_verification, row)
+    finally:
+        configure_logging("INFO")
+    [mail] = [m for m in ses.sent_messages if m.destinations["ToAddresses"] == [customer["email"]]]
+    secret = token_of(mail)
+    # THEN the token is in the mail and nowhere in what was logged
+    captured = capfd.readouterr()
+    everything = captured.out + captured.err + caplog.text + "".join(
+        f"{rec.getMessage()} {rec.args!r} {vars(rec)!r}" for rec in caplog.records)
+    assert "Verification email sent" in everything  # logs were captured at all
+    assert secret not in everything

@@ -199,3 +199,35 @@ def test_event_update_reaches_only_verified_customers(
     notify["tracker"].wait_idle(notify["queue_length"])
     assert log.matching("about event update")[before:] == ["🔔 Notified 3 users about event update"]
     assert mailbox.to(customers[3][0]["email"], "Event updated") == []
+
+
+@pytest.mark.parametrize(("env", "warned"), [
+    ({"APP_ENV": "production", "NOTIFY_CHANNEL": "console"}, True),  # compose's defaults
+    ({"APP_ENV": "test", "NOTIFY_CHANNEL": "console"}, True),
+    ({"APP_ENV": "development", "NOTIFY_CHANNEL": "console"}, False),  # the body is printed
+    ({"APP_ENV": "production", "NOTIFY_CHANNEL": "ses"}, False),
+    ({"APP_ENV": "production", "NOTIFY_CHANNEL": "console", "REQUIRE_VERIFIED_EMAIL": "false"}, False),
+])
+def test_worker_warns_at_start_when_no_verification_mail_can_arrive(
+    env: dict[str, str], warned: bool, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    from functions.notify.worker import _observability
+
+    monkeypatch.delenv("REQUIRE_VERIFIED_EMAIL", raising=False)  # unset: the default rule
+    for key, value in {"WORKER_METRICS_PORT": "0", "LOG_LEVEL": "INFO", **env}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="functions.notify"):
+            _observability()  # what celery's worker_init runs
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "NOTIFY_CHANNEL=console" in r.getMessage()]
+    assert bool(warnings) is warned, caplog.text
+    if warned:
+        assert "APP_ENV=development" in warnings[0] and "NOTIFY_CHANNEL=ses" in warnings[0]

@@ -50,24 +50,39 @@ def deliver_once(*, outbox_id: int, user_id: int, kind: str, channel: str, recip
 
 
 def record_skipped(*, outbox_id: int, kind: str, channel: str,
-                   users: Sequence[tuple[int, str]]) -> int:
+                   users: Sequence[tuple[int, str]]) -> tuple[set[int], int]:
     """Keys for users this notification deliberately skips (address not verified).
 
     A redelivered task then skips them too instead of retrying forever; verifying the
     address releases the held booking mails (:mod:`shared.email_verification`).
-    Returns how many were newly recorded.
+
+    The caller's view of ``email_verified_at`` may be stale: the key is written only for
+    users still unverified, their rows locked FOR SHARE in this statement. A ``verify()``
+    that committed first is seen (the user is not held: send now); one that commits later
+    waits for this key and releases it. Returns (ids held, how many keys were new).
     """
     if not users:
-        return 0
+        return set(), 0
     with connection() as conn:
-        rows = conn.execute(
-            """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient, status)
-               SELECT %s, t.user_id, %s, %s, t.recipient, 'skipped_unverified'
-                 FROM unnest(%s::bigint[], %s::text[]) AS t(user_id, recipient)
-               ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
-            (outbox_id, kind, channel, [u for u, _ in users], [r for _, r in users]),
-        ).fetchall()
-    return len(rows)
+        row = conn.execute(
+            """WITH still AS (
+                   SELECT id FROM users WHERE id = ANY(%(ids)s) AND email_verified_at IS NULL
+                   FOR SHARE),
+               recorded AS (
+                   INSERT INTO notification_deliveries
+                          (outbox_id, user_id, kind, channel, recipient, status)
+                   SELECT %(outbox_id)s, t.user_id, %(kind)s, %(channel)s, t.recipient,
+                          'skipped_unverified'
+                     FROM unnest(%(ids)s::bigint[], %(recipients)s::text[]) AS t(user_id, recipient)
+                     JOIN still ON still.id = t.user_id
+                   ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1)
+               SELECT coalesce((SELECT array_agg(id) FROM still), '{}') AS held,
+                      (SELECT count(*) FROM recorded) AS recorded""",
+            {"ids": [u for u, _ in users], "recipients": [r for _, r in users],
+             "outbox_id": outbox_id, "kind": kind, "channel": channel},
+        ).fetchone()
+    assert row is not None
+    return set(row["held"]), int(row["recorded"])
 
 
 def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seconds: int,
@@ -79,8 +94,10 @@ def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seco
     finds the key. Returns the address mailed, or None (already sent, already verified).
     """
     with connection() as conn, conn.transaction():
+        # Locked: two sends for one user (a resend racing the first mail) take turns, so
+        # the later one revokes the earlier token and at most one is ever live.
         user = conn.execute(
-            "SELECT id, email, email_verified_at FROM users WHERE id = %s", (user_id,)
+            "SELECT id, email, email_verified_at FROM users WHERE id = %s FOR UPDATE", (user_id,)
         ).fetchone()
         if user is None:
             raise PermanentFailure(f"user {user_id} does not exist")

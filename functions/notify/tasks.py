@@ -42,11 +42,15 @@ def _unverified(user: dict[str, Any]) -> bool:
 def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Email) -> bool:
     channel = get_channel()
     if _unverified(user):
-        if deliveries.record_skipped(outbox_id=outbox_id, kind=kind, channel=channel.name,
-                                     users=[(user["id"], email.recipient)]):
+        held, recorded = deliveries.record_skipped(
+            outbox_id=outbox_id, kind=kind, channel=channel.name,
+            users=[(user["id"], email.recipient)])
+        if recorded:
             metrics.notification_skipped(kind)
             log.info(HELD_LINES[kind], user["email"])
-        return False
+        if user["id"] in held:
+            return False
+        # Verified since ``user`` was read: nothing would release a key now, so send.
     sent = deliveries.deliver_once(
         outbox_id=outbox_id, user_id=user["id"], kind=kind, channel=channel.name,
         recipient=email.recipient, send=lambda: channel.send(email),
@@ -157,13 +161,15 @@ def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
 def _skip_unverified(outbox_id: int, kind: str, channel: str,
                      page: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The page's users who may be mailed; the others get a skipped key and a metric."""
-    held = [user for user in page if _unverified(user)]
-    if not held:
+    unverified = [user for user in page if _unverified(user)]
+    if not unverified:
         return page
-    skipped = deliveries.record_skipped(outbox_id=outbox_id, kind=kind, channel=channel,
-                                        users=[(u["id"], u["email"]) for u in held])
+    held, skipped = deliveries.record_skipped(
+        outbox_id=outbox_id, kind=kind, channel=channel,
+        users=[(u["id"], u["email"]) for u in unverified])
     metrics.notification_skipped(kind, skipped)
-    return [user for user in page if not _unverified(user)]
+    # Users verified since the page was read are mailed like the others.
+    return [user for user in page if user["id"] not in held]
 
 
 @app.task(name="relay_outbox", ignore_result=True)

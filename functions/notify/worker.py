@@ -25,17 +25,36 @@ log = logging.getLogger("functions.notify")
 @worker_init.connect
 def _observability(**_: Any) -> None:
     """JSON logs like the API's, and the worker's counters on WORKER_METRICS_PORT."""
+    # Also pins Celery's per-task "received" / "succeeded" lines (they would bury the
+    # notification lines and carry task arguments) and boto's request dumps at WARNING.
     configure_logging()
-    # Celery's "received" / "succeeded" line per task would bury the notification lines
-    # (the relay alone runs every few seconds); failures still log at ERROR.
-    for name in ("celery.worker.strategy", "celery.app.trace"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    warn_if_mail_cannot_arrive()
     port = get_settings().worker_metrics_port
     if port:
         try:
             metrics.serve_worker_metrics(port)
         except OSError as exc:  # a second worker on the same host: run without metrics
             log.warning("worker metrics not served on port %d: %s", port, exc)
+
+
+def warn_if_mail_cannot_arrive() -> None:
+    """Say loudly at start when no verification mail can reach anyone.
+
+    Outside development the console channel logs no mail body (it would put usable tokens
+    in the logs), so with verification required nobody can verify and every booking mail
+    is held for ever: compose's defaults (APP_ENV=production, NOTIFY_CHANNEL=console).
+    """
+    settings = get_settings()
+    if (settings.notify_channel == "console" and settings.verified_email_required
+            and settings.app_env != "development"):
+        log.warning(
+            "NOTIFY_CHANNEL=console with APP_ENV=%s and verified email required: verification "
+            "mails are not delivered (the console prints no body outside development), so no "
+            "address can be verified and every booking mail is held. Set NOTIFY_CHANNEL=ses "
+            "(with SES_SENDER) to mail for real, or APP_ENV=development for a local demo that "
+            "prints the mails, or REQUIRE_VERIFIED_EMAIL=false to send booking mail unverified.",
+            settings.app_env,
+        )
 
 
 @worker_process_init.connect
