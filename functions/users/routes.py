@@ -58,8 +58,7 @@ def register(body: UserCreate) -> dict[str, Any]:
 def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
     """Exchange email (as `username`) and password for a short-lived bearer token and a
     single-use refresh token (OAuth2 password flow). Each login is its own session."""
-    user = users.authenticate(email=form.username, password=form.password)
-    return _token_out(sessions.start_session(user["id"]))
+    return _token_out(users.login(email=form.username, password=form.password))
 
 
 def _token_out(issued: sessions.IssuedTokens) -> TokenOut:
