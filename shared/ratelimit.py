@@ -79,6 +79,22 @@ if denied == 0 then return {1, 0, 0} end
 return {0, worst, denied}
 """
 
+# Gives back one unit taken from each key (a reservation that turned out not to be needed):
+# the stored arrival time moves back by the key's interval (ARGV[i]), never below now.
+REFUND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') - tonumber(ARGV[i])
+  if tat <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', tat - now)
+  end
+end
+return 1
+"""
+
 # "look": consume nothing; "all": consume from every key if all allow (a request);
 # "each": consume from each key that allows on its own (an event to count, e.g. a failure).
 Mode = Literal["look", "all", "each"]
@@ -147,6 +163,14 @@ class LocalLimiter:
                     _remember(self._tats, key, new)
         return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
 
+    def refund(self, keys: list[str], intervals: list[int]) -> None:
+        """REFUND_LUA in this process: one unit back per key, never below now."""
+        now = time.monotonic() * 1000
+        with self._lock:
+            for key, interval in zip(keys, intervals, strict=True):
+                if key in self._tats:
+                    self._tats[key] = max(self._tats[key] - interval, now)
+
     def flag(self, key: str, seconds: int) -> None:
         with self._lock:
             _remember(self._flags, key, time.monotonic() + seconds)
@@ -173,6 +197,7 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._script: redis.commands.core.Script | None = None
+        self._refund: redis.commands.core.Script | None = None
         self._url = ""
         self._down_until = 0.0
         self.local = LocalLimiter()
@@ -190,6 +215,7 @@ class RateLimiter:
                     health_check_interval=30,
                 )
                 self._script = self._client.register_script(GCRA_LUA)
+                self._refund = self._client.register_script(REFUND_LUA)
                 self._url = url
                 self._down_until = 0.0
             return self._client, self._script
@@ -257,6 +283,22 @@ class RateLimiter:
         if allowed:
             return Decision(True)
         return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
+
+    def refund(self, rules: list[Rule]) -> None:
+        """Give back the unit a request took from each rule (a reservation not needed)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled or not rules:
+            return
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        intervals = [rule.timing_ms[0] for rule in rules]
+        connection = self._redis()
+        if connection is not None and self._refund is not None:
+            try:
+                self._refund(keys=keys, args=intervals)
+                return
+            except redis.RedisError as exc:
+                self._trip(exc)
+        self.local.refund(keys, intervals)
 
     def flag(self, key: str, seconds: int) -> None:
         """Remember ``key`` for ``seconds`` (in Redis, or in this process without it)."""
@@ -331,6 +373,10 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
     ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt from the account-wide limit, so a flood
     of wrong passwords from elsewhere cannot lock the owner out, while each address, the
     owner's too, stays throttled on its own. Yields the (account, IP) key.
+
+    A failure is reserved before the password is checked (atomically with the look) and
+    given back when the attempt turns out not to be a guess: looking first and counting
+    after the slow hash let parallel guesses all pass the look.
     """
     settings = get_settings()
     pair = _digest(f"{account}|{ip}")
@@ -339,13 +385,19 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
     failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
                                  settings.rate_limit_failed_login_per_account)
     known = f"login-known:{pair}"
-    enforce([failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here], consume=False)
+    # Reserve the failure up front, in the same atomic step as the look: parallel guesses
+    # racing the slow hash each take a unit, so no more than the budget get an answer.
+    reserved = [failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here]
+    enforce(reserved)
     try:
         yield pair
-    except AppError as exc:
-        if failed(exc):
-            limiter.check([failed_anywhere, failed_here], mode="each")  # the next attempt sees it
+    except Exception as exc:
+        if not (isinstance(exc, AppError) and failed(exc)):
+            limiter.refund(reserved)
+        elif failed_anywhere not in reserved:
+            limiter.check([failed_anywhere], mode="each")  # the owner's typos count there too
         raise
+    limiter.refund(reserved)
     limiter.flag(known, settings.rate_limit_login_known_ip_seconds)
 
 
