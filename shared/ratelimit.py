@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared import metrics, sessions
 from shared.client_ip import client_ip as resolved_client_ip
+from shared.client_ip import limit_key
 from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
 from shared.errors import AppError, TooManyRequests
@@ -349,9 +350,10 @@ def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | Non
         )
 
 
-def client_ip(request: Request) -> str:
-    """The caller's address as a rate-limit key (the rule: ``shared.client_ip``)."""
-    return resolved_client_ip(request.scope) or "unknown"
+def client_key(request: Request) -> str:
+    """The caller as every per-address limit and known-address flag counts it: an IPv4
+    address or an IPv6 /64 (``shared.client_ip.limit_key``); logs keep the full address."""
+    return limit_key(resolved_client_ip(request.scope))
 
 
 def _digest(text: str) -> str:
@@ -362,6 +364,21 @@ def _digest(text: str) -> str:
 def _account_key(username: str) -> str:
     """The account a login names, by the one normalization lookups use (shared/emails.py)."""
     return _digest(normalize_email(username))
+
+
+def _known_pair(account: str, ip: str) -> str:
+    return _digest(f"{account}|{ip}")
+
+
+def _remember_address(pair: str) -> None:
+    """This (account, address network) proved itself: exempt from the account-wide limit."""
+    limiter.flag(f"login-known:{pair}", get_settings().rate_limit_login_known_ip_seconds)
+
+
+def remember_registration_address(request: Request, email: str) -> None:
+    """The address an account was registered from is its owner's until a login proves
+    another: a trickle of guesses from elsewhere must not lock the new owner out of it."""
+    _remember_address(_known_pair(_account_key(email), client_key(request)))
 
 
 @contextmanager
@@ -379,7 +396,7 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
     after the slow hash let parallel guesses all pass the look.
     """
     settings = get_settings()
-    pair = _digest(f"{account}|{ip}")
+    pair = _known_pair(account, ip)
     failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
                              settings.rate_limit_failed_login_per_account_ip)
     failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
@@ -398,13 +415,13 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
             limiter.check([failed_anywhere], mode="each")  # the owner's typos count there too
         raise
     limiter.refund(reserved)
-    limiter.flag(known, settings.rate_limit_login_known_ip_seconds)
+    _remember_address(pair)
 
 
 def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
     """Logins: every attempt per IP and per (account, IP); wrong passwords as guesses."""
     settings = get_settings()
-    ip = client_ip(request)
+    ip = client_key(request)
     with _guessing_throttled(_account_key(form.username), ip,
                              lambda exc: exc.code == "invalid_credentials") as pair:
         enforce([
@@ -419,7 +436,7 @@ def limit_password_change(
 ) -> Iterator[None]:
     """A wrong current password is a guess like a failed login: a stolen token must not
     become an unthrottled oracle for the account's password."""
-    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_ip(request),
+    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_key(request),
                              lambda exc: exc.code == "wrong_password"):
         yield
 
@@ -433,7 +450,7 @@ async def limit_booking(
     await run_in_threadpool(functools.partial(enforce, [
         Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
-        Rule.parse("booking_per_ip", f"book-ip:{client_ip(request)}",
+        Rule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
                    settings.rate_limit_booking_per_ip),
     ], session=principal))
     return principal
@@ -445,7 +462,7 @@ async def _booking_customer(principal: Annotated[Principal, Depends(limit_bookin
 
 def limit_register(request: Request) -> None:
     """Registrations per IP: each costs a deliberately slow hash and creates an account."""
-    enforce([Rule.parse("register_per_ip", f"register-ip:{client_ip(request)}",
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_key(request)}",
                         get_settings().rate_limit_register_per_ip)])
 
 

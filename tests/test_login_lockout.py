@@ -211,3 +211,31 @@ def test_a_right_password_gives_its_reserved_failure_back(limits: None, redis_up
         assert [login_from(ATTACKER_IP, user["email"])[0] for _ in range(6)] == [200] * 6
         statuses = [login_from(ATTACKER_IP, user["email"], "wrong")[0] for _ in range(2)]
     assert statuses == [401, 429]
+
+
+def register_from(ip: str, email: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    body = json.dumps({"email": email or unique_email(), "password": PASSWORD, "role": "customer"})
+    event = build_event("POST", "/users", headers={"content-type": "application/json"}, body=body, source_ip=ip)
+    result = invoke("users", event)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def test_addresses_of_one_ipv6_64_share_one_guess_budget(limits: None) -> None:
+    """An IPv6 /64 is one subscriber's: rotating its low 64 bits is not a new client."""
+    user = register(LambdaClient("v2"), "customer")
+    statuses = [login_from(f"2001:db8:7:7::{n:x}", user["email"], "wrong")[0] for n in range(1, 11)]
+    assert statuses == [401, 401, 401] + [429] * 7
+    assert login_from("2001:db8:7:8::1", user["email"], "wrong")[0] == 401  # the next /64 is another
+
+
+@pytest.mark.parametrize("owner_ip", [OWNER_IP, "2001:db8:42:1::10"])
+def test_the_registration_address_is_the_owners_before_any_login(limits: None, owner_ip: str) -> None:
+    """Guesses from elsewhere exhaust the account-wide budget before the owner ever signs
+    in: the address (network) they registered from still lets them in."""
+    email = unique_email()
+    assert register_from(owner_ip, email)[0] == 201
+    statuses = [login_from(f"203.0.113.{n}", email, "wrong")[0] for n in range(1, 11)]
+    assert statuses.count(401) == 5 and statuses[-1] == 429
+    assert login_from("192.0.2.200", email)[0] == 429  # a new address waits...
+    same_network = owner_ip if ":" not in owner_ip else "2001:db8:42:1::99"
+    assert login_from(same_network, email)[0] == 200  # ...the registering one does not
