@@ -1,8 +1,9 @@
 """One normalization of email addresses, used for storage, lookup and every rate-limit key.
 
 ``normalize_email`` gives the key an address is stored, found and throttled under: trimmed,
-NFKC-normalized and case-folded, the domain's trailing dot dropped, so ``Ａ@x.io``, ``a@X.IO`` and ``A@x.io`` are one account
-and one guess budget whatever the database's ``lower()`` thinks of ``İ`` or ``ß``.
+NFKC-normalized and case-folded, the domain's trailing dot dropped, so ``Ａ@x.io``,
+``a@X.IO.`` and ``A@x.io`` are one account and one guess budget whatever the database's
+``lower()`` thinks of ``İ`` or ``ß``.
 
 ``email_skeleton`` is coarser: two addresses with the same skeleton look alike on screen
 (Cyrillic ``а`` and Latin ``a``, ``0`` and ``o``, ``İ`` and ``i``), so registration refuses
