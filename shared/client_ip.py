@@ -5,7 +5,12 @@ unless it is a proxy listed in ``TRUSTED_PROXIES``. Then ``X-Forwarded-For`` is 
 from the right, each hop having been written by the (trusted) hop after it; trusted
 hops are skipped and the first untrusted one is the client. Anything that is not an IP
 address stops the walk at the last address known good, so a header value never becomes
-a rate-limit key or a log field.
+a rate-limit key or a log field. Neither does an IPv6 zone id (``fe80::1%<text>`` parses
+with ``ipaddress``), nor any non-ASCII or overlong text: refused before parsing.
+
+Per-address limits count a *network*, :func:`limit_key`: an IPv4 address, but an IPv6 /64,
+since one subscriber (one home, one cloud VM) holds a whole /64 and would otherwise be
+2**64 clients. Logs keep the full address.
 
 Wherever we start uvicorn it runs with ``--no-proxy-headers``: uvicorn would otherwise
 rewrite the peer from the same header (it trusts 127.0.0.1 by default), and there would
@@ -27,6 +32,8 @@ Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
 _SCOPE_KEY = "ticketing.client_ip"
+_MAX_TEXT = 64
+IPV6_LIMIT_PREFIX = 64
 _HEADER = b"x-forwarded-for"
 
 
@@ -46,9 +53,15 @@ def trusted_networks(spec: str) -> tuple[Network, ...]:
 
 
 def parse_ip(text: str) -> Address | None:
-    """An IP address from a peer or a forwarded hop (``1.2.3.4:56`` and ``[::1]:56`` too)."""
+    """An IP address from a peer or a forwarded hop (``1.2.3.4:56`` and ``[::1]:56`` too).
+
+    None for anything else, and for an IPv6 with a zone id: its free text must not reach
+    the logs or a limit key.
+    """
+    if len(text) > _MAX_TEXT or not text.isascii():
+        return None
     text = text.strip()
-    if not text or len(text) > 64:
+    if not text or "%" in text:
         return None
     try:
         address = ip_address(text)
@@ -66,6 +79,19 @@ def parse_ip(text: str) -> Address | None:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped  # ::ffff:1.2.3.4 is 1.2.3.4, one rate-limit key
     return address
+
+
+@lru_cache(maxsize=4096)
+def limit_key(ip: str | None) -> str:
+    """What a per-address limit counts for this client address: the IPv4 address itself, or
+    the IPv6 address's /64 network (one subscriber's allocation). ``unknown`` for None."""
+    address = parse_ip(ip) if ip else None
+    if address is None:
+        return "unknown"
+    if isinstance(address, IPv4Address):
+        return str(address)
+    return str(IPv6Network((int(address) >> (128 - IPV6_LIMIT_PREFIX) << (128 - IPV6_LIMIT_PREFIX),
+                            IPV6_LIMIT_PREFIX)))
 
 
 def _trusted(address: Address, networks: tuple[Network, ...]) -> bool:

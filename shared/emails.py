@@ -1,8 +1,9 @@
 """One normalization of email addresses, used for storage, lookup and every rate-limit key.
 
 ``normalize_email`` gives the key an address is stored, found and throttled under: trimmed,
-NFKC-normalized and case-folded, so ``Ａ@x.io``, ``a@X.IO`` and ``A@x.io`` are one account
-and one guess budget whatever the database's ``lower()`` thinks of ``İ`` or ``ß``.
+NFKC-normalized and case-folded, the domain's trailing dot dropped, so ``Ａ@x.io``,
+``a@X.IO.`` and ``A@x.io`` are one account and one guess budget whatever the database's
+``lower()`` thinks of ``İ`` or ``ß``.
 
 ``email_skeleton`` is coarser: two addresses with the same skeleton look alike on screen
 (Cyrillic ``а`` and Latin ``a``, ``0`` and ``o``, ``İ`` and ``i``), so registration refuses
@@ -22,9 +23,13 @@ _DIRECTION_MARKS = str.maketrans("", "", "\u200e\u200f")
 
 
 def normalize_email(value: str) -> str:
-    """The canonical key of an address: NFKC case fold of the trimmed text. Never raises."""
+    """The canonical key of an address: NFKC case fold of the trimmed text, without the
+    domain's trailing dots (``x.io.`` is the fully qualified ``x.io``: one mailbox, so
+    one account and one guess budget). Never raises."""
     folded = unicodedata.normalize("NFKC", value.strip()).casefold()
-    return unicodedata.normalize("NFKC", folded).strip()
+    key = unicodedata.normalize("NFKC", folded).strip()
+    local, at, domain = key.rpartition("@")
+    return f"{local}{at}{domain.rstrip('.')}" if at else key
 
 
 def email_skeleton(value: str) -> str:

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared import metrics, sessions
 from shared.client_ip import client_ip as resolved_client_ip
+from shared.client_ip import limit_key
 from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
 from shared.errors import AppError, TooManyRequests
@@ -77,6 +78,22 @@ for i = 1, nrules do
 end
 if denied == 0 then return {1, 0, 0} end
 return {0, worst, denied}
+"""
+
+# Gives back one unit taken from each key (a reservation that turned out not to be needed):
+# the stored arrival time moves back by the key's interval (ARGV[i]), never below now.
+REFUND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') - tonumber(ARGV[i])
+  if tat <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', tat - now)
+  end
+end
+return 1
 """
 
 # "look": consume nothing; "all": consume from every key if all allow (a request);
@@ -147,6 +164,14 @@ class LocalLimiter:
                     _remember(self._tats, key, new)
         return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
 
+    def refund(self, keys: list[str], intervals: list[int]) -> None:
+        """REFUND_LUA in this process: one unit back per key, never below now."""
+        now = time.monotonic() * 1000
+        with self._lock:
+            for key, interval in zip(keys, intervals, strict=True):
+                if key in self._tats:
+                    self._tats[key] = max(self._tats[key] - interval, now)
+
     def flag(self, key: str, seconds: int) -> None:
         with self._lock:
             _remember(self._flags, key, time.monotonic() + seconds)
@@ -173,6 +198,7 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._script: redis.commands.core.Script | None = None
+        self._refund: redis.commands.core.Script | None = None
         self._url = ""
         self._down_until = 0.0
         self.local = LocalLimiter()
@@ -190,6 +216,7 @@ class RateLimiter:
                     health_check_interval=30,
                 )
                 self._script = self._client.register_script(GCRA_LUA)
+                self._refund = self._client.register_script(REFUND_LUA)
                 self._url = url
                 self._down_until = 0.0
             return self._client, self._script
@@ -258,6 +285,22 @@ class RateLimiter:
             return Decision(True)
         return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
 
+    def refund(self, rules: list[Rule]) -> None:
+        """Give back the unit a request took from each rule (a reservation not needed)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled or not rules:
+            return
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        intervals = [rule.timing_ms[0] for rule in rules]
+        connection = self._redis()
+        if connection is not None and self._refund is not None:
+            try:
+                self._refund(keys=keys, args=intervals)
+                return
+            except redis.RedisError as exc:
+                self._trip(exc)
+        self.local.refund(keys, intervals)
+
     def flag(self, key: str, seconds: int) -> None:
         """Remember ``key`` for ``seconds`` (in Redis, or in this process without it)."""
         settings = get_settings()
@@ -307,9 +350,10 @@ def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | Non
         )
 
 
-def client_ip(request: Request) -> str:
-    """The caller's address as a rate-limit key (the rule: ``shared.client_ip``)."""
-    return resolved_client_ip(request.scope) or "unknown"
+def client_key(request: Request) -> str:
+    """The caller as every per-address limit and known-address flag counts it: an IPv4
+    address or an IPv6 /64 (``shared.client_ip.limit_key``); logs keep the full address."""
+    return limit_key(resolved_client_ip(request.scope))
 
 
 def _digest(text: str) -> str:
@@ -322,6 +366,21 @@ def _account_key(username: str) -> str:
     return _digest(normalize_email(username))
 
 
+def _known_pair(account: str, ip: str) -> str:
+    return _digest(f"{account}|{ip}")
+
+
+def _remember_address(pair: str) -> None:
+    """This (account, address network) proved itself: exempt from the account-wide limit."""
+    limiter.flag(f"login-known:{pair}", get_settings().rate_limit_login_known_ip_seconds)
+
+
+def remember_registration_address(request: Request, email: str) -> None:
+    """The address an account was registered from is its owner's until a login proves
+    another: a trickle of guesses from elsewhere must not lock the new owner out of it."""
+    _remember_address(_known_pair(_account_key(email), client_key(request)))
+
+
 @contextmanager
 def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool]) -> Iterator[str]:
     """Throttle password guesses so guessing is slow but the owner is never locked out by others.
@@ -331,28 +390,38 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
     ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt from the account-wide limit, so a flood
     of wrong passwords from elsewhere cannot lock the owner out, while each address, the
     owner's too, stays throttled on its own. Yields the (account, IP) key.
+
+    A failure is reserved before the password is checked (atomically with the look) and
+    given back when the attempt turns out not to be a guess: looking first and counting
+    after the slow hash let parallel guesses all pass the look.
     """
     settings = get_settings()
-    pair = _digest(f"{account}|{ip}")
+    pair = _known_pair(account, ip)
     failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
                              settings.rate_limit_failed_login_per_account_ip)
     failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
                                  settings.rate_limit_failed_login_per_account)
     known = f"login-known:{pair}"
-    enforce([failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here], consume=False)
+    # Reserve the failure up front, in the same atomic step as the look: parallel guesses
+    # racing the slow hash each take a unit, so no more than the budget get an answer.
+    reserved = [failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here]
+    enforce(reserved)
     try:
         yield pair
-    except AppError as exc:
-        if failed(exc):
-            limiter.check([failed_anywhere, failed_here], mode="each")  # the next attempt sees it
+    except Exception as exc:
+        if not (isinstance(exc, AppError) and failed(exc)):
+            limiter.refund(reserved)
+        elif failed_anywhere not in reserved:
+            limiter.check([failed_anywhere], mode="each")  # the owner's typos count there too
         raise
-    limiter.flag(known, settings.rate_limit_login_known_ip_seconds)
+    limiter.refund(reserved)
+    _remember_address(pair)
 
 
 def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
     """Logins: every attempt per IP and per (account, IP); wrong passwords as guesses."""
     settings = get_settings()
-    ip = client_ip(request)
+    ip = client_key(request)
     with _guessing_throttled(_account_key(form.username), ip,
                              lambda exc: exc.code == "invalid_credentials") as pair:
         enforce([
@@ -367,7 +436,7 @@ def limit_password_change(
 ) -> Iterator[None]:
     """A wrong current password is a guess like a failed login: a stolen token must not
     become an unthrottled oracle for the account's password."""
-    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_ip(request),
+    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_key(request),
                              lambda exc: exc.code == "wrong_password"):
         yield
 
@@ -381,7 +450,7 @@ async def limit_booking(
     await run_in_threadpool(functools.partial(enforce, [
         Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
-        Rule.parse("booking_per_ip", f"book-ip:{client_ip(request)}",
+        Rule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
                    settings.rate_limit_booking_per_ip),
     ], session=principal))
     return principal
@@ -393,7 +462,7 @@ async def _booking_customer(principal: Annotated[Principal, Depends(limit_bookin
 
 def limit_register(request: Request) -> None:
     """Registrations per IP: each costs a deliberately slow hash and creates an account."""
-    enforce([Rule.parse("register_per_ip", f"register-ip:{client_ip(request)}",
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_key(request)}",
                         get_settings().rate_limit_register_per_ip)])
 
 

@@ -28,7 +28,8 @@ from shared.logging import reset_context, set_context
 log = logging.getLogger("ticketing.request")
 
 HEADER = b"x-request-id"
-_VALID_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
+# ASCII only: ``\w`` is Unicode otherwise, and the id is echoed in a header and logged.
+_VALID_ID = re.compile(r"^[\w.:@/+=-]{1,128}$", re.ASCII)
 # Probes and scrapes every few seconds: logged at DEBUG so they do not drown the rest.
 _QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 UNMATCHED = "unmatched"

@@ -256,7 +256,7 @@ class RefreshIn(BaseModel):
 
 
 class PasswordChange(BaseModel):
-    current_password: Annotated[Text, Field(max_length=256)]
+    current_password: LoginPassword  # as at login: any password that signs in can be changed
     new_password: Password
 
 

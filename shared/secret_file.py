@@ -1,19 +1,21 @@
 """Create a random secret in a file once: the JWT secret of ``dev.py up`` and compose's init services.
 
 ``python -m shared.secret_file PATH [--owner UID:GID] [--mode 0600]`` writes 48 random
-bytes (URL-safe base64) to PATH unless the file exists, so an init service can run it on
-every ``up`` and the secret survives restarts. The file is created with ``O_EXCL`` and its
-final mode from the start, so two starters cannot both write it and no reader ever sees a
-half-written or world-readable secret. Used for ``JWT_SECRET_FILE`` and the metrics scrape
-token (``METRICS_TOKEN_FILE`` for the api, ``credentials_file`` for Prometheus).
+bytes (URL-safe base64, drawn until ``jwt_secret_problem`` accepts them) to PATH unless
+the file exists, so an init service can run it on every ``up`` and the secret survives
+restarts. The file is created with ``O_EXCL`` and its final mode from the start, so two
+starters cannot both write it and no reader ever sees a half-written or world-readable
+secret. Used for ``JWT_SECRET_FILE`` and the metrics scrape token (``METRICS_TOKEN_FILE``
+for the api, ``credentials_file`` for Prometheus).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 from pathlib import Path
+
+from shared.settings import generate_jwt_secret
 
 
 def ensure_secret(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o600) -> bool:
@@ -25,7 +27,7 @@ def ensure_secret(path: Path, owner: tuple[int, int] | None = None, mode: int = 
         created = False
     else:
         with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48) + "\n")
+            out.write(generate_jwt_secret() + "\n")
         created = True
     if owner is not None:
         os.chown(path, *owner)

@@ -176,21 +176,28 @@ def _issue(user_id: int, role: str, session_id: str, refresh_token: str) -> Issu
     return IssuedTokens(access, refresh_token, ttl, get_settings().refresh_token_ttl_seconds, user_id, role)
 
 
-def start_session(user_id: int) -> IssuedTokens:
-    """A new login: a session row and its first refresh token, in one statement."""
+def start_session(user_id: int, *, password_hash: str) -> IssuedTokens:
+    """A new login: a session row and its first refresh token, in one statement.
+
+    Only while ``password_hash`` (the one the caller verified) is still the user's: the
+    user row is read ``FOR SHARE``, so a password or role change either commits first (the
+    hash no longer matches: 401 ``invalid_credentials``; the role read is the new one) or
+    waits for this session to commit and then revokes it. Without that lock a login
+    checked against the old password could outlive the change that should end it.
+    """
     session_id, refresh_token = str(uuid.uuid4()), secrets.token_urlsafe(32)
     with connection() as conn:
         row = conn.execute(
-            """WITH u AS (SELECT id, role FROM users WHERE id = %(user)s),
+            """WITH u AS (SELECT id, role FROM users WHERE id = %(user)s AND password_hash = %(pw)s FOR SHARE),
                     s AS (INSERT INTO sessions (id, user_id) SELECT %(sid)s, id FROM u RETURNING id),
                     r AS (INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
                           SELECT %(hash)s, id, now() + make_interval(secs => %(ttl)s) FROM s)
                SELECT role FROM u""",
-            {"user": user_id, "sid": session_id, "hash": _hash(refresh_token),
+            {"user": user_id, "pw": password_hash, "sid": session_id, "hash": _hash(refresh_token),
              "ttl": get_settings().refresh_token_ttl_seconds},
         ).fetchone()
     if row is None:
-        raise Unauthorized("unknown_user", "The user no longer exists")
+        raise Unauthorized("invalid_credentials", "Incorrect email or password")
     return _issue(user_id, row["role"], session_id, refresh_token)
 
 

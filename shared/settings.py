@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from functools import lru_cache
@@ -27,8 +28,19 @@ _PLACEHOLDER_WORDS = ("secret", "password", "change-me", "changeme", "change_me"
                       "dev-only", "replace-me", "your-secret", "not-a-secret", "secret-here")
 JWT_SECRET_MIN_BYTES = 32
 _MIN_DISTINCT_CHARS = 10
-# Generated once per process when explicit development mode has no secret: never a constant.
-_process_dev_secret = secrets.token_urlsafe(48)
+# What a generator gives (base64 or base64url, padding only at the end): no spaces, URLs or
+# the punctuation of code and prose, so no sentence, path or line of this repository fits.
+_GENERATED_SHAPE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_CLASSES = (re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]"))
+
+
+def generate_jwt_secret() -> str:
+    """48 random bytes, URL-safe base64 (64 characters), drawn until the rules accept them:
+    one draw in ~50,000 has no digit and would be refused."""
+    while True:
+        secret = secrets.token_urlsafe(48)
+        if jwt_secret_problem(secret) is None:
+            return secret
 
 
 class InsecureSecretError(ValueError):
@@ -39,14 +51,22 @@ def jwt_secret_problem(secret: str) -> str | None:
     """Why ``secret`` must not sign tokens, or None when it is acceptable."""
     if not secret:
         return "JWT_SECRET is not set"
-    if len(secret.encode()) < JWT_SECRET_MIN_BYTES:
+    if len(secret.encode("utf-8", "surrogatepass")) < JWT_SECRET_MIN_BYTES:
         return f"JWT_SECRET is shorter than {JWT_SECRET_MIN_BYTES} bytes"
     lowered = secret.lower()
     if lowered in REFUSED_JWT_SECRETS or any(word in lowered for word in _PLACEHOLDER_WORDS):
         return "JWT_SECRET is a placeholder value"
     if len(set(secret)) < _MIN_DISTINCT_CHARS:
         return "JWT_SECRET has too little variety to be random"
+    if not _GENERATED_SHAPE.fullmatch(secret):
+        return "JWT_SECRET must be generated base64: letters, digits and + / _ - only (no spaces, URLs, punctuation)"
+    if not all(cls.search(secret) for cls in _CLASSES):
+        return "JWT_SECRET must mix upper- and lower-case letters and digits, as a generated one does"
     return None
+
+
+# Generated once per process when explicit development mode has no secret: never a constant.
+_process_dev_secret = generate_jwt_secret()
 
 
 def running_in_lambda() -> bool:

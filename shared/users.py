@@ -41,7 +41,12 @@ def create_user(*, email: str, password: str, role: str, name: str | None) -> di
 
 
 def authenticate(*, email: str, password: str) -> dict[str, Any]:
-    """Return the user whose credentials these are, or raise ``invalid_credentials``."""
+    """Return the user whose credentials these are, or raise ``invalid_credentials``.
+
+    The row keeps the ``password_hash`` just verified: :func:`sessions.start_session` creates
+    the session only while it is still the current one, so a password change that commits
+    during the (slow) check is never outlived by this login.
+    """
     with connection() as conn:
         row = conn.execute(
             f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE email_key = %s",
@@ -50,9 +55,15 @@ def authenticate(*, email: str, password: str) -> dict[str, Any]:
     if row is None:
         verify_password(dummy_hash(), password)  # same cost as a real check: no email probing
         raise Unauthorized("invalid_credentials", "Incorrect email or password")
-    if not verify_password(row.pop("password_hash"), password):
+    if not verify_password(row["password_hash"], password):
         raise Unauthorized("invalid_credentials", "Incorrect email or password")
     return row
+
+
+def login(*, email: str, password: str) -> sessions.IssuedTokens:
+    """Check the credentials and start a session bound to the hash that was verified."""
+    user = authenticate(email=email, password=password)
+    return sessions.start_session(user["id"], password_hash=user["password_hash"])
 
 
 def get_user(user_id: int) -> dict[str, Any]:
@@ -78,7 +89,13 @@ def change_password(*, user_id: int, current_password: str, new_password: str) -
         raise Forbidden("wrong_password", "The current password is not correct")
     new_hash = hash_password(new_password)
     with connection() as conn, conn.transaction():
-        conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (new_hash, user_id))
+        # Only over the hash just verified: a concurrent change wins once, never twice.
+        changed = conn.execute(
+            "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash = %s RETURNING id",
+            (new_hash, user_id, row["password_hash"]),
+        ).fetchone()
+        if changed is None:
+            raise Forbidden("wrong_password", "The current password is not correct")
         revoked = sessions.revoke_user_sessions(conn, user_id, reason="password_changed")
     sessions.publish_revoked(revoked)
 

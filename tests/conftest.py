@@ -7,7 +7,6 @@ them at running services); otherwise real embedded servers start in a temporary 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 import uuid
@@ -18,13 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from shared.settings import generate_jwt_secret
 from tests.clients import Client, HttpClient, LambdaClient
 
 # Cheap hashing for fixtures that register many users; set before settings are read.
 os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
 os.environ.setdefault("PASSWORD_HASH_MEMORY_KIB", "1024")
 # A fresh random secret per session: no string in the repository signs a token the suite accepts.
-os.environ.setdefault("JWT_SECRET", secrets.token_urlsafe(48))
+os.environ.setdefault("JWT_SECRET", generate_jwt_secret())
 os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("DB_POOL_MAX", "20")
 # Existing flows register with the README's short passwords; tests/test_passwords.py

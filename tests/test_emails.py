@@ -26,6 +26,10 @@ MIGRATION_0005 = next(m for m in migrations.discover() if m.version == 5)
         ("ＡＮＮ@ｅｘａｍｐｌｅ.com", "ann@example.com"),  # fullwidth forms
         ("Straße@x.io", "strasse@x.io"),  # full case folding, not lower()
         ("\u0130nfo@x.io", "i\u0307nfo@x.io"),  # what PostgreSQL's lower() turned into "info"
+        ("Victim@X.io.", "victim@x.io"),  # the fully qualified domain is the same domain
+        ("victim@x.io\uff0e", "victim@x.io"),  # fullwidth full stop
+        ("victim@x.io.. ", "victim@x.io"),
+        ("no-at-sign.", "no-at-sign."),
     ],
 )
 def test_normalize_email(typed: str, key: str) -> None:
@@ -71,6 +75,16 @@ def test_look_alike_registration_is_email_taken(client: Client, look_alike) -> N
                                                     "role": "customer"})
     assert r.status_code == 409, r.text
     assert r.json()["code"] == "email_taken"
+
+
+def test_a_trailing_dot_on_the_domain_is_the_same_account(client: Client) -> None:
+    """``victim@x.io.`` is ``victim@x.io``: taken at registration, and one login."""
+    email = f"victim-{uuid.uuid4().hex[:8]}@test.com"
+    user = register(client, "customer", email=email)
+    r = client.request("POST", "/users", json_body={"email": email + ".", "password": PASSWORD, "role": "customer"})
+    assert r.status_code == 409 and r.json()["code"] == "email_taken", r.text
+    r = client.request("GET", "/users/me", token=login(client, email.upper() + "."))
+    assert r.json()["id"] == user["id"]
 
 
 def test_login_with_a_look_alike_reaches_no_account(client: Client) -> None:

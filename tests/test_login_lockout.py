@@ -7,9 +7,12 @@ Requests go through the users function's Lambda handler with API Gateway events 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlencode
 
 import pytest
@@ -17,7 +20,7 @@ import pytest
 from local.embedded import free_port
 from local.lambda_events import build_event, invoke
 from shared.ratelimit import LocalLimiter, Rule, limiter
-from tests.clients import LambdaClient
+from tests.clients import HttpClient, LambdaClient
 from tests.factories import PASSWORD, register, unique_email
 from tests.settings_env import restore_env, set_env
 
@@ -143,3 +146,96 @@ def test_a_stolen_token_cannot_guess_the_password_through_a_password_change(limi
     right = {**body, "current_password": PASSWORD}
     r = client.request("PUT", "/users/me/password", json_body=right, token=access)
     assert r.status_code == 429 and r.json()["details"]["limit"] == "failed_login_per_account_ip"
+
+
+def _race(attempt: Callable[[], int], racers: int = 20) -> Counter[int]:
+    barrier = threading.Barrier(racers)
+    statuses: list[int] = []
+
+    def run() -> None:
+        barrier.wait()
+        statuses.append(attempt())
+
+    threads = [threading.Thread(target=run) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return Counter(statuses)
+
+
+@contextmanager
+def _redis(up: bool) -> Iterator[None]:
+    if up:
+        yield
+        return
+    saved = set_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens there
+    try:
+        yield
+    finally:
+        restore_env(saved)
+        limiter.check([])
+        limiter.reset()
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis", "per-process"])
+def test_parallel_wrong_logins_get_exactly_the_failure_budget(
+    limits: None, http_client: HttpClient, redis_up: bool
+) -> None:
+    """Raced over real HTTP from one address: the failure is reserved before the slow hash,
+    so 20 parallel guesses against a 3-failure budget get 3 answers, never more."""
+    user = register(http_client, "customer")
+    form = {"username": user["email"], "password": "wrong"}
+    with _redis(redis_up):
+        statuses = _race(lambda: http_client.request("POST", "/auth/token", form=form).status_code)
+    assert statuses == {401: 3, 429: 17}, statuses
+
+
+def test_parallel_wrong_current_passwords_get_exactly_the_failure_budget(
+    limits: None, http_client: HttpClient
+) -> None:
+    user = register(http_client, "customer")
+    access = http_client.request("POST", "/auth/token",
+                                 form={"username": user["email"], "password": PASSWORD}).json()["access_token"]
+    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
+    statuses = _race(lambda: http_client.request("PUT", "/users/me/password", json_body=body,
+                                                 token=access).status_code)
+    assert statuses == {403: 3, 429: 17}, statuses
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis", "per-process"])
+def test_a_right_password_gives_its_reserved_failure_back(limits: None, redis_up: bool) -> None:
+    user = register(LambdaClient("v2"), "customer")
+    with _redis(redis_up):
+        assert [login_from(ATTACKER_IP, user["email"], "wrong")[0] for _ in range(2)] == [401, 401]
+        assert [login_from(ATTACKER_IP, user["email"])[0] for _ in range(6)] == [200] * 6
+        statuses = [login_from(ATTACKER_IP, user["email"], "wrong")[0] for _ in range(2)]
+    assert statuses == [401, 429]
+
+
+def register_from(ip: str, email: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    body = json.dumps({"email": email or unique_email(), "password": PASSWORD, "role": "customer"})
+    event = build_event("POST", "/users", headers={"content-type": "application/json"}, body=body, source_ip=ip)
+    result = invoke("users", event)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def test_addresses_of_one_ipv6_64_share_one_guess_budget(limits: None) -> None:
+    """An IPv6 /64 is one subscriber's: rotating its low 64 bits is not a new client."""
+    user = register(LambdaClient("v2"), "customer")
+    statuses = [login_from(f"2001:db8:7:7::{n:x}", user["email"], "wrong")[0] for n in range(1, 11)]
+    assert statuses == [401, 401, 401] + [429] * 7
+    assert login_from("2001:db8:7:8::1", user["email"], "wrong")[0] == 401  # the next /64 is another
+
+
+@pytest.mark.parametrize("owner_ip", [OWNER_IP, "2001:db8:42:1::10"])
+def test_the_registration_address_is_the_owners_before_any_login(limits: None, owner_ip: str) -> None:
+    """Guesses from elsewhere exhaust the account-wide budget before the owner ever signs
+    in: the address (network) they registered from still lets them in."""
+    email = unique_email()
+    assert register_from(owner_ip, email)[0] == 201
+    statuses = [login_from(f"203.0.113.{n}", email, "wrong")[0] for n in range(1, 11)]
+    assert statuses.count(401) == 5 and statuses[-1] == 429
+    assert login_from("192.0.2.200", email)[0] == 429  # a new address waits...
+    same_network = owner_ip if ":" not in owner_ip else "2001:db8:42:1::99"
+    assert login_from(same_network, email)[0] == 200  # ...the registering one does not

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from local.lambda_events import build_event, invoke
-from shared.client_ip import resolve, trusted_networks
+from shared.client_ip import limit_key, resolve, trusted_networks
 from shared.logging import configure_logging
 from shared.ratelimit import limiter
 from shared.settings import Settings
@@ -182,3 +182,58 @@ def test_lambda_peer_is_api_gateways_source_ip(
     finally:
         restore_env(saved)
     assert _logged_ips(out, marker) == [expected]
+
+
+# --- limits count an IPv6 /64 as one client; zone ids and non-ASCII are no addresses ------
+
+
+@pytest.mark.parametrize(("ip", "key"), [
+    ("203.0.113.5", "203.0.113.5"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("::ffff:203.0.113.5", "203.0.113.5"),
+    ("fe80::1%eth0", "unknown"),
+    (None, "unknown"),
+])
+def test_limit_key(ip: str | None, key: str) -> None:
+    assert limit_key(ip) == key
+
+
+@pytest.mark.parametrize("hop", [
+    "fe80::1%eth0", "fe80::1%\u202eevil\" injected=1", "[fe80::1%25x]:443", "\uff11.2.3.4", "1.2.3.4" + " " * 80,
+])
+def test_resolve_refuses_zone_ids_non_ascii_and_overlong_hops(hop: str) -> None:
+    assert resolve("10.1.2.3", [hop], NETS) == "10.1.2.3"
+    assert resolve(hop, [], ()) is None
+
+
+def test_25_registrations_from_one_ipv6_64_are_limited_like_one_address(own_limits: None) -> None:
+    saved = set_env({"RATE_LIMIT_REGISTER_PER_IP": "3/600"})
+    try:
+        statuses = []
+        for n in range(1, 26):
+            body = json.dumps({"email": unique_email(), "password": PASSWORD, "role": "customer"})
+            event = build_event("POST", "/users", headers={"content-type": "application/json"}, body=body,
+                                source_ip=f"2001:db8:5:6:{n:x}::{n * 7:x}")
+            statuses.append(invoke("users", event)["statusCode"])
+    finally:
+        restore_env(saved)
+    assert statuses == [201] * 3 + [429] * 22, statuses
+
+
+@pytest.mark.parametrize("zone", ["\u202eevil\" injected=1", "evil\" injected=1"])
+def test_a_zone_id_in_the_header_never_reaches_the_logs(
+    own_limits: None, http_client: HttpClient, capsys: pytest.CaptureFixture[str], zone: str
+) -> None:
+    saved = set_env({"TRUSTED_PROXIES": "127.0.0.1"})
+    marker = f"zone-{uuid.uuid4().hex[:8]}"
+    try:
+        capsys.readouterr()
+        r = http_client.request("GET", "/events", headers={
+            "X-Forwarded-For": f"fe80::1%{zone}".encode(), "X-Request-ID": marker})
+        out = capsys.readouterr().out
+    finally:
+        restore_env(saved)
+    assert r.status_code == 200
+    assert _logged_ips(out, marker) == ["127.0.0.1"]
+    assert "evil" not in out and "injected" not in out

@@ -4,8 +4,10 @@ bounded lifetime."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from shared.settings import (
     REFUSED_JWT_SECRETS,
     InsecureSecretError,
     Settings,
+    generate_jwt_secret,
     get_settings,
     jwt_secret_problem,
 )
@@ -56,13 +59,38 @@ _ASSIGNED = re.compile(
 )
 
 
+# Pieces of a long token a secret could be copied from: FOO=<value>, "key": "<value>", ...
+_TOKEN_PARTS = re.compile(r"""[\s'"`=:,;()\[\]{}<>]+""")
+
+
+def _python_strings(text: str) -> set[str]:
+    """Every string constant of a Python file (f-string parts and docstrings too)."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return set()
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value}
+
+
+def _long_tokens(text: str) -> set[str]:
+    """Every whitespace-separated token of 32+ bytes, and its pieces of 32+ bytes."""
+    tokens = {token for token in text.split() if len(token.encode("utf-8", "surrogatepass")) >= 32}
+    parts = {part for token in tokens for part in _TOKEN_PARTS.split(token)}
+    return tokens | {part for part in parts if len(part.encode("utf-8", "surrogatepass")) >= 32}
+
+
 def _candidates() -> tuple[set[str], set[str]]:
-    """(every quoted string and assigned value, those assigned to a secret-looking name)."""
+    """(every string literal, quoted string, long token and assigned value, those assigned
+    to a secret-looking name)."""
     quoted: set[str] = set()
     assigned: set[str] = set()
     for path in _repo_text_files():
         text = path.read_text()
         quoted.update(m.group(2) for m in _QUOTED.finditer(text))
+        quoted.update(_long_tokens(text))
+        if path.suffix == ".py":
+            quoted.update(_python_strings(text))
         assigned.update(m.group(1) for m in _ASSIGNED.finditer(text))
     # Code on the right of an "=" (a call) is not a value anyone could copy as a secret.
     assigned = {value for value in assigned if value and "(" not in value}
@@ -98,6 +126,37 @@ def test_the_scan_found_the_repositorys_strings() -> None:
     assert len(ALL_CANDIDATES) > 1000
     assert {"change-me-to-a-long-random-value", "dev-only-insecure-jwt-secret-change-me"} <= REFUSED_JWT_SECRETS
     assert "ticketing" in ASSIGNED_CANDIDATES  # POSTGRES_PASSWORD=ticketing
+    assert "Sessions: short access tokens, rotating refresh tokens, and revocation without a DB read." in (
+        ALL_CANDIDATES)  # a docstring
+    assert "postgresql://postgres@127.0.0.1:5432/ticketing" in ALL_CANDIDATES  # a token in .env.example
+
+
+def test_no_string_in_the_repository_is_accepted_as_a_production_secret() -> None:
+    """Every literal, quoted string and long token of every tracked file is refused, whatever
+    its name or place: a strong-looking example copied from a test or a doc never signs."""
+    accepted = sorted(c for c in ALL_CANDIDATES if jwt_secret_problem(c) is None)
+    assert accepted == []
+
+
+def test_generated_secrets_are_accepted() -> None:
+    """``dev.py up``'s and the suite's generator always; a bare ``token_urlsafe(48)`` (the
+    command the start-up message shows) almost always: one in ~50,000 lacks a digit."""
+    assert all(jwt_secret_problem(generate_jwt_secret()) is None for _ in range(2000))
+    refused = sum(jwt_secret_problem(secrets.token_urlsafe(48)) is not None for _ in range(10_000))
+    assert refused <= 3
+
+
+@pytest.mark.parametrize("secret", [
+    "https://Example0ne.test/a-Long-Path/With/Mixed-Case/9",
+    "The Quick Brown Fox Jumps Over 13 Lazy Dogs Twice",
+    "argparse.RawDescriptionHelpFormatter2024",
+    "${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000",
+    "Root=1-5e66d96f-7491f09xmpl79d18acf3d050",
+    "policy/service-role/AmazonECSTaskExecutionRolePolicy",
+    "0123456789abcdef0123456789abcdef0123456789abcdef",
+])
+def test_structured_text_is_refused_however_varied(secret: str) -> None:
+    assert jwt_secret_problem(secret) is not None
 
 
 def test_unset_app_env_means_production_and_no_secret_refuses(no_auth_env: None) -> None:
@@ -119,6 +178,10 @@ def test_a_token_signed_with_any_string_in_the_repository_is_refused(no_auth_env
         secret = get_settings().signing_secret()
         assert len(secret) >= 48 and secret not in ALL_CANDIDATES
         for candidate in sorted(ALL_CANDIDATES):
+            try:
+                candidate.encode()
+            except UnicodeEncodeError:
+                continue  # a lone surrogate (a test's input): no key can be made of it
             with pytest.raises(Unauthorized) as refused:
                 _verify(_token(candidate))
             assert refused.value.code == "invalid_token", candidate
@@ -153,7 +216,7 @@ def test_weak_secrets_are_refused_outside_development(secret: str, why: str) -> 
     for env in ("production", "test"):
         with pytest.raises(InsecureSecretError, match=why):
             Settings(app_env=env, jwt_secret=secret).signing_secret()  # type: ignore[arg-type]
-    strong = "q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5"
+    strong = generate_jwt_secret()
     assert Settings(app_env="production", jwt_secret=strong).signing_secret() == strong  # type: ignore[arg-type]
 
 
@@ -174,9 +237,10 @@ def test_development_without_a_secret_gets_a_random_one_per_process() -> None:
 
 def test_secret_file_is_read_and_checked(tmp_path: Path, no_auth_env: None) -> None:
     path = tmp_path / "jwt-secret"
-    path.write_text("q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5xx\n")
+    strong = generate_jwt_secret()
+    path.write_text(strong + "\n")
     settings = Settings(app_env="production", jwt_secret_file=str(path))  # type: ignore[arg-type]
-    assert settings.signing_secret() == "q8Vn2mKx7PbR4tYw9ZcL3hJd6FgS1aE5xx"
+    assert settings.signing_secret() == strong
     path.write_text("change-me\n")
     with pytest.raises(InsecureSecretError, match="shorter"):
         Settings(app_env="production", jwt_secret_file=str(path)).signing_secret()  # type: ignore[arg-type]

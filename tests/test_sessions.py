@@ -203,3 +203,97 @@ def test_redis_down_fails_open_within_the_timeout(v2: LambdaClient, event: dict[
         restore_env(saved)
         shared.sessions._redis._down_until = 0.0
         shared.ratelimit.limiter._down_until = 0.0
+
+
+# --- a login racing a password or role change ---------------------------------------------
+
+
+def _live_sessions(user_id: int) -> int:
+    from shared.db import connection
+
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM sessions WHERE user_id = %s AND revoked_at IS NULL", (user_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_a_login_verified_against_the_old_password_does_not_outlive_its_change(
+    v2: LambdaClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password changes after the login's (slow) check and before its session exists:
+    the login must fail, not start a session the change could not see."""
+    from shared import security, users
+
+    user = register(v2, "customer")
+    changed = threading.Event()
+
+    def verify_then_change(stored: str, password: str) -> bool:
+        ok = security.verify_password(stored, password)
+        if not changed.is_set():
+            changed.set()
+            users.change_password(user_id=user["id"], current_password=PASSWORD, new_password="n3w-pass")
+        return ok
+
+    monkeypatch.setattr(users, "verify_password", verify_then_change)
+    r = v2.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+    assert changed.is_set()
+    assert r.status_code == 401 and r.json()["code"] == "invalid_credentials", r.text
+    assert _live_sessions(user["id"]) == 0
+    monkeypatch.undo()
+    assert _login(v2, user["email"], "n3w-pass")["user_id"] == user["id"]
+
+
+def test_logins_racing_a_password_change_leave_no_live_session(http_client: HttpClient) -> None:
+    """Raced over real HTTP: every login with the old password either ends before the
+    change (and is revoked by it) or fails; none keeps a session afterwards."""
+    user = register(http_client, "customer")
+    stop = threading.Event()
+    tokens: list[str] = []
+
+    def keep_logging_in() -> None:
+        while not stop.is_set():
+            r = http_client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+            if r.status_code == 200:
+                tokens.append(r.json()["refresh_token"])
+            else:
+                assert r.json()["code"] in ("invalid_credentials", "rate_limited"), r.text
+                if r.json()["code"] == "invalid_credentials":
+                    return
+
+    session = _login(http_client, user["email"])
+    threads = [threading.Thread(target=keep_logging_in) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    r = http_client.request("PUT", "/users/me/password", token=session["access_token"],
+                            json_body={"current_password": PASSWORD, "new_password": "n3w-pass"})
+    assert r.status_code == 204, r.text
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert tokens
+    assert _live_sessions(user["id"]) == 0
+    assert {_refresh(http_client, token).status_code for token in tokens} == {401}
+
+
+def test_a_login_waits_for_a_role_change_in_flight_and_gets_the_new_role(http_client: HttpClient) -> None:
+    """A role change holds the user row while it revokes the sessions: a login that passed
+    its password check meanwhile either waits and gets the new role, or is revoked by it."""
+    from shared import sessions
+    from shared.db import connection
+
+    user = register(http_client, "customer")
+    results: list[dict[str, Any]] = []
+    with connection() as conn, conn.transaction():
+        conn.execute("UPDATE users SET role = 'organizer' WHERE id = %s", (user["id"],))
+        sessions.revoke_user_sessions(conn, user["id"], reason="role_changed")
+        racer = threading.Thread(target=lambda: results.append(_login(http_client, user["email"])))
+        racer.start()
+        racer.join(0.5)  # the login blocks on the row until the change commits
+    racer.join(30)
+    assert results and results[0]["role"] == "organizer"
+    claims = jwt.decode(results[0]["access_token"], options={"verify_signature": False})
+    assert claims["role"] == "organizer"

@@ -60,3 +60,15 @@ def test_users_me(client: Client) -> None:
     r = client.request("GET", "/users/me", token=token)
     assert r.status_code == 200
     assert r.json()["id"] == user["id"]
+
+
+def test_a_password_with_a_tab_can_be_changed(client: Client) -> None:
+    """Any password that registers and signs in is accepted as the current one too."""
+    email, tabbed = unique_email(), "tab\tin-the-pass-9"
+    r = client.request("POST", "/users", json_body={"email": email, "password": tabbed, "role": "customer"})
+    assert r.status_code == 201, r.text
+    token = login(client, email, tabbed)
+    r = client.request("PUT", "/users/me/password", token=token,
+                       json_body={"current_password": tabbed, "new_password": "n3w-pass-without-tab"})
+    assert r.status_code == 204, r.text
+    assert login(client, email, "n3w-pass-without-tab")

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from shared import email_verification, sessions, users
 from shared.deps import CurrentUser
-from shared.ratelimit import LoginRateLimit, PasswordChangeRateLimit, RegisterRateLimit, Rule, client_ip, enforce
+from shared.ratelimit import (
+    LoginRateLimit,
+    PasswordChangeRateLimit,
+    RegisterRateLimit,
+    Rule,
+    client_key,
+    enforce,
+    remember_registration_address,
+)
 from shared.schemas import (
     EmailVerify,
     ErrorOut,
@@ -39,11 +47,11 @@ router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
     },
     dependencies=[RegisterRateLimit],
 )
-def register(body: UserCreate) -> dict[str, Any]:
+def register(body: UserCreate, request: Request) -> dict[str, Any]:
     """Create an organizer or a customer account."""
-    return users.create_user(
-        email=body.email, password=body.password, role=body.role, name=body.name
-    )
+    user = users.create_user(email=body.email, password=body.password, role=body.role, name=body.name)
+    remember_registration_address(request, body.email)
+    return user
 
 
 @router.post(
@@ -58,8 +66,7 @@ def register(body: UserCreate) -> dict[str, Any]:
 def login(form: Annotated[LoginForm, Depends()]) -> TokenOut:
     """Exchange email (as `username`) and password for a short-lived bearer token and a
     single-use refresh token (OAuth2 password flow). Each login is its own session."""
-    user = users.authenticate(email=form.username, password=form.password)
-    return _token_out(sessions.start_session(user["id"]))
+    return _token_out(users.login(email=form.username, password=form.password))
 
 
 def _token_out(issued: sessions.IssuedTokens) -> TokenOut:
@@ -123,7 +130,7 @@ def me(principal: CurrentUser) -> dict[str, Any]:
 
 def _limit_verify(request: Request) -> None:
     """Token guesses per IP (256-bit tokens cannot be guessed; this spares the database)."""
-    enforce([Rule.parse("verify_per_ip", f"verify-ip:{client_ip(request)}",
+    enforce([Rule.parse("verify_per_ip", f"verify-ip:{client_key(request)}",
                         get_settings().rate_limit_verify_per_ip)])
 
 
