@@ -32,6 +32,8 @@ _MIN_DISTINCT_CHARS = 10
 # the punctuation of code and prose, so no sentence, path or line of this repository fits.
 _GENERATED_SHAPE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _CLASSES = (re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]"))
+# What ``openssl rand -hex 32`` prints: 32 random bytes as 64 hex digits (one case).
+_GENERATED_HEX = re.compile(r"[0-9a-f]{64,}|[0-9A-F]{64,}")
 
 
 def generate_jwt_secret() -> str:
@@ -56,10 +58,15 @@ def jwt_secret_problem(secret: str) -> str | None:
     lowered = secret.lower()
     if lowered in REFUSED_JWT_SECRETS or any(word in lowered for word in _PLACEHOLDER_WORDS):
         return "JWT_SECRET is a placeholder value"
-    if len(set(secret)) < _MIN_DISTINCT_CHARS:
+    if len(set(secret)) < _MIN_DISTINCT_CHARS or secret in (secret + secret)[1:-1]:  # or a repeated run
         return "JWT_SECRET has too little variety to be random"
+    if _GENERATED_HEX.fullmatch(secret):
+        return None
     if not _GENERATED_SHAPE.fullmatch(secret):
-        return "JWT_SECRET must be generated base64: letters, digits and + / _ - only (no spaces, URLs, punctuation)"
+        return (
+            "JWT_SECRET must be generated: base64 (letters, digits and + / _ - only) or 64+ hex digits "
+            "(no spaces, URLs, punctuation)"
+        )
     if not all(cls.search(secret) for cls in _CLASSES):
         return "JWT_SECRET must mix upper- and lower-case letters and digits, as a generated one does"
     return None

@@ -159,6 +159,15 @@ def test_structured_text_is_refused_however_varied(secret: str) -> None:
     assert jwt_secret_problem(secret) is not None
 
 
+def test_a_hex_secret_of_32_random_bytes_is_accepted_but_not_a_repeated_pattern() -> None:
+    """What ``openssl rand -hex 32`` prints is a generated secret too."""
+    assert jwt_secret_problem(secrets.token_hex(32)) is None
+    assert jwt_secret_problem(secrets.token_hex(32).upper()) is None
+    assert jwt_secret_problem(secrets.token_hex(31)) is not None  # 62 digits: 31 bytes
+    assert jwt_secret_problem("0123456789abcdef" * 4) is not None
+    assert jwt_secret_problem(secrets.token_urlsafe(12) * 4) is not None
+
+
 def test_unset_app_env_means_production_and_no_secret_refuses(no_auth_env: None) -> None:
     settings = get_settings()
     assert settings.app_env == "production"
