@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -45,6 +46,29 @@ def jwt_secret_problem(secret: str) -> str | None:
         return "JWT_SECRET is a placeholder value"
     if len(set(secret)) < _MIN_DISTINCT_CHARS:
         return "JWT_SECRET has too little variety to be random"
+    return None
+
+
+# Domains reserved for documentation and testing (RFC 2606, RFC 6761): SES can deliver no
+# mail from them, so a sender there means every notification is retried, then dead-lettered.
+_RESERVED_MAIL_DOMAINS = ("example.com", "example.net", "example.org")
+_RESERVED_MAIL_TLDS = ("example", "invalid", "test", "localhost")
+
+
+def ses_sender_problem(sender: str) -> str | None:
+    """Why ``sender`` cannot send through SES, or None (accepts ``Name <addr@domain>``)."""
+    if not sender.strip():
+        return "SES_SENDER is not set"
+    _, address = parseaddr(sender)
+    local, at, domain = address.rpartition("@")
+    domain = domain.lower().rstrip(".")
+    if not (local and at and "." in domain):
+        return f"SES_SENDER {sender!r} is not an email address"
+    reserved = domain.rsplit(".", 1)[-1] in _RESERVED_MAIL_TLDS or any(
+        domain == name or domain.endswith("." + name) for name in _RESERVED_MAIL_DOMAINS
+    )
+    if reserved:
+        return f"SES_SENDER {sender!r} is in the reserved domain {domain}, which SES cannot send from"
     return None
 
 
@@ -174,7 +198,9 @@ class Settings(BaseSettings):
     # Notifications (issue 3): outbox publishing, the notify worker and its channels.
     notify_queue: str = "notify"
     notify_channel: str = Field(default="console", description="console | ses | module:attr")
-    ses_sender: str = "no-reply@example.com"
+    # No default: the SES-verified sender of your own domain (the worker refuses to start
+    # with NOTIFY_CHANNEL=ses without one, see require_safe_worker_start).
+    ses_sender: str = ""
     aws_region: str = "us-east-1"
     # background: a publisher thread batches pushes (long-running processes); inline: pushed
     # before the request answers (always the case under Lambda).
@@ -318,6 +344,20 @@ def require_safe_start() -> None:
     problem = settings.password_policy_problem()
     if problem:
         _refuse_to_start(f"{problem}: unset it outside development.")
+
+
+def require_safe_worker_start() -> None:
+    """At the notify worker's start: a channel that can deliver, or one line and exit 2.
+
+    An SES sender that is missing or in a reserved domain fails every mail only once it
+    is sent (retried, then dead-lettered), so it is refused before the worker consumes.
+    """
+    settings = get_settings()
+    if settings.notify_channel == "ses":
+        problem = ses_sender_problem(settings.ses_sender)
+        if problem:
+            _refuse_to_start(f"{problem} (NOTIFY_CHANNEL=ses): set SES_SENDER to an SES-verified "
+                             "address of your own domain.")
 
 
 def _refuse_to_start(problem: str) -> NoReturn:

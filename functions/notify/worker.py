@@ -15,11 +15,17 @@ from functions.notify import tasks
 from functions.notify.celery_app import app
 from shared import db, metrics, outbox
 from shared.logging import configure_logging
-from shared.settings import get_settings
+from shared.settings import get_settings, require_safe_worker_start
 
 __all__ = ["app", "tasks"]
 
 log = logging.getLogger("functions.notify")
+
+
+@worker_init.connect
+def _refuse_an_undeliverable_channel(**_: Any) -> None:
+    """Before consuming: NOTIFY_CHANNEL=ses needs a real sender, or exit 2 with one line."""
+    require_safe_worker_start()
 
 
 @worker_init.connect
