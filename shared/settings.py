@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NoReturn
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values this repository itself has used or shows as a JWT secret: refused everywhere but
@@ -72,6 +72,19 @@ def ses_sender_problem(sender: str) -> str | None:
     return None
 
 
+def database_url_with_password_file(url: str, password_file: str) -> str:
+    """``url`` (a URL or key=value conninfo) with the password read from ``password_file``."""
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        password = Path(password_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"DATABASE_PASSWORD_FILE {password_file} cannot be read ({exc.strerror})") from exc
+    if not password:
+        raise ValueError(f"DATABASE_PASSWORD_FILE {password_file} is empty")
+    return make_conninfo(url, password=password)
+
+
 def running_in_lambda() -> bool:
     """Lambda sets this variable in every function environment."""
     return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
@@ -85,6 +98,10 @@ class Settings(BaseSettings):
     app_env: Literal["development", "test", "production"] = "production"
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ticketing"
+    # A file holding the database password (compose generates one into a volume): put into
+    # DATABASE_URL when the settings load, so the URL itself carries no secret and every
+    # consumer of database_url (pool, migrate, readiness) gets it with no code of its own.
+    database_password_file: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # Pool: Lambda handles one request per environment, so one connection is enough there.
@@ -266,6 +283,14 @@ class Settings(BaseSettings):
         if value and len(value) < 16:
             raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: /metrics off)")
         return value
+
+    @model_validator(mode="after")
+    def _database_password_from_file(self) -> Settings:
+        if self.database_password_file:
+            self.database_url = database_url_with_password_file(
+                self.database_url, self.database_password_file
+            )
+        return self
 
     def signing_secret(self) -> str:
         """The JWT secret, validated; raises InsecureSecretError outside explicit development.
