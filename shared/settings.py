@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     # so the worker's Prometheus counters live in one registry.
     notify_worker_concurrency: int = Field(default=8, ge=1)
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535, description="0: no metrics server")
+    # The worker's /metrics has no token: loopback unless a deployment opens it on purpose
+    # where only its Prometheus can reach it (compose sets 0.0.0.0 on its private network).
+    worker_metrics_addr: str = "127.0.0.1"
 
     # Email verification (security item 9). Unset: required unless APP_ENV is explicitly
     # development; either value may be set explicitly. See verified_email_required.
@@ -275,6 +278,17 @@ class Settings(BaseSettings):
                 "RATE_LIMIT_TRUSTED_PROXIES (a hop count) was replaced by TRUSTED_PROXIES: "
                 "the proxies' IP addresses or CIDRs, comma-separated"
             )
+        return value
+
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _metrics_addr_is_an_ip(cls, value: str) -> str:
+        from ipaddress import ip_address
+
+        try:
+            ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"WORKER_METRICS_ADDR must be an IP address, not {value!r}") from exc
         return value
 
     @field_validator("metrics_token")

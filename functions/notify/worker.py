@@ -30,18 +30,19 @@ def _refuse_an_undeliverable_channel(**_: Any) -> None:
 
 @worker_init.connect
 def _observability(**_: Any) -> None:
-    """JSON logs like the API's, and the worker's counters on WORKER_METRICS_PORT."""
+    """JSON logs like the API's, and the worker's counters on WORKER_METRICS_ADDR:PORT."""
     configure_logging()
     # Celery's "received" / "succeeded" line per task would bury the notification lines
     # (the relay alone runs every few seconds); failures still log at ERROR.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    port = get_settings().worker_metrics_port
+    settings = get_settings()
+    port, addr = settings.worker_metrics_port, settings.worker_metrics_addr
     if port:
         try:
-            metrics.serve_worker_metrics(port)
+            metrics.serve_worker_metrics(port, addr)
         except OSError as exc:  # a second worker on the same host: run without metrics
-            log.warning("worker metrics not served on port %d: %s", port, exc)
+            log.warning("worker metrics not served on %s:%d: %s", addr, port, exc)
 
 
 @worker_process_init.connect
