@@ -401,6 +401,34 @@ def test_uvicorn_leaves_the_client_ip_to_the_app(dockerfile: Any, compose: dict[
     assert "proxy_headers=False" in (ROOT / "tests" / "clients.py").read_text()
 
 
+# A uvicorn command naming an app, up to where the command ends: a code span, an exec-form
+# list, a table cell or a blank line (a wrapped YAML list or a `\` continuation goes on).
+_UVICORN_COMMAND = re.compile(r"""uvicorn["',\s]+[\w.]+:\w+[^`\]|]*?(?=`|\]|\||\n\s*\n|\n(?!\s)|\Z)""")
+
+
+def _documented_commands() -> dict[str, list[str]]:
+    """Every uvicorn command line in the docs, the README and the deployment configs."""
+    paths = [*ROOT.glob("docs/*.md"), ROOT / "README.md", DOCKERFILE, COMPOSE, BAKE,
+             *ROOT.glob("infra/**/*.yaml"), *ROOT.glob("infra/**/*.yml"), *ROOT.glob("*.md")]
+    found: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        commands = [m.group(0) for m in _UVICORN_COMMAND.finditer(path.read_text())]
+        if commands:
+            found[str(path.relative_to(ROOT))] = commands
+    return found
+
+
+def test_every_documented_uvicorn_command_leaves_the_client_ip_to_the_app() -> None:
+    """A reader copies the command from the docs: it must not let uvicorn rewrite the peer."""
+    found = _documented_commands()
+    assert {"Dockerfile", "infra/k8s/api.yaml", "docs/local-and-containers.md"} <= set(found)
+    for name, commands in found.items():
+        for command in commands:
+            assert "--no-proxy-headers" in command, f"{name}: {command}"
+            assert "--proxy-headers" not in command.replace("--no-proxy-headers", ""), f"{name}: {command}"
+            assert "forwarded-allow-ips" not in command, f"{name}: {command}"
+
+
 def test_prometheus_scrapes_the_api_with_a_token_generated_once(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
