@@ -19,6 +19,7 @@ EXAMPLE_PARAMETERS: dict[str, Any] = {
     "DbProxyEndpoint": "ticketing.proxy-abc.eu-west-1.rds.amazonaws.com",
     "DbSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ticketing-db-AbCdEf",
     "WorkerImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ticketing-worker:latest",
+    "NotifyFromAddress": "tickets@box-office.ticketing.dev",
 }
 
 

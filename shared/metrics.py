@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from wsgiref.simple_server import WSGIServer
 
 from fastapi import APIRouter, Header, HTTPException
 from fastapi.responses import Response
@@ -382,8 +383,10 @@ def metrics_endpoint(authorization: Annotated[str | None, Header()] = None) -> R
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def serve_worker_metrics(port: int) -> None:
-    """Serve /metrics for the worker on ``port`` (call once, in the worker's main process).
+def serve_worker_metrics(port: int, addr: str = "127.0.0.1") -> WSGIServer:
+    """Serve /metrics for the worker on ``addr:port`` (once, in the worker's main process).
+
+    Unauthenticated, so loopback unless ``addr`` (WORKER_METRICS_ADDR) says otherwise.
 
     With Celery's prefork pool each child counts in its own memory: set
     ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory) before start so the children's
@@ -396,6 +399,7 @@ def serve_worker_metrics(port: int) -> None:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(port, registry=registry)
     else:
-        start_http_server(port, registry=REGISTRY)
+        registry = REGISTRY
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    return server

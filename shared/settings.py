@@ -6,12 +6,13 @@ import os
 import re
 import secrets
 import sys
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values this repository itself has used or shows as a JWT secret: refused everywhere but
@@ -76,6 +77,42 @@ def jwt_secret_problem(secret: str) -> str | None:
 _process_dev_secret = generate_jwt_secret()
 
 
+# Domains reserved for documentation and testing (RFC 2606, RFC 6761): SES can deliver no
+# mail from them, so a sender there means every notification is retried, then dead-lettered.
+_RESERVED_MAIL_DOMAINS = ("example.com", "example.net", "example.org")
+_RESERVED_MAIL_TLDS = ("example", "invalid", "test", "localhost")
+
+
+def ses_sender_problem(sender: str) -> str | None:
+    """Why ``sender`` cannot send through SES, or None (accepts ``Name <addr@domain>``)."""
+    if not sender.strip():
+        return "SES_SENDER is not set"
+    _, address = parseaddr(sender)
+    local, at, domain = address.rpartition("@")
+    domain = domain.lower().rstrip(".")
+    if not (local and at and "." in domain):
+        return f"SES_SENDER {sender!r} is not an email address"
+    reserved = domain.rsplit(".", 1)[-1] in _RESERVED_MAIL_TLDS or any(
+        domain == name or domain.endswith("." + name) for name in _RESERVED_MAIL_DOMAINS
+    )
+    if reserved:
+        return f"SES_SENDER {sender!r} is in the reserved domain {domain}, which SES cannot send from"
+    return None
+
+
+def database_url_with_password_file(url: str, password_file: str) -> str:
+    """``url`` (a URL or key=value conninfo) with the password read from ``password_file``."""
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        password = Path(password_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"DATABASE_PASSWORD_FILE {password_file} cannot be read ({exc.strerror})") from exc
+    if not password:
+        raise ValueError(f"DATABASE_PASSWORD_FILE {password_file} is empty")
+    return make_conninfo(url, password=password)
+
+
 def running_in_lambda() -> bool:
     """Lambda sets this variable in every function environment."""
     return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
@@ -89,6 +126,10 @@ class Settings(BaseSettings):
     app_env: Literal["development", "test", "production"] = "production"
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ticketing"
+    # A file holding the database password (compose generates one into a volume): put into
+    # DATABASE_URL when the settings load, so the URL itself carries no secret and every
+    # consumer of database_url (pool, migrate, readiness) gets it with no code of its own.
+    database_password_file: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # Pool: Lambda handles one request per environment, so one connection is enough there.
@@ -202,7 +243,9 @@ class Settings(BaseSettings):
     # Notifications (issue 3): outbox publishing, the notify worker and its channels.
     notify_queue: str = "notify"
     notify_channel: str = Field(default="console", description="console | ses | module:attr")
-    ses_sender: str = "no-reply@example.com"
+    # No default: the SES-verified sender of your own domain (the worker refuses to start
+    # with NOTIFY_CHANNEL=ses without one, see require_safe_worker_start).
+    ses_sender: str = ""
     aws_region: str = "us-east-1"
     # background: a publisher thread batches pushes (long-running processes); inline: pushed
     # before the request answers (always the case under Lambda).
@@ -225,6 +268,9 @@ class Settings(BaseSettings):
     # so the worker's Prometheus counters live in one registry.
     notify_worker_concurrency: int = Field(default=8, ge=1)
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535, description="0: no metrics server")
+    # The worker's /metrics has no token: loopback unless a deployment opens it on purpose
+    # where only its Prometheus can reach it (compose sets 0.0.0.0 on its private network).
+    worker_metrics_addr: str = "127.0.0.1"
 
     # Email verification (security item 9). Unset: required unless APP_ENV is explicitly
     # development; either value may be set explicitly. See verified_email_required.
@@ -270,12 +316,31 @@ class Settings(BaseSettings):
             raise ValueError(f"EMAIL_VERIFICATION_URL {problem}")
         return value
 
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _metrics_addr_is_an_ip(cls, value: str) -> str:
+        from ipaddress import ip_address
+
+        try:
+            ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"WORKER_METRICS_ADDR must be an IP address, not {value!r}") from exc
+        return value
+
     @field_validator("metrics_token")
     @classmethod
     def _metrics_token_is_long(cls, value: str) -> str:
         if value and len(value) < 16:
             raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: /metrics off)")
         return value
+
+    @model_validator(mode="after")
+    def _database_password_from_file(self) -> Settings:
+        if self.database_password_file:
+            self.database_url = database_url_with_password_file(
+                self.database_url, self.database_password_file
+            )
+        return self
 
     def signing_secret(self) -> str:
         """The JWT secret, validated; raises InsecureSecretError outside explicit development.
@@ -383,6 +448,20 @@ def require_safe_start() -> None:
     problem = settings.password_policy_problem()
     if problem:
         _refuse_to_start(f"{problem}: unset it outside development.")
+
+
+def require_safe_worker_start() -> None:
+    """At the notify worker's start: a channel that can deliver, or one line and exit 2.
+
+    An SES sender that is missing or in a reserved domain fails every mail only once it
+    is sent (retried, then dead-lettered), so it is refused before the worker consumes.
+    """
+    settings = get_settings()
+    if settings.notify_channel == "ses":
+        problem = ses_sender_problem(settings.ses_sender)
+        if problem:
+            _refuse_to_start(f"{problem} (NOTIFY_CHANNEL=ses): set SES_SENDER to an SES-verified "
+                             "address of your own domain.")
 
 
 def _refuse_to_start(problem: str) -> NoReturn:

@@ -401,6 +401,34 @@ def test_uvicorn_leaves_the_client_ip_to_the_app(dockerfile: Any, compose: dict[
     assert "proxy_headers=False" in (ROOT / "tests" / "clients.py").read_text()
 
 
+# A uvicorn command naming an app, up to where the command ends: a code span, an exec-form
+# list, a table cell or a blank line (a wrapped YAML list or a `\` continuation goes on).
+_UVICORN_COMMAND = re.compile(r"""uvicorn["',\s]+[\w.]+:\w+[^`\]|]*?(?=`|\]|\||\n\s*\n|\n(?!\s)|\Z)""")
+
+
+def _documented_commands() -> dict[str, list[str]]:
+    """Every uvicorn command line in the docs, the README and the deployment configs."""
+    paths = [*ROOT.glob("docs/*.md"), ROOT / "README.md", DOCKERFILE, COMPOSE, BAKE,
+             *ROOT.glob("infra/**/*.yaml"), *ROOT.glob("infra/**/*.yml"), *ROOT.glob("*.md")]
+    found: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        commands = [m.group(0) for m in _UVICORN_COMMAND.finditer(path.read_text())]
+        if commands:
+            found[str(path.relative_to(ROOT))] = commands
+    return found
+
+
+def test_every_documented_uvicorn_command_leaves_the_client_ip_to_the_app() -> None:
+    """A reader copies the command from the docs: it must not let uvicorn rewrite the peer."""
+    found = _documented_commands()
+    assert {"Dockerfile", "infra/k8s/api.yaml", "docs/local-and-containers.md"} <= set(found)
+    for name, commands in found.items():
+        for command in commands:
+            assert "--no-proxy-headers" in command, f"{name}: {command}"
+            assert "--proxy-headers" not in command.replace("--no-proxy-headers", ""), f"{name}: {command}"
+            assert "forwarded-allow-ips" not in command, f"{name}: {command}"
+
+
 def test_prometheus_scrapes_the_api_with_a_token_generated_once(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -448,6 +476,7 @@ def test_prometheus_scrapes_the_api_with_a_token_generated_once(
 
 CORE_SERVICES = {
     "postgres", "redis", "jwt-secret", "migrate", "metrics-token", "api", "worker", "prometheus", "grafana",
+    "postgres-password", "grafana-password",
 }
 
 
@@ -549,12 +578,88 @@ def test_app_services_reach_the_compose_services(compose: dict[str, Any]) -> Non
         fields = {f.upper() for f in Settings.model_fields}
         unknown = {k for k in env if k not in fields and not k.startswith("UVICORN_")}
         assert not unknown, f"{name}: unknown settings {unknown}"
-        assert Settings.model_validate({k.lower(): v for k, v in env.items() if k in fields})
+        # (the password file exists only in the container: see the test after next)
+        assert Settings.model_validate({k.lower(): v for k, v in env.items()
+                                        if k in fields and k != "DATABASE_PASSWORD_FILE"})
     pg_env = _resolved_env(services["postgres"])
     db_url = urlsplit(_resolved_env(services["api"])["DATABASE_URL"])
     assert db_url.username == pg_env["POSTGRES_USER"]
-    assert db_url.password == pg_env["POSTGRES_PASSWORD"]
+    assert db_url.password is None  # DATABASE_PASSWORD_FILE adds it
     assert db_url.path == f"/{pg_env['POSTGRES_DB']}"
+
+
+def _generated_secrets(compose: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """File path -> (one-shot service, volume) for every `shared.secret_file` service."""
+    out = {}
+    for name, svc in compose["services"].items():
+        command = svc.get("command") or []
+        if command[:3] == ["python", "-m", "shared.secret_file"]:
+            assert svc["restart"] == "no", name
+            volume, mount = svc["volumes"][0].split(":")[:2]
+            assert command[3].startswith(mount + "/"), name
+            out[command[3]] = (name, volume)
+    return out
+
+
+def _waits_for(services: dict[str, Any], name: str, init: str) -> bool:
+    """``name`` starts only after ``init`` completed, directly or through what it waits on."""
+    for dep, how in depends(services[name]).items():
+        if dep == init and how["condition"] == "service_completed_successfully":
+            return True
+        if how["condition"] != "service_started" and _waits_for(services, dep, init):
+            return True
+    return False
+
+
+def test_every_compose_password_is_generated_into_a_volume(compose: dict[str, Any]) -> None:
+    """No password has a default or example value: each is a *_FILE that a one-shot
+    service generated, mounted read-only, and its reader waits for that service."""
+    generated = _generated_secrets(compose)
+    seen = set()
+    for name, svc in compose["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if not re.search(r"PASSWORD(_FILE|__FILE)?$", key):
+                continue
+            assert key.endswith("_FILE"), f"{name}: {key} holds a password itself"
+            init, volume = generated[value]
+            mount = value.rsplit("/", 1)[0]
+            assert f"{volume}:{mount}:ro" in svc["volumes"], name
+            assert _waits_for(compose["services"], name, init), f"{name} may start before {init}"
+            seen.add(key)
+    assert {"POSTGRES_PASSWORD_FILE", "GF_SECURITY_ADMIN_PASSWORD__FILE", "DATABASE_PASSWORD_FILE"} <= seen
+    assert not [v for v in re.findall(r"\$\{(\w+)", COMPOSE.read_text()) if v.endswith("PASSWORD")]
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        key, _, value = line.lstrip("# ").partition("=")
+        assert not (key.endswith("PASSWORD") and value.strip()), line
+
+
+def test_grafana_has_no_anonymous_access(compose: dict[str, Any]) -> None:
+    """An anonymous viewer could query Prometheus through Grafana's datasource proxy."""
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env  # exclusive with __FILE in Grafana's image
+
+
+def test_apps_connect_with_the_generated_database_password(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """migrate, api and worker put the generated file's password into DATABASE_URL."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from shared.secret_file import main as make_secret
+    from shared.settings import Settings
+
+    password_file = tmp_path / "password"
+    assert make_secret([str(password_file), "--mode", "0440"]) == 0
+    for name in ("migrate", "api", "worker"):
+        env = _resolved_env(compose["services"][name])
+        env["DATABASE_PASSWORD_FILE"] = str(password_file)
+        settings = Settings.model_validate({k.lower(): v for k, v in env.items()})
+        params = conninfo_to_dict(settings.database_url)
+        assert params["password"] == password_file.read_text().strip(), name
+        assert (params["host"], params["user"]) == ("postgres", "ticketing"), name
+    with pytest.raises(ValueError, match="DATABASE_PASSWORD_FILE"):
+        Settings.model_validate({"database_password_file": str(tmp_path / "missing")})
 
 
 def test_env_example_documents_every_variable_compose_reads() -> None:

@@ -150,7 +150,25 @@ def test_api_leaves_the_client_ip_to_the_app() -> None:
     assert "--proxy-headers" not in api["command"] and "--forwarded-allow-ips" not in api["command"]
     config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
     assert "RATE_LIMIT_TRUSTED_PROXIES" not in config
-    assert trusted_networks(config["TRUSTED_PROXIES"])
+    trusted_networks(config["TRUSTED_PROXIES"])  # raises on an entry that is not an address
+
+
+def test_ses_sender_is_the_deployers_and_documented() -> None:
+    """NOTIFY_CHANNEL=ses with a placeholder sender would dead-letter every mail."""
+    from shared.settings import ses_sender_problem
+
+    config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
+    assert config["NOTIFY_CHANNEL"] == "ses"
+    assert "SES_SENDER" not in config or ses_sender_problem(config["SES_SENDER"]) is None
+    assert "SES_SENDER" in (K8S / "config.yaml").read_text()  # the comment says to add it
+
+
+def test_shipped_config_trusts_no_proxy() -> None:
+    """Any trusted range shipped here would cover some cluster's other pods, which could
+    then choose their own rate-limit key with X-Forwarded-For: the deployer sets the
+    ingress controller's addresses in an overlay."""
+    config = BY_KIND["ConfigMap"]["ticketing-config"]["data"]
+    assert config["TRUSTED_PROXIES"] == ""
 
 
 def test_api_serves_metrics_only_with_a_token_an_operator_created() -> None:

@@ -274,3 +274,17 @@ def test_http_functions_answer_a_hung_database_before_their_timeout(translated: 
         deadline = float(env["DB_REQUEST_DEADLINE_SECONDS"])
         assert deadline * 1000 > int(env["DB_STATEMENT_TIMEOUT_MS"]), name
         assert 2 * deadline + 1 < props["Timeout"], name
+
+
+@pytest.mark.parametrize("address", ["tickets@example.com", "a@mail.example.org", "a@x.example.net",
+                                     "a@shop.example", "a@b.test", "a@b.invalid", "a@b.localhost", ""])
+def test_notify_sender_has_no_default_and_refuses_reserved_domains(
+    template: dict[str, Any], address: str
+) -> None:
+    """SES rejects every mail from a placeholder sender; the stack must not deploy with one."""
+    import re
+
+    param = template["Parameters"]["NotifyFromAddress"]
+    assert "Default" not in param
+    assert not re.fullmatch(param["AllowedPattern"], address)
+    assert re.fullmatch(param["AllowedPattern"], sam.EXAMPLE_PARAMETERS["NotifyFromAddress"])

@@ -25,6 +25,14 @@ from tests.settings_env import restore_env, set_env
 POOL_TIMEOUT = 1.0
 
 
+@pytest.fixture(autouse=True)
+def fresh_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests change a dependency and ask again at once: no cached readiness."""
+    from shared import health
+
+    monkeypatch.setattr(health, "_CACHE_S", 0.0)
+
+
 @pytest.fixture
 def own_postgres(database: str) -> Iterator[tuple[Path, Server]]:
     tmp = Path(tempfile.mkdtemp(prefix="ticketing-dbdown-"))

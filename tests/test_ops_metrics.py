@@ -240,3 +240,48 @@ def test_a_short_metrics_token_is_refused_at_startup() -> None:
 
     with pytest.raises(ValidationError, match="METRICS_TOKEN"):
         Settings(metrics_token="metrics")
+
+
+def test_worker_metrics_listen_on_loopback_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's /metrics has no token: by default only the host itself reaches it."""
+    import prometheus_client
+
+    from functions.notify import worker
+    from local.embedded import free_port
+
+    started: list[Any] = []
+    real_start = prometheus_client.start_http_server
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        started.append(real_start(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(prometheus_client, "start_http_server", spy)
+    port = free_port()
+    saved = set_env({"WORKER_METRICS_PORT": str(port)})
+    os.environ.pop("WORKER_METRICS_ADDR", None)
+    try:
+        worker._observability()  # the worker's own start-up hook, default settings
+        (server, _), = started
+        try:
+            assert server.server_address[0] == "127.0.0.1"
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        restore_env(saved)
+    from shared.settings import Settings
+
+    assert Settings(_env_file=None, worker_metrics_addr="0.0.0.0").worker_metrics_addr == "0.0.0.0"  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="WORKER_METRICS_ADDR"):
+        Settings(_env_file=None, worker_metrics_addr="everywhere")  # type: ignore[call-arg]
+
+
+def test_compose_opens_worker_metrics_only_on_its_network() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["WORKER_METRICS_ADDR"] == "0.0.0.0"  # Prometheus scrapes worker:9100
+    assert "ports" not in worker

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.settings import get_settings
+from shared.settings import get_settings, ses_sender_problem
 
 log = logging.getLogger("functions.notify.console")
 
@@ -82,6 +82,9 @@ def build_channel(spec: str) -> Channel:
     if spec == "console":
         return ConsoleChannel()
     if spec == "ses":
+        problem = ses_sender_problem(settings.ses_sender)
+        if problem:  # the worker refuses to start on this; any other caller fails here
+            raise ValueError(problem)
         return SesChannel(sender=settings.ses_sender, region=settings.aws_region)
     module_name, _, attribute = spec.partition(":")
     if not attribute:

@@ -15,7 +15,7 @@ from functions.notify import tasks
 from functions.notify.celery_app import app
 from shared import db, metrics, outbox
 from shared.logging import configure_logging
-from shared.settings import get_settings
+from shared.settings import get_settings, require_safe_worker_start
 
 __all__ = ["app", "tasks"]
 
@@ -23,18 +23,25 @@ log = logging.getLogger("functions.notify")
 
 
 @worker_init.connect
+def _refuse_an_undeliverable_channel(**_: Any) -> None:
+    """Before consuming: NOTIFY_CHANNEL=ses needs a real sender, or exit 2 with one line."""
+    require_safe_worker_start()
+
+
+@worker_init.connect
 def _observability(**_: Any) -> None:
-    """JSON logs like the API's, and the worker's counters on WORKER_METRICS_PORT."""
+    """JSON logs like the API's, and the worker's counters on WORKER_METRICS_ADDR:PORT."""
     # Also pins Celery's per-task "received" / "succeeded" lines (they would bury the
     # notification lines and carry task arguments) and boto's request dumps at WARNING.
     configure_logging()
     warn_if_mail_cannot_arrive()
-    port = get_settings().worker_metrics_port
+    settings = get_settings()
+    port, addr = settings.worker_metrics_port, settings.worker_metrics_addr
     if port:
         try:
-            metrics.serve_worker_metrics(port)
+            metrics.serve_worker_metrics(port, addr)
         except OSError as exc:  # a second worker on the same host: run without metrics
-            log.warning("worker metrics not served on port %d: %s", port, exc)
+            log.warning("worker metrics not served on %s:%d: %s", addr, port, exc)
 
 
 def warn_if_mail_cannot_arrive() -> None:
