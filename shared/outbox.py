@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.db import Connection, connection
+from shared.redis_failures import REDIS_FAILURES
 from shared.settings import get_settings, running_in_lambda
 
 log = logging.getLogger("shared.outbox")
@@ -153,7 +154,7 @@ def _publish_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> bool:
     ids = [row["id"] for row in rows]
     try:
         push((row["task"], row_kwargs(row)) for row in rows)
-    except redis.RedisError as exc:
+    except REDIS_FAILURES as exc:
         _paused_until = time.monotonic() + get_settings().outbox_publish_pause
         conn.execute(_MARK_FAILED, (f"{type(exc).__name__}: {exc}"[:500], ids))
         log.warning("outbox rows %s left for the relay: %s", ids, exc)

@@ -39,6 +39,7 @@ from shared.client_ip import limit_key
 from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
 from shared.errors import AppError, TooManyRequests
+from shared.redis_failures import REDIS_FAILURES
 from shared.schemas import LoginForm
 from shared.security import Principal
 from shared.settings import get_settings
@@ -206,8 +207,7 @@ class RateLimiter:
     def _connect(self, url: str, timeout: float) -> tuple[redis.Redis, redis.commands.core.Script]:
         with self._lock:
             if self._client is None or self._script is None or url != self._url:
-                if self._client is not None:
-                    self._client.close()
+                # The old client is dropped, not closed: another thread may be mid-call on it.
                 self._client = redis.Redis.from_url(
                     url,
                     socket_timeout=timeout,
@@ -274,7 +274,7 @@ class RateLimiter:
             try:
                 allowed, retry_ms, index = connection[1](keys=script_keys, args=args)
                 result = (int(allowed), float(retry_ms), int(index))
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._trip(exc)
         if result is None:
             result = self.local.gcra(keys, timings, mode)
@@ -297,7 +297,7 @@ class RateLimiter:
             try:
                 self._refund(keys=keys, args=intervals)
                 return
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._trip(exc)
         self.local.refund(keys, intervals)
 
@@ -312,7 +312,7 @@ class RateLimiter:
             try:
                 connection[0].set(full, "1", ex=seconds)
                 return
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._trip(exc)
         self.local.flag(full, seconds)
 
@@ -325,7 +325,7 @@ class RateLimiter:
         if connection is not None:
             try:
                 return bool(connection[0].exists(full))
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._trip(exc)
         return self.local.flagged(full)
 

@@ -39,6 +39,7 @@ from redis.retry import Retry
 
 from shared.db import connection
 from shared.errors import Unauthorized
+from shared.redis_failures import REDIS_FAILURES
 from shared.security import Principal, issue_token
 from shared.settings import get_settings
 
@@ -107,8 +108,7 @@ class _Redis:
         settings = get_settings()
         with self._lock:
             if self._client is None or self._url != settings.redis_url:
-                if self._client is not None:
-                    self._client.close()
+                # The old client is dropped, not closed: another thread may be mid-call on it.
                 timeout = settings.session_redis_timeout
                 self._client = redis.Redis.from_url(
                     settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -132,7 +132,7 @@ def ensure_active(principal: Principal) -> None:
         return
     try:
         revoked = client.exists(session_key(principal.session_id))
-    except redis.RedisError as exc:
+    except REDIS_FAILURES as exc:
         _redis.failed("Redis unavailable", exc)
         return
     if revoked:
@@ -157,7 +157,7 @@ def publish_revoked(session_ids: list[str]) -> None:
             for session_id in session_ids:
                 pipe.set(session_key(session_id), "1", ex=_revocation_ttl())
             pipe.execute()
-    except redis.RedisError as exc:
+    except REDIS_FAILURES as exc:
         log.error(
             "revocation not published to Redis (%s): access tokens stay valid until they expire",
             type(exc).__name__,

@@ -15,6 +15,7 @@ import pytest
 from functions.users.routes import router as users_router
 from local.embedded import free_port
 from shared.ratelimit import limiter
+from shared.settings import get_settings
 from shared.web import create_app
 from tests.clients import Client, HttpClient, LambdaClient
 from tests.factories import PASSWORD, account, create_event, register
@@ -203,3 +204,27 @@ def test_redis_down_falls_back_to_per_process_limits_quickly(
     assert logins == [200, 429, 429]  # limits of 1/60, enforced in this process
     assert bookings == [201, 429, 429]
     assert elapsed < 5, elapsed
+
+
+def test_a_connection_closed_under_a_call_falls_back_like_redis_down(
+    limits: dict[str, str], http_client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py surfaces a connection closed by a concurrent caller as ValueError, not as one
+    of its own errors: that is Redis trouble too, never a 500 or a dropped connection."""
+    user, token = account(http_client, "customer")
+
+    def closed(*args: object, **kwargs: object) -> None:
+        raise ValueError("I/O operation on closed file.")
+
+    limiter.reset()
+    client, _ = limiter._connect(get_settings().redis_url, get_settings().rate_limit_redis_timeout)
+    monkeypatch.setattr(client, "set", closed)
+    monkeypatch.setattr(client, "exists", closed)
+    monkeypatch.setattr(client, "evalsha", closed)
+    try:
+        assert _login(http_client, user["email"])[0] == 200
+        r = http_client.request("GET", "/users/me", token=token)
+        assert r.status_code == 200, r.text
+    finally:
+        monkeypatch.undo()
+        limiter.reset()
