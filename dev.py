@@ -78,6 +78,27 @@ def ensure_venv() -> None:
     stamp.touch()
 
 
+# Commands that talk to the database find a running `dev.py up` stack by themselves
+# (`invoke` and `users` do so in Python, with more settings).
+_STACK_AWARE = {"relay", "deadletters", "migrate"}
+
+
+def _use_running_stack() -> None:
+    """DATABASE_URL / REDIS_URL of the stack `dev.py up` runs, unless configured already."""
+    stack_env = ROOT / ".local-data" / "stack.env"
+    dot_env = ROOT / ".env"
+    configured = dot_env.exists() and any(
+        line.startswith("DATABASE_URL=") for line in dot_env.read_text().splitlines()
+    )
+    if os.environ.get("DATABASE_URL") or configured or not stack_env.exists():
+        return
+    for line in stack_env.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in ("DATABASE_URL", "REDIS_URL"):
+            os.environ.setdefault(name, value)
+    print(f"using the running local stack's services ({stack_env})", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"} or argv[0] not in COMMANDS:
         print(__doc__)
@@ -89,6 +110,8 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_venv()
     args, _ = COMMANDS[argv[0]]
+    if argv[0] in _STACK_AWARE:
+        _use_running_stack()
     os.chdir(ROOT)
     cmd = [str(PYTHON), *args, *argv[1:]]
     if os.name == "nt":

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
 from local.lambda_events import HTTP_FUNCTIONS, build_event, function_for, invoke
+from shared.settings import get_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     # A local tool, run on purpose: without a stack's settings it signs with a throwaway
     # per-process secret rather than refusing to start.
     os.environ.setdefault("APP_ENV", "development")
+    # One invocation, then the process ends: push its notifications before answering, as
+    # Lambda does, rather than to a background publisher that would never get to run.
+    os.environ.setdefault("OUTBOX_PUBLISH", "inline")
+    get_settings.cache_clear()  # read with these, whatever was read before
     # Logs and prints of the handler go to stderr: stdout carries the response alone.
     with contextlib.redirect_stdout(sys.stderr):
         response = invoke(function, event)

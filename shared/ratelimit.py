@@ -434,10 +434,12 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
 def limit_password_change(
     request: Request, principal: Annotated[Principal, Depends(token_principal)]
 ) -> Iterator[None]:
-    """A wrong current password is a guess like a failed login: a stolen token must not
-    become an unthrottled oracle for the account's password."""
-    with _guessing_throttled(_digest(f"user:{principal.user_id}"), client_key(request),
-                             lambda exc: exc.code == "wrong_password"):
+    """A wrong current password is a guess like a failed login, from the same budget (the
+    account's email key): a stolen token must not become a second oracle for the password."""
+    from shared.users import get_user  # the account's email: one read, on a rare route
+
+    account = _account_key(get_user(principal.user_id)["email"])
+    with _guessing_throttled(account, client_key(request), lambda exc: exc.code == "wrong_password"):
         yield
 
 

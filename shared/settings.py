@@ -33,6 +33,8 @@ _MIN_DISTINCT_CHARS = 10
 # the punctuation of code and prose, so no sentence, path or line of this repository fits.
 _GENERATED_SHAPE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _CLASSES = (re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]"))
+# Words joined into a path or a slug (``a-Long-Path/With/Mixed-Case``): typed, not generated.
+_WORDY = re.compile(r"(?:[A-Za-z][a-z]{2,}[-/_.+]){3}")
 # What ``openssl rand -hex 32`` prints: 32 random bytes as 64 hex digits (one case).
 _GENERATED_HEX = re.compile(r"[0-9a-f]{64,}|[0-9A-F]{64,}")
 
@@ -68,6 +70,8 @@ def jwt_secret_problem(secret: str) -> str | None:
             "JWT_SECRET must be generated: base64 (letters, digits and + / _ - only) or 64+ hex digits "
             "(no spaces, URLs, punctuation)"
         )
+    if _WORDY.search(secret):
+        return "JWT_SECRET reads like words or a path, not a generated secret"
     if not all(cls.search(secret) for cls in _CLASSES):
         return "JWT_SECRET must mix upper- and lower-case letters and digits, as a generated one does"
     return None

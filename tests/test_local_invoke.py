@@ -152,3 +152,44 @@ def test_command_line_process_matches_http(http_client: HttpClient,
     assert response["statusCode"] == over_http.status_code
     assert _body(response) == over_http.json()
     assert f"events: GET /events/{event['id']} -> 200" in done.stderr
+
+
+def test_an_invoked_booking_publishes_its_notification_before_the_process_ends(
+    http_client: HttpClient, event_and_token: Any, sql: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A one-shot process has no later moment for a background publisher: like Lambda, it
+    pushes the outbox row before it answers (else only the relay's next round sends it)."""
+    event, _ = event_and_token
+    _, token = account(http_client, "customer")
+    monkeypatch.delenv("OUTBOX_PUBLISH", raising=False)
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        body = json.dumps({"event_id": event["id"]})
+        response = _invoke(capsys, "POST", "/bookings", "--token", token, "--json", body)
+        assert response["statusCode"] == 201
+        booking_id = _body(response)["id"]
+        row = sql.execute("SELECT published_at FROM outbox WHERE payload->>'booking_id' = %s",
+                          (str(booking_id),)).fetchone()
+        assert row["published_at"] is not None
+    finally:
+        get_settings.cache_clear()
+
+
+def test_database_commands_of_dev_py_find_the_running_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dev.py relay | deadletters | migrate` use `dev.py up`'s servers when none are configured."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import dev
+
+    (tmp_path / ".local-data").mkdir()
+    (tmp_path / ".local-data" / "stack.env").write_text(
+        "DATABASE_URL=postgresql://postgres@127.0.0.1:1/ticketing\nREDIS_URL=redis://127.0.0.1:2/0\n"
+    )
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    dev._use_running_stack()
+    assert os.environ["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:1/ticketing"
+    assert os.environ["REDIS_URL"] == "redis://127.0.0.1:2/0"

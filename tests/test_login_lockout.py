@@ -239,3 +239,17 @@ def test_the_registration_address_is_the_owners_before_any_login(limits: None, o
     assert login_from("192.0.2.200", email)[0] == 429  # a new address waits...
     same_network = owner_ip if ":" not in owner_ip else "2001:db8:42:1::99"
     assert login_from(same_network, email)[0] == 200  # ...the registering one does not
+
+
+def test_logins_and_password_changes_share_one_guess_budget(limits: None) -> None:
+    """Wrong passwords on either route come out of the same per-account-and-address budget."""
+    client = LambdaClient("v2")
+    user = register(client, "customer")
+    access = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+    token = access.json()["access_token"]
+    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
+    changes = [client.request("PUT", "/users/me/password", json_body=body, token=token).status_code
+               for _ in range(2)]
+    logins = [client.request("POST", "/auth/token", form={"username": user["email"], "password": "nope"}).status_code
+              for _ in range(2)]
+    assert changes == [403, 403] and logins == [401, 429]  # 3 guesses per address in all

@@ -60,7 +60,7 @@ _ASSIGNED = re.compile(
 
 
 # Pieces of a long token a secret could be copied from: FOO=<value>, "key": "<value>", ...
-_TOKEN_PARTS = re.compile(r"""[\s'"`=:,;()\[\]{}<>]+""")
+_TOKEN_PARTS = re.compile(r"""[\s'"`=:,;()\[\]{}<>.@]+""")
 
 
 def _python_strings(text: str) -> set[str]:
@@ -154,6 +154,7 @@ def test_generated_secrets_are_accepted() -> None:
     "Root=1-5e66d96f-7491f09xmpl79d18acf3d050",
     "policy/service-role/AmazonECSTaskExecutionRolePolicy",
     "0123456789abcdef0123456789abcdef0123456789abcdef",
+    "test/a-Long-Path/With/Mixed-Case/9",
 ])
 def test_structured_text_is_refused_however_varied(secret: str) -> None:
     assert jwt_secret_problem(secret) is not None
