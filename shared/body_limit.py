@@ -9,6 +9,10 @@ router, containers), where a body may stream in chunks of unknown total length, 
   lies), and refused as soon as the count passes the limit; at most ``limit`` bytes plus one
   chunk are ever held. A body within the limit is handed to the app as one message.
 
+- The whole body must arrive within ``BODY_READ_TIMEOUT_SECONDS``: a client that announces
+  a body and then trickles or stalls (slowloris) gets 408 ``request_timeout`` instead of
+  holding a connection and a coroutine for ever (uvicorn has no body-read timeout).
+
 Why read it here instead of counting while the app reads: FastAPI turns any exception from
 ``receive`` into its own 400, and a JSON parser must never start on a body that may be too
 large. Every route reads its whole body before running anyway, so buffering up to the limit
@@ -17,6 +21,8 @@ large. Every route reads its whole body before running anyway, so buffering up t
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,23 +57,34 @@ def _replay(message: Message, receive: Receive) -> Receive:
     return replay
 
 
-class BodyLimit:
-    """Refuse request bodies larger than ``MAX_BODY_BYTES`` with the app's JSON 413."""
+class _TooSlow(Exception):
+    """The body did not arrive within its deadline."""
 
-    def __init__(self, app: ASGIApp, too_large: Callable[[int], ASGIApp]) -> None:
+
+class BodyLimit:
+    """Refuse request bodies larger than ``MAX_BODY_BYTES`` (413) or slower than
+    ``BODY_READ_TIMEOUT_SECONDS`` (408) with the app's JSON errors."""
+
+    def __init__(self, app: ASGIApp, too_large: Callable[[int], ASGIApp], too_slow: Callable[[], ASGIApp]) -> None:
         self.app = app
         self.too_large = too_large  # builds the 413 response for a limit
+        self.too_slow = too_slow  # builds the 408 response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = get_settings().max_body_bytes
+        settings = get_settings()
+        limit = settings.max_body_bytes
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await self.too_large(limit)(scope, receive, send)
             return
-        message = await self._read(receive, limit)
+        try:
+            message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)
+        except _TooSlow:
+            await self.too_slow()(scope, receive, send)
+            return
         if message is None:
             await self.too_large(limit)(scope, receive, send)
             return
@@ -95,3 +112,20 @@ class BodyLimit:
                 return None
             chunks.append(chunk)
         return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+def _bounded(receive: Receive, seconds: float) -> Receive:
+    """A receive that raises :class:`_TooSlow` once ``seconds`` have passed since the first call."""
+    deadline: float | None = None
+
+    async def bounded() -> Message:
+        nonlocal deadline
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + seconds
+        try:
+            return await asyncio.wait_for(receive(), max(deadline - now, 0.0))
+        except TimeoutError as exc:
+            raise _TooSlow from exc
+
+    return bounded

@@ -468,7 +468,14 @@ def limit_register(request: Request) -> None:
                         get_settings().rate_limit_register_per_ip)])
 
 
+def limit_refresh(request: Request) -> None:
+    """Refreshes per IP: unauthenticated, each costs database writes (and probes for tokens)."""
+    enforce([Rule.parse("refresh_per_ip", f"refresh-ip:{client_key(request)}",
+                        get_settings().rate_limit_refresh_per_ip)])
+
+
 LoginRateLimit = Depends(limit_login)
+RefreshRateLimit = Depends(limit_refresh)
 PasswordChangeRateLimit = Depends(limit_password_change)
 RegisterRateLimit = Depends(limit_register)
 # Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the

@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     # every character \u-escaped) is under 10 KiB; 64 KiB leaves room for new fields, and a
     # JSON body this size parses into a few MB at most (30 MB took a process to 855 MB).
     max_body_bytes: int = Field(default=65_536, ge=1)
+    # A body announced but trickled or stalled (slowloris) is cut off after this: 408.
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    rate_limit_refresh_per_ip: str = Field(default="60/60", pattern=r"^\d+/\d+$")
 
     # Operations (issue 6): logs and rate limits. A limit is "COUNT/SECONDS".
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

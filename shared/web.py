@@ -22,7 +22,7 @@ from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.request_telemetry import RequestTelemetry
 from shared.schemas import RULE_CODES, ErrorOut
-from shared.settings import require_safe_start
+from shared.settings import get_settings, require_safe_start
 
 log = logging.getLogger("ticketing.web")
 
@@ -49,6 +49,7 @@ def error_doc(description: str) -> dict[str, Any]:
 # The errors the app factory itself can answer, declared once and documented by
 # document_errors() on every route they can reach, whoever wrote the route.
 EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: error_doc("`request_timeout`: the body did not arrive within `BODY_READ_TIMEOUT_SECONDS`"),
     413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES` (any route, body or not)"),
     422: error_doc("`validation_error`: a parameter or body field is invalid (`details.errors` says which)"),
     503: error_doc("`database_unavailable`: the database is unreachable (see `Retry-After`)"),
@@ -189,6 +190,13 @@ async def _on_check_violation(request: Request, exc: Exception) -> JSONResponse:
     return await _on_bad_value(request, exc)
 
 
+def _body_too_slow() -> ASGIApp:
+    return error_response(
+        408, "request_timeout", "The request body did not arrive in time",
+        {"timeout_seconds": get_settings().body_read_timeout_seconds},
+    )
+
+
 def _payload_too_large(limit: int) -> ASGIApp:
     return error_response(
         413, "payload_too_large", f"The request body is larger than {limit} bytes", {"limit": limit}
@@ -309,7 +317,7 @@ def create_app(title: str, routers: Iterable[APIRouter], description: str = "") 
     app.add_exception_handler(psycopg.errors.CheckViolation, _on_check_violation)
     app.add_middleware(CatchAllErrors)
     # Before anything reads a body: an oversized one is refused unparsed, with a logged 413.
-    app.add_middleware(BodyLimit, too_large=_payload_too_large)
+    app.add_middleware(BodyLimit, too_large=_payload_too_large, too_slow=_body_too_slow)
     # Outermost: even the JSON 500 above carries X-Request-ID and is logged and counted.
     app.add_middleware(RequestTelemetry)
     # Everything built so far (modules, routes, schemas, settings) lives as long as the

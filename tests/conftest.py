@@ -36,7 +36,7 @@ os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # rate-limit tests (tests/test_ops_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
-               "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND"):
+               "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -101,6 +102,22 @@ def test_a_chunked_body_is_counted_as_it_streams(server: HttpClient) -> None:
     _assert_413(status, body)
 
 
+def test_a_stalled_body_is_cut_off_with_408(http_client: HttpClient) -> None:
+    """A slowloris client announces a body, sends a few bytes and waits: it must not hold a
+    connection (and a coroutine) for ever."""
+    saved = set_env({"BODY_READ_TIMEOUT_SECONDS": "1"})
+    try:
+        head = (b"POST /auth/token HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        status, body = _raw_request(http_client, head, [b"user"])
+        elapsed = time.monotonic() - started
+    finally:
+        restore_env(saved)
+    assert status == 408 and json.loads(body)["code"] == "request_timeout", body
+    assert elapsed < 5, elapsed
+
+
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_arrives(http_client: HttpClient) -> None:
     # 30 MB announced, not a byte sent: the server answers at once, reading nothing.
     head = (b"POST /users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
@@ -136,7 +153,7 @@ def _run(messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | No
     _Spy, list[dict[str, Any]], int
 ]:
     """Drive BodyLimit with a fixed stream of request messages; return the spy, what was sent, reads."""
-    from shared.web import _payload_too_large
+    from shared.web import _body_too_slow, _payload_too_large
 
     spy, sent, reads = _Spy(), [], 0
     stream = iter(messages)
@@ -150,7 +167,7 @@ def _run(messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | No
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/users", "headers": headers or []}
-    _drive(BodyLimit(spy, too_large=_payload_too_large)(scope, receive, send))
+    _drive(BodyLimit(spy, too_large=_payload_too_large, too_slow=_body_too_slow)(scope, receive, send))
     return spy, sent, reads
 
 

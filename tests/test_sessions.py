@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -297,3 +298,14 @@ def test_a_login_waits_for_a_role_change_in_flight_and_gets_the_new_role(http_cl
     assert results and results[0]["role"] == "organizer"
     claims = jwt.decode(results[0]["access_token"], options={"verify_signature": False})
     assert claims["role"] == "organizer"
+
+
+def test_refresh_is_rate_limited_per_address(v2: LambdaClient) -> None:
+    """Unauthenticated and a database write each: a flood from one address is refused."""
+    saved = set_env({"RATE_LIMIT_REFRESH_PER_IP": "2/60",
+                     "RATE_LIMIT_KEY_PREFIX": f"rl-refresh-{uuid.uuid4().hex[:8]}"})
+    try:
+        statuses = [_refresh(v2, f"not-a-token-{i}").status_code for i in range(3)]
+    finally:
+        restore_env(saved)
+    assert statuses == [401, 401, 429]

@@ -12,6 +12,7 @@ from shared.deps import CurrentUser
 from shared.ratelimit import (
     LoginRateLimit,
     PasswordChangeRateLimit,
+    RefreshRateLimit,
     RegisterRateLimit,
     Rule,
     client_key,
@@ -82,7 +83,9 @@ def _token_out(issued: sessions.IssuedTokens) -> TokenOut:
             "description": "`invalid_refresh_token` (unknown, expired or revoked); `refresh_token_reused` "
             "(already used: the whole session is revoked)",
         },
+        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
     },
+    dependencies=[RefreshRateLimit],
 )
 def refresh(body: RefreshIn) -> TokenOut:
     """Trade a refresh token for a new access token and the next refresh token (rotation)."""
