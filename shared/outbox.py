@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.db import Connection, connection
-from shared.redis_failures import REDIS_FAILURES
+from shared.redis_breaker import REDIS_FAILURES
 from shared.settings import get_settings, running_in_lambda
 
 log = logging.getLogger("shared.outbox")

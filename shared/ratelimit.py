@@ -29,8 +29,7 @@ from typing import Annotated, Literal
 
 import redis
 from fastapi import Depends, Request
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.commands.core import Script
 from starlette.concurrency import run_in_threadpool
 
 from shared import metrics, sessions
@@ -39,7 +38,7 @@ from shared.client_ip import limit_key
 from shared.deps import customer_only, token_principal
 from shared.emails import normalize_email
 from shared.errors import AppError, TooManyRequests
-from shared.redis_failures import REDIS_FAILURES
+from shared.redis_breaker import REDIS_FAILURES, RedisBreaker
 from shared.schemas import LoginForm
 from shared.security import Principal
 from shared.settings import get_settings
@@ -101,8 +100,6 @@ return 1
 # "each": consume from each key that allows on its own (an event to count, e.g. a failure).
 Mode = Literal["look", "all", "each"]
 
-# After a Redis failure, requests use the in-process limits for this long instead of timing out.
-_BREAKER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -196,47 +193,21 @@ class RateLimiter:
     """Talks to Redis; applies the same rules in this process when it cannot."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
-        self._script: redis.commands.core.Script | None = None
-        self._refund: redis.commands.core.Script | None = None
-        self._url = ""
-        self._down_until = 0.0
+        self._gcra: Script | None = None
+        self._refund: Script | None = None
+        self._breaker = RedisBreaker("rate limiter", lambda s: s.rate_limit_redis_timeout, self._register)
         self.local = LocalLimiter()
 
-    def _connect(self, url: str, timeout: float) -> tuple[redis.Redis, redis.commands.core.Script]:
-        with self._lock:
-            if self._client is None or self._script is None or url != self._url:
-                # The old client is dropped, not closed: another thread may be mid-call on it.
-                self._client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 0),
-                    health_check_interval=30,
-                )
-                self._script = self._client.register_script(GCRA_LUA)
-                self._refund = self._client.register_script(REFUND_LUA)
-                self._url = url
-                self._down_until = 0.0
-            return self._client, self._script
-
-    def _redis(self) -> tuple[redis.Redis, redis.commands.core.Script] | None:
-        """The client and script, or None while the breaker says Redis is down."""
-        settings = get_settings()
-        connection = self._connect(settings.redis_url, settings.rate_limit_redis_timeout)
-        return None if time.monotonic() < self._down_until else connection
+    def _register(self, client: redis.Redis) -> None:
+        self._gcra = client.register_script(GCRA_LUA)
+        self._refund = client.register_script(REFUND_LUA)
 
     def _trip(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + _BREAKER_SECONDS
-        log.warning(
-            "rate limiter using per-process limits for %.0fs: Redis unavailable (%s)",
-            _BREAKER_SECONDS, type(exc).__name__,
-        )
+        self._breaker.trip(exc, "limits apply per process")
 
     def reset(self) -> None:
         """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
-        self._down_until = 0.0
+        self._breaker.reset()
 
     def check(
         self,
@@ -262,8 +233,8 @@ class RateLimiter:
         keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
         timings = [rule.timing_ms for rule in rules]
         result: tuple[int, float, int] | None = None
-        connection = self._redis()
-        if connection is not None:
+        client = self._breaker.client()
+        if client is not None and self._gcra is not None:
             args: list[int | str] = [mode]
             for interval, period in timings:
                 args += [interval, period]
@@ -272,7 +243,7 @@ class RateLimiter:
                 script_keys = [*keys, sessions.session_key(session.session_id)]
                 args.append(sessions.SESSION_ARG)
             try:
-                allowed, retry_ms, index = connection[1](keys=script_keys, args=args)
+                allowed, retry_ms, index = self._gcra(keys=script_keys, args=args, client=client)
                 result = (int(allowed), float(retry_ms), int(index))
             except REDIS_FAILURES as exc:
                 self._trip(exc)
@@ -292,10 +263,10 @@ class RateLimiter:
             return
         keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
         intervals = [rule.timing_ms[0] for rule in rules]
-        connection = self._redis()
-        if connection is not None and self._refund is not None:
+        client = self._breaker.client()
+        if client is not None and self._refund is not None:
             try:
-                self._refund(keys=keys, args=intervals)
+                self._refund(keys=keys, args=intervals, client=client)
                 return
             except REDIS_FAILURES as exc:
                 self._trip(exc)
@@ -307,10 +278,10 @@ class RateLimiter:
         if not settings.rate_limit_enabled:
             return
         full = f"{settings.rate_limit_key_prefix}:{key}"
-        connection = self._redis()
-        if connection is not None:
+        client = self._breaker.client()
+        if client is not None:
             try:
-                connection[0].set(full, "1", ex=seconds)
+                client.set(full, "1", ex=seconds)
                 return
             except REDIS_FAILURES as exc:
                 self._trip(exc)
@@ -321,10 +292,10 @@ class RateLimiter:
         if not settings.rate_limit_enabled:
             return False
         full = f"{settings.rate_limit_key_prefix}:{key}"
-        connection = self._redis()
-        if connection is not None:
+        client = self._breaker.client()
+        if client is not None:
             try:
-                return bool(connection[0].exists(full))
+                return bool(client.exists(full))
             except REDIS_FAILURES as exc:
                 self._trip(exc)
         return self.local.flagged(full)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -39,14 +37,13 @@ from redis.retry import Retry
 
 from shared.db import connection
 from shared.errors import Unauthorized
-from shared.redis_failures import REDIS_FAILURES
+from shared.redis_breaker import REDIS_FAILURES, RedisBreaker
 from shared.security import Principal, issue_token
 from shared.settings import get_settings
 
 log = logging.getLogger("ticketing.sessions")
 
 _KEY_PREFIX = "auth"
-_BREAKER_SECONDS = 5.0
 # Writes (revocations) matter more than reads: they get a longer timeout.
 _WRITE_TIMEOUT = 1.0
 
@@ -92,37 +89,7 @@ def revoked_error() -> Unauthorized:
     return Unauthorized("token_revoked", "This session has ended; sign in again")
 
 
-class _Redis:
-    """One client per process with short timeouts, no retries and a circuit breaker."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
-        self._url = ""
-        self._down_until = 0.0
-
-    def client(self) -> redis.Redis | None:
-        """The client, or None while the breaker is open."""
-        if time.monotonic() < self._down_until:
-            return None
-        settings = get_settings()
-        with self._lock:
-            if self._client is None or self._url != settings.redis_url:
-                # The old client is dropped, not closed: another thread may be mid-call on it.
-                timeout = settings.session_redis_timeout
-                self._client = redis.Redis.from_url(
-                    settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 0), health_check_interval=30,
-                )
-                self._url = settings.redis_url
-            return self._client
-
-    def failed(self, what: str, exc: Exception) -> None:
-        self._down_until = time.monotonic() + _BREAKER_SECONDS
-        log.warning("session check failing open for %.0fs: %s (%s)", _BREAKER_SECONDS, what, type(exc).__name__)
-
-
-_redis = _Redis()
+_redis = RedisBreaker("session check", lambda settings: settings.session_redis_timeout)
 
 
 def ensure_active(principal: Principal) -> None:
@@ -133,7 +100,7 @@ def ensure_active(principal: Principal) -> None:
     try:
         revoked = client.exists(session_key(principal.session_id))
     except REDIS_FAILURES as exc:
-        _redis.failed("Redis unavailable", exc)
+        _redis.trip(exc, "revoked tokens are not refused (bounded by JWT_TTL_SECONDS)")
         return
     if revoked:
         raise revoked_error()

@@ -15,7 +15,6 @@ import pytest
 from functions.users.routes import router as users_router
 from local.embedded import free_port
 from shared.ratelimit import limiter
-from shared.settings import get_settings
 from shared.web import create_app
 from tests.clients import Client, HttpClient, LambdaClient
 from tests.factories import PASSWORD, account, create_event, register
@@ -217,7 +216,8 @@ def test_a_connection_closed_under_a_call_falls_back_like_redis_down(
         raise ValueError("I/O operation on closed file.")
 
     limiter.reset()
-    client, _ = limiter._connect(get_settings().redis_url, get_settings().rate_limit_redis_timeout)
+    client = limiter._breaker.client()
+    assert client is not None
     monkeypatch.setattr(client, "set", closed)
     monkeypatch.setattr(client, "exists", closed)
     monkeypatch.setattr(client, "evalsha", closed)

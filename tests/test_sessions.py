@@ -202,8 +202,8 @@ def test_redis_down_fails_open_within_the_timeout(v2: LambdaClient, event: dict[
         assert time.monotonic() - started < 3
     finally:
         restore_env(saved)
-        shared.sessions._redis._down_until = 0.0
-        shared.ratelimit.limiter._down_until = 0.0
+        shared.sessions._redis.reset()
+        shared.ratelimit.limiter.reset()
 
 
 # --- a login racing a password or role change ---------------------------------------------
