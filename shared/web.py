@@ -46,6 +46,10 @@ def error_doc(description: str) -> dict[str, Any]:
     return {"model": ErrorOut, "description": description}
 
 
+# Every rate-limited route answers this the same way.
+RATE_LIMITED = error_doc("`rate_limited` (see `Retry-After`)")
+
+
 # The errors the app factory itself can answer, declared once and documented by
 # document_errors() on every route they can reach, whoever wrote the route.
 EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {

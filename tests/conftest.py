@@ -166,3 +166,18 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     clock = FakeClock()
     monkeypatch.setattr(shared.clock, "now", clock.now)
     return clock
+
+
+@pytest.fixture
+def json_logging() -> Iterator[None]:
+    """JSON request logs at INFO (other suites' workers may have re-configured the root
+    logger: Celery hijacks it); modules that read log lines use it autouse."""
+    import logging
+
+    from shared.logging import configure_logging
+
+    root = logging.getLogger()
+    level = root.level
+    configure_logging("INFO")
+    yield
+    root.setLevel(level)

@@ -132,18 +132,25 @@ def test_the_per_process_fallback_has_bounded_memory(database: str) -> None:
         restore_env(saved)
 
 
+def _wrong_password_changes(client: LambdaClient, token: str, times: int) -> list[int]:
+    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
+    return [client.request("PUT", "/users/me/password", json_body=body, token=token).status_code
+            for _ in range(times)]
+
+
+def _signed_in(client: LambdaClient) -> tuple[dict, str]:  # type: ignore[type-arg]
+    user = register(client, "customer")
+    r = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
+    return user, r.json()["access_token"]
+
+
 def test_a_stolen_token_cannot_guess_the_password_through_a_password_change(limits: None) -> None:
     """PUT /users/me/password checks the current password: wrong ones count as guesses."""
     client = LambdaClient("v2")
-    user = register(client, "customer")
-    token = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
-    access = token.json()["access_token"]
-    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
-    statuses = [client.request("PUT", "/users/me/password", json_body=body, token=access).status_code
-                for _ in range(4)]
-    assert statuses == [403, 403, 403, 429]
+    _, access = _signed_in(client)
+    assert _wrong_password_changes(client, access, 4) == [403, 403, 403, 429]
     # Out of guesses: even the right current password waits, so the oracle is closed.
-    right = {**body, "current_password": PASSWORD}
+    right = {"current_password": PASSWORD, "new_password": "An0ther-Long-Passphrase"}
     r = client.request("PUT", "/users/me/password", json_body=right, token=access)
     assert r.status_code == 429 and r.json()["details"]["limit"] == "failed_login_per_account_ip"
 
@@ -244,12 +251,8 @@ def test_the_registration_address_is_the_owners_before_any_login(limits: None, o
 def test_logins_and_password_changes_share_one_guess_budget(limits: None) -> None:
     """Wrong passwords on either route come out of the same per-account-and-address budget."""
     client = LambdaClient("v2")
-    user = register(client, "customer")
-    access = client.request("POST", "/auth/token", form={"username": user["email"], "password": PASSWORD})
-    token = access.json()["access_token"]
-    body = {"current_password": "not-it", "new_password": "An0ther-Long-Passphrase"}
-    changes = [client.request("PUT", "/users/me/password", json_body=body, token=token).status_code
-               for _ in range(2)]
+    user, token = _signed_in(client)
+    changes = _wrong_password_changes(client, token, 2)
     logins = [client.request("POST", "/auth/token", form={"username": user["email"], "password": "nope"}).status_code
               for _ in range(2)]
     assert changes == [403, 403] and logins == [401, 429]  # 3 guesses per address in all

@@ -8,7 +8,6 @@ peer is API Gateway's ``sourceIp``.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,6 @@ from pydantic import ValidationError
 
 from local.lambda_events import build_event, invoke
 from shared.client_ip import limit_key, resolve, trusted_networks
-from shared.logging import configure_logging
 from shared.ratelimit import limiter
 from shared.settings import Settings
 from tests.clients import Client, HttpClient
@@ -27,12 +25,8 @@ from tests.settings_env import restore_env, set_env
 
 
 @pytest.fixture(autouse=True)
-def json_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    configure_logging("INFO")
-    yield
-    root.setLevel(level)
+def _json_logs(json_logging: None) -> None:
+    """Every test here reads JSON log lines."""
 
 
 @pytest.fixture

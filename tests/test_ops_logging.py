@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,13 +16,8 @@ from tests.factories import unique_email
 
 
 @pytest.fixture(autouse=True)
-def json_logging() -> Iterator[None]:
-    """Other suites' workers may have re-configured the root logger (Celery hijacks it)."""
-    root = logging.getLogger()
-    level = root.level
-    configure_logging("INFO")
-    yield
-    root.setLevel(level)
+def _json_logs(json_logging: None) -> None:
+    """Every test here reads JSON log lines."""
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:

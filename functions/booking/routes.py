@@ -38,7 +38,7 @@ from shared.schemas import (
     page_of,
 )
 from shared.settings import get_settings
-from shared.web import COMMON_ERRORS
+from shared.web import COMMON_ERRORS, RATE_LIMITED
 
 router = APIRouter(tags=["booking"], responses=COMMON_ERRORS)
 
@@ -65,7 +65,7 @@ _CLAIM_ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorOut,
         "description": "`validation_error`; `idempotency_key_reused` (same key, different request)",
     },
-    429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+    429: RATE_LIMITED,
     503: {
         "model": ErrorOut,
         "description": "`contention` (lost every race for free tickets or waited its turn too long: retry "

@@ -31,7 +31,7 @@ from shared.schemas import (
     VerificationQueued,
 )
 from shared.settings import get_settings
-from shared.web import COMMON_ERRORS
+from shared.web import COMMON_ERRORS, RATE_LIMITED
 
 router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
 
@@ -42,7 +42,7 @@ router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
     response_model=UserOut,
     responses={
         409: {"model": ErrorOut, "description": "`email_taken`"},
-        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        429: RATE_LIMITED,
         503: {"model": ErrorOut,
               "description": "`database_unavailable`, or `busy` (too many password hashes at once)"},
     },
@@ -60,7 +60,7 @@ def register(body: UserCreate, request: Request) -> dict[str, Any]:
     response_model=TokenOut,
     responses={
         401: {"model": ErrorOut, "description": "`invalid_credentials`"},
-        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        429: RATE_LIMITED,
     },
     dependencies=[LoginRateLimit],
 )
@@ -83,7 +83,7 @@ def _token_out(issued: sessions.IssuedTokens) -> TokenOut:
             "description": "`invalid_refresh_token` (unknown, expired or revoked); `refresh_token_reused` "
             "(already used: the whole session is revoked)",
         },
-        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        429: RATE_LIMITED,
     },
     dependencies=[RefreshRateLimit],
 )
@@ -150,7 +150,7 @@ def _limit_resend(principal: CurrentUser) -> None:
         400: {"model": ErrorOut, "description": "`verification_invalid`"},
         409: {"model": ErrorOut, "description": "`verification_used`"},
         410: {"model": ErrorOut, "description": "`verification_expired` (or replaced by a newer one)"},
-        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        429: RATE_LIMITED,
     },
     dependencies=[Depends(_limit_verify)],
 )
@@ -165,7 +165,7 @@ def verify_email(body: EmailVerify) -> dict[str, Any]:
     response_model=VerificationQueued,
     responses={
         409: {"model": ErrorOut, "description": "`email_already_verified`"},
-        429: {"model": ErrorOut, "description": "`rate_limited` (see `Retry-After`)"},
+        429: RATE_LIMITED,
     },
     dependencies=[Depends(_limit_resend)],
 )
