@@ -67,7 +67,7 @@ USER 10001:10001
 EXPOSE 8000
 # UVICORN_WORKERS, UVICORN_LOG_LEVEL etc. are read from the environment by uvicorn.
 # --no-proxy-headers: the app alone decides which proxies may name the client
-# (TRUSTED_PROXIES, shared/client_ip.py); uvicorn must not rewrite the peer first.
+# (TRUSTED_PROXIES, shared/web/client_ip.py); uvicorn must not rewrite the peer first.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=4)"]
 CMD ["uvicorn", "local.app:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

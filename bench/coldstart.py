@@ -30,7 +30,7 @@ HANDLERS = {
     "users": "functions.users.handler.handler",
     "events": "functions.events.handler.handler",
     "booking": "functions.booking.handler.handler",
-    "relay": "shared.relay.lambda_handler",
+    "relay": "functions.relay.handler.lambda_handler",
 }
 
 HELLO = '''"""The baseline: the smallest FastAPI app behind Mangum."""

@@ -83,7 +83,7 @@ def prepared(
     database_url: str | None = None, redis_url: str | None = None, *, keep_data: bool = False
 ) -> Iterator[Environment]:
     """Servers up, a fresh migrated database created; everything torn down afterwards."""
-    from shared.migrate import migrate
+    from shared.platform.migrate import migrate
 
     database_url = database_url or os.environ.get("DATABASE_URL")
     redis_url = redis_url or os.environ.get("REDIS_URL")

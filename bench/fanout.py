@@ -5,7 +5,7 @@
 Seeds ``users`` customers each holding a booking of one event (plain SQL: the setup is
 not measured), starts the real notify worker (``celery -A functions.notify.worker worker``
 with its default concurrency, console channel, INFO logs to a file), then updates the
-event through ``shared.events.update_event``, which writes the outbox row and publishes
+event through ``shared.ticketing.events.update_event``, which writes the outbox row and publishes
 it exactly as the API does. The clock runs from the outbox row's ``created_at`` to the
 fan-out's ``finished_at`` (both PostgreSQL's clock); a delivery key per user must exist.
 """
@@ -125,8 +125,10 @@ def run(env: Environment, users: int, out_dir: Path, timeout: float = 300.0) -> 
     """Seed, start the worker, update the event, wait for the fan-out; the report's ``fanout``."""
     queue = f"bench-notify-{os.getpid()}"
     os.environ.update(DATABASE_URL=env.database_url, REDIS_URL=env.redis_url, NOTIFY_QUEUE=queue)
-    from shared import db, events, outbox
-    from shared.settings import get_settings
+    from shared.notifications import outbox
+    from shared.platform import db
+    from shared.platform.settings import get_settings
+    from shared.ticketing import events
 
     get_settings.cache_clear()
     db.close_pool()

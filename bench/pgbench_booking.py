@@ -1,6 +1,6 @@
 """The database's own limit: pgbench running the project's exact booking statement.
 
-The script is generated at run time from ``shared.bookings.BOOK_SQL``: each psycopg
+The script is generated at run time from ``shared.ticketing.bookings.BOOK_SQL``: each psycopg
 ``%(name)s`` parameter becomes a pgbench ``:name`` variable set by ``\\set`` lines (or,
 for values pgbench expressions cannot make such as the application's time, by ``-D``),
 so whatever the booking statement becomes, pgbench measures that statement and not a copy.
@@ -26,7 +26,7 @@ class ScriptError(ValueError):
 
 
 def book_sql() -> str:
-    from shared.bookings import BOOK_SQL  # imported at run time: always the current statement
+    from shared.ticketing.bookings import BOOK_SQL  # imported at run time: always the current statement
 
     return BOOK_SQL
 

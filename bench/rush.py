@@ -4,7 +4,7 @@
 
 In one run, on one PostgreSQL (see bench/environment.py):
 
-1. pgbench runs ``shared.bookings.BOOK_SQL`` itself on one hot event at several client
+1. pgbench runs ``shared.ticketing.bookings.BOOK_SQL`` itself on one hot event at several client
    counts (the peak and 64 clients are what the full stack is compared with), and spread
    over many events.
 2. ``uvicorn local.app:app`` (one worker, rate limits off, logs at WARNING) is started as
@@ -384,7 +384,7 @@ def http_scenario(
 
 def pgbench_part(env: Environment, fx: Fixtures, hot_event: int, spread: list[int], opts: Options,
                  workdir: Path) -> dict[str, Any]:
-    from shared.settings import get_settings
+    from shared.platform.settings import get_settings
 
     lo, hi = min(fx.customer_ids), max(fx.customer_ids)
     if hi - lo + 1 != len(fx.customer_ids):
@@ -442,7 +442,7 @@ def pgbench_part(env: Environment, fx: Fixtures, hot_event: int, spread: list[in
 def run(env: Environment, opts: Options, out_dir: Path) -> dict[str, Any]:
     """Every rush scenario on ``env``; returns the report's ``rush`` section."""
     os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = env.database_url, env.redis_url
-    from shared.settings import get_settings
+    from shared.platform.settings import get_settings
 
     get_settings.cache_clear()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -533,7 +533,7 @@ def run(env: Environment, opts: Options, out_dir: Path) -> dict[str, Any]:
 
 def customer_limit(opts: Options) -> int:
     """The server's default per-customer limit (the sell-out event's)."""
-    from shared.settings import get_settings
+    from shared.platform.settings import get_settings
 
     return int(opts.server_env.get("MAX_TICKETS_PER_CUSTOMER", get_settings().max_tickets_per_customer))
 

@@ -70,8 +70,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     # The relay reads the outbox and writes Redis: no web framework, no Celery.
     "relay": FunctionSpec(
         name="relay",
-        handler="shared.relay.lambda_handler",
-        code=("shared",),
+        handler="functions.relay.handler.lambda_handler",
+        code=("functions/__init__.py", "functions/relay", "shared"),
         requirements=("pydantic", "pydantic-settings", "psycopg", "psycopg-pool", "redis"),
     ),
 }

@@ -151,7 +151,7 @@ def _allow_across_functions(method: str, path: str, headers: list[tuple[bytes, b
     """
     import importlib
 
-    from shared.web import allow_header, allowed_methods
+    from shared.web.app import allow_header, allowed_methods
 
     scope = {"type": "http", "method": method, "path": path, "root_path": ""}
     methods: set[str] = set()

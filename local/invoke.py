@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
 from local.lambda_events import HTTP_FUNCTIONS, build_event, function_for, invoke
-from shared.settings import get_settings
+from shared.platform.settings import get_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Build API Gateway events and find the function that serves a path, as AWS would.
 
 Used by the tests (direct handler invocation), the invoke command and the emulating
-router. Templates are real API Gateway payloads kept in ``tests/events/``.
+router. Templates are real API Gateway payloads kept in ``tests/lambda_events/``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.routing import Match
 
-EVENTS_DIR = Path(__file__).resolve().parent.parent / "tests" / "events"
+EVENTS_DIR = Path(__file__).resolve().parent.parent / "tests" / "lambda_events"
 HTTP_FUNCTIONS = ("users", "events", "booking")
 EventFormat = Literal["v2", "v1"]
 

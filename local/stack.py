@@ -305,7 +305,7 @@ def configured_urls() -> tuple[str | None, str | None]:
 
 def ensure_jwt_secret(data_dir: Path) -> Path:
     """The data folder's signing secret file (mode 0600), created on first use."""
-    from shared.secret_file import ensure_secret
+    from shared.platform.secret_file import ensure_secret
 
     path = data_dir / JWT_SECRET_FILE
     ensure_secret(path)
@@ -456,7 +456,7 @@ class Stack:
             for name, value in {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **auth_env}.items()
         ))
 
-        from shared.migrate import migrate
+        from shared.platform.migrate import migrate
 
         with progress("migrations"):
             applied = migrate(database_url)
@@ -480,7 +480,7 @@ class Stack:
         api = self._spawn("api", [
             sys.executable, "-m", "uvicorn", app, "--host", opts.host, "--port", str(opts.port),
             "--lifespan", "off", "--timeout-graceful-shutdown", "10",
-            "--no-proxy-headers",  # TRUSTED_PROXIES alone names the client (shared/client_ip.py)
+            "--no-proxy-headers",  # TRUSTED_PROXIES alone names the client (shared/web/client_ip.py)
         ], env)
         if worker is not None:
             with progress("Celery worker + relay schedule starting"):

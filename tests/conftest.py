@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from shared.settings import generate_jwt_secret
-from tests.clients import Client, HttpClient, LambdaClient
+from shared.platform.settings import generate_jwt_secret
+from tests.support.clients import Client, HttpClient, LambdaClient
 
 # Cheap hashing for fixtures that register many users; set before settings are read.
 os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
@@ -27,13 +27,13 @@ os.environ.setdefault("PASSWORD_HASH_MEMORY_KIB", "1024")
 os.environ.setdefault("JWT_SECRET", generate_jwt_secret())
 os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("DB_POOL_MAX", "20")
-# Existing flows register with the README's short passwords; tests/test_passwords.py
+# Existing flows register with the README's short passwords; tests/accounts/test_passwords.py
 # checks the defaults (8 characters, common passwords refused) with these unset.
 os.environ.setdefault("PASSWORD_MIN_LENGTH", "3")
-# /metrics is served only to this token (tests/test_ops_metrics.py scrapes with it).
+# /metrics is served only to this token (tests/platform/test_ops_metrics.py scrapes with it).
 os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
-# rate-limit tests (tests/test_ops_ratelimit.py) set their own.
+# rate-limit tests (tests/web/test_ops_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
                "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
@@ -73,9 +73,9 @@ def server_urls() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session", autouse=True)
 def database(server_urls: dict[str, str]) -> Iterator[str]:
     """A database of its own for this session, migrated, dropped at the end."""
-    from shared import db
-    from shared.migrate import migrate
-    from shared.settings import get_settings
+    from shared.platform import db
+    from shared.platform.migrate import migrate
+    from shared.platform.settings import get_settings
 
     admin_url = server_urls["database"]
     name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
@@ -161,10 +161,10 @@ class FakeClock:
 
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    import shared.clock
+    import shared.platform.clock
 
     clock = FakeClock()
-    monkeypatch.setattr(shared.clock, "now", clock.now)
+    monkeypatch.setattr(shared.platform.clock, "now", clock.now)
     return clock
 
 
@@ -174,7 +174,7 @@ def json_logging() -> Iterator[None]:
     logger: Celery hijacks it); modules that read log lines use it autouse."""
     import logging
 
-    from shared.logging import configure_logging
+    from shared.platform.logging import configure_logging
 
     root = logging.getLogger()
     level = root.level

@@ -11,8 +11,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from shared import bookings, coalescing, holds, idempotency, metrics
-from shared.deps import (
+from shared.platform import metrics
+from shared.platform.settings import get_settings
+from shared.ticketing import bookings, coalescing, holds, idempotency
+from shared.web.app import COMMON_ERRORS, RATE_LIMITED
+from shared.web.deps import (
     BookingId,
     CurrentUser,
     Customer,
@@ -25,8 +28,8 @@ from shared.deps import (
     UserId,
     require_self,
 )
-from shared.ratelimit import BookingCustomer
-from shared.schemas import (
+from shared.web.ratelimit import BookingCustomer
+from shared.web.schemas import (
     BookingCancel,
     BookingCreate,
     BookingOut,
@@ -37,8 +40,6 @@ from shared.schemas import (
     HoldPage,
     page_of,
 )
-from shared.settings import get_settings
-from shared.web import COMMON_ERRORS, RATE_LIMITED
 
 router = APIRouter(tags=["booking"], responses=COMMON_ERRORS)
 

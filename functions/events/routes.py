@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from shared import events
-from shared.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
-from shared.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
-from shared.web import COMMON_ERRORS, error_doc
+from shared.ticketing import events
+from shared.web.app import COMMON_ERRORS, error_doc
+from shared.web.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
+from shared.web.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
 
 router = APIRouter(tags=["events"], responses=COMMON_ERRORS)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.settings import Settings, get_settings
+from shared.platform.settings import Settings, get_settings
 
 
 def configure(app: Celery, settings: Settings) -> None:

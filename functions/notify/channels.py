@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.settings import get_settings, ses_sender_problem
+from shared.platform.settings import get_settings, ses_sender_problem
 
 log = logging.getLogger("functions.notify.console")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from shared import email_verification
-from shared.db import connection
-from shared.logging import bind_context
+from shared.accounts import email_verification
+from shared.platform.db import connection
+from shared.platform.logging import bind_context
 
 # Whom a fan-out reaches. An event cancellation also cancels its bookings, in the same
 # transaction that sets events.updated_at, so those bookings still count.
@@ -54,7 +54,7 @@ def record_skipped(*, outbox_id: int, kind: str, channel: str,
     """Keys for users this notification deliberately skips (address not verified).
 
     A redelivered task then skips them too instead of retrying forever; verifying the
-    address releases the held booking mails (:mod:`shared.email_verification`).
+    address releases the held booking mails (:mod:`shared.accounts.email_verification`).
 
     The caller's view of ``email_verified_at`` may be stale: the key is written only for
     users still unverified, their rows locked FOR SHARE in this statement. A ``verify()``

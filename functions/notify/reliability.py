@@ -17,9 +17,10 @@ from celery.exceptions import Retry
 
 from functions.notify.celery_app import app
 from functions.notify.deliveries import PermanentFailure
-from shared import deadletters, metrics
-from shared.logging import bind_context
-from shared.settings import get_settings
+from shared.notifications import deadletters
+from shared.platform import metrics
+from shared.platform.logging import bind_context
+from shared.platform.settings import get_settings
 
 log = logging.getLogger("functions.notify")
 

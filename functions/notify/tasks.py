@@ -15,10 +15,10 @@ from functions.notify import deliveries, messages
 from functions.notify.celery_app import app
 from functions.notify.channels import Email, get_channel
 from functions.notify.reliability import notify_task
-from shared import metrics
-from shared.maintenance import tidy
-from shared.outbox import relay_pending
-from shared.settings import get_settings
+from functions.relay.tidy import tidy
+from shared.notifications.outbox import relay_pending
+from shared.platform import metrics
+from shared.platform.settings import get_settings
 
 log = logging.getLogger("functions.notify")
 

@@ -1,7 +1,7 @@
 """Entry point of the notify worker: ``celery -A functions.notify.worker worker --beat``.
 
 Importing this module registers every task on :data:`app`. The HTTP functions never
-import it: they publish by task name through :mod:`shared.outbox`.
+import it: they publish by task name through :mod:`shared.notifications.outbox`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from celery.signals import worker_init, worker_process_init
 
 from functions.notify import tasks
 from functions.notify.celery_app import app
-from shared import db, metrics, outbox
-from shared.logging import configure_logging
-from shared.settings import get_settings, require_safe_worker_start
+from shared.notifications import outbox
+from shared.platform import db, metrics
+from shared.platform.logging import configure_logging
+from shared.platform.settings import get_settings, require_safe_worker_start
 
 __all__ = ["app", "tasks"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared import users
-from shared.errors import AppError
-from shared.security import ROLES
+from shared.accounts import users
+from shared.accounts.security import ROLES
+from shared.platform.errors import AppError
 
 
 def main(argv: list[str] | None = None) -> int:

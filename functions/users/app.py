@@ -1,6 +1,6 @@
 """The users function as its own ASGI app."""
 
 from functions.users.routes import router
-from shared.web import create_app
+from shared.web.app import create_app
 
 app = create_app(title="Ticketing: users", routers=[router])

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from shared import email_verification, sessions, users
-from shared.deps import CurrentUser
-from shared.ratelimit import (
+from shared.accounts import email_verification, sessions, users
+from shared.platform.settings import get_settings
+from shared.web.app import COMMON_ERRORS, RATE_LIMITED
+from shared.web.deps import CurrentUser
+from shared.web.ratelimit import (
     LoginRateLimit,
     PasswordChangeRateLimit,
     RefreshRateLimit,
@@ -19,7 +21,7 @@ from shared.ratelimit import (
     enforce,
     remember_registration_address,
 )
-from shared.schemas import (
+from shared.web.schemas import (
     EmailVerify,
     ErrorOut,
     LoginForm,
@@ -30,8 +32,6 @@ from shared.schemas import (
     UserOut,
     VerificationQueued,
 )
-from shared.settings import get_settings
-from shared.web import COMMON_ERRORS, RATE_LIMITED
 
 router = APIRouter(tags=["users"], responses=COMMON_ERRORS)
 

@@ -1,0 +1,1 @@
+"""Accounts: who a caller is. Users, passwords, tokens, sessions and email verification."""

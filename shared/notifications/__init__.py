@@ -1,0 +1,1 @@
+"""Notifications: the outbox written in the domain's transactions, its relay to Celery, dead letters."""

@@ -1,0 +1,405 @@
+"""The service's metrics: Prometheus in containers, CloudWatch EMF log lines in Lambda.
+
+Call sites use the small functions below (``booking_made``, ``notification_sent``...),
+never a backend directly. In a container they move prometheus-client collectors in
+``REGISTRY``, served by ``GET /metrics`` (API) or ``serve_worker_metrics`` (worker).
+In Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) a scrape is impossible, so the same figures
+are printed as Embedded Metric Format JSON lines, which CloudWatch turns into metrics
+with no extra network call. Figures recorded during a request are batched into the
+request's one EMF line (see ``shared.web.telemetry``).
+
+The outbox backlog and the age of its oldest unpublished row are read from PostgreSQL
+at scrape time, so they are right whichever process wrote or published the rows.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+from wsgiref.simple_server import WSGIServer
+
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.platform.settings import get_settings, running_in_lambda
+
+log = logging.getLogger("ticketing.metrics")
+
+NAMESPACE = "ticketing"
+EMF_NAMESPACE = "Ticketing"
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "http_requests", "HTTP requests by route template and status",
+    ["method", "route", "status"], namespace=NAMESPACE, registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds", "Request latency by route template and status",
+    ["method", "route", "status"], namespace=NAMESPACE, registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BOOKINGS = Counter(
+    "bookings", "Bookings made", namespace=NAMESPACE, registry=REGISTRY
+)
+TICKETS_BOOKED = Counter(
+    "tickets_booked", "Tickets taken by bookings", namespace=NAMESPACE, registry=REGISTRY
+)
+BOOKING_REFUSALS = Counter(
+    "booking_refusals", "Bookings refused for lack of tickets (sold_out, insufficient_tickets)",
+    ["reason"], namespace=NAMESPACE, registry=REGISTRY,
+)
+BOOKING_BATCH_SIZE = Histogram(
+    "booking_batch_size", "Bookings coalesced into one transaction (long-running servers)",
+    namespace=NAMESPACE, registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+IDEMPOTENT_REPLAYS = Counter(
+    "idempotent_replays", "Requests answered from a stored idempotent response",
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "rate_limited", "Requests refused with 429, by limit", ["limit"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+NOTIFICATIONS_SENT = Counter(
+    "notifications_sent", "Notifications delivered", ["task"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+NOTIFICATIONS_SKIPPED = Counter(
+    "notifications_skipped", "Notifications not sent because the address is not verified", ["task"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+NOTIFICATIONS_RETRIED = Counter(
+    "notifications_retried", "Notification attempts that failed and will be retried", ["task"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+NOTIFICATIONS_DEAD = Counter(
+    "notifications_dead_lettered", "Notifications given up after their last retry", ["task"],
+    namespace=NAMESPACE, registry=REGISTRY,
+)
+
+REFUSAL_CODES = ("sold_out", "insufficient_tickets")
+for _reason in REFUSAL_CODES:
+    BOOKING_REFUSALS.labels(_reason)  # present at 0 before the first refusal
+for _task in ("booking_confirmation", "notify_event_update"):
+    for _counter in (NOTIFICATIONS_SENT, NOTIFICATIONS_RETRIED, NOTIFICATIONS_DEAD):
+        _counter.labels(_task)
+
+# -- Embedded Metric Format (Lambda) ------------------------------------------------------
+
+# Figures recorded during a request, flushed as one EMF line when it ends.
+_emf_batch: contextvars.ContextVar[list[tuple[str, float, str, dict[str, str]]] | None] = (
+    contextvars.ContextVar("emf_batch", default=None)
+)
+
+
+def emf_enabled() -> bool:
+    return running_in_lambda()
+
+
+def emf_document(
+    figures: list[tuple[str, float, str, dict[str, str]]], properties: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One EMF object: a directive per dimension set, values as top-level members."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")
+    doc: dict[str, Any] = {**(properties or {}), "Function": function}
+    directives: dict[tuple[str, ...], dict[str, Any]] = {}
+    for name, value, unit, dims in figures:
+        all_dims = {"Function": function, **dims}
+        doc.update(all_dims)
+        key = tuple(sorted(all_dims))
+        directive = directives.setdefault(
+            key, {"Namespace": EMF_NAMESPACE, "Dimensions": [list(key)], "Metrics": []}
+        )
+        if not any(m["Name"] == name for m in directive["Metrics"]):
+            directive["Metrics"].append({"Name": name, "Unit": unit})
+        previous = doc.get(name)
+        if previous is None:
+            doc[name] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            doc[name] = [previous, value]
+    doc["_aws"] = {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": list(directives.values())}
+    return doc
+
+
+def write_emf(
+    figures: list[tuple[str, float, str, dict[str, str]]], properties: dict[str, Any] | None = None
+) -> None:
+    """Print one EMF line on stdout (the Lambda runtime ships it to CloudWatch Logs)."""
+    if figures:
+        sys.stdout.write(json.dumps(emf_document(figures, properties), default=str) + "\n")
+        sys.stdout.flush()
+
+
+def start_emf_batch() -> contextvars.Token[Any]:
+    return _emf_batch.set([])
+
+
+def finish_emf_batch(
+    token: contextvars.Token[Any], properties: dict[str, Any] | None = None
+) -> None:
+    figures = _emf_batch.get() or []
+    _emf_batch.reset(token)
+    write_emf(figures, properties)
+
+
+def _emf(name: str, value: float, unit: str = "Count", **dims: str) -> None:
+    batch = _emf_batch.get()
+    if batch is None:
+        write_emf([(name, value, unit, dims)])
+    else:
+        batch.append((name, value, unit, dims))
+
+
+# -- What call sites use -------------------------------------------------------------------
+
+
+def request_finished(method: str, route: str, status: int, seconds: float) -> None:
+    if emf_enabled():
+        dims = {"Route": f"{method} {route}", "Status": str(status)}
+        _emf("Requests", 1, "Count", **dims)
+        _emf("Latency", seconds * 1000, "Milliseconds", **dims)
+        return
+    labels = (method, route, str(status))
+    HTTP_REQUESTS.labels(*labels).inc()
+    HTTP_LATENCY.labels(*labels).observe(seconds)
+
+
+def booking_made(quantity: int) -> None:
+    if emf_enabled():
+        _emf("Bookings", 1)
+        _emf("TicketsBooked", quantity)
+        return
+    BOOKINGS.inc()
+    TICKETS_BOOKED.inc(quantity)
+
+
+def booking_batch(size: int) -> None:
+    """Coalescing runs only in long-running servers, so Prometheus only."""
+    BOOKING_BATCH_SIZE.observe(size)
+
+
+def booking_refused(reason: str) -> None:
+    """``reason`` is the error code: sold_out or insufficient_tickets."""
+    if emf_enabled():
+        _emf("BookingRefusals", 1, Reason=reason)
+        return
+    BOOKING_REFUSALS.labels(reason).inc()
+
+
+@contextmanager
+def counting_booking(quantity: int) -> Iterator[None]:
+    """Count the booking made inside the block, or its refusal for lack of tickets."""
+    from shared.platform.errors import AppError
+
+    try:
+        yield
+    except AppError as exc:
+        if exc.code in REFUSAL_CODES:
+            booking_refused(exc.code)
+        raise
+    booking_made(quantity)
+
+
+def idempotent_replay() -> None:
+    if emf_enabled():
+        _emf("IdempotentReplays", 1)
+        return
+    IDEMPOTENT_REPLAYS.inc()
+
+
+def rate_limited(limit: str) -> None:
+    if emf_enabled():
+        _emf("RateLimited", 1, Limit=limit)
+        return
+    RATE_LIMITED.labels(limit).inc()
+
+
+def notification_sent(task: str, count: int = 1) -> None:
+    if emf_enabled():
+        _emf("NotificationsSent", count, Task=task)
+        return
+    NOTIFICATIONS_SENT.labels(task).inc(count)
+
+
+def notification_skipped(task: str, count: int = 1) -> None:
+    if emf_enabled():
+        _emf("NotificationsSkipped", count, Task=task)
+        return
+    NOTIFICATIONS_SKIPPED.labels(task).inc(count)
+
+
+def notification_retried(task: str) -> None:
+    if emf_enabled():
+        _emf("NotificationsRetried", 1, Task=task)
+        return
+    NOTIFICATIONS_RETRIED.labels(task).inc()
+
+
+def notification_dead_lettered(task: str) -> None:
+    if emf_enabled():
+        _emf("NotificationsDeadLettered", 1, Task=task)
+        return
+    NOTIFICATIONS_DEAD.labels(task).inc()
+
+
+# -- Scrape-time figures from PostgreSQL ----------------------------------------------------
+
+OUTBOX_SQL = """
+SELECT count(*) AS backlog,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
+  FROM outbox WHERE published_at IS NULL
+"""
+
+
+class OutboxCollector(Collector):
+    """Outbox backlog and oldest unpublished age, read when Prometheus scrapes."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # values come from the database at collect time only
+
+    def collect(self) -> Iterator[Metric]:
+        from shared.platform.db import connection
+
+        up = GaugeMetricFamily(
+            f"{NAMESPACE}_outbox_scrape_ok", "1 if the outbox figures could be read"
+        )
+        try:
+            with connection() as conn:
+                row = conn.execute(OUTBOX_SQL).fetchone()
+        except Exception as exc:  # a scrape must answer even with the database down
+            log.warning("outbox metrics unavailable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        assert row is not None
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_outbox_backlog", "Outbox rows not yet published", value=row["backlog"]
+        )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            value=row["oldest_age"],
+        )
+
+
+def enable_outbox_metrics() -> None:
+    """Register the database-backed collector (the API does; the worker need not)."""
+    global _outbox_registered
+    if not _outbox_registered:
+        REGISTRY.register(OutboxCollector())
+        _outbox_registered = True
+
+
+_outbox_registered = False
+
+
+def exposition() -> bytes:
+    """The Prometheus text exposition of this process (multiprocess-aware)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry) + (
+            generate_latest(_db_only_registry()) if _outbox_registered else b""
+        )
+    return generate_latest(REGISTRY)
+
+
+def _db_only_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OutboxCollector())
+    return registry
+
+
+router = APIRouter(tags=["operations"])
+
+
+def metrics_token() -> str | None:
+    """The scrape token: ``METRICS_TOKEN``, else the content of ``METRICS_TOKEN_FILE``.
+
+    The file is read on every scrape (every few seconds), so a rotated token applies
+    without a restart. A missing, unreadable or too short file serves nothing.
+    """
+    settings = get_settings()
+    if settings.metrics_token:
+        return settings.metrics_token
+    if not settings.metrics_token_file:
+        return None
+    try:
+        token = Path(settings.metrics_token_file).read_text().strip()
+    except OSError as exc:
+        log.warning("metrics token file unreadable: %s", type(exc).__name__)
+        return None
+    if len(token) < 16:
+        log.warning("metrics token file holds fewer than 16 characters: /metrics stays off")
+        return None
+    return token
+
+
+def _authorized(authorization: str | None, token: str) -> bool:
+    scheme, _, presented = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode(), token.encode()
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics_endpoint(authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus scrape target of the container API, for the holder of the token only.
+
+    Off (404, as if absent) unless a token is configured: the public listener never
+    serves figures to anyone by default. Wrong or missing token: 401.
+    """
+    token = metrics_token()
+    if token is None:
+        raise HTTPException(404, "Not Found")
+    if not _authorized(authorization, token):
+        raise HTTPException(401, "A valid metrics token is required", {"WWW-Authenticate": "Bearer"})
+    enable_outbox_metrics()
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def serve_worker_metrics(port: int, addr: str = "127.0.0.1") -> WSGIServer:
+    """Serve /metrics for the worker on ``addr:port`` (once, in the worker's main process).
+
+    Unauthenticated, so loopback unless ``addr`` (WORKER_METRICS_ADDR) says otherwise.
+
+    With Celery's prefork pool each child counts in its own memory: set
+    ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory) before start so the children's
+    counters land in shared files that this server adds up.
+    """
+    from prometheus_client import start_http_server
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    return server

@@ -1,0 +1,253 @@
+"""Events: creation, updates (with atomic capacity changes), cancellation, lookups, listings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from shared.notifications import outbox
+from shared.platform import clock
+from shared.platform.db import Connection, connection
+from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
+from shared.ticketing.inventory import EXPIRED_HELD_SQL, SALES_END_SQL, reclaim_expired_holds
+
+_COLUMNS = (
+    "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
+    "available_tickets", "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
+    "status", "created_at", "updated_at",
+)
+EVENT_COLUMNS = ", ".join(_COLUMNS)
+# What readers see: expired holds count as available even before anything reclaims them.
+EVENT_READ_COLUMNS = ", ".join(
+    f"available_tickets + {EXPIRED_HELD_SQL.format(event='events')} AS available_tickets"
+    if c == "available_tickets"
+    else c
+    for c in _COLUMNS
+)
+UPDATABLE = (
+    "title", "venue", "start_time", "end_time", "total_tickets",
+    "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
+)
+_OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
+             "max_tickets_per_customer": None, "max_hold_seconds": None}
+TASK_EVENT_UPDATED = "notify_event_update"
+TASK_EVENT_CANCELLED = "event_cancelled"
+
+
+def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+    with connection() as conn, unknown_user_is_401():
+        row = conn.execute(
+            f"""INSERT INTO events (organizer_id, title, venue, start_time, end_time,
+                                    total_tickets, available_tickets, max_tickets_per_booking,
+                                    max_tickets_per_customer, max_hold_seconds)
+                VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
+                        %(total_tickets)s, %(total_tickets)s, %(max_tickets_per_booking)s,
+                        %(max_tickets_per_customer)s, %(max_hold_seconds)s)
+                RETURNING {EVENT_COLUMNS}""",
+            {"organizer_id": organizer_id, **_OPTIONAL, **fields},
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def get_event(event_id: int) -> dict[str, Any]:
+    with connection() as conn:
+        return read_event(conn, event_id)
+
+
+def read_event(conn: Connection, event_id: int) -> dict[str, Any]:
+    """An event with its exact availability, on a connection the caller holds."""
+    row = conn.execute(
+        f"SELECT {EVENT_READ_COLUMNS} FROM events WHERE id = %(id)s",
+        {"id": event_id, "now": clock.now()},
+    ).fetchone()
+    if row is None:
+        raise NotFound("event_not_found", f"Event {event_id} does not exist")
+    return row
+
+
+def list_events(
+    *,
+    limit: int,
+    offset: int,
+    order: Literal["newest", "upcoming"],
+    organizer_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """One page of events. ``upcoming`` lists events not yet started, soonest first."""
+    where = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset, "now": clock.now()}
+    if organizer_id is not None:
+        where.append("organizer_id = %(organizer_id)s")
+        params["organizer_id"] = organizer_id
+    if order == "upcoming":
+        where.append("start_time >= %(now)s AND status = 'active'")
+        order_by = "start_time, id"
+    else:
+        order_by = "id DESC"
+    with connection() as conn:
+        return conn.execute(
+            f"""SELECT {EVENT_READ_COLUMNS} FROM events WHERE {" AND ".join(where)}
+                ORDER BY {order_by} LIMIT %(limit)s OFFSET %(offset)s""",
+            params,
+        ).fetchall()
+
+
+def _lock_own_event(conn: Connection, event_id: int, organizer_id: int) -> dict[str, Any]:
+    current = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE id = %s FOR UPDATE", (event_id,)
+    ).fetchone()
+    if current is None:
+        raise NotFound("event_not_found", f"Event {event_id} does not exist")
+    if current["organizer_id"] != organizer_id:
+        raise Forbidden("not_event_owner", "Only the event's organizer can change it")
+    return current
+
+
+def _held_now(conn: Connection, event_id: int, now: datetime) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(quantity), 0)::int AS n FROM holds "
+        "WHERE event_id = %s AND status = 'active' AND expires_at > %s",
+        (event_id, now),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply the sent fields; a new ``total_tickets`` moves availability by the same delta.
+
+    The row is locked for the check and the write, so a capacity cut can never drop
+    below what concurrent bookings and live holds have taken. The notification to
+    booked users is written to the outbox in the same transaction.
+    """
+    changes = {k: v for k, v in changes.items() if k in UPDATABLE}
+    now = clock.now()
+    notification = None
+    with connection() as conn:
+        with conn.transaction():
+            current = _lock_own_event(conn, event_id, organizer_id)
+            if current["status"] != "active":
+                raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
+
+            start = changes.get("start_time", current["start_time"])
+            end = changes.get("end_time", current["end_time"])
+            if start is not None and end is not None and end < start:
+                raise Unprocessable("invalid_time_range", "end_time must not be before start_time")
+
+            changed = {k: v for k, v in changes.items() if current[k] != v}
+            if not changed:
+                return read_event(conn, event_id)
+
+            assignments = [f"{column} = %({column})s" for column in changed]
+            if "total_tickets" in changed:
+                reclaim_expired_holds(conn, event_id, now)
+                counter = conn.execute(
+                    "SELECT available_tickets FROM events WHERE id = %s", (event_id,)
+                ).fetchone()
+                assert counter is not None  # the row is locked by this transaction
+                available = counter["available_tickets"]
+                held = _held_now(conn, event_id, now)
+                sold = current["total_tickets"] - available - held
+                if changed["total_tickets"] < sold + held:
+                    raise Conflict(
+                        "capacity_below_sold",
+                        f"Cannot set total_tickets to {changed['total_tickets']}: "
+                        f"{sold} tickets are sold and {held} are held",
+                        sold=sold,
+                        held=held,
+                        requested=changed["total_tickets"],
+                    )
+                assignments.append(
+                    "available_tickets = available_tickets + (%(total_tickets)s - total_tickets)"
+                )
+            row = conn.execute(
+                f"""UPDATE events SET {", ".join(assignments)}, updated_at = now()
+                    WHERE id = %(id)s RETURNING {EVENT_COLUMNS}""",
+                {**changed, "id": event_id},
+            ).fetchone()
+            assert row is not None
+            if {"start_time", "end_time"} & changed.keys():
+                _holds_end_with_sales(conn, event_id)
+            notification = conn.execute(
+                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
+                (
+                    TASK_EVENT_UPDATED,
+                    Jsonb(
+                        {
+                            "event_id": event_id,
+                            "changes": {
+                                k: {"old": _jsonable(current[k]), "new": _jsonable(row[k])}
+                                for k in changed
+                            },
+                        }
+                    ),
+                ),
+            ).fetchone()
+        assert notification is not None
+        outbox.publish_committed(conn, [notification["id"]])  # the relay covers a failure
+        return read_event(conn, event_id)
+
+
+def _holds_end_with_sales(conn: Connection, event_id: int) -> None:
+    """Sales now close earlier: live holds end then too (the event row is locked first)."""
+    conn.execute(
+        f"""UPDATE holds h SET expires_at = e.sales_end
+              FROM (SELECT {SALES_END_SQL} AS sales_end FROM events WHERE id = %(id)s) e
+             WHERE h.event_id = %(id)s AND h.status = 'active' AND h.expires_at > e.sales_end""",
+        {"id": event_id},
+    )
+
+
+def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
+    """Cancel an event and every booking of it; booked customers are notified.
+
+    Cancelling twice is harmless. Live holds stay counted until they expire or are
+    released, and can no longer be confirmed: customers' counters keep only those.
+    """
+    with connection() as conn:
+        with conn.transaction():
+            current = _lock_own_event(conn, event_id, organizer_id)
+            if current["status"] == "cancelled":
+                return read_event(conn, event_id)
+            cancelled = conn.execute(
+                """WITH c AS (
+                       UPDATE bookings
+                          SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
+                              quantity = 0, cancelled_at = now()
+                        WHERE event_id = %s AND status = 'confirmed'
+                       RETURNING cancelled_quantity
+                   ) SELECT count(*)::int AS bookings FROM c""",
+                (event_id,),
+            ).fetchone()
+            conn.execute(
+                """UPDATE customer_tickets ct
+                      SET tickets = coalesce((SELECT sum(quantity) FROM holds h
+                                               WHERE h.event_id = ct.event_id AND h.user_id = ct.user_id
+                                                 AND h.status = 'active'), 0)
+                    WHERE ct.event_id = %s""",
+                (event_id,),
+            )
+            conn.execute(
+                """UPDATE events
+                      SET status = 'cancelled', updated_at = now(),
+                          available_tickets = total_tickets - coalesce((
+                              SELECT sum(quantity) FROM holds
+                               WHERE event_id = %(id)s AND status = 'active'), 0)
+                    WHERE id = %(id)s""",
+                {"id": event_id},
+            )
+            notification = conn.execute(
+                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
+                (
+                    TASK_EVENT_CANCELLED,
+                    Jsonb({"event_id": event_id, "bookings_cancelled": cancelled["bookings"] if cancelled else 0}),
+                ),
+            ).fetchone()
+        assert notification is not None
+        outbox.publish_committed(conn, [notification["id"]])
+        return read_event(conn, event_id)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value

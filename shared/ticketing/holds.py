@@ -1,0 +1,287 @@
+"""Seat holds: tickets set aside for a customer until they confirm, release, or time runs out.
+
+Creating a hold is the same one-statement claim as a booking, under the same rules
+(shared/ticketing/inventory.py), and counts against the customer's limit until it ends. Its lifetime
+is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
+``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
+sales close (its end, or its start when it has no end): ``expires_at`` says which.
+Expiry needs no sweeper:
+an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
+the first claim that needs its tickets; :func:`tidy_expired_holds` only tidies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from shared.notifications.outbox import publish_committed
+from shared.platform import clock
+from shared.platform.db import Connection, connection
+from shared.platform.errors import AppError, Conflict, NotFound, ServiceUnavailable, unknown_user_is_401
+from shared.platform.settings import get_settings
+from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
+from shared.ticketing.idempotency import Claim, completion_cte
+from shared.ticketing.inventory import (
+    CLAIM_CTE,
+    COUNT_CTE,
+    OPEN_SQL,
+    UNCOUNT_SQL,
+    claim,
+    closed,
+    customer_refusal,
+    is_customer_limit,
+    read_gate,
+    reclaim_expired_holds,
+    rule_params,
+    too_large,
+)
+
+HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at"
+
+
+def _hold_sql(idempotent: bool) -> str:
+    return f"""
+WITH {CLAIM_CTE}, {COUNT_CTE}, hold AS (
+    INSERT INTO holds (event_id, user_id, quantity, expires_at)
+    SELECT c.id, %(user_id)s, %(quantity)s,
+           least(%(now)s + least(%(ttl)s, coalesce(c.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
+                 c.sales_end)
+      FROM claimed c, counted
+    RETURNING {HOLD_COLUMNS}
+){completion_cte("hold") if idempotent else ""}
+SELECT * FROM hold
+"""
+
+
+def _confirm_sql(idempotent: bool) -> str:
+    # The event is share-locked first (event before hold, like every writer), so a
+    # concurrent event cancellation cannot miss the booking this creates.
+    return f"""
+WITH event AS (
+    SELECT e.id FROM events e
+     WHERE e.id = %(event_id)s AND {OPEN_SQL}
+       FOR SHARE
+), held AS (
+    UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
+     WHERE h.id = %(hold_id)s AND h.user_id = %(user_id)s AND h.status = 'active'
+       AND h.expires_at > %(now)s AND h.event_id IN (SELECT id FROM event)
+    RETURNING id, event_id, user_id, quantity
+), booking AS (
+    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
+    SELECT event_id, user_id, quantity, id FROM held
+    RETURNING {BOOKING_COLUMNS}
+), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
+SELECT booking.*, notification.id AS outbox_id FROM booking, notification
+"""
+
+
+def create_hold(
+    *,
+    user_id: int,
+    event_id: int,
+    quantity: int,
+    ttl_seconds: int | None,
+    default_max: int | None = None,
+    idempotency: Claim | None = None,
+) -> dict[str, Any]:
+    """Hold tickets for ``ttl_seconds`` (None: the default), within the event's bounds."""
+    settings = get_settings()
+    params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+    params.update(
+        user_id=user_id,
+        ttl=settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds,
+        ttl_max=settings.hold_ttl_max_seconds,
+    )
+    if idempotency is not None:
+        params.update(idempotency.params())
+    sql = _hold_sql(idempotency is not None)
+    with connection() as conn, unknown_user_is_401():
+        row = claim(conn, lambda: conn.execute(sql, params).fetchone(), params=params, user_id=user_id)
+    if idempotency is not None:
+        idempotency.completed = True  # by the completion CTE, in the same statement
+    return row
+
+
+def get_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
+    with connection() as conn:
+        row = conn.execute(
+            f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s AND user_id = %s", (hold_id, user_id)
+        ).fetchone()
+    if row is None:
+        raise NotFound("hold_not_found", f"Hold {hold_id} does not exist")
+    return _effective(row)
+
+
+def _effective(row: dict[str, Any]) -> dict[str, Any]:
+    """An active hold past its expiry is expired, whether or not it was tidied yet."""
+    if row["status"] == "active" and row["expires_at"] <= clock.now():
+        return {**row, "status": "expired"}
+    return row
+
+
+def confirm_hold(
+    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: Claim | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Turn a hold into a booking; returns (booking, created).
+
+    Confirming twice returns the same booking. A hold that expired is confirmed only if
+    its tickets can still be had under every claim rule; otherwise ``hold_expired`` says
+    how many are left (or the rule says why).
+    """
+    hold = get_hold(hold_id=hold_id, user_id=user_id)
+    now = clock.now()
+    params: dict[str, Any] = {"hold_id": hold_id, "user_id": user_id, "event_id": hold["event_id"], "now": now}
+    if idempotency is not None:
+        params.update(idempotency.params())
+    with connection() as conn:
+        row = conn.execute(_confirm_sql(idempotency is not None), params).fetchone()
+        if row is None:
+            rules = rule_params(event_id=hold["event_id"], quantity=hold["quantity"], default_max=default_max, now=now)
+            row = _confirm_expired(conn, hold, {**rules, "user_id": user_id}, idempotency)
+            if row is None:  # confirmed before: the same booking again
+                existing = conn.execute(
+                    f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE hold_id = %s", (hold_id,)
+                ).fetchone()
+                assert existing is not None
+                return existing, False
+        elif idempotency is not None:
+            idempotency.completed = True
+        publish_committed(conn, [row["outbox_id"]])
+    return row, True
+
+
+_RECLAIM_ONE_SQL = f"WITH {CLAIM_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
+
+
+def _confirm_expired(
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+) -> dict[str, Any] | None:
+    """The slow path of a confirmation: the hold is not active any more (or never was).
+
+    A hold that expired gets its tickets back and is booked again *as this hold* if the
+    claim rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
+    so a second confirm finds it confirmed. Returns None when it was already confirmed.
+    A customer limit in the way after expired holds were reclaimed is retried, as a claim is.
+    """
+    for _ in range(3):
+        try:
+            return _confirm_expired_once(conn, hold, params, idempotency)
+        except psycopg.errors.CheckViolation as exc:
+            if not is_customer_limit(exc):
+                raise
+            refusal = customer_refusal(conn, params, params["user_id"])
+            if refusal is not None:
+                raise refusal from None
+    raise ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
+
+
+def _confirm_expired_once(
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+) -> dict[str, Any] | None:
+    """One transaction, event row locked first like every writer."""
+    hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
+    with conn.transaction():
+        event = read_gate(conn, params, "FOR UPDATE")
+        current = conn.execute(
+            f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
+        ).fetchone()
+        assert event is not None and current is not None
+        if current["status"] == "confirmed":
+            return None
+        if current["status"] == "released":
+            raise Conflict("hold_released", f"Hold {hold_id} was released")
+        refusal = closed(event_id, event, now)
+        if refusal is not None:
+            raise refusal
+        still_held = current["status"] == "active" and current["expires_at"] > now
+        if not still_held:
+            reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
+            if conn.execute(_RECLAIM_ONE_SQL, params).fetchone() is None:
+                raise _reclaim_refusal(conn, params, hold_id)
+        conn.execute(
+            "UPDATE holds SET status = 'confirmed', closed_at = %s WHERE id = %s", (now, hold_id)
+        )
+        row = conn.execute(
+            f"""WITH booking AS (
+                    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
+                    VALUES (%(event_id)s, %(user_id)s, %(quantity)s, %(hold_id)s)
+                    RETURNING {BOOKING_COLUMNS}
+                ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotency else ""}
+                SELECT booking.*, notification.id AS outbox_id FROM booking, notification""",
+            {
+                "event_id": event_id,
+                "user_id": current["user_id"],
+                "quantity": quantity,
+                "hold_id": hold_id,
+                **(idempotency.params() if idempotency else {}),
+            },
+        ).fetchone()
+    assert row is not None
+    if idempotency is not None:
+        idempotency.completed = True
+    return row
+
+
+def _reclaim_refusal(conn: Connection, params: dict[str, Any], hold_id: int) -> AppError:
+    """Why an expired hold's tickets could not be claimed again (the event row is locked)."""
+    event = read_gate(conn, params)
+    assert event is not None
+    refusal = too_large(event, params["quantity"])
+    if refusal is not None:
+        return refusal
+    return Conflict(
+        "hold_expired",
+        f"Hold {hold_id} expired and its tickets are no longer available",
+        available=event["available_tickets"],
+        requested=params["quantity"],
+    )
+
+
+def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
+    """Give a hold's tickets back now; releasing twice (or after expiry) is harmless."""
+    hold = get_hold(hold_id=hold_id, user_id=user_id)
+    with connection() as conn, conn.transaction():
+        conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (hold["event_id"],))
+        row = conn.execute(
+            f"""UPDATE holds SET status = 'released', closed_at = %s
+                 WHERE id = %s AND status = 'active' RETURNING {HOLD_COLUMNS}""",
+            (clock.now(), hold_id),
+        ).fetchone()
+        if row is None:
+            current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
+            assert current is not None
+            return current
+        conn.execute(
+            "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
+            (row["quantity"], row["event_id"]),
+        )
+        conn.execute(UNCOUNT_SQL, {"n": row["quantity"], "event_id": row["event_id"], "user_id": row["user_id"]})
+    return row
+
+
+def list_holds(*, user_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
+    with connection() as conn:
+        rows = conn.execute(
+            f"SELECT {HOLD_COLUMNS} FROM holds WHERE user_id = %s ORDER BY id DESC LIMIT %s OFFSET %s",
+            (user_id, limit, offset),
+        ).fetchall()
+    return [_effective(r) for r in rows]
+
+
+def tidy_expired_holds(batch_events: int = 100) -> int:
+    """Mark expired holds and return their tickets, event by event; returns tickets freed.
+
+    Only tidies: availability is already exact without it.
+    """
+    now = clock.now()
+    freed = 0
+    with connection() as conn:
+        events = conn.execute(
+            "SELECT DISTINCT event_id FROM holds WHERE status = 'active' AND expires_at <= %s LIMIT %s",
+            (now, batch_events),
+        ).fetchall()
+        for event in events:
+            freed += reclaim_expired_holds(conn, event["event_id"], now)
+    return freed

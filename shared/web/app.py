@@ -1,0 +1,332 @@
+"""The FastAPI app factory every function and the local router use, with one error mapping."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.platform.errors import AppError
+from shared.platform.logging import configure_logging
+from shared.platform.settings import get_settings, require_safe_start
+from shared.web.body_limit import BodyLimit
+from shared.web.schemas import RULE_CODES, ErrorOut
+from shared.web.telemetry import RequestTelemetry
+
+log = logging.getLogger("ticketing.web")
+
+_HTTP_CODES = {
+    # The framework raises a 400 only when it cannot parse a body (bad encoding, a broken
+    # form): the same code as a JSON syntax error, so clients branch on one.
+    400: "invalid_json",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+INVALID_BODY_MESSAGE = "The request body is not valid JSON"
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry for an error body; the description names its codes."""
+    return {"model": ErrorOut, "description": description}
+
+
+# Every rate-limited route answers this the same way.
+RATE_LIMITED = error_doc("`rate_limited` (see `Retry-After`)")
+
+
+# The errors the app factory itself can answer, declared once and documented by
+# document_errors() on every route they can reach, whoever wrote the route.
+EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: error_doc("`request_timeout`: the body did not arrive within `BODY_READ_TIMEOUT_SECONDS`"),
+    413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES` (any route, body or not)"),
+    422: error_doc("`validation_error`: a parameter or body field is invalid (`details.errors` says which)"),
+    503: error_doc("`database_unavailable`: the database is unreachable (see `Retry-After`)"),
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: error_doc("`invalid_json`: the body cannot be parsed (not JSON, not UTF-8, a broken form)"),
+    415: error_doc("`unsupported_media_type`: a JSON body sent as a form or text"),
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: error_doc(
+        "`not_authenticated`, `invalid_token`, `token_expired`, `token_revoked`, `unknown_user`: "
+        "no usable bearer token"
+    ),
+}
+# Kept for routers that pass it; document_errors() adds the same entries to every route.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = dict(EVERY_ROUTE_ERRORS)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message, "detail": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo "input": it may hold a password.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+def _sent_as_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return not media_type or media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    if any(err["type"] == "json_invalid" for err in errors):
+        return error_response(400, "invalid_json", INVALID_BODY_MESSAGE)
+    if not _sent_as_json(request) and any(err["loc"] == ["body"] for err in errors):
+        # e.g. `curl -d '{...}'` without -H: the body arrives as a form, not as JSON.
+        return error_response(
+            415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'"
+        )
+    rules = {err["type"] for err in errors}
+    if len(rules) == 1 and rules <= RULE_CODES:  # one cross-field rule, e.g. invalid_time_range
+        return error_response(422, rules.pop(), errors[0]["msg"], {"errors": errors})
+    names = [".".join(str(p) for p in err["loc"][1:]) or "body" for err in errors]
+    fields = ", ".join(dict.fromkeys(names))  # each field once, in order
+    return error_response(
+        422, "validation_error", f"Invalid request: {fields}", {"errors": errors}
+    )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route serves on this request's path.
+
+    Starlette's 405 names only the methods of the first route that matched the path, and
+    FastAPI has one route per method: ``/events`` advertised ``POST`` without ``GET``. Each
+    method is asked of every route through ``matches``, the one interface routes of every
+    kind (and FastAPI's lazily included routers) share.
+    """
+    routes = list(routes)
+    probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**probe, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+def allow_header(methods: Iterable[str]) -> str:
+    """The ``Allow`` value: the methods in one fixed order, and OPTIONS, which every path answers."""
+    served = set(methods)
+    return ", ".join([*(m for m in _METHODS if m in served), "OPTIONS"])
+
+
+def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+    """405 and OPTIONS, both with ``Allow`` naming every method of the path across routers."""
+    allow = allow_header(allowed_methods(request.app.router.routes, request.scope))
+    if request.method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": allow})
+    message = f"{request.method} is not allowed here; allowed: {allow}"
+    return error_response(405, "method_not_allowed", message, headers={**(exc.headers or {}), "Allow": allow})
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _method_not_allowed(request, exc)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    if exc.status_code == 400:
+        message = INVALID_BODY_MESSAGE
+    else:
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}) or None)
+
+
+async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return error_response(
+        503, "database_unavailable", "The database is not reachable", headers={"Retry-After": "2"}
+    )
+
+
+async def _on_bad_value(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(422, "invalid_value", "A value is out of range or malformed")
+
+
+async def _on_check_violation(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database's range checks refuse (``*_in_range``): the client's, so a 422.
+
+    Input validation refuses such values first; this is the net under a path that forgot.
+    Any other check failing is a bug and stays a 500.
+    """
+    assert isinstance(exc, psycopg.errors.CheckViolation)
+    if not str(exc.diag.constraint_name or "").endswith("_in_range"):
+        raise exc
+    log.warning("database refused an out-of-range value: %s", exc.diag.constraint_name)
+    return await _on_bad_value(request, exc)
+
+
+def _body_too_slow() -> ASGIApp:
+    return error_response(
+        408, "request_timeout", "The request body did not arrive in time",
+        {"timeout_seconds": get_settings().body_read_timeout_seconds},
+    )
+
+
+def _payload_too_large(limit: int) -> ASGIApp:
+    return error_response(
+        413, "payload_too_large", f"The request body is larger than {limit} bytes", {"limit": limit}
+    )
+
+
+_HTTP_OPERATIONS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def _add_response(responses: dict[str, Any], status: int | str, description: str) -> None:
+    """Document an error under ``status``; a route's own entry keeps its text and gains the code."""
+    key = str(status)
+    own = responses.get(key)
+    if own is None:
+        responses[key] = {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+        return
+    code = description.split(":", 1)[0]  # e.g. "`invalid_json`"
+    if code not in own.get("description", ""):
+        own["description"] = f"{own['description']}; {description}" if own.get("description") else description
+
+
+def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document the factory's own errors on every operation that can answer them.
+
+    Every operation: 413 (the body limit applies whether or not a route reads a body), 422
+    and 503. Every operation with a request body (JSON or form): 400 and 415. Every
+    operation that takes a bearer token: 401. Done on the generated document, so a route
+    added later by anyone, in any router, is documented the same way.
+    """
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for path_item in openapi.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method not in _HTTP_OPERATIONS:
+                continue
+            responses = operation.setdefault("responses", {})
+            errors = {
+                **EVERY_ROUTE_ERRORS,
+                **(BODY_ERRORS if "requestBody" in operation else {}),
+                **(AUTH_ERRORS if operation.get("security") else {}),
+            }
+            for status, doc in errors.items():
+                _add_response(responses, status, doc["description"])
+    return openapi
+
+
+def _documented_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    return openapi
+
+
+class CatchAllErrors:
+    """Last line: an unexpected exception becomes a JSON 500 instead of escaping to the runtime.
+
+    Raising out of an ASGI app would make Mangum fail the whole Lambda invocation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = json.dumps(
+                {"code": "internal_error", "message": "Internal error", "detail": "Internal error"}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+def create_app(title: str, routers: Iterable[APIRouter], description: str = "") -> FastAPI:
+    """Build an app from routers; the same routers serve a Lambda function or the local router."""
+    configure_logging()
+    require_safe_start()  # every app verifies tokens: no usable secret or policy, no start
+    # No 307 to the slash-less path: an unknown path is a JSON 404 like everything else.
+    # strict_content_type=False: a JSON body without a Content-Type header is read as JSON
+    # (FastAPI's strict default guards cookie sessions against CSRF; tokens here are bearer).
+    app = FastAPI(
+        title=title, description=description, version="0.1.0", redirect_slashes=False, strict_content_type=False
+    )
+    for router in routers:
+        app.include_router(router)
+    app.openapi = _documented_openapi(app)  # type: ignore[method-assign]
+    app.add_exception_handler(AppError, _on_app_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(PoolTimeout, _on_database_down)
+    app.add_exception_handler(psycopg.OperationalError, _on_database_down)
+    app.add_exception_handler(psycopg.DataError, _on_bad_value)
+    app.add_exception_handler(psycopg.errors.CheckViolation, _on_check_violation)
+    app.add_middleware(CatchAllErrors)
+    # Before anything reads a body: an oversized one is refused unparsed, with a logged 413.
+    app.add_middleware(BodyLimit, too_large=_payload_too_large, too_slow=_body_too_slow)
+    # Outermost: even the JSON 500 above carries X-Request-ID and is logged and counted.
+    app.add_middleware(RequestTelemetry)
+    # Everything built so far (modules, routes, schemas, settings) lives as long as the
+    # process: move it out of the garbage collector's scans. A full collection walking it
+    # all was the long tail of a rush (p99 58-77 ms without, 30-33 ms with; see
+    # docs/benchmarks.md).
+    gc.freeze()
+    return app

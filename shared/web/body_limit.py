@@ -1,0 +1,131 @@
+"""Request bodies above ``MAX_BODY_BYTES`` are refused with 413 before anything parses them.
+
+A pure ASGI middleware, so one rule covers every way a request arrives: uvicorn (the local
+router, containers), where a body may stream in chunks of unknown total length, and Mangum
+(Lambda), where the whole body is already in the event and arrives as one message.
+
+- A ``Content-Length`` above the limit is refused at once: nothing of the body is read.
+- Otherwise the body is read here, counting as it streams (chunked uploads, a header that
+  lies), and refused as soon as the count passes the limit; at most ``limit`` bytes plus one
+  chunk are ever held. A body within the limit is handed to the app as one message.
+
+- The whole body must arrive within ``BODY_READ_TIMEOUT_SECONDS``: a client that announces
+  a body and then trickles or stalls (slowloris) gets 408 ``request_timeout`` instead of
+  holding a connection and a coroutine for ever (uvicorn has no body-read timeout).
+
+Why read it here instead of counting while the app reads: FastAPI turns any exception from
+``receive`` into its own 400, and a JSON parser must never start on a body that may be too
+large. Every route reads its whole body before running anyway, so buffering up to the limit
+(64 KiB by default) costs no latency and no more memory than the app would use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.platform.settings import get_settings
+
+_CONTENT_LENGTH = b"content-length"
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The Content-Length header as a number; None when absent or not a number."""
+    for name, value in scope.get("headers") or ():
+        if name == _CONTENT_LENGTH:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _replay(message: Message, receive: Receive) -> Receive:
+    """A receive that returns ``message`` first, then whatever the server sends next."""
+    pending: Message | None = message
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending is not None:
+            first, pending = pending, None
+            return first
+        return await receive()
+
+    return replay
+
+
+class _TooSlow(Exception):
+    """The body did not arrive within its deadline."""
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``MAX_BODY_BYTES`` (413) or slower than
+    ``BODY_READ_TIMEOUT_SECONDS`` (408) with the app's JSON errors."""
+
+    def __init__(self, app: ASGIApp, too_large: Callable[[int], ASGIApp], too_slow: Callable[[], ASGIApp]) -> None:
+        self.app = app
+        self.too_large = too_large  # builds the 413 response for a limit
+        self.too_slow = too_slow  # builds the 408 response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = get_settings()
+        limit = settings.max_body_bytes
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            await self.too_large(limit)(scope, receive, send)
+            return
+        try:
+            message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)
+        except _TooSlow:
+            await self.too_slow()(scope, receive, send)
+            return
+        if message is None:
+            await self.too_large(limit)(scope, receive, send)
+            return
+        await self.app(scope, _replay(message, receive), send)
+
+    @staticmethod
+    async def _read(receive: Receive, limit: int) -> Message | None:
+        """The whole body as one message, or None as soon as it passes ``limit`` bytes."""
+        message = await receive()
+        if message["type"] != "http.request":
+            return message  # a disconnect: the app sees it as it would have
+        body = message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return message  # the usual case, and always the case under Mangum
+        chunks, size = [body], len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+def _bounded(receive: Receive, seconds: float) -> Receive:
+    """A receive that raises :class:`_TooSlow` once ``seconds`` have passed since the first call."""
+    deadline: float | None = None
+
+    async def bounded() -> Message:
+        nonlocal deadline
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + seconds
+        try:
+            return await asyncio.wait_for(receive(), max(deadline - now, 0.0))
+        except TimeoutError as exc:
+            raise _TooSlow from exc
+
+    return bounded

@@ -1,0 +1,455 @@
+"""Rate limits shared by every process through Redis: registration, login, failed logins, booking.
+
+One small Lua script implements GCRA (the generic cell rate algorithm): per key Redis
+holds a single "theoretical arrival time", so a limit "COUNT/SECONDS" lets COUNT requests
+through at once and then one every SECONDS/COUNT, with an exact ``Retry-After``. The
+script checks several keys (per user and per IP) in one atomic round trip and consumes
+from none of them unless all allow, and it reads Redis's clock, so app instances with
+skewed clocks agree. Why a script rather than a library: see docs/operations.md.
+
+Redis trouble never takes the API down, nor switches the limits off: with short socket
+timeouts and no retries, an unreachable Redis makes the limiter apply the same rules in
+this process (``LocalLimiter``, bounded memory), logs once, and skips Redis for a few
+seconds, so a rush does not pay a timeout per request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import redis
+from fastapi import Depends, Request
+from redis.commands.core import Script
+from starlette.concurrency import run_in_threadpool
+
+from shared.accounts import sessions
+from shared.accounts.emails import normalize_email
+from shared.accounts.security import Principal
+from shared.platform import metrics
+from shared.platform.errors import AppError, TooManyRequests
+from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
+from shared.platform.settings import get_settings
+from shared.web.client_ip import client_ip as resolved_client_ip
+from shared.web.client_ip import limit_key
+from shared.web.deps import customer_only, token_principal
+from shared.web.schemas import LoginForm
+
+log = logging.getLogger("ticketing.ratelimit")
+
+# KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
+# and the period, in milliseconds. Returns {allowed, retry_ms, index}.
+# SESSION_CHECK_LUA (shared/accounts/sessions.py) sets ``nrules`` and may add a session check
+# (one more KEY and ARGV): allowed -1 means the token was revoked.
+GCRA_LUA = sessions.SESSION_CHECK_LUA + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+local worst, denied = 0, 0
+local tats, oks = {}, {}
+for i = 1, nrules do
+  local key = KEYS[i]
+  local interval = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  oks[i] = allow_at <= now
+  if not oks[i] and allow_at - now > worst then
+    worst = allow_at - now
+    denied = i
+  end
+  tats[i] = new_tat
+end
+for i = 1, nrules do
+  local key = KEYS[i]
+  if (mode == 'all' and denied == 0) or (mode == 'each' and oks[i]) then
+    redis.call('SET', key, string.format('%d', tats[i]), 'PX', tats[i] - now)
+  end
+end
+if denied == 0 then return {1, 0, 0} end
+return {0, worst, denied}
+"""
+
+# Gives back one unit taken from each key (a reservation that turned out not to be needed):
+# the stored arrival time moves back by the key's interval (ARGV[i]), never below now.
+REFUND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') - tonumber(ARGV[i])
+  if tat <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', tat - now)
+  end
+end
+return 1
+"""
+
+# "look": consume nothing; "all": consume from every key if all allow (a request);
+# "each": consume from each key that allows on its own (an event to count, e.g. a failure).
+Mode = Literal["look", "all", "each"]
+
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named limit on one key: ``count`` requests per ``seconds``."""
+
+    name: str
+    key: str
+    count: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, name: str, key: str, spec: str) -> Rule:
+        count, seconds = (int(part) for part in spec.split("/", 1))
+        return cls(name, key, max(count, 1), max(seconds, 1))
+
+    @property
+    def timing_ms(self) -> tuple[int, int]:
+        """(emission interval, period) in milliseconds."""
+        period_ms = self.seconds * 1000
+        return max(1, period_ms // self.count), period_ms
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: int = 0
+    rule: Rule | None = None
+    revoked: bool = False
+
+
+class LocalLimiter:
+    """The Lua script's GCRA and flags in this process, for when Redis is unreachable.
+
+    Per process, so N processes let up to N times a limit through: weaker than Redis but
+    never off. Memory is bounded: past ``max_keys`` the least recently used key is dropped
+    (its budget starts afresh), expired keys first in practice since they are not touched.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._flags: OrderedDict[str, float] = OrderedDict()
+
+    def gcra(self, keys: list[str], timings: list[tuple[int, int]], mode: Mode) -> tuple[int, float, int]:
+        now = time.monotonic() * 1000
+        worst, denied = 0.0, 0
+        with self._lock:
+            news: list[float] = []
+            oks: list[bool] = []
+            for i, (key, (interval, period)) in enumerate(zip(keys, timings, strict=True), start=1):
+                tat = max(self._tats.get(key, 0.0), now)
+                allow_at = tat + interval - period
+                oks.append(allow_at <= now)
+                if allow_at > now and allow_at - now > worst:
+                    worst, denied = allow_at - now, i
+                news.append(tat + interval)
+            for key, new, ok in zip(keys, news, oks, strict=True):
+                if (mode == "all" and denied == 0) or (mode == "each" and ok):
+                    _remember(self._tats, key, new)
+        return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
+
+    def refund(self, keys: list[str], intervals: list[int]) -> None:
+        """REFUND_LUA in this process: one unit back per key, never below now."""
+        now = time.monotonic() * 1000
+        with self._lock:
+            for key, interval in zip(keys, intervals, strict=True):
+                if key in self._tats:
+                    self._tats[key] = max(self._tats[key] - interval, now)
+
+    def flag(self, key: str, seconds: int) -> None:
+        with self._lock:
+            _remember(self._flags, key, time.monotonic() + seconds)
+
+    def flagged(self, key: str) -> bool:
+        with self._lock:
+            return self._flags.get(key, 0.0) > time.monotonic()
+
+
+
+def _remember(store: OrderedDict[str, float], key: str, value: float) -> None:
+    """Set a key as the most recently used; drop the least recently used past the bound."""
+    store[key] = value
+    store.move_to_end(key)
+    limit = get_settings().rate_limit_local_max_keys
+    while len(store) > limit:
+        store.popitem(last=False)
+
+
+class RateLimiter:
+    """Talks to Redis; applies the same rules in this process when it cannot."""
+
+    def __init__(self) -> None:
+        self._gcra: Script | None = None
+        self._refund: Script | None = None
+        self._breaker = RedisBreaker("rate limiter", lambda s: s.rate_limit_redis_timeout, self._register)
+        self.local = LocalLimiter()
+
+    def _register(self, client: redis.Redis) -> None:
+        self._gcra = client.register_script(GCRA_LUA)
+        self._refund = client.register_script(REFUND_LUA)
+
+    def _trip(self, exc: Exception) -> None:
+        self._breaker.trip(exc, "limits apply per process")
+
+    def reset(self) -> None:
+        """Forget a past Redis failure: the next check asks Redis again (tests use it)."""
+        self._breaker.reset()
+
+    def check(
+        self,
+        rules: list[Rule],
+        *,
+        consume: bool = True,
+        mode: Mode | None = None,
+        session: Principal | None = None,
+    ) -> Decision:
+        """Whether all rules allow one more request (and count it when ``consume``).
+
+        ``mode="each"`` counts an event on every rule that still has room, whatever the others
+        say. With ``session``, the same round trip also refuses a revoked token (``revoked``);
+        without Redis that check fails open (shared/accounts/sessions.py says why) while the rules
+        apply per process.
+        """
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            rules = []
+        if not rules and session is None:
+            return Decision(True)
+        mode = mode or ("all" if consume else "look")
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        timings = [rule.timing_ms for rule in rules]
+        result: tuple[int, float, int] | None = None
+        client = self._breaker.client()
+        if client is not None and self._gcra is not None:
+            args: list[int | str] = [mode]
+            for interval, period in timings:
+                args += [interval, period]
+            script_keys = keys
+            if session is not None:
+                script_keys = [*keys, sessions.session_key(session.session_id)]
+                args.append(sessions.SESSION_ARG)
+            try:
+                allowed, retry_ms, index = self._gcra(keys=script_keys, args=args, client=client)
+                result = (int(allowed), float(retry_ms), int(index))
+            except REDIS_FAILURES as exc:
+                self._trip(exc)
+        if result is None:
+            result = self.local.gcra(keys, timings, mode)
+        allowed, retry_ms, index = result
+        if allowed == -1:
+            return Decision(False, revoked=True)
+        if allowed:
+            return Decision(True)
+        return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
+
+    def refund(self, rules: list[Rule]) -> None:
+        """Give back the unit a request took from each rule (a reservation not needed)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled or not rules:
+            return
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        intervals = [rule.timing_ms[0] for rule in rules]
+        client = self._breaker.client()
+        if client is not None and self._refund is not None:
+            try:
+                self._refund(keys=keys, args=intervals, client=client)
+                return
+            except REDIS_FAILURES as exc:
+                self._trip(exc)
+        self.local.refund(keys, intervals)
+
+    def flag(self, key: str, seconds: int) -> None:
+        """Remember ``key`` for ``seconds`` (in Redis, or in this process without it)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return
+        full = f"{settings.rate_limit_key_prefix}:{key}"
+        client = self._breaker.client()
+        if client is not None:
+            try:
+                client.set(full, "1", ex=seconds)
+                return
+            except REDIS_FAILURES as exc:
+                self._trip(exc)
+        self.local.flag(full, seconds)
+
+    def flagged(self, key: str) -> bool:
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            return False
+        full = f"{settings.rate_limit_key_prefix}:{key}"
+        client = self._breaker.client()
+        if client is not None:
+            try:
+                return bool(client.exists(full))
+            except REDIS_FAILURES as exc:
+                self._trip(exc)
+        return self.local.flagged(full)
+
+
+limiter = RateLimiter()
+
+
+def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | None = None) -> None:
+    """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses (401 if revoked)."""
+    decision = limiter.check(rules, consume=consume, session=session)
+    if decision.revoked:
+        raise sessions.revoked_error()
+    if not decision.allowed:
+        assert decision.rule is not None
+        metrics.rate_limited(decision.rule.name)
+        log.info("rate limited by %s", decision.rule.name, extra={"limit": decision.rule.name})
+        raise TooManyRequests(
+            "rate_limited",
+            f"Too many requests; retry in {decision.retry_after}s",
+            retry_after=decision.retry_after,
+            limit=decision.rule.name,
+        )
+
+
+def client_key(request: Request) -> str:
+    """The caller as every per-address limit and known-address flag counts it: an IPv4
+    address or an IPv6 /64 (``shared.web.client_ip.limit_key``); logs keep the full address."""
+    return limit_key(resolved_client_ip(request.scope))
+
+
+def _digest(text: str) -> str:
+    # Emails and addresses are not stored in Redis in clear.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _account_key(username: str) -> str:
+    """The account a login names, by the one normalization lookups use (shared/accounts/emails.py)."""
+    return _digest(normalize_email(username))
+
+
+def _known_pair(account: str, ip: str) -> str:
+    return _digest(f"{account}|{ip}")
+
+
+def _remember_address(pair: str) -> None:
+    """This (account, address network) proved itself: exempt from the account-wide limit."""
+    limiter.flag(f"login-known:{pair}", get_settings().rate_limit_login_known_ip_seconds)
+
+
+def remember_registration_address(request: Request, email: str) -> None:
+    """The address an account was registered from is its owner's until a login proves
+    another: a trickle of guesses from elsewhere must not lock the new owner out of it."""
+    _remember_address(_known_pair(_account_key(email), client_key(request)))
+
+
+@contextmanager
+def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool]) -> Iterator[str]:
+    """Throttle password guesses so guessing is slow but the owner is never locked out by others.
+
+    Failures count per (account, IP) tightly and per account from everywhere more loosely.
+    An address that got the password right lately (remembered, hashed, for
+    ``RATE_LIMIT_LOGIN_KNOWN_IP_SECONDS``) is exempt from the account-wide limit, so a flood
+    of wrong passwords from elsewhere cannot lock the owner out, while each address, the
+    owner's too, stays throttled on its own. Yields the (account, IP) key.
+
+    A failure is reserved before the password is checked (atomically with the look) and
+    given back when the attempt turns out not to be a guess: looking first and counting
+    after the slow hash let parallel guesses all pass the look.
+    """
+    settings = get_settings()
+    pair = _known_pair(account, ip)
+    failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
+                             settings.rate_limit_failed_login_per_account_ip)
+    failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
+                                 settings.rate_limit_failed_login_per_account)
+    known = f"login-known:{pair}"
+    # Reserve the failure up front, in the same atomic step as the look: parallel guesses
+    # racing the slow hash each take a unit, so no more than the budget get an answer.
+    reserved = [failed_here] if limiter.flagged(known) else [failed_anywhere, failed_here]
+    enforce(reserved)
+    try:
+        yield pair
+    except Exception as exc:
+        if not (isinstance(exc, AppError) and failed(exc)):
+            limiter.refund(reserved)
+        elif failed_anywhere not in reserved:
+            limiter.check([failed_anywhere], mode="each")  # the owner's typos count there too
+        raise
+    limiter.refund(reserved)
+    _remember_address(pair)
+
+
+def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iterator[None]:
+    """Logins: every attempt per IP and per (account, IP); wrong passwords as guesses."""
+    settings = get_settings()
+    ip = client_key(request)
+    with _guessing_throttled(_account_key(form.username), ip,
+                             lambda exc: exc.code == "invalid_credentials") as pair:
+        enforce([
+            Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
+            Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
+        ])
+        yield
+
+
+def limit_password_change(
+    request: Request, principal: Annotated[Principal, Depends(token_principal)]
+) -> Iterator[None]:
+    """A wrong current password is a guess like a failed login, from the same budget (the
+    account's email key): a stolen token must not become a second oracle for the password."""
+    from shared.accounts.users import get_user  # the account's email: one read, on a rare route
+
+    account = _account_key(get_user(principal.user_id)["email"])
+    with _guessing_throttled(account, client_key(request), lambda exc: exc.code == "wrong_password"):
+        yield
+
+
+async def limit_booking(
+    request: Request, principal: Annotated[Principal, Depends(token_principal)]
+) -> Principal:
+    """Booking creation per customer and per IP, and the token's revocation check, in one
+    Redis round trip (run off the event loop). Returns the still-active principal."""
+    settings = get_settings()
+    await run_in_threadpool(functools.partial(enforce, [
+        Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
+                   settings.rate_limit_booking_per_user),
+        Rule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
+                   settings.rate_limit_booking_per_ip),
+    ], session=principal))
+    return principal
+
+
+async def _booking_customer(principal: Annotated[Principal, Depends(limit_booking)]) -> Principal:
+    return customer_only(principal)
+
+
+def limit_register(request: Request) -> None:
+    """Registrations per IP: each costs a deliberately slow hash and creates an account."""
+    enforce([Rule.parse("register_per_ip", f"register-ip:{client_key(request)}",
+                        get_settings().rate_limit_register_per_ip)])
+
+
+def limit_refresh(request: Request) -> None:
+    """Refreshes per IP: unauthenticated, each costs database writes (and probes for tokens)."""
+    enforce([Rule.parse("refresh_per_ip", f"refresh-ip:{client_key(request)}",
+                        get_settings().rate_limit_refresh_per_ip)])
+
+
+LoginRateLimit = Depends(limit_login)
+RefreshRateLimit = Depends(limit_refresh)
+PasswordChangeRateLimit = Depends(limit_password_change)
+RegisterRateLimit = Depends(limit_register)
+# Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
+# session check share one Redis round trip (never ``Customer`` plus a limit: two trips).
+BookingCustomer = Annotated[Principal, Depends(_booking_customer)]

@@ -1,0 +1,79 @@
+"""The benchmark harness still runs and still checks: a seconds-long run, not a measurement."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import loadgen, pgbench_booking
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick_report(server_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    cmd = [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--clients", "4", "--spread-clients", "4",
+           "--sellout-tickets", "40", "--users", "300", "--database-url", server_urls["database"],
+           "--redis-url", server_urls["redis"], "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "bookings/s" in proc.stdout  # the table
+    report: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    return report
+
+
+def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_report: dict[str, Any]) -> None:
+    rush = quick_report["rush"]
+    assert quick_report["ok"] is True
+    assert quick_report["machine"]["nproc"] >= 1 and quick_report["machine"]["cpu_model"]
+    assert quick_report["servers"]["fsync"] in ("on", "off")
+    pg = rush["pgbench"]
+    assert [r["clients"] for r in pg["hot"]] == [1, 4] and pg["peak"]["tps"] > 0
+    assert pg["hot_check"]["oversold"] == 0 and pg["hot_check"]["ok"]
+    assert pg["hot_check"]["bookings_rows"] == pg["hot_check"]["pgbench_transactions"] > 0
+    assert rush["generator_ceiling"]["per_s"] > 0 and rush["generator_alone"]["per_s"] > 0
+    kinds = [s["kind"] for s in rush["scenarios"]]
+    assert kinds == ["hot", "sellout", "spread"]
+    for s in rush["scenarios"]:
+        assert s["per_s"] > 0 and s["errors_5xx"] == 0
+        assert set(s["latency_ms"]) == {"p50", "p95", "p99", "max"}
+        check = s["check"]
+        assert check["oversold"] == 0 and check["events_sold_ne_booked"] == 0 and check["ok"]
+        assert check["client_successes"] == check["bookings_rows"] == check["outbox_rows"] > 0
+    sellout = rush["scenarios"][1]
+    assert sellout["successes"] == 40 and sellout["check"]["sold_out_exactly"]
+    assert set(sellout["error_codes"]) <= {"sold_out"}
+    assert all(v > 0 for v in rush["ratios"].values())
+    fan = quick_report["fanout"]
+    assert fan["ok"] and fan["delivery_keys"] == fan["distinct_users"] == 300 and fan["channels"] == ["console"]
+
+
+def test_pgbench_script_is_the_booking_statement_with_variables() -> None:
+    script = pgbench_booking.translate(
+        pgbench_booking.book_sql(),
+        {"event_id": "7", "user_id": "random(1, 9)", "quantity": "1", "default_max": "10", "customer_max": "20"},
+        {"now": "2026-01-01T00:00:00+00:00"},
+    )
+    assert "\\set event_id 7" in script and "\\set user_id random(1, 9)" in script
+    assert "\\set now" not in script and ":now" in script  # given with -D: pgbench cannot make a time
+    assert "%(" not in script and ":event_id" in script and script.rstrip().endswith(";")
+
+
+def test_pgbench_translation_refuses_a_parameter_it_cannot_fill() -> None:
+    with pytest.raises(pgbench_booking.ScriptError, match="hold_id"):
+        pgbench_booking.translate("SELECT %(hold_id)s", {})
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert loadgen.percentile(values, 50) == 50.0
+    assert loadgen.percentile(values, 99) == 99.0
+    assert loadgen.percentile([], 99) is None

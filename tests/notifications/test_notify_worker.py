@@ -1,0 +1,369 @@
+"""Notifications end to end: handlers -> outbox -> real Redis -> a real Celery worker -> PostgreSQL.
+
+The worker runs in-process (``start_worker``, thread pool of 4, so fan-out chunks really
+run in parallel) against the session's Redis and PostgreSQL, with retry delays shrunk.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from local.embedded import free_port
+from shared.platform.settings import get_settings
+from tests.support.clients import LambdaClient
+from tests.support.factories import account, create_event
+from tests.support.notify import (
+    FlakyChannel,
+    LogLines,
+    captured_notify_log,
+    deliveries,
+    outbox_of_booking,
+    wait_for,
+)
+
+WORKER_ENV = {
+    "NOTIFY_RETRY_BASE": "0.05",
+    "NOTIFY_RETRY_MAX": "0.2",
+    "NOTIFY_MAX_ATTEMPTS": "3",
+    "NOTIFY_FANOUT_CHUNK": "3",
+    "NOTIFY_FANOUT_PAGE": "2",
+    "NOTIFY_CHANNEL": "console",
+    "OUTBOX_RELAY_GRACE": "0",
+    # Delivery mechanics, with unverified users; verification: tests/notifications/test_notify_verification.py
+    "REQUIRE_VERIFIED_EMAIL": "false",
+}
+
+
+class Tracker:
+    """Which task ids the worker finished, and how many tasks are running right now."""
+
+    def __init__(self) -> None:
+        self.finished: set[str] = set()
+        self.names: Counter[str] = Counter()
+        self.running = 0
+        self.lock = threading.Lock()
+
+    def started(self, task_id: str | None = None, **_: Any) -> None:
+        with self.lock:
+            self.running += 1
+
+    def done(self, task_id: str | None = None, sender: Any = None, **_: Any) -> None:
+        with self.lock:
+            self.running -= 1
+            self.names[getattr(sender, "name", "?")] += 1
+            if task_id:
+                self.finished.add(task_id)
+
+    def wait_idle(self, queue_length: Any, *, settle: float = 0.3) -> None:
+        """Until the queue is empty and nothing runs for ``settle`` seconds (retries settle too)."""
+        quiet_since = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.running == 0 and queue_length() == 0:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.02)
+        raise AssertionError("worker did not become idle")
+
+
+@pytest.fixture(scope="module")
+def notify(database: str) -> Iterator[dict[str, Any]]:
+    from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun, task_prerun
+
+    from functions.notify.celery_app import configure
+    from functions.notify.channels import use_channel
+    from functions.notify.worker import app
+    from shared.notifications import outbox
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in WORKER_ENV.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        outbox.reset()
+        settings = get_settings()
+        configure(app, settings)
+        redis = outbox.redis_client()
+        redis.delete(settings.notify_queue)  # bookings of earlier test modules, never consumed
+        tracker = Tracker()
+        task_prerun.connect(tracker.started, weak=False)
+        task_postrun.connect(tracker.done, weak=False)
+        try:
+            with captured_notify_log() as log, start_worker(
+                app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=20
+            ):
+                yield {
+                    "app": app,
+                    "log": log,
+                    "tracker": tracker,
+                    "queue_length": lambda: redis.llen(settings.notify_queue),
+                }
+        finally:
+            task_prerun.disconnect(tracker.started)
+            task_postrun.disconnect(tracker.done)
+            use_channel(None)
+    get_settings.cache_clear()
+    outbox.reset()
+
+
+@pytest.fixture
+def log(notify: dict[str, Any]) -> LogLines:
+    return notify["log"]  # type: ignore[no-any-return]
+
+
+def _book(client: LambdaClient, token: str, event_id: int, quantity: int = 1) -> dict[str, Any]:
+    r = client.request("POST", "/bookings", json_body={"event_id": event_id, "quantity": quantity},
+                       token=token)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_booking_confirmation_reaches_the_customer_who_booked(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    # GIVEN an event and a customer
+    _, organizer = account(v2, "organizer")
+    event = create_event(v2, organizer, total_tickets=5)
+    customer, token = account(v2, "customer")
+    # WHEN the customer books through the booking function's Lambda handler
+    booking = _book(v2, token, event["id"], 2)
+    # THEN the outbox row was published and the worker delivered it once
+    from shared.notifications import outbox
+    assert outbox.flush_background()
+    row = outbox_of_booking(sql, booking["id"])
+    assert row["published_at"] is not None
+    sent = wait_for(lambda: deliveries(sql, row["id"]), what="confirmation delivery")
+    assert [(d["user_id"], d["recipient"], d["kind"]) for d in sent] == [
+        (customer["id"], customer["email"], "booking_confirmation")
+    ]
+    line = f"📧 Booking confirmation sent to user {customer['email']}"
+    wait_for(lambda: log.matching(line), what="log line")
+    notify["tracker"].wait_idle(notify["queue_length"])
+    assert log.matching(line) == [line]
+
+
+def _event_with_bookings(client: LambdaClient, sql: psycopg.Connection, users: int
+                         ) -> tuple[dict[str, Any], str, list[int]]:
+    """An event booked by ``users`` customers (the first twice), plus one cancelled booking."""
+    _, organizer = account(client, "organizer")
+    event = create_event(client, organizer, total_tickets=100)
+    booked = []
+    for i in range(users):
+        customer, token = account(client, "customer")
+        _book(client, token, event["id"])
+        if i == 0:
+            _book(client, token, event["id"])  # one user, two bookings: notified once
+        booked.append(customer["id"])
+    _, dropped_token = account(client, "customer")
+    dropped = _book(client, dropped_token, event["id"])
+    sql.execute("UPDATE bookings SET status = 'cancelled', cancelled_at = now() WHERE id = %s",
+                (dropped["id"],))
+    return event, organizer, sorted(booked)
+
+
+def _update_outbox(sql: psycopg.Connection, event_id: int) -> dict[str, Any]:
+    return wait_for(lambda: sql.execute(
+        """SELECT * FROM outbox WHERE task = 'notify_event_update'
+            AND (payload->>'event_id')::bigint = %s ORDER BY id DESC LIMIT 1""",
+        (event_id,)).fetchone(), what="outbox row of the update")
+
+
+def _fanout_finished(sql: psycopg.Connection, outbox_id: int) -> dict[str, Any] | None:
+    return sql.execute(  # type: ignore[return-value]
+        "SELECT * FROM notification_fanouts WHERE outbox_id = %s AND finished_at IS NOT NULL",
+        (outbox_id,),
+    ).fetchone()
+
+
+def test_event_update_notifies_every_booked_user_exactly_once(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    # GIVEN 7 booked users (chunks of 3 users -> 3 sub-tasks, pages of 2 inside each)
+    event, organizer, booked = _event_with_bookings(v2, sql, 7)
+    notify["tracker"].wait_idle(notify["queue_length"])
+    # WHEN the organizer changes the venue
+    r = v2.request("PUT", f"/events/{event['id']}", json_body={"venue": "Hall B"}, token=organizer)
+    assert r.status_code == 200, r.text
+    # THEN each booked user gets exactly one delivery and the last chunk logs the real count
+    row = _update_outbox(sql, event["id"])
+    fanout = wait_for(lambda: _fanout_finished(sql, row["id"]), what="fan-out to finish")
+    assert (fanout["chunks_total"], fanout["chunks_done"], fanout["notified"]) == (3, 3, 7)
+    assert [d["user_id"] for d in deliveries(sql, row["id"])] == booked
+    notify["tracker"].wait_idle(notify["queue_length"])
+    assert log.matching("about event update") == ["🔔 Notified 7 users about event update"]
+
+
+def test_redelivered_fanout_and_confirmation_do_not_notify_twice(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from functions.notify.channels import use_channel
+    from shared.notifications import outbox
+    queue = get_settings().notify_queue
+    event, organizer, booked = _event_with_bookings(v2, sql, 8)
+    _, organizer2 = account(v2, "organizer")
+    other_event = create_event(v2, organizer2, total_tickets=5)
+    customer, token = account(v2, "customer")
+    notify["tracker"].wait_idle(notify["queue_length"])
+    before = len(log.matching("about event update"))
+    channel = FlakyChannel()
+    channel.healthy = True
+    use_channel(channel)
+    try:
+        # GIVEN an update and a booking whose requests did not publish (left to the relay) ...
+        monkeypatch.setattr(outbox, "_paused_until", time.monotonic() + 60)
+        r = v2.request("PUT", f"/events/{event['id']}", json_body={"title": "Moved"},
+                       token=organizer)
+        assert r.status_code == 200, r.text
+        booking = _book(v2, token, other_event["id"])
+        monkeypatch.setattr(outbox, "_paused_until", 0.0)
+        update = _update_outbox(sql, event["id"])
+        confirmation = outbox_of_booking(sql, booking["id"])
+        # ... WHEN each message arrives three times at once (relay and request both
+        # publishing, a crashed worker's message redelivered), racing on 4 threads
+        copies = [outbox.task_message(row["task"], outbox.row_kwargs(row), queue=queue)
+                  for row in (update, confirmation) for _ in range(3)]
+        chunks_before = notify["tracker"].names["fanout_chunk"]
+        outbox.redis_client().lpush(queue, *[json.dumps(m) for m in copies])
+        ids = {m["headers"]["id"] for m in copies}
+        wait_for(lambda: ids <= notify["tracker"].finished, what="duplicate messages to run")
+        notify["tracker"].wait_idle(notify["queue_length"])
+    finally:
+        use_channel(None)
+    # THEN the duplicate parents re-sent chunks, yet nobody was notified twice or missed
+    fanout = _fanout_finished(sql, update["id"])
+    assert fanout is not None and fanout["chunks_total"] == 3
+    assert notify["tracker"].names["fanout_chunk"] - chunks_before > fanout["chunks_total"]
+    assert [d["user_id"] for d in deliveries(sql, update["id"])] == booked
+    assert len(deliveries(sql, confirmation["id"])) == 1
+    assert sorted(Counter(channel.attempts).values()) == [1] * (len(booked) + 1)
+    assert log.matching("about event update")[before:] == [
+        f"🔔 Notified {len(booked)} users about event update"]
+    assert len(log.matching(f"Booking confirmation sent to user {customer['email']}")) == 1
+
+
+def test_booking_answers_quickly_with_redis_down_and_the_relay_delivers_later(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.notifications import outbox
+    _, organizer = account(v2, "organizer")
+    event = create_event(v2, organizer, total_tickets=5)
+    customer, token = account(v2, "customer")
+    # GIVEN Redis unreachable for the booking function
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    outbox.reset()
+    try:
+        # WHEN the customer books
+        started = time.monotonic()
+        booking = _book(v2, token, event["id"])
+        elapsed = time.monotonic() - started
+        outbox.flush_background()  # the publisher thread tries while Redis is still away
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        outbox.reset()
+    # THEN the booking is taken promptly and its notification waits in the outbox
+    assert elapsed < 2.0, f"booking took {elapsed:.2f}s with Redis down"
+    row = outbox_of_booking(sql, booking["id"])
+    assert row["published_at"] is None and row["attempts"] == 1
+    assert "ConnectionError" in row["last_error"]
+    # WHEN Redis is back and the relay runs
+    assert outbox.relay_pending(min_age=0) >= 1
+    # THEN the confirmation arrives, for the right user
+    sent = wait_for(lambda: deliveries(sql, row["id"]), what="relayed confirmation")
+    assert [d["user_id"] for d in sent] == [customer["id"]]
+    assert sql.execute("SELECT published_at FROM outbox WHERE id = %s",
+                       (row["id"],)).fetchone()["published_at"] is not None
+
+
+def test_failing_channel_retries_then_dead_letters_and_replay_delivers(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    from functions.notify.channels import use_channel
+    from shared.notifications import deadletters
+    _, organizer = account(v2, "organizer")
+    event = create_event(v2, organizer, total_tickets=5)
+    customer, token = account(v2, "customer")
+    notify["tracker"].wait_idle(notify["queue_length"])
+    channel = FlakyChannel()
+    use_channel(channel)
+    try:
+        # GIVEN a mail channel that keeps failing
+        booking = _book(v2, token, event["id"])
+        row = outbox_of_booking(sql, booking["id"])
+        # THEN the task is tried NOTIFY_MAX_ATTEMPTS times, then dead-lettered in PostgreSQL
+        letter = wait_for(lambda: sql.execute(
+            "SELECT * FROM notification_dead_letters WHERE (kwargs->>'outbox_id')::bigint = %s",
+            (row["id"],)).fetchone(), what="dead letter")
+        assert letter["task"] == "booking_confirmation"
+        assert letter["attempts"] == 3 and "mail server unreachable" in letter["error"]
+        assert channel.attempts == [customer["email"]] * 3
+        assert deliveries(sql, row["id"]) == []
+        assert letter["id"] in [d["id"] for d in deadletters.list_dead_letters()]
+        # WHEN the channel recovers and the dead letter is replayed
+        channel.healthy = True
+        assert deadletters.replay([letter["id"]]) == [letter["id"]]
+        # THEN it is delivered once, and a second replay finds nothing to do
+        sent = wait_for(lambda: deliveries(sql, row["id"]), what="replayed delivery")
+        assert [d["user_id"] for d in sent] == [customer["id"]]
+        assert deadletters.replay([letter["id"]]) == []
+        assert letter["id"] not in [d["id"] for d in deadletters.list_dead_letters()]
+        notify["tracker"].wait_idle(notify["queue_length"])
+        assert len(channel.attempts) == 4
+    finally:
+        use_channel(None)
+
+
+def test_event_cancellation_notifies_the_users_whose_bookings_it_cancelled(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    # GIVEN 5 booked users (one twice) and a booking its customer cancelled earlier
+    event, organizer, booked = _event_with_bookings(v2, sql, 5)
+    notify["tracker"].wait_idle(notify["queue_length"])
+    before = len(log.matching("about event cancellation"))
+    # WHEN the organizer cancels the event (which cancels every booking)
+    r = v2.request("POST", f"/events/{event['id']}/cancel", token=organizer)
+    assert r.status_code == 200, r.text
+    # THEN exactly the 5 users holding tickets are told, once each, and the count is logged
+    row = wait_for(lambda: sql.execute(
+        """SELECT * FROM outbox WHERE task = 'event_cancelled'
+            AND (payload->>'event_id')::bigint = %s""", (event["id"],)).fetchone(),
+        what="cancellation outbox row")
+    wait_for(lambda: _fanout_finished(sql, row["id"]), what="cancellation fan-out")
+    assert [d["user_id"] for d in deliveries(sql, row["id"])] == booked
+    assert {d["kind"] for d in deliveries(sql, row["id"])} == {"event_cancelled"}
+    notify["tracker"].wait_idle(notify["queue_length"])
+    assert log.matching("about event cancellation")[before:] == [
+        "🔔 Notified 5 users about event cancellation"]
+
+
+def test_booking_cancellation_is_sent_to_its_customer(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection
+) -> None:
+    _, organizer = account(v2, "organizer")
+    event = create_event(v2, organizer, total_tickets=5)
+    customer, token = account(v2, "customer")
+    booking = _book(v2, token, event["id"], 3)
+    r = v2.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 2},
+                   token=token)
+    assert r.status_code == 200, r.text
+    row = wait_for(lambda: sql.execute(
+        """SELECT * FROM outbox WHERE task = 'booking_cancelled'
+            AND (payload->>'booking_id')::bigint = %s""", (booking["id"],)).fetchone(),
+        what="booking cancellation outbox row")
+    sent = wait_for(lambda: deliveries(sql, row["id"]), what="cancellation delivery")
+    assert [(d["user_id"], d["kind"]) for d in sent] == [(customer["id"], "booking_cancelled")]
+    wait_for(lambda: log.matching(f"📧 Booking cancellation sent to user {customer['email']}"),
+             what="cancellation log line")

@@ -1,0 +1,85 @@
+"""Cancelling bookings (all or some tickets) and whole events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.clients import Client
+from tests.support.factories import account, create_event
+
+
+def _available(client: Client, event_id: int) -> int:
+    return client.request("GET", f"/events/{event_id}").json()["available_tickets"]  # type: ignore[no-any-return]
+
+
+def test_partial_then_full_cancellation_returns_tickets(client: Client, sql: Any) -> None:
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org, total_tickets=5)
+    booking = client.request("POST", "/bookings", json_body={"event_id": event["id"], "quantity": 3}, token=cust).json()
+
+    r = client.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 1}, token=cust)
+    assert r.status_code == 200, r.text
+    assert (r.json()["quantity"], r.json()["cancelled_quantity"], r.json()["status"]) == (2, 1, "confirmed")
+    assert _available(client, event["id"]) == 3
+
+    r = client.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 5}, token=cust)
+    assert r.status_code == 409 and r.json()["code"] == "cancel_exceeds_booking"
+
+    for _ in range(2):  # cancelling the rest twice is harmless
+        r = client.request("POST", f"/bookings/{booking['id']}/cancel", token=cust)
+        assert r.status_code == 200
+        assert (r.json()["quantity"], r.json()["cancelled_quantity"], r.json()["status"]) == (0, 3, "cancelled")
+        assert _available(client, event["id"]) == 5
+    tasks = sql.execute(
+        "SELECT payload FROM outbox WHERE task = 'booking_cancelled' AND (payload->>'booking_id')::bigint = %s "
+        "ORDER BY id",
+        (booking["id"],),
+    ).fetchall()
+    assert [t["payload"]["quantity"] for t in tasks] == [1, 2]
+
+
+def test_only_the_owner_cancels(client: Client) -> None:
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    _, other = account(client, "customer")
+    event = create_event(client, org, total_tickets=5)
+    booking = client.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=cust).json()
+    r = client.request("POST", f"/bookings/{booking['id']}/cancel", token=other)
+    assert r.status_code == 404 and r.json()["code"] == "booking_not_found"
+    r = client.request("POST", f"/bookings/{booking['id']}/cancel", token=org)
+    assert r.status_code == 403
+    assert _available(client, event["id"]) == 4
+
+
+def test_cancelled_event_cancels_every_booking_and_refuses_new_ones(client: Client, sql: Any) -> None:
+    _, org = account(client, "organizer")
+    _, intruder = account(client, "organizer")
+    customers = [account(client, "customer") for _ in range(3)]
+    event = create_event(client, org, total_tickets=10)
+    for _, token in customers:
+        client.request("POST", "/bookings", json_body={"event_id": event["id"], "quantity": 2}, token=token)
+    hold = client.request(
+        "POST", f"/events/{event['id']}/holds", json_body={"quantity": 1}, token=customers[0][1]
+    ).json()
+
+    assert client.request("POST", f"/events/{event['id']}/cancel", token=intruder).status_code == 403
+    for _ in range(2):  # twice is harmless
+        r = client.request("POST", f"/events/{event['id']}/cancel", token=org)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled"
+        assert r.json()["available_tickets"] == 9  # everything back but the live hold
+
+    rows = sql.execute("SELECT status, quantity FROM bookings WHERE event_id = %s", (event["id"],)).fetchall()
+    assert rows and all(row == {"status": "cancelled", "quantity": 0} for row in rows)
+    r = client.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=customers[1][1])
+    assert r.status_code == 409 and r.json()["code"] == "event_cancelled"
+    r = client.request("POST", f"/holds/{hold['id']}/confirm", token=customers[0][1])
+    assert r.status_code == 409 and r.json()["code"] == "event_cancelled"
+    r = client.request("PUT", f"/events/{event['id']}", json_body={"title": "x"}, token=org)
+    assert r.status_code == 409 and r.json()["code"] == "event_cancelled"
+    task = sql.execute(
+        "SELECT payload FROM outbox WHERE task = 'event_cancelled' AND (payload->>'event_id')::bigint = %s",
+        (event["id"],),
+    ).fetchall()
+    assert [t["payload"]["bookings_cancelled"] for t in task] == [3]
