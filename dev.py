@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
         "list or replay notifications that exhausted their retries",
     ),
     "bench": (["-m", "bench"], "run the benchmarks"),
-    "lint": (["-m", "ruff", "check", "."], "ruff over the project"),
+    "lint": (["-m", "ruff", "check", "."], "ruff, then the import contracts (import-linter)"),
     "typecheck": (["-m", "mypy"], "mypy over the project"),
 }
 
@@ -82,8 +82,8 @@ def ensure_venv() -> None:
 
 
 # Commands that talk to the database find a running `dev.py up` stack by themselves
-# (`invoke` and `users` do so in Python, with more settings).
-_STACK_AWARE = {"relay", "deadletters", "migrate"}
+# (`invoke` does so in Python, with more settings).
+_STACK_AWARE = {"relay", "deadletters", "migrate", "users"}
 
 
 def _use_running_stack() -> None:
@@ -117,6 +117,10 @@ def main(argv: list[str]) -> int:
         _use_running_stack()
     os.chdir(ROOT)
     cmd = [str(PYTHON), *args, *argv[1:]]
+    if argv[0] == "lint":  # layer directions (pyproject's [tool.importlinter]) after ruff
+        if subprocess.call(cmd) != 0:
+            return 1
+        cmd = [str(BIN / "lint-imports.exe")] if os.name == "nt" else [str(PYTHON), str(BIN / "lint-imports")]
     if os.name == "nt":
         return subprocess.call(cmd)
     os.execv(str(PYTHON), cmd)  # replace this process: signals go straight to the command

@@ -6,9 +6,9 @@ The routers are the functions' own: each route is defined once, in its function.
 from functions.booking.routes import router as booking_router
 from functions.events.routes import router as events_router
 from functions.users.routes import router as users_router
-from shared.platform.metrics import router as metrics_router
 from shared.web.app import create_app
 from shared.web.health import router as health_router
+from shared.web.metrics_route import router as metrics_router
 
 app = create_app(
     title="Ticketing backend (all functions)",

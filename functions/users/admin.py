@@ -41,10 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:  # in a checkout: reach a running `dev.py up` stack with no configuration
-        from local.invoke import use_running_stack
-    except ImportError:  # the container images ship no local tooling
-        pass
-    else:
-        use_running_stack()
     sys.exit(main())

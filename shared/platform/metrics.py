@@ -15,7 +15,6 @@ at scrape time, so they are right whichever process wrote or published the rows.
 from __future__ import annotations
 
 import contextvars
-import hmac
 import json
 import logging
 import os
@@ -23,14 +22,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from fastapi import APIRouter, Header, HTTPException
-from fastapi.responses import Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -39,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.platform.settings import get_settings, running_in_lambda
+from shared.platform.settings import running_in_lambda
 
 log = logging.getLogger("ticketing.metrics")
 
@@ -333,54 +328,6 @@ def _db_only_registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OutboxCollector())
     return registry
-
-
-router = APIRouter(tags=["operations"])
-
-
-def metrics_token() -> str | None:
-    """The scrape token: ``METRICS_TOKEN``, else the content of ``METRICS_TOKEN_FILE``.
-
-    The file is read on every scrape (every few seconds), so a rotated token applies
-    without a restart. A missing, unreadable or too short file serves nothing.
-    """
-    settings = get_settings()
-    if settings.metrics_token:
-        return settings.metrics_token
-    if not settings.metrics_token_file:
-        return None
-    try:
-        token = Path(settings.metrics_token_file).read_text().strip()
-    except OSError as exc:
-        log.warning("metrics token file unreadable: %s", type(exc).__name__)
-        return None
-    if len(token) < 16:
-        log.warning("metrics token file holds fewer than 16 characters: /metrics stays off")
-        return None
-    return token
-
-
-def _authorized(authorization: str | None, token: str) -> bool:
-    scheme, _, presented = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        presented.strip().encode(), token.encode()
-    )
-
-
-@router.get("/metrics", include_in_schema=False)
-def metrics_endpoint(authorization: Annotated[str | None, Header()] = None) -> Response:
-    """Prometheus scrape target of the container API, for the holder of the token only.
-
-    Off (404, as if absent) unless a token is configured: the public listener never
-    serves figures to anyone by default. Wrong or missing token: 401.
-    """
-    token = metrics_token()
-    if token is None:
-        raise HTTPException(404, "Not Found")
-    if not _authorized(authorization, token):
-        raise HTTPException(401, "A valid metrics token is required", {"WWW-Authenticate": "Bearer"})
-    enable_outbox_metrics()
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def serve_worker_metrics(port: int, addr: str = "127.0.0.1") -> WSGIServer:

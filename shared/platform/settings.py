@@ -8,6 +8,7 @@ import secrets
 import sys
 from email.utils import parseaddr
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal, NoReturn
 from urllib.parse import urlsplit
@@ -300,8 +301,6 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_addresses(cls, value: str) -> str:
-        from shared.web.client_ip import trusted_networks
-
         trusted_networks(value)  # raises ValueError naming the bad entry
         return value
 
@@ -482,3 +481,21 @@ def get_settings() -> Settings:
     from shared.platform.aws_config import remote_overrides
 
     return Settings.model_validate(remote_overrides())
+
+
+Network = IPv4Network | IPv6Network
+
+
+@lru_cache(maxsize=8)
+def trusted_networks(spec: str) -> tuple[Network, ...]:
+    """Parse ``TRUSTED_PROXIES`` (comma-separated IPs or CIDRs); ValueError on a bad entry."""
+    networks = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from exc
+    return tuple(networks)

@@ -34,12 +34,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from shared.platform import metrics
 from shared.platform.db import OutcomeUnknown
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings, running_in_lambda
+from shared.platform.threads import in_thread
 from shared.ticketing import bookings
 from shared.ticketing.idempotency import Claim, release, settle_failure
 
@@ -190,7 +189,7 @@ class Coalescer:
         self, call: Callable[[], Any], answer: Callable[[asyncio.Future[Any]], None] | None = None
     ) -> asyncio.Future[Any]:
         """Run ``call`` on a worker thread; ``answer`` hands out its outcome when it ends."""
-        work = asyncio.ensure_future(run_in_threadpool(call))
+        work = asyncio.ensure_future(in_thread(call))
         self._tasks.add(work)
         work.add_done_callback(self._tasks.discard)
         work.add_done_callback(answer or _consume)

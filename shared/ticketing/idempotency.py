@@ -26,6 +26,7 @@ from shared.platform import clock
 from shared.platform.db import connection, outcome_unknown
 from shared.platform.errors import AppError, Conflict, Unprocessable
 from shared.platform.settings import get_settings
+from shared.platform.threads import in_thread
 
 REPLAY_HEADER = "Idempotent-Replayed"
 
@@ -211,11 +212,9 @@ async def run_async(
 ) -> tuple[dict[str, Any], int | None]:
     """:func:`run` for an async action: the key's SQL runs on worker threads, the action
     on the event loop, so no thread is held while the action waits (a coalescing lane)."""
-    from starlette.concurrency import run_in_threadpool  # HTTP functions only, not the relay
-
     if key is None:
         return await action(None), None
-    claimed = await run_in_threadpool(_begin, user_id, key, request_fingerprint)
+    claimed = await in_thread(_begin, user_id, key, request_fingerprint)
     if not isinstance(claimed, Claim):
         return claimed[0], claimed[1]
     try:
@@ -225,10 +224,10 @@ async def run_async(
         # claimed (that booking's statement completes it) until locked_until frees it.
         raise
     except BaseException as err:
-        await run_in_threadpool(settle_failure, claimed, err)
+        await in_thread(settle_failure, claimed, err)
         raise
     if not claimed.completed:
-        await run_in_threadpool(_finish, claimed, success_status(), body)
+        await in_thread(_finish, claimed, success_status(), body)
     return body, None
 
 

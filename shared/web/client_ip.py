@@ -20,36 +20,20 @@ be two rules, one of them invisible to this module.
 from __future__ import annotations
 
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING
 
-from shared.platform.settings import get_settings
+from shared.platform.settings import Network, get_settings, trusted_networks
 
 if TYPE_CHECKING:
     from starlette.types import Scope
 
 Address = IPv4Address | IPv6Address
-Network = IPv4Network | IPv6Network
 
 _SCOPE_KEY = "ticketing.client_ip"
 _MAX_TEXT = 64
 IPV6_LIMIT_PREFIX = 64
 _HEADER = b"x-forwarded-for"
-
-
-@lru_cache(maxsize=8)
-def trusted_networks(spec: str) -> tuple[Network, ...]:
-    """Parse ``TRUSTED_PROXIES`` (comma-separated IPs or CIDRs); ValueError on a bad entry."""
-    networks = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            networks.append(ip_network(item, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from exc
-    return tuple(networks)
 
 
 def parse_ip(text: str) -> Address | None:

@@ -462,7 +462,7 @@ def test_prometheus_scrapes_the_api_with_a_token_generated_once(
     first = target.read_text()
     assert make_secret([str(target), "--mode", "0440"]) == 0 and target.read_text() == first
     assert len(first.strip()) >= 32 and (target.stat().st_mode & 0o777) == 0o440
-    from shared.platform.metrics import metrics_token
+    from shared.web.metrics_route import metrics_token
 
     saved = set_env({"METRICS_TOKEN": "", "METRICS_TOKEN_FILE": str(target)})
     try:
