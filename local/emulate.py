@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from local.lambda_events import HTTP_FUNCTIONS, build_event, function_for, invoke
 
-log = logging.getLogger("ticketing.emulate")
+log = logging.getLogger(__name__)
 
 # Served by the local app, never deployed behind API Gateway: docs and probes.
 LOCAL_ONLY_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/health")

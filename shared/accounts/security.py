@@ -21,7 +21,7 @@ from shared.platform.settings import get_settings
 
 ROLES = ("organizer", "customer")
 
-log = logging.getLogger("ticketing.security")
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ from shared.platform.errors import Unauthorized
 from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("ticketing.sessions")
+log = logging.getLogger(__name__)
 
 _KEY_PREFIX = "auth"
 # Writes (revocations) matter more than reads: they get a longer timeout.

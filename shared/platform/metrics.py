@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from shared.platform.settings import running_in_lambda
 
-log = logging.getLogger("ticketing.metrics")
+log = logging.getLogger(__name__)
 
 NAMESPACE = "ticketing"
 EMF_NAMESPACE = "Ticketing"

@@ -24,7 +24,7 @@ from shared.web.body_limit import BodyLimit
 from shared.web.schemas import RULE_CODES, ErrorOut
 from shared.web.telemetry import RequestTelemetry
 
-log = logging.getLogger("ticketing.web")
+log = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     # The framework raises a 400 only when it cannot parse a body (bad encoding, a broken

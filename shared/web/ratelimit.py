@@ -44,7 +44,7 @@ from shared.web.client_ip import limit_key
 from shared.web.deps import customer_only, token_principal
 from shared.web.schemas import LoginForm
 
-log = logging.getLogger("ticketing.ratelimit")
+log = logging.getLogger(__name__)
 
 # KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
 # and the period, in milliseconds. Returns {allowed, retry_ms, index}.

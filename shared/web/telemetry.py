@@ -25,7 +25,7 @@ from shared.platform import metrics
 from shared.platform.logging import reset_context, set_context
 from shared.web.client_ip import client_ip
 
-log = logging.getLogger("ticketing.request")
+log = logging.getLogger(__name__)
 
 HEADER = b"x-request-id"
 # ASCII only: ``\w`` is Unicode otherwise, and the id is echoed in a header and logged.
@@ -128,4 +128,4 @@ class RequestTelemetry:
                 },
             )
         except Exception:  # telemetry must never turn a served request into a failure
-            logging.getLogger("ticketing.request").exception("request telemetry failed")
+            log.exception("request telemetry failed")

@@ -41,7 +41,7 @@ def own_limits(database: str) -> Iterator[None]:
 def _logged_ips(out: str, marker: str) -> list[Any]:
     lines = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
     return [e.get("client_ip") for e in lines
-            if e.get("logger") == "ticketing.request" and e.get("request_id") == marker]
+            if e.get("logger") == "shared.web.telemetry" and e.get("request_id") == marker]
 
 
 # --- the rule itself ----------------------------------------------------------------------
