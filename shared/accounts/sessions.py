@@ -35,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.accounts.password_hashing import Principal, issue_token
+from shared.accounts.tokens import Principal, issue_token
 from shared.platform.db import connection
 from shared.platform.errors import Unauthorized
 from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.accounts import sessions
 from shared.accounts.emails import normalize_email
-from shared.accounts.password_hashing import Principal
+from shared.accounts.tokens import Principal
 from shared.platform import metrics
 from shared.platform.errors import AppError, TooManyRequests
 from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
