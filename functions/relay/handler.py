@@ -21,7 +21,7 @@ from shared.platform.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def lambda_handler(event: Any = None, context: Any = None) -> dict[str, int]:
+def lambda_handler(lambda_event: Any = None, context: Any = None) -> dict[str, int]:
     """Entry point for a scheduled Lambda (handler string ``functions.relay.handler.lambda_handler``).
 
     Also tidies expired holds and idempotency keys (correctness never waits for it).

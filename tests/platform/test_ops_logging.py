@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from local.lambda_events import build_event, invoke
+from local.lambda_events import build_lambda_event, invoke
 from shared.platform.logging import REDACTED, bind_context, configure_logging, redact, redact_text
 from tests.support.clients import Client
 from tests.support.factories import unique_email
@@ -76,7 +76,7 @@ def test_generated_request_id_when_none_or_malformed(
 
 @pytest.mark.parametrize("fmt", ["v2", "v1"])
 def test_lambda_uses_the_api_gateway_request_id(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
-    event = build_event("GET", "/events", fmt=fmt)  # type: ignore[arg-type]
+    event = build_lambda_event("GET", "/events", fmt=fmt)  # type: ignore[arg-type]
     apigw_id = event["requestContext"]["requestId"]
     capsys.readouterr()
     result = invoke("events", event)
