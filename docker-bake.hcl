@@ -50,18 +50,20 @@ group "lambda" {
   targets = ["lambda-x86_64", "lambda-arm64"]
 }
 
+target "_lambda" {
+  inherits = ["_common"]
+  target   = "lambda"
+  attest   = ["type=provenance,disabled=true", "type=sbom,disabled=true"]
+}
+
 target "lambda-x86_64" {
-  inherits  = ["_common"]
-  target    = "lambda"
+  inherits  = ["_lambda"]
   platforms = ["linux/amd64"]
   tags      = ["${IMAGE_PREFIX}-lambda:${TAG}-x86_64"]
-  attest    = ["type=provenance,disabled=true", "type=sbom,disabled=true"]
 }
 
 target "lambda-arm64" {
-  inherits  = ["_common"]
-  target    = "lambda"
+  inherits  = ["_lambda"]
   platforms = ["linux/arm64"]
   tags      = ["${IMAGE_PREFIX}-lambda:${TAG}-arm64"]
-  attest    = ["type=provenance,disabled=true", "type=sbom,disabled=true"]
 }

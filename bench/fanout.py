@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import psycopg
 
 from bench.environment import Environment
-from local.embedded import REPO_ROOT
+from local.processes import Child, spawn
 
 GOAL_USERS_PER_S = 10_000
 
@@ -77,48 +75,32 @@ class Worker:
         self.env = {**os.environ, "DATABASE_URL": env.database_url, "REDIS_URL": env.redis_url,
                     "NOTIFY_QUEUE": queue, "NOTIFY_CHANNEL": "console", "LOG_LEVEL": "INFO"}
         self.name = f"bench-fanout-{os.getpid()}"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     def start(self, timeout: float = 60) -> None:
         cmd = [sys.executable, "-m", "celery", "-A", "functions.notify.worker", "worker", "--loglevel=INFO",
                "-n", f"{self.name}@%h"]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.log_path.unlink(missing_ok=True)  # concurrency() reads this run's banner
+        self.child = spawn("worker", cmd, self.env, self.log_path, follow=False)
         # Ready = it answers a control ping (its log format belongs to the worker's owners).
         from functions.notify.celery_app import app
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the worker exited with {self.process.returncode}; see {self.log_path}")
+        def answers() -> bool:
             replies = app.control.ping(timeout=0.5)
-            if any(name.startswith(self.name + "@") for reply in replies for name in reply):
-                return
-        raise RuntimeError(f"the worker was not ready within {timeout}s; see {self.log_path}")
+            return any(name.startswith(self.name + "@") for reply in replies for name in reply)
+
+        self.child.wait_until(answers, timeout)
 
     def concurrency(self) -> str:
         match = re.search(r"concurrency:\s*(.+)", self.log_path.read_text(errors="replace"))
         return match.group(1).strip() if match else "unknown"
 
     def cpu_seconds(self) -> float | None:
-        try:
-            import psutil
-
-            root = psutil.Process(self.process.pid if self.process else None)
-            return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
-        except Exception:
-            return None
+        return self.child.cpu_seconds() if self.child else None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # our own child's group: warm shutdown
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.child is not None:
+            self.child.stop(timeout=30)  # a warm shutdown first: the worker finishes its tasks
 
 
 def run(env: Environment, users: int, out_dir: Path, timeout: float = 300.0) -> dict[str, Any]:

@@ -27,7 +27,6 @@ import argparse
 import math
 import os
 import secrets
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -39,7 +38,8 @@ import psycopg
 
 from bench import loadgen, pgbench_booking
 from bench.environment import Environment
-from local.embedded import REPO_ROOT, free_port
+from local.embedded import free_port
+from local.processes import Child, spawn, tree_cpu_seconds, wait_http_ok
 
 PASSWORD = "bench-pass-1"
 TICKETS_NOT_SELLING_OUT = 1_000_000  # the API's largest event
@@ -138,7 +138,7 @@ class ApiServer:
             **extra_env,
         }
         self.extra_env = extra_env
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     @property
     def base_url(self) -> str:
@@ -147,28 +147,12 @@ class ApiServer:
     def start(self, timeout: float = 60) -> None:
         cmd = [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--workers", str(self.workers)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"uvicorn did not answer within {timeout}s; see {self.log_path}")
+        self.child = spawn("api", cmd, self.env, self.log_path, follow=False)
+        wait_http_ok(f"{self.base_url}/health/live", self.child, timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.child is not None:
+            self.child.stop()
 
 
 class CpuProbe:
@@ -181,27 +165,10 @@ class CpuProbe:
     def __init__(self, server_pid: int | None, postgres_pid: int | None) -> None:
         self.server_pid, self.postgres_pid = server_pid, postgres_pid
 
-    def _tree_seconds(self, pid: int | None, children: bool) -> float | None:
-        try:
-            import psutil
-
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)] if children else [root]
-            total = 0.0
-            for proc in procs:
-                try:
-                    t = proc.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            return total
-        except Exception:
-            return None
-
     def snapshot(self) -> dict[str, float | None]:
         return {
-            "server": self._tree_seconds(self.server_pid, False) if self.server_pid else None,
-            "postgres": self._tree_seconds(self.postgres_pid, True) if self.postgres_pid else None,
+            "server": tree_cpu_seconds(self.server_pid, children=False) if self.server_pid else None,
+            "postgres": tree_cpu_seconds(self.postgres_pid) if self.postgres_pid else None,
             "machine": self._machine_busy(),
             "wall": time.monotonic(),
         }
@@ -475,8 +442,8 @@ def run(env: Environment, opts: Options, out_dir: Path) -> dict[str, Any]:
                 print(f"  pgbench skipped: {report['pgbench_skipped']}", flush=True)
         if opts.skip_http:
             return report
-        assert server.process is not None
-        probe = CpuProbe(server.process.pid, env.postgres_pid)
+        assert server.child is not None
+        probe = CpuProbe(server.child.process.pid, env.postgres_pid)
         host, port = "127.0.0.1", server.port
         book = loadgen.Spec(host=host, port=port, method="POST", path="/bookings", tokens=tuple(fx.tokens))
         scenarios: list[dict[str, Any]] = []

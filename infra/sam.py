@@ -42,11 +42,11 @@ def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def http_routes(props: dict[str, Any]) -> set[tuple[str, str]]:
-    """(METHOD, path) of a function's HttpApi events."""
+    """(METHOD, path) of a function's HttpApi event sources."""
     routes = set()
-    for event in props.get("Events", {}).values():
-        if event["Type"] == "HttpApi":
-            p = event["Properties"]
+    for source in props.get("Events", {}).values():
+        if source["Type"] == "HttpApi":
+            p = source["Properties"]
             routes.add((str(p["Method"]).upper(), str(p["Path"])))
     return routes
 

@@ -23,12 +23,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from local.lambda_events import HTTP_FUNCTIONS, build_event, function_for, invoke
+from local.lambda_events import HTTP_FUNCTIONS, build_lambda_event, function_for, invoke, router_of
 
-log = logging.getLogger("ticketing.emulate")
+log = logging.getLogger(__name__)
 
 # Served by the local app, never deployed behind API Gateway: docs and probes.
 LOCAL_ONLY_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/health")
@@ -50,32 +49,13 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _invoke_in_thread(function: str, event: dict[str, Any]) -> dict[str, Any]:
+def _invoke_in_thread(function: str, lambda_event: dict[str, Any]) -> dict[str, Any]:
     _thread_loop()
-    return invoke(function, event)
+    return invoke(function, lambda_event)
 
 
-def route_function(method: str, path: str) -> str | None:
-    """The function API Gateway would route to.
-
-    A path that a function owns under another method still goes to that function (a
-    proxy integration does the same), so the app itself answers 405.
-    """
-    found = function_for(method, path)
-    if found is not None:
-        return found
-    import importlib
-
-    scope = {"type": "http", "method": method.upper(), "path": path}
-    for name in HTTP_FUNCTIONS:
-        router = importlib.import_module(f"functions.{name}.routes").router
-        if any(route.matches(scope)[0] == Match.PARTIAL for route in router.routes):
-            return name
-    return None
-
-
-def request_to_event(scope: Scope, body: bytes) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event for one ASGI HTTP request."""
+def request_to_lambda_event(scope: Scope, body: bytes) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) Lambda event for one ASGI HTTP request."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for raw_name, raw_value in scope.get("headers", []):
@@ -92,7 +72,7 @@ def request_to_event(scope: Scope, body: bytes) -> dict[str, Any]:
     headers["x-forwarded-for"] = client[0]
     raw_path = scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else scope["path"]
-    return build_event(
+    return build_lambda_event(
         scope["method"],
         path,
         fmt="v2",
@@ -149,14 +129,12 @@ def _allow_across_functions(method: str, path: str, headers: list[tuple[bytes, b
     Each function app knows its own routes; a path shared by two functions would otherwise
     advertise half of its methods.
     """
-    import importlib
-
     from shared.web.app import allow_header, allowed_methods
 
     scope = {"type": "http", "method": method, "path": path, "root_path": ""}
     methods: set[str] = set()
     for name in HTTP_FUNCTIONS:
-        methods.update(allowed_methods(importlib.import_module(f"functions.{name}.routes").router.routes, scope))
+        methods.update(allowed_methods(router_of(name).routes, scope))
     allow = allow_header(methods).encode()
     return [(k, v) for k, v in headers if k != b"allow"] + [(b"allow", allow)]
 
@@ -198,7 +176,8 @@ class LambdaEmulator:
         if scope["type"] != "http" or scope["path"].startswith(LOCAL_ONLY_PREFIXES):
             await self.fallback(scope, receive, send)
             return
-        function = route_function(scope["method"], scope["path"])
+        # A path a function owns under other methods goes to it too: the app answers 405.
+        function = function_for(scope["method"], scope["path"], any_method=True)
         if function is None:
             await _gateway_error(send, 404, "Not Found")
             return
@@ -206,13 +185,13 @@ class LambdaEmulator:
         if body is None:
             await _gateway_error(send, 413, "Request Entity Too Large")
             return
-        event = request_to_event(scope, body)
-        if len(json.dumps(event)) > LAMBDA_PAYLOAD_LIMIT:
+        lambda_event = request_to_lambda_event(scope, body)
+        if len(json.dumps(lambda_event)) > LAMBDA_PAYLOAD_LIMIT:
             await _gateway_error(send, 413, "Request Entity Too Large")
             return
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._pool, _invoke_in_thread, function, event)
+            result = await loop.run_in_executor(self._pool, _invoke_in_thread, function, lambda_event)
         except Exception:
             log.exception("function %s failed on %s %s", function, scope["method"], scope["path"])
             await _gateway_error(send, 502, "Internal Server Error")

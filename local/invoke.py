@@ -4,7 +4,7 @@
     python -m local.invoke POST /users --json '{"email": "a@b.co", "password": "123"}'
     python -m local.invoke POST /auth/token --form username=a@b.co --form password=123
     python -m local.invoke GET '/events?limit=5' -H 'authorization: Bearer TOKEN' --v1
-    python -m local.invoke --event tests/events/apigw_v2.json --function events
+    python -m local.invoke --event tests/lambda_events/apigw_v2.json --function events
 
 The handler runs in this process against DATABASE_URL / REDIS_URL (or ``.env``; or, when
 neither sets them, the services of a running ``dev.py up`` stack), exactly as the Lambda
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from local.lambda_events import HTTP_FUNCTIONS, build_event, function_for, invoke
+from local.lambda_events import HTTP_FUNCTIONS, build_lambda_event, function_for, invoke
 from shared.platform.settings import get_settings
 
 
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="HTTP API payload 2.0 (default)")
     fmt.add_argument("--v1", dest="fmt", action="store_const", const="v1",
                      help="REST API (payload 1.0)")
-    parser.add_argument("-e", "--event", help="read the whole event from a JSON file ('-' = stdin)")
+    parser.add_argument("-e", "--event", dest="lambda_event_file", metavar="FILE",
+                        help="read the whole Lambda event from a JSON file ('-' = stdin)")
     parser.add_argument("-f", "--function", choices=HTTP_FUNCTIONS,
                         help="function to invoke (default: the one that owns the route)")
     parser.add_argument("--body", dest="body_only", action="store_true",
@@ -71,26 +72,26 @@ def _headers(values: list[str]) -> dict[str, str]:
     return headers
 
 
-def _read_event(source: str) -> dict[str, Any]:
+def _read_lambda_event(source: str) -> dict[str, Any]:
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    event = json.loads(text)
-    if not isinstance(event, dict):
+    lambda_event = json.loads(text)
+    if not isinstance(lambda_event, dict):
         raise ValueError("the event file must hold a JSON object")
-    return event
+    return lambda_event
 
 
-def _event_route(event: dict[str, Any]) -> tuple[str, str]:
-    """Method and path of an API Gateway v1 or v2 event."""
-    if event.get("version") == "2.0":
-        http = event.get("requestContext", {}).get("http", {})
-        return http.get("method", "GET"), http.get("path") or event.get("rawPath", "/")
-    return event.get("httpMethod", "GET"), event.get("path", "/")
+def _route_of(lambda_event: dict[str, Any]) -> tuple[str, str]:
+    """Method and path of an API Gateway v1 or v2 Lambda event."""
+    if lambda_event.get("version") == "2.0":
+        http = lambda_event.get("requestContext", {}).get("http", {})
+        return http.get("method", "GET"), http.get("path") or lambda_event.get("rawPath", "/")
+    return lambda_event.get("httpMethod", "GET"), lambda_event.get("path", "/")
 
 
-def event_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The API Gateway event that the command-line arguments describe."""
-    if args.event:
-        return _read_event(args.event)
+def lambda_event_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The API Gateway Lambda event that the command-line arguments describe."""
+    if args.lambda_event_file:
+        return _read_lambda_event(args.lambda_event_file)
     if not args.method or not args.path:
         raise ValueError("give METHOD and PATH, or --event FILE")
     headers = _headers(args.header)
@@ -108,7 +109,7 @@ def event_from_args(args: argparse.Namespace) -> dict[str, Any]:
     elif args.data is not None:
         body = Path(args.data[1:]).read_bytes() if args.data.startswith("@") else args.data
     parts = urlsplit(args.path)
-    return build_event(
+    return build_lambda_event(
         args.method, parts.path or "/", fmt=args.fmt, headers=headers, body=body,
         query=parts.query, cookies=args.cookie,
     )
@@ -147,10 +148,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        event = event_from_args(args)
+        lambda_event = lambda_event_from_args(args)
     except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         parser.error(str(exc))
-    method, path = _event_route(event)
+    method, path = _route_of(lambda_event)
     function = args.function or function_for(method, path)
     if function is None:
         parser.error(f"no function serves {method} {path}; pass --function to force one")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     get_settings.cache_clear()  # read with these, whatever was read before
     # Logs and prints of the handler go to stderr: stdout carries the response alone.
     with contextlib.redirect_stdout(sys.stderr):
-        response = invoke(function, event)
+        response = invoke(function, lambda_event)
     if args.body_only:
         print(decoded_body(response), file=out)
     else:

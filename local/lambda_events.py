@@ -2,6 +2,7 @@
 
 Used by the tests (direct handler invocation), the invoke command and the emulating
 router. Templates are real API Gateway payloads kept in ``tests/lambda_events/``.
+"Lambda event" here always means such a payload, never a ticketed event.
 """
 
 from __future__ import annotations
@@ -18,30 +19,31 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
+from fastapi import APIRouter
 from starlette.routing import Match
 
-EVENTS_DIR = Path(__file__).resolve().parent.parent / "tests" / "lambda_events"
+LAMBDA_EVENTS_DIR = Path(__file__).resolve().parent.parent / "tests" / "lambda_events"
 HTTP_FUNCTIONS = ("users", "events", "booking")
-EventFormat = Literal["v2", "v1"]
+PayloadFormat = Literal["v2", "v1"]  # API Gateway payload format: HTTP API 2.0, REST API 1.0
 
 
 @cache
-def _template(fmt: EventFormat) -> dict[str, Any]:
-    return json.loads((EVENTS_DIR / f"apigw_{fmt}.json").read_text())
+def _template(fmt: PayloadFormat) -> dict[str, Any]:
+    return json.loads((LAMBDA_EVENTS_DIR / f"apigw_{fmt}.json").read_text())
 
 
-def build_event(
+def build_lambda_event(
     method: str,
     path: str,
     *,
-    fmt: EventFormat = "v2",
+    fmt: PayloadFormat = "v2",
     headers: Mapping[str, str] | None = None,
     body: bytes | str | None = None,
     query: str = "",
     cookies: list[str] | None = None,
     source_ip: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """An API Gateway event (HTTP API payload 2.0, or REST API v1) for one request."""
+    """An API Gateway Lambda event (HTTP API payload 2.0, or REST API v1) for one request."""
     method = method.upper()
     raw = body.encode() if isinstance(body, str) else (body or b"")
     try:
@@ -51,19 +53,19 @@ def build_event(
     header_map = {k.lower(): v for k, v in (headers or {}).items()}
     if raw:
         header_map["content-length"] = str(len(raw))
-    event = copy.deepcopy(_template(fmt))
+    lambda_event = copy.deepcopy(_template(fmt))
     request_id = str(uuid.uuid4())
     if fmt == "v2":
-        event["headers"] = {**event["headers"], **header_map}
-        event.update(rawPath=path, rawQueryString=query, cookies=list(cookies or []))
-        event["requestContext"]["http"].update(method=method, path=path, sourceIp=source_ip)
-        event["requestContext"]["requestId"] = request_id
+        lambda_event["headers"] = {**lambda_event["headers"], **header_map}
+        lambda_event.update(rawPath=path, rawQueryString=query, cookies=list(cookies or []))
+        lambda_event["requestContext"]["http"].update(method=method, path=path, sourceIp=source_ip)
+        lambda_event["requestContext"]["requestId"] = request_id
     else:
-        merged = {**{k.lower(): v for k, v in event["headers"].items()}, **header_map}
+        merged = {**{k.lower(): v for k, v in lambda_event["headers"].items()}, **header_map}
         if cookies:
             merged["cookie"] = "; ".join(cookies)
         pairs = parse_qsl(query, keep_blank_values=True)
-        event.update(
+        lambda_event.update(
             path=path,
             httpMethod=method,
             headers=merged,
@@ -71,11 +73,11 @@ def build_event(
             queryStringParameters=dict(pairs) or None,
             multiValueQueryStringParameters={k: [v for kk, v in pairs if kk == k] for k, _ in pairs} or None,
         )
-        event["requestContext"].update(httpMethod=method, path=path, requestId=request_id)
-        event["requestContext"]["identity"]["sourceIp"] = source_ip
-    event["body"] = text if raw else None
-    event["isBase64Encoded"] = is_b64
-    return event
+        lambda_event["requestContext"].update(httpMethod=method, path=path, requestId=request_id)
+        lambda_event["requestContext"]["identity"]["sourceIp"] = source_ip
+    lambda_event["body"] = text if raw else None
+    lambda_event["isBase64Encoded"] = is_b64
+    return lambda_event
 
 
 def encode_query(params: Mapping[str, Any] | None) -> str:
@@ -95,13 +97,23 @@ class LambdaContext:
         return 30_000
 
 
-def function_for(method: str, path: str) -> str | None:
-    """The HTTP function whose routes serve ``method path``, like API Gateway's routing."""
+def router_of(function: str) -> APIRouter:
+    """The routes of one HTTP function, as its app serves them."""
+    router: APIRouter = importlib.import_module(f"functions.{function}.routes").router
+    return router
+
+
+def function_for(method: str, path: str, *, any_method: bool = False) -> str | None:
+    """The HTTP function whose routes serve ``method path``, like API Gateway's routing.
+
+    With ``any_method``, a path that a function owns only under other methods still goes
+    to that function (a proxy integration does the same), so the app itself answers 405.
+    """
     scope = {"type": "http", "method": method.upper(), "path": path}
-    for name in HTTP_FUNCTIONS:
-        router = importlib.import_module(f"functions.{name}.routes").router
-        if any(route.matches(scope)[0] == Match.FULL for route in router.routes):
-            return name
+    for wanted in (Match.FULL, Match.PARTIAL) if any_method else (Match.FULL,):
+        for name in HTTP_FUNCTIONS:
+            if any(route.matches(scope)[0] == wanted for route in router_of(name).routes):
+                return name
     return None
 
 
@@ -109,7 +121,7 @@ def handler_of(function: str) -> Any:
     return importlib.import_module(f"functions.{function}.handler").handler
 
 
-def invoke(function: str, event: dict[str, Any]) -> dict[str, Any]:
+def invoke(function: str, lambda_event: dict[str, Any]) -> dict[str, Any]:
     """Call a function's Lambda handler in-process, as the Lambda runtime would."""
     context = LambdaContext(function_name=function, aws_request_id=str(uuid.uuid4()))
-    return handler_of(function)(event, context)
+    return handler_of(function)(lambda_event, context)

@@ -6,35 +6,32 @@ restarts). Then migrations run, the Celery worker starts with its beat schedule 
 outbox relay), and uvicorn serves every function's routes on one port, either directly
 (fast path) or through the Lambda handlers (``--emulate-lambda`` / LAMBDA_EMULATION=1).
 
-Every child runs in its own process group, so Ctrl-C in the terminal reaches this
-process only and it stops the children in order: API, worker, Redis, PostgreSQL. A
-lock file held with ``flock`` (released by the kernel, never stale) keeps two stacks off
-one data folder; a pid file lets the next start stop anything a hard-killed stack left.
+Every child runs in its own process group (local/processes.py), so Ctrl-C in the terminal
+reaches this process only and it stops the children in order: API, worker, Redis,
+PostgreSQL. A lock file held with ``flock`` (released by the kernel, never stale) keeps two
+stacks off one data folder; a pid file lets the next start stop anything a hard-killed
+stack left.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import itertools
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from local.embedded import DEFAULT_DATA_DIR, REPO_ROOT, Server, free_port
+from local.processes import Child, PidFile, port_in_use, spawn, wait_http_ok
 
 # Stable preferred ports so the printed URLs stay the same from one start to the next.
 PREFERRED_PG_PORT = 54329
@@ -42,7 +39,6 @@ PREFERRED_REDIS_PORT = 56379
 DATABASE_NAME = "ticketing"
 WORKER_APP = "functions.notify.worker"
 WORKER_READY_MARK = " ready."  # Celery prints "celery@host ready." once consuming
-STOP_TIMEOUT_S = 15.0
 # Written while the stack runs: the URLs of its services, for local.invoke.
 STACK_ENV_FILE = "stack.env"
 # The dev stack's JWT signing secret: random, generated once per data folder, so tokens
@@ -97,21 +93,6 @@ def progress(label: str) -> Iterator[None]:
     say(f"✓ {label} ({time.monotonic() - started:.1f}s)")
 
 
-# --- child processes --------------------------------------------------------------------
-
-_libc_prctl: Callable[..., int] | None = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError, AttributeError):
-        _libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the stack dies, even by SIGKILL (Linux)."""
-    if _libc_prctl is not None:
-        _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def readable(line: str) -> str:
     """A JSON log line as ``time LEVEL message`` for the console; the log file keeps the JSON."""
     if not line.startswith("{"):
@@ -124,143 +105,10 @@ def readable(line: str) -> str:
         return line
 
 
-@dataclass
-class Child:
-    """A child process whose output goes to a log file and, prefixed, to the console."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    echo: bool = True
-    _seen: list[str] = field(default_factory=list, repr=False)
-    _line: threading.Condition = field(default_factory=threading.Condition, repr=False)
-
-    def pump(self) -> None:
-        assert self.process.stdout is not None
-        prefix = f"[{self.name}]".ljust(9)
-        with open(self.log_path, "ab") as log:
-            for raw in iter(self.process.stdout.readline, b""):
-                log.write(raw)
-                log.flush()
-                line = raw.decode(errors="replace").rstrip()
-                with self._line:
-                    self._seen.append(line)
-                    del self._seen[:-200]
-                    self._line.notify_all()
-                if self.echo:
-                    say(f"{prefix} {readable(line)}")
-        with self._line:
-            self._line.notify_all()
-
-    def wait_for_line(self, mark: str, timeout: float) -> None:
-        """Block until the child prints a line containing ``mark``."""
-        deadline = time.monotonic() + timeout
-        with self._line:
-            while not any(mark in line for line in self._seen):
-                if self.process.poll() is not None:
-                    raise StackError(f"{self.name} exited with {self.process.returncode}; "
-                                     f"see {self.log_path}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StackError(f"{self.name} not ready after {timeout:.0f}s; "
-                                     f"see {self.log_path}")
-                self._line.wait(min(remaining, 0.5))
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Graceful signal to the leader, then SIGKILL to whatever is left in its group."""
-        stop_process_group(self.process.pid, self.process, timeout)
-
-
-def stop_process_group(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            break
-        if process is None and not _alive(pid):
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # leftovers, e.g. a pool child whose parent was killed
-    if process is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def spawn(name: str, cmd: list[str], env: dict[str, str], log_path: Path, echo: bool = True) -> Child:
-    process = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # own process group: the terminal's Ctrl-C reaches us only
-        preexec_fn=_die_with_parent,  # only an async-signal-safe prctl call
-    )
-    child = Child(name, process, log_path, echo)
-    threading.Thread(target=child.pump, name=f"pump-{name}", daemon=True).start()
-    return child
-
-
-# --- leftovers of a hard-killed stack ---------------------------------------------------
-
-
-class PidFile:
-    """Processes this stack started, so the next start can stop what a crash left behind."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: list[dict[str, Any]] = []
-
-    def add(self, name: str, pid: int) -> None:
-        self.entries.append({"name": name, "pid": pid, "started": _start_time(pid)})
-        self.path.write_text(json.dumps(self.entries))
-
-    def clear(self) -> None:
-        self.entries = []
-        self.path.unlink(missing_ok=True)
-
-    def reap_leftovers(self) -> list[str]:
-        """Stop processes recorded by a previous run that are still the same processes."""
-        if not self.path.exists():
-            return []
-        try:
-            entries = json.loads(self.path.read_text())
-        except ValueError:
-            entries = []
-        stopped = []
-        for entry in reversed(entries):
-            pid = int(entry.get("pid", 0))
-            if pid > 0 and entry.get("started") and _start_time(pid) == entry["started"]:
-                stop_process_group(pid, None, STOP_TIMEOUT_S)
-                stopped.append(f"{entry.get('name')} (pid {pid})")
-        self.path.unlink(missing_ok=True)
-        return stopped
-
-
-def _start_time(pid: int) -> float | None:
-    """A process's start time: a pid alone may have been reused by an unrelated process."""
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:
-        try:  # /proc fallback without psutil: field 22 of stat is the start time in ticks
-            return float(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        except (OSError, IndexError, ValueError):
-            return None
+def _echo(name: str) -> Callable[[str], None]:
+    """Print a child's lines on the console, prefixed with its name."""
+    prefix = f"[{name}]".ljust(9)
+    return lambda line: say(f"{prefix} {readable(line)}")
 
 
 @contextlib.contextmanager
@@ -319,7 +167,7 @@ def _on_free_port(preferred: int, start: Callable[[int], Server]) -> Server:
     try:
         return start(port)
     except RuntimeError:
-        if port != preferred or not _port_in_use("127.0.0.1", port):
+        if port != preferred or not port_in_use("127.0.0.1", port):
             raise
         return start(free_port())
 
@@ -334,35 +182,6 @@ def ensure_database(admin_url: str, name: str) -> str:
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def wait_http_ok(url: str, child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise StackError(f"{child.name} exited with {child.process.returncode}; "
-                             f"see {child.log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise StackError(f"{url} not ready after {timeout:.0f}s ({last}); see {child.log_path}")
 
 
 # --- the stack --------------------------------------------------------------------------
@@ -419,7 +238,7 @@ class Stack:
         left = self.pids.reap_leftovers()
         if left:
             say(f"! stopped processes left by a previous run: {', '.join(left)}")
-        if _port_in_use(opts.host, opts.port):
+        if port_in_use(opts.host, opts.port):
             raise StackError(f"port {opts.port} is already in use; pass --port to pick another")
 
         database_url, redis_url = configured_urls()
@@ -493,7 +312,7 @@ class Stack:
         return "127.0.0.1" if self.opts.host in ("0.0.0.0", "::", "") else self.opts.host
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
-        child = spawn(name, cmd, env, self.logs / f"{name}.log")
+        child = spawn(name, cmd, env, self.logs / f"{name}.log", on_line=_echo(name))
         self.children.append(child)
         self.pids.add(name, child.process.pid)
         return child

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from shared.platform.settings import get_settings, ses_sender_problem
 
-log = logging.getLogger("functions.notify.console")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from shared.platform import metrics
 from shared.platform.logging import bind_context
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("functions.notify")
+log = logging.getLogger(__name__)
 
 
 def backoff_seconds(retries: int) -> float:

@@ -20,7 +20,7 @@ from shared.notifications.outbox import relay_pending
 from shared.platform import metrics
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("functions.notify")
+log = logging.getLogger(__name__)
 
 FANOUT_LINES = {
     "event_update": "🔔 Notified %d users about event update",

@@ -20,7 +20,7 @@ from shared.platform.settings import get_settings, require_safe_worker_start
 
 __all__ = ["app", "tasks"]
 
-log = logging.getLogger("functions.notify")
+log = logging.getLogger(__name__)
 
 
 @worker_init.connect

@@ -18,10 +18,10 @@ from shared.notifications.outbox import relay_pending
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("functions.relay.handler")
+log = logging.getLogger(__name__)
 
 
-def lambda_handler(event: Any = None, context: Any = None) -> dict[str, int]:
+def lambda_handler(lambda_event: Any = None, context: Any = None) -> dict[str, int]:
     """Entry point for a scheduled Lambda (handler string ``functions.relay.handler.lambda_handler``).
 
     Also tidies expired holds and idempotency keys (correctness never waits for it).
@@ -58,4 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the module under its import name, not this ``__main__`` copy, so its log lines
+    # carry the logger name ``functions.relay.handler`` however it was started.
+    from functions.relay.handler import main as _main
+
+    raise SystemExit(_main())

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from shared.accounts import users
-from shared.accounts.security import ROLES
+from shared.accounts.tokens import ROLES
 from shared.platform.errors import AppError
 
 

@@ -35,13 +35,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.accounts.security import Principal, issue_token
+from shared.accounts.tokens import Principal, issue_token
 from shared.platform.db import connection
 from shared.platform.errors import Unauthorized
 from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("ticketing.sessions")
+log = logging.getLogger(__name__)
 
 _KEY_PREFIX = "auth"
 # Writes (revocations) matter more than reads: they get a longer timeout.

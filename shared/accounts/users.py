@@ -8,7 +8,7 @@ import psycopg
 
 from shared.accounts import email_verification, sessions
 from shared.accounts.emails import email_skeleton, normalize_email
-from shared.accounts.security import dummy_hash, hash_password, verify_password
+from shared.accounts.password_hashing import dummy_hash, hash_password, verify_password
 from shared.notifications import outbox
 from shared.platform.db import connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, Unauthorized

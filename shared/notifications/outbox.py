@@ -33,7 +33,7 @@ from shared.platform.db import Connection, connection
 from shared.platform.redis_breaker import REDIS_FAILURES
 from shared.platform.settings import get_settings, running_in_lambda
 
-log = logging.getLogger("shared.notifications.outbox")
+log = logging.getLogger(__name__)
 
 _clients: dict[tuple[str, float], redis.Redis] = {}
 _clients_lock = threading.Lock()

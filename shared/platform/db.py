@@ -37,7 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings, running_in_lambda
 
-log = logging.getLogger("ticketing.db")
+log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[DictRow]
 """What :func:`connection` lends: autocommit, rows as dicts."""

@@ -192,6 +192,11 @@ class StdoutHandler(logging.StreamHandler):
         pass
 
 
+# Logger names: every module logs through ``logging.getLogger(__name__)``, so a line's
+# ``logger`` field is the module that wrote it (``shared.web.telemetry``,
+# ``functions.notify.tasks``) and a level can be set for a whole package by its prefix
+# (``logging.getLogger("functions.notify").setLevel(...)``). The only levels pinned here are
+# the root's (LOG_LEVEL) and the third-party ones below.
 def configure_logging(level: str | None = None) -> None:
     """Route every logger through one JSON handler on stdout (idempotent).
 

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -36,67 +36,51 @@ from prometheus_client.registry import Collector
 
 from shared.platform.settings import running_in_lambda
 
-log = logging.getLogger("ticketing.metrics")
+log = logging.getLogger(__name__)
 
 NAMESPACE = "ticketing"
 EMF_NAMESPACE = "Ticketing"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-HTTP_REQUESTS = Counter(
-    "http_requests", "HTTP requests by route template and status",
-    ["method", "route", "status"], namespace=NAMESPACE, registry=REGISTRY,
-)
+
+def _counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+    """A counter of this service: under ``NAMESPACE``, in ``REGISTRY``."""
+    return Counter(name, documentation, labels, namespace=NAMESPACE, registry=REGISTRY)
+
+
+HTTP_REQUESTS = _counter("http_requests", "HTTP requests by route template and status", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "http_request_duration_seconds", "Request latency by route template and status",
     ["method", "route", "status"], namespace=NAMESPACE, registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-BOOKINGS = Counter(
-    "bookings", "Bookings made", namespace=NAMESPACE, registry=REGISTRY
-)
-TICKETS_BOOKED = Counter(
-    "tickets_booked", "Tickets taken by bookings", namespace=NAMESPACE, registry=REGISTRY
-)
-BOOKING_REFUSALS = Counter(
-    "booking_refusals", "Bookings refused for lack of tickets (sold_out, insufficient_tickets)",
-    ["reason"], namespace=NAMESPACE, registry=REGISTRY,
+BOOKINGS = _counter("bookings", "Bookings made")
+TICKETS_BOOKED = _counter("tickets_booked", "Tickets taken by bookings")
+BOOKING_REFUSALS = _counter(
+    "booking_refusals", "Bookings refused for lack of tickets (sold_out, insufficient_tickets)", ["reason"],
 )
 BOOKING_BATCH_SIZE = Histogram(
     "booking_batch_size", "Bookings coalesced into one transaction (long-running servers)",
     namespace=NAMESPACE, registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
-IDEMPOTENT_REPLAYS = Counter(
-    "idempotent_replays", "Requests answered from a stored idempotent response",
-    namespace=NAMESPACE, registry=REGISTRY,
-)
-RATE_LIMITED = Counter(
-    "rate_limited", "Requests refused with 429, by limit", ["limit"],
-    namespace=NAMESPACE, registry=REGISTRY,
-)
-NOTIFICATIONS_SENT = Counter(
-    "notifications_sent", "Notifications delivered", ["task"],
-    namespace=NAMESPACE, registry=REGISTRY,
-)
-NOTIFICATIONS_SKIPPED = Counter(
+IDEMPOTENT_REPLAYS = _counter("idempotent_replays", "Requests answered from a stored idempotent response")
+RATE_LIMITED = _counter("rate_limited", "Requests refused with 429, by limit", ["limit"])
+NOTIFICATIONS_SENT = _counter("notifications_sent", "Notifications delivered", ["task"])
+NOTIFICATIONS_SKIPPED = _counter(
     "notifications_skipped", "Notifications not sent because the address is not verified", ["task"],
-    namespace=NAMESPACE, registry=REGISTRY,
 )
-NOTIFICATIONS_RETRIED = Counter(
+NOTIFICATIONS_RETRIED = _counter(
     "notifications_retried", "Notification attempts that failed and will be retried", ["task"],
-    namespace=NAMESPACE, registry=REGISTRY,
 )
-NOTIFICATIONS_DEAD = Counter(
-    "notifications_dead_lettered", "Notifications given up after their last retry", ["task"],
-    namespace=NAMESPACE, registry=REGISTRY,
-)
+NOTIFICATIONS_DEAD = _counter("notifications_dead_lettered", "Notifications given up after their last retry", ["task"])
 
 REFUSAL_CODES = ("sold_out", "insufficient_tickets")
 for _reason in REFUSAL_CODES:
     BOOKING_REFUSALS.labels(_reason)  # present at 0 before the first refusal
 for _task in ("booking_confirmation", "notify_event_update"):
-    for _counter in (NOTIFICATIONS_SENT, NOTIFICATIONS_RETRIED, NOTIFICATIONS_DEAD):
-        _counter.labels(_task)
+    for _per_task in (NOTIFICATIONS_SENT, NOTIFICATIONS_RETRIED, NOTIFICATIONS_DEAD):
+        _per_task.labels(_task)
 
 # -- Embedded Metric Format (Lambda) ------------------------------------------------------
 

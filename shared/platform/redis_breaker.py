@@ -28,7 +28,7 @@ REDIS_FAILURES: tuple[type[Exception], ...] = (redis.RedisError, OSError, ValueE
 
 BREAKER_SECONDS = 5.0
 
-log = logging.getLogger("ticketing.redis")
+log = logging.getLogger(__name__)
 
 
 class RedisBreaker:

@@ -42,7 +42,7 @@ from shared.platform.threads import in_thread
 from shared.ticketing import bookings
 from shared.ticketing.idempotency import Claim, release, settle_failure
 
-log = logging.getLogger("shared.ticketing.coalescing")
+log = logging.getLogger(__name__)
 
 
 def enabled(scope: Mapping[str, Any] | None = None) -> bool:

@@ -21,10 +21,11 @@ from shared.platform.errors import AppError
 from shared.platform.logging import configure_logging
 from shared.platform.settings import get_settings, require_safe_start
 from shared.web.body_limit import BodyLimit
+from shared.web.http_middleware import HttpMiddleware
 from shared.web.schemas import RULE_CODES, ErrorOut
 from shared.web.telemetry import RequestTelemetry
 
-log = logging.getLogger("ticketing.web")
+log = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     # The framework raises a 400 only when it cannot parse a body (bad encoding, a broken
@@ -259,19 +260,13 @@ def _documented_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-class CatchAllErrors:
+class CatchAllErrors(HttpMiddleware):
     """Last line: an unexpected exception becomes a JSON 500 instead of escaping to the runtime.
 
     Raising out of an ASGI app would make Mangum fail the whole Lambda invocation.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:

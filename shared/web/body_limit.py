@@ -28,6 +28,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.platform.settings import get_settings
+from shared.web.http_middleware import HttpMiddleware
 
 _CONTENT_LENGTH = b"content-length"
 
@@ -61,19 +62,16 @@ class _TooSlow(Exception):
     """The body did not arrive within its deadline."""
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """Refuse request bodies larger than ``MAX_BODY_BYTES`` (413) or slower than
     ``BODY_READ_TIMEOUT_SECONDS`` (408) with the app's JSON errors."""
 
     def __init__(self, app: ASGIApp, too_large: Callable[[int], ASGIApp], too_slow: Callable[[], ASGIApp]) -> None:
-        self.app = app
+        super().__init__(app)
         self.too_large = too_large  # builds the 413 response for a limit
         self.too_slow = too_slow  # builds the 408 response
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = get_settings()
         limit = settings.max_body_bytes
         declared = _declared_length(scope)

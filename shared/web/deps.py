@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from shared.accounts import sessions
-from shared.accounts.security import Principal, decode_token
+from shared.accounts.tokens import Principal, decode_token
 from shared.platform.errors import Forbidden, Unauthorized
 from shared.web.schemas import ID_MAX
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from shared.platform import db
 from shared.platform.settings import get_settings
 
-log = logging.getLogger("ticketing.health")
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.accounts import sessions
 from shared.accounts.emails import normalize_email
-from shared.accounts.security import Principal
+from shared.accounts.tokens import Principal
 from shared.platform import metrics
 from shared.platform.errors import AppError, TooManyRequests
 from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
@@ -44,7 +44,7 @@ from shared.web.client_ip import limit_key
 from shared.web.deps import customer_only, token_principal
 from shared.web.schemas import LoginForm
 
-log = logging.getLogger("ticketing.ratelimit")
+log = logging.getLogger(__name__)
 
 # KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
 # and the period, in milliseconds. Returns {allowed, retry_ms, index}.

@@ -19,13 +19,14 @@ import time
 import uuid
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from shared.platform import metrics
 from shared.platform.logging import reset_context, set_context
 from shared.web.client_ip import client_ip
+from shared.web.http_middleware import HttpMiddleware
 
-log = logging.getLogger("ticketing.request")
+log = logging.getLogger(__name__)
 
 HEADER = b"x-request-id"
 # ASCII only: ``\w`` is Unicode otherwise, and the id is echoed in a header and logged.
@@ -64,16 +65,10 @@ def route_template(scope: Scope) -> str:
     return str(path) if path else UNMATCHED
 
 
-class RequestTelemetry:
+class RequestTelemetry(HttpMiddleware):
     """Correlation id, request log line, request metrics."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         aws = _aws_ids(scope)
         request_id = (
             _incoming_id(scope)
@@ -128,4 +123,4 @@ class RequestTelemetry:
                 },
             )
         except Exception:  # telemetry must never turn a served request into a failure
-            logging.getLogger("ticketing.request").exception("request telemetry failed")
+            log.exception("request telemetry failed")

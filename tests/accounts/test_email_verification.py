@@ -284,7 +284,7 @@ def test_console_channel_logs_a_token_only_in_development(caplog: pytest.LogCapt
         saved = set_env({"APP_ENV": app_env, "JWT_SECRET": secrets.token_urlsafe(48), "PASSWORD_MIN_LENGTH": "8"})
         try:
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="functions.notify.console"):
+            with caplog.at_level(logging.INFO, logger="functions.notify.channels"):
                 ConsoleChannel().send(mail)
             assert ("T0KEN-" in caplog.text) is shown, caplog.text
         finally:
@@ -306,7 +306,7 @@ def test_dev_console_shows_the_verification_instructions_unredacted(
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    console = logging.getLogger("functions.notify.console")
+    console = logging.getLogger("functions.notify.channels")
     console.addHandler(handler)
     old_level = console.level
     console.setLevel(logging.INFO)

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import pytest
 
 from local.embedded import free_port
-from local.lambda_events import build_event, invoke
+from local.lambda_events import build_lambda_event, invoke
 from shared.web.ratelimit import LocalLimiter, Rule, limiter
 from tests.support.clients import HttpClient, LambdaClient
 from tests.support.factories import PASSWORD, register, unique_email
@@ -43,7 +43,7 @@ def limits(database: str) -> Iterator[None]:
 
 def login_from(ip: str, email: str, password: str = PASSWORD) -> tuple[int, dict]:  # type: ignore[type-arg]
     body = urlencode({"username": email, "password": password}).encode()
-    event = build_event("POST", "/auth/token", headers={"content-type": "application/x-www-form-urlencoded"},
+    event = build_lambda_event("POST", "/auth/token", headers={"content-type": "application/x-www-form-urlencoded"},
                         body=body, source_ip=ip)
     result = invoke("users", event)
     return result["statusCode"], json.loads(result["body"])
@@ -222,7 +222,7 @@ def test_a_right_password_gives_its_reserved_failure_back(limits: None, redis_up
 
 def register_from(ip: str, email: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
     body = json.dumps({"email": email or unique_email(), "password": PASSWORD, "role": "customer"})
-    event = build_event("POST", "/users", headers={"content-type": "application/json"}, body=body, source_ip=ip)
+    event = build_lambda_event("POST", "/users", headers={"content-type": "application/json"}, body=body, source_ip=ip)
     result = invoke("users", event)
     return result["statusCode"], json.loads(result["body"])
 

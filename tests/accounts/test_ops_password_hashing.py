@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from local.embedded import free_port
-from shared.accounts.security import HashSlots
+from shared.accounts.password_hashing import HashSlots
 from shared.platform.errors import ServiceUnavailable
 from shared.web.ratelimit import limiter
 from tests.support.clients import Client

@@ -225,12 +225,12 @@ def test_a_login_verified_against_the_old_password_does_not_outlive_its_change(
 ) -> None:
     """The password changes after the login's (slow) check and before its session exists:
     the login must fail, not start a session the change could not see."""
-    from shared.accounts import security, users
+    from shared.accounts import password_hashing, users
     user = register(v2, "customer")
     changed = threading.Event()
 
     def verify_then_change(stored: str, password: str) -> bool:
-        ok = security.verify_password(stored, password)
+        ok = password_hashing.verify_password(stored, password)
         if not changed.is_set():
             changed.set()
             users.change_password(user_id=user["id"], current_password=PASSWORD, new_password="n3w-pass")

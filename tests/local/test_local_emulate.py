@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import local.emulate as emulate
-from local.emulate import LambdaEmulator, request_to_event, response_from_lambda
+from local.emulate import LambdaEmulator, request_to_lambda_event, response_from_lambda
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
 
@@ -31,7 +31,7 @@ def _scope(**overrides: Any) -> dict[str, Any]:
 
 
 def test_request_becomes_a_v2_event_like_api_gateway_builds() -> None:
-    event = request_to_event(_scope(), b"\xff\x00binary")
+    event = request_to_lambda_event(_scope(), b"\xff\x00binary")
     assert event["version"] == "2.0"
     assert event["requestContext"]["http"]["method"] == "POST"
     assert event["rawPath"] == "/users"
@@ -50,7 +50,7 @@ def test_request_becomes_a_v2_event_like_api_gateway_builds() -> None:
 
 
 def test_text_body_travels_as_text() -> None:
-    event = request_to_event(_scope(), b'{"x": "\xc3\xa9"}')
+    event = request_to_lambda_event(_scope(), b'{"x": "\xc3\xa9"}')
     assert event["isBase64Encoded"] is False
     assert event["body"] == '{"x": "é"}'
 

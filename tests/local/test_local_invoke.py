@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from local import invoke as cli
-from local.lambda_events import build_event
+from local.lambda_events import build_lambda_event
 from tests.support.clients import HttpClient
 from tests.support.factories import PASSWORD, account, create_event
 
@@ -105,7 +105,7 @@ def test_event_file_is_invoked_as_given(tmp_path: Path, http_client: HttpClient,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     event, _ = event_and_token
     path = tmp_path / "event.json"
-    path.write_text(json.dumps(build_event("GET", f"/events/{event['id']}", fmt="v1")))
+    path.write_text(json.dumps(build_lambda_event("GET", f"/events/{event['id']}", fmt="v1")))
     response = _invoke(capsys, "--event", str(path))
     assert response["statusCode"] == 200
     assert _body(response) == http_client.request("GET", f"/events/{event['id']}").json()

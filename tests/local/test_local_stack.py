@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from local.embedded import free_port
-from local.stack import PidFile
+from local.processes import PidFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIRMATION_LINE = "📧 Booking confirmation sent to user"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from local.lambda_events import build_event, invoke
+from local.lambda_events import build_lambda_event, invoke
 from shared.platform.logging import REDACTED, bind_context, configure_logging, redact, redact_text
 from tests.support.clients import Client
 from tests.support.factories import unique_email
@@ -29,7 +29,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def _request_lines(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in entries if e.get("logger") == "ticketing.request"]
+    return [e for e in entries if e.get("logger") == "shared.web.telemetry"]
 
 
 def test_request_line_is_json_and_carries_the_given_request_id(
@@ -76,7 +76,7 @@ def test_generated_request_id_when_none_or_malformed(
 
 @pytest.mark.parametrize("fmt", ["v2", "v1"])
 def test_lambda_uses_the_api_gateway_request_id(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
-    event = build_event("GET", "/events", fmt=fmt)  # type: ignore[arg-type]
+    event = build_lambda_event("GET", "/events", fmt=fmt)  # type: ignore[arg-type]
     apigw_id = event["requestContext"]["requestId"]
     capsys.readouterr()
     result = invoke("events", event)
@@ -120,7 +120,7 @@ def test_password_and_token_never_appear_in_logs(
     everything = captured.out + captured.err + caplog.text + "".join(
         json.dumps(vars(rec), default=str) for rec in caplog.records
     )
-    assert "ticketing.request" in everything  # logs were captured at all
+    assert "shared.web.telemetry" in everything  # logs were captured at all
     assert password not in everything
     assert token not in everything
     assert token.split(".")[2] not in everything  # not even the signature part
@@ -128,7 +128,7 @@ def test_password_and_token_never_appear_in_logs(
 
 def test_redaction_by_field_name_and_by_shape(capsys: pytest.CaptureFixture[str]) -> None:
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3In0.c2lnbmF0dXJlLXZhbHVl"
-    log = logging.getLogger("ticketing.test")
+    log = logging.getLogger(__name__)
     capsys.readouterr()
     with bind_context(request_id="redact-1"):
         log.warning("login for %s", {"username": "a@b.c", "password": "hunter2"})
@@ -164,14 +164,14 @@ def test_the_fast_path_never_skips_a_line_that_needs_redacting(
     extra: dict[str, Any], leak: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
-    logging.getLogger("ticketing.test").info("plain message", extra=extra)
-    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == "ticketing.test"]
+    logging.getLogger(__name__).info("plain message", extra=extra)
+    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == __name__]
     assert leak not in json.dumps(line)
     assert REDACTED in json.dumps(line)
 
 
 def test_a_plain_line_comes_out_whole(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    logging.getLogger("ticketing.test").info("POST /bookings 201", extra={"status": 201, "route": "/bookings"})
-    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == "ticketing.test"]
+    logging.getLogger(__name__).info("POST /bookings 201", extra={"status": 201, "route": "/bookings"})
+    (line,) = [e for e in _json_lines(capsys.readouterr().out) if e.get("logger") == __name__]
     assert (line["message"], line["status"], line["route"]) == ("POST /bookings 201", 201, "/bookings")

@@ -179,7 +179,7 @@ def test_unset_app_env_means_production_and_no_secret_refuses(no_auth_env: None)
 def test_a_token_signed_with_any_string_in_the_repository_is_refused(no_auth_env: None) -> None:
     """The default configurations: none starts (production), or a random per-process secret
     (explicit development). Either way no string from the repository signs a valid token."""
-    from shared.accounts.security import _verify
+    from shared.accounts.tokens import _verify
 
     with pytest.raises(InsecureSecretError):
         get_settings().signing_secret()

@@ -76,7 +76,7 @@ def test_a_completed_key_is_never_freed(sql: Any, client: Client) -> None:
 
 
 def _token_for(user_id: int, role: str) -> str:
-    from shared.accounts.security import issue_token
+    from shared.accounts.tokens import issue_token
 
     return issue_token(user_id, role)[0]
 

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 
 from local.embedded import free_port
-from local.lambda_events import EventFormat, build_event, encode_query, function_for, invoke
+from local.lambda_events import PayloadFormat, build_lambda_event, encode_query, function_for, invoke
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _encode(
 class LambdaClient:
     """Invokes the function handler that API Gateway would route the request to."""
 
-    def __init__(self, fmt: EventFormat) -> None:
+    def __init__(self, fmt: PayloadFormat) -> None:
         self.fmt = fmt
         self.name = f"lambda-{fmt}"
 
@@ -78,7 +78,7 @@ class LambdaClient:
         if function is None:
             # API Gateway answers unknown routes itself.
             return Response(404, {}, json.dumps({"message": "Not Found"}))
-        event = build_event(method, path, fmt=self.fmt, headers=hdrs, body=body, query=encode_query(params))
+        event = build_lambda_event(method, path, fmt=self.fmt, headers=hdrs, body=body, query=encode_query(params))
         result = invoke(function, event)
         text = result.get("body") or ""
         if result.get("isBase64Encoded"):

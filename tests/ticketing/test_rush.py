@@ -60,19 +60,19 @@ def _lambda_container(args: tuple[dict[str, str], int, list[tuple[str, int]], in
     os.environ["AWS_LAMBDA_FUNCTION_NAME"] = "booking"
     import json
 
-    from local.lambda_events import build_event, invoke
+    from local.lambda_events import build_lambda_event, invoke
 
     body = json.dumps({"event_id": event_id})
 
     def headers(i: int) -> dict[str, str]:
         return {"authorization": f"Bearer {customers[i % len(customers)][0]}", "content-type": "application/json"}
 
-    invoke("booking", build_event("GET", "/bookings", headers=headers(0)))  # warm up: cold start
+    invoke("booking", build_lambda_event("GET", "/bookings", headers=headers(0)))  # warm up: cold start
     barrier.wait()
     out = []
     for i in range(count):
         path = f"/book/{customers[i % len(customers)][1]}"
-        r = invoke("booking", build_event("POST", path, headers=headers(i), body=body))
+        r = invoke("booking", build_lambda_event("POST", path, headers=headers(i), body=body))
         out.append((r["statusCode"], json.loads(r["body"]).get("code", "")))
     return out
 

@@ -92,11 +92,11 @@ def test_missing_expired_or_tampered_token_is_401(client: Client, token: str | N
 
 
 def test_a_token_verified_earlier_still_expires(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.accounts.security
+    import shared.accounts.tokens
 
     _, token = account(client, "customer")
     assert client.request("GET", "/users/me", token=token).status_code == 200  # verified and remembered
     later = time.time() + get_settings().jwt_ttl_seconds + 1
-    monkeypatch.setattr(shared.accounts.security.time, "time", lambda: later)
+    monkeypatch.setattr(shared.accounts.tokens.time, "time", lambda: later)
     r = client.request("GET", "/users/me", token=token)
     assert r.status_code == 401 and r.json()["code"] == "token_expired"

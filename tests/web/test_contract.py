@@ -17,7 +17,7 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
-from local.lambda_events import build_event, invoke
+from local.lambda_events import build_lambda_event, invoke
 from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.factories import account
 
@@ -164,7 +164,7 @@ def test_options_and_405_name_every_method_of_the_path(server: HttpClient, path:
 @pytest.mark.parametrize(("path", "allow"), ALLOW)
 def test_each_lambda_function_names_every_method_of_its_paths(path: str, allow: str) -> None:
     function = "booking" if path.startswith(("/bookings", "/holds")) else "events"
-    result = invoke(function, build_event("DELETE" if "DELETE" not in allow else "PATCH", path))
+    result = invoke(function, build_lambda_event("DELETE" if "DELETE" not in allow else "PATCH", path))
     assert result["statusCode"] == 405 and result["headers"]["allow"] == allow
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from local.lambda_events import build_event, invoke
+from local.lambda_events import build_lambda_event, invoke
 from shared.platform.settings import Settings
 from shared.web.client_ip import limit_key, resolve, trusted_networks
 from shared.web.ratelimit import limiter
@@ -41,7 +41,7 @@ def own_limits(database: str) -> Iterator[None]:
 def _logged_ips(out: str, marker: str) -> list[Any]:
     lines = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
     return [e.get("client_ip") for e in lines
-            if e.get("logger") == "ticketing.request" and e.get("request_id") == marker]
+            if e.get("logger") == "shared.web.telemetry" and e.get("request_id") == marker]
 
 
 # --- the rule itself ----------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_lambda_peer_is_api_gateways_source_ip(
     trusted: str, expected: str, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     marker = f"lambda-{uuid.uuid4().hex[:8]}"
-    event = build_event("GET", "/events", fmt="v2", source_ip="198.51.100.9",
+    event = build_lambda_event("GET", "/events", fmt="v2", source_ip="198.51.100.9",
                         headers={"x-forwarded-for": "203.0.113.77", "x-request-id": marker})
     saved = set_env({"TRUSTED_PROXIES": trusted})
     try:
@@ -207,7 +207,7 @@ def test_25_registrations_from_one_ipv6_64_are_limited_like_one_address(own_limi
         statuses = []
         for n in range(1, 26):
             body = json.dumps({"email": unique_email(), "password": PASSWORD, "role": "customer"})
-            event = build_event("POST", "/users", headers={"content-type": "application/json"}, body=body,
+            event = build_lambda_event("POST", "/users", headers={"content-type": "application/json"}, body=body,
                                 source_ip=f"2001:db8:5:6:{n:x}::{n * 7:x}")
             statuses.append(invoke("users", event)["statusCode"])
     finally:

@@ -1,0 +1,79 @@
+"""The layer contracts in pyproject.toml bite: an import against them fails ``lint-imports``.
+
+A copy of the importable packages is linted twice: as it is (every contract kept), and
+with a domain module importing the web layer (the layers and the forbidden-framework
+contracts broken, by name). Without the second half, a contract that no longer matched
+any module would pass for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+CONTRACTS = {c["type"]: c["name"] for c in
+             tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]}
+
+
+def _copy_of_the_packages(tmp: Path) -> Path:
+    for package in ("shared", "functions", "local"):
+        shutil.copytree(ROOT / package, tmp / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    return tmp
+
+
+def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # the copy, not the installed tree
+    return subprocess.run(
+        [sys.executable, str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} is missing: import-linter is a dev dependency")
+    return _copy_of_the_packages(tmp_path)
+
+
+def test_the_packages_as_they_are_keep_every_contract(tree: Path) -> None:
+    done = _lint_imports(tree)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _verdicts(done.stdout) == {name: "KEPT" for name in CONTRACTS.values()}, done.stdout
+    assert str(tree) in _imported_from(tree)  # the copy was linted, not the installed tree
+
+
+def test_a_domain_module_importing_the_web_layer_breaks_the_layer_contracts(tree: Path) -> None:
+    bookings = tree / "shared" / "ticketing" / "bookings.py"
+    bookings.write_text(bookings.read_text() + "\nfrom shared.web import deps  # noqa: E402\n")
+    done = _lint_imports(tree)
+    assert done.returncode != 0, done.stdout
+    assert _verdicts(done.stdout) == {
+        CONTRACTS["layers"]: "BROKEN", CONTRACTS["forbidden"]: "BROKEN", CONTRACTS["independence"]: "KEPT",
+    }, done.stdout
+    assert re.search(r"shared\.ticketing\.bookings -> shared\.web\.deps \(l\.\d+\)", done.stdout), done.stdout
+
+
+def _verdicts(report: str) -> dict[str, str]:
+    """Contract name -> KEPT or BROKEN, from lint-imports' summary lines."""
+    return {name: verdict for name in CONTRACTS.values()
+            for verdict in re.findall(rf"^{re.escape(name)}\s*(KEPT|BROKEN)$", report, re.MULTILINE)}
+
+
+def _imported_from(tree: Path) -> str:
+    """Where ``shared`` is imported from with the environment ``_lint_imports`` gives."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run(
+        [sys.executable, "-c", "import shared; print(shared.__file__)"], cwd=tree, env=env,
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
