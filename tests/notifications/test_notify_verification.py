@@ -80,8 +80,9 @@ def test_registration_mails_a_single_use_token_stored_only_as_a_hash(
     assert "Click" not in mail.body and "evil" not in mail.body
     assert len(secret) >= 43  # 256 bits of token_urlsafe
     # AND only its hash is stored: not in the token table, the outbox or anywhere as text
-    row = sql.execute("SELECT * FROM email_verification_tokens WHERE user_id = %s",
-                      (user["id"],)).fetchone()
+    # (the worker mails inside the transaction that stores the hash: wait for its commit)
+    row = wait_for(lambda: sql.execute("SELECT * FROM email_verification_tokens WHERE user_id = %s",
+                                       (user["id"],)).fetchone(), what="the token's commit")
     assert bytes(row["token_hash"]) == hashlib.sha256(secret.encode()).digest()
     outbox = sql.execute("SELECT payload FROM outbox WHERE task = 'email_verification' "
                          "AND (payload->>'user_id')::bigint = %s", (user["id"],)).fetchone()
