@@ -11,6 +11,8 @@ from celery import Celery
 
 from shared.platform.settings import Settings, get_settings
 
+RELAY_TASK = "relay_outbox"
+
 
 def configure(app: Celery, settings: Settings) -> None:
     """(Re)apply settings: the worker module does it at import, tests after changing them."""
@@ -40,7 +42,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_redirect_stdouts=False,
         beat_schedule={
             "relay-outbox": {
-                "task": "relay_outbox",
+                "task": RELAY_TASK,
                 "schedule": settings.relay_interval,
                 # A stopped worker must not find a pile of stale relay calls on restart.
                 "options": {"expires": settings.relay_interval},
