@@ -3,6 +3,12 @@
 Late acks plus reject-on-worker-lost mean a task is removed from Redis only after it
 ran; a killed worker's task comes back after the visibility timeout. Retries, backoff
 and dead letters are handled by :mod:`functions.notify.reliability`.
+
+The tasks register themselves on :data:`app` from :mod:`functions.notify.tasks`, which
+imports this module, so this module cannot import them. ``include`` has every worker and
+beat started from this app import :mod:`functions.notify.worker` (the tasks and the start
+checks) first: ``celery -A`` this module, the worker module, the tasks module or the
+package all give the same worker.
 """
 
 from __future__ import annotations
@@ -51,5 +57,5 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("notify")
+app = Celery("notify", include=["functions.notify.worker"])
 configure(app, get_settings())

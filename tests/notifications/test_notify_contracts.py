@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -111,3 +114,24 @@ def test_a_name_is_refused_when_it_could_not_be_a_sql_literal() -> None:
         @dataclasses.dataclass(frozen=True)
         class Bad(Notification):
             name = "it's"
+
+
+# What `celery -A MODULE worker` does before it consumes: find the app, then the loader's
+# worker start (imports the app's ``include``). A subprocess, so nothing imported here counts.
+_WORKER_OF = """
+import json, sys
+from celery.app.utils import find_app
+app = find_app(sys.argv[1])
+app.loader.init_worker()
+print(json.dumps({"tasks": sorted(app.tasks), "checks": "functions.notify.worker" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("module", ["functions.notify", "functions.notify.celery_app",
+                                    "functions.notify.worker", "functions.notify.tasks"])
+def test_every_dash_a_module_gives_a_worker_that_knows_every_task(module: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _WORKER_OF, module], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True)
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(worker["tasks"]) >= ACCEPTED_NAMES | {"fanout_chunk", "relay_outbox"}
+    assert worker["checks"]  # the start checks and metrics of functions/notify/worker.py too
