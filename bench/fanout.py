@@ -108,6 +108,7 @@ def run(env: Environment, users: int, out_dir: Path, timeout: float = 300.0) -> 
     queue = f"bench-notify-{os.getpid()}"
     os.environ.update(DATABASE_URL=env.database_url, REDIS_URL=env.redis_url, NOTIFY_QUEUE=queue)
     from shared.notifications import outbox
+    from shared.notifications.contracts import EventUpdate
     from shared.platform import db
     from shared.platform.settings import get_settings
     from shared.ticketing import events
@@ -129,9 +130,9 @@ def run(env: Environment, users: int, out_dir: Path, timeout: float = 300.0) -> 
         events.update_event(event_id=event_id, organizer_id=organizer_id, changes={"venue": "Bigger hall"})
         with psycopg.connect(env.database_url, autocommit=True) as conn:
             outbox_id, created_at = conn.execute(
-                "SELECT id, created_at FROM outbox WHERE task = 'notify_event_update' "
+                "SELECT id, created_at FROM outbox WHERE task = %s "
                 "AND (payload->>'event_id')::bigint = %s ORDER BY id DESC LIMIT 1",
-                (event_id,),
+                (EventUpdate.name, event_id),
             ).fetchone()  # type: ignore[misc]
             finished = None
             deadline = time.monotonic() + timeout

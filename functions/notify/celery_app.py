@@ -3,6 +3,12 @@
 Late acks plus reject-on-worker-lost mean a task is removed from Redis only after it
 ran; a killed worker's task comes back after the visibility timeout. Retries, backoff
 and dead letters are handled by :mod:`functions.notify.reliability`.
+
+The tasks register themselves on :data:`app` from :mod:`functions.notify.tasks`, which
+imports this module, so this module cannot import them. ``include`` has every worker and
+beat started from this app import :mod:`functions.notify.worker` (the tasks and the start
+checks) first: ``celery -A`` this module, the worker module, the tasks module or the
+package all give the same worker.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.platform.settings import Settings, get_settings
+
+RELAY_TASK = "relay_outbox"
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -40,7 +48,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_redirect_stdouts=False,
         beat_schedule={
             "relay-outbox": {
-                "task": "relay_outbox",
+                "task": RELAY_TASK,
                 "schedule": settings.relay_interval,
                 # A stopped worker must not find a pile of stale relay calls on restart.
                 "options": {"expires": settings.relay_interval},
@@ -49,5 +57,5 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("notify")
+app = Celery("notify", include=["functions.notify.worker"])
 configure(app, get_settings())

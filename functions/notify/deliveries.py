@@ -12,14 +12,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from shared.accounts import email_verification
+from shared.notifications.contracts import EmailVerification, EventCancelled, EventUpdate
 from shared.platform.db import connection
 from shared.platform.logging import bind_context
 
 # Whom a fan-out reaches. An event cancellation also cancels its bookings, in the same
 # transaction that sets events.updated_at, so those bookings still count.
 AUDIENCE = {
-    "event_update": "b.status = 'confirmed'",
-    "event_cancelled": (
+    EventUpdate.name: "b.status = 'confirmed'",
+    EventCancelled.name: (
         "(b.status = 'confirmed' OR b.cancelled_at >= "
         "(SELECT updated_at FROM events WHERE id = %(event_id)s))"
     ),
@@ -107,7 +108,7 @@ def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seco
             """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
-            (outbox_id, user_id, email_verification.TASK, channel, user["email"]),
+            (outbox_id, user_id, EmailVerification.name, channel, user["email"]),
         ).fetchone()
         if claimed is None:
             return None

@@ -32,22 +32,28 @@ def backoff_seconds(retries: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def _dead_letter(task: Task, kwargs: dict[str, Any], exc: BaseException, attempts: int) -> None:
+def _dead_letter(task: Task, name: str, kwargs: dict[str, Any], exc: BaseException,
+                 attempts: int) -> None:
+    """Record the call under ``name`` (the current name, even if it came by an alias)."""
     try:
-        letter = deadletters.record(task=task.name, kwargs=kwargs, task_id=task.request.id,
+        letter = deadletters.record(task=name, kwargs=kwargs, task_id=task.request.id,
                                     attempts=attempts, error=f"{type(exc).__name__}: {exc}")
     except Exception as record_exc:
         # Not even PostgreSQL: keep the message alive rather than drop it.
-        log.warning("cannot record dead letter for %s (%s); retrying", task.name, record_exc)
+        log.warning("cannot record dead letter for %s (%s); retrying", name, record_exc)
         raise task.retry(countdown=get_settings().notify_retry_max, exc=exc,
                          max_retries=None) from record_exc
-    metrics.notification_dead_lettered(task.name)
+    metrics.notification_dead_lettered(name)
     log.error("💀 %s[%s] dead-lettered as #%d after %d attempts: %s",
-              task.name, task.request.id, letter, attempts, exc)
+              name, task.request.id, letter, attempts, exc)
 
 
-def notify_task(name: str) -> Callable[[Callable[..., Any]], Task]:
-    """Register ``fn(**kwargs)`` as a Celery task with the retry and dead-letter policy."""
+def notify_task(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Task]:
+    """Register ``fn(**kwargs)`` as a Celery task with the retry and dead-letter policy.
+
+    The task is also registered under each of ``aliases`` (names older producers used);
+    logs, metrics and dead letters always say ``name``. Returns the task named ``name``.
+    """
 
     def register(fn: Callable[..., Any]) -> Task:
         def run(self: Task, **kwargs: Any) -> Any:
@@ -61,10 +67,10 @@ def notify_task(name: str) -> Callable[[Callable[..., Any]], Task]:
             except Retry:
                 raise
             except PermanentFailure as exc:
-                _dead_letter(self, kwargs, exc, attempts)
+                _dead_letter(self, name, kwargs, exc, attempts)
             except Exception as exc:
                 if attempts >= get_settings().notify_max_attempts:
-                    _dead_letter(self, kwargs, exc, attempts)
+                    _dead_letter(self, name, kwargs, exc, attempts)
                     return None
                 countdown = backoff_seconds(self.request.retries)
                 metrics.notification_retried(name)
@@ -75,8 +81,11 @@ def notify_task(name: str) -> Callable[[Callable[..., Any]], Task]:
 
         run.__name__ = run.__qualname__ = fn.__name__
         run.__doc__ = fn.__doc__
-        task: Task = app.task(name=name, bind=True, max_retries=None, acks_late=True,
-                              reject_on_worker_lost=True)(run)
-        return task
+        tasks: list[Task] = [
+            app.task(name=task_name, bind=True, max_retries=None, acks_late=True,
+                     reject_on_worker_lost=True)(run)
+            for task_name in (name, *aliases)
+        ]
+        return tasks[0]
 
     return register

@@ -1,37 +1,67 @@
-"""The notify tasks, by the names the outbox publishes them under.
+"""The notify tasks: one per notification contract (shared/notifications/contracts.py).
 
-Every task takes keyword arguments: the outbox row's payload plus ``outbox_id``, which
-identifies the notification in every delivery key. Unknown extra keys are ignored so
-producers can add fields without breaking older workers.
+Each is registered under its contract's name and aliases and receives the outbox row's
+payload plus ``outbox_id``, which identifies the notification in every delivery key; the
+contract parses the payload (keys it does not know are ignored, so producers can add
+fields without breaking older workers). ``fanout_chunk`` and ``relay_outbox`` are the
+worker's own tasks: nothing outside the worker publishes them (bar a dead-letter replay).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
+
+from celery import Task
 
 from functions.notify import deliveries, messages
-from functions.notify.celery_app import app
+from functions.notify.celery_app import RELAY_TASK, app
 from functions.notify.channels import Email, get_channel
 from functions.notify.reliability import notify_task
 from functions.relay.tidy import tidy
+from shared.notifications.contracts import (
+    BookingCancelled,
+    BookingConfirmation,
+    EmailVerification,
+    EventCancelled,
+    EventUpdate,
+    Notification,
+)
 from shared.notifications.outbox import relay_pending
 from shared.platform import metrics
 from shared.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+N = TypeVar("N", bound=Notification)
+
 FANOUT_LINES = {
-    "event_update": "🔔 Notified %d users about event update",
-    "event_cancelled": "🔔 Notified %d users about event cancellation",
+    EventUpdate.name: "🔔 Notified %d users about event update",
+    EventCancelled.name: "🔔 Notified %d users about event cancellation",
 }
 
 
 HELD_LINES = {
-    "booking_confirmation": "📭 Booking confirmation held for user %s: email not verified",
-    "booking_cancelled": "📭 Booking cancellation held for user %s: email not verified",
+    BookingConfirmation.name: "📭 Booking confirmation held for user %s: email not verified",
+    BookingCancelled.name: "📭 Booking cancellation held for user %s: email not verified",
 }
+
+
+def notification_task(contract: type[N]) -> Callable[[Callable[[int, N], None]], Task]:
+    """Register ``fn(outbox_id, notification)`` as the task of ``contract`` (and its aliases)."""
+
+    def register(fn: Callable[[int, N], None]) -> Task:
+        def run(*, outbox_id: int, **payload: Any) -> None:
+            fn(outbox_id, contract.parse(payload))
+
+        run.__name__ = run.__qualname__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        metrics.label_notification(contract.name)
+        return notify_task(contract.name, aliases=contract.aliases)(run)
+
+    return register
 
 
 def _unverified(user: dict[str, Any]) -> bool:
@@ -60,8 +90,8 @@ def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Emai
     return sent
 
 
-@notify_task("email_verification")
-def email_verification(*, outbox_id: int, user_id: int, **_: Any) -> None:
+@notification_task(EmailVerification)
+def email_verification(outbox_id: int, notification: EmailVerification) -> None:
     """Mail a new single-use token to the address being verified, and only to it."""
     settings = get_settings()
     channel = get_channel()
@@ -72,32 +102,30 @@ def email_verification(*, outbox_id: int, user_id: int, **_: Any) -> None:
             ttl_seconds=settings.email_verification_ttl_seconds))
 
     recipient = deliveries.deliver_verification(
-        outbox_id=outbox_id, user_id=user_id, channel=channel.name,
+        outbox_id=outbox_id, user_id=notification.user_id, channel=channel.name,
         ttl_seconds=settings.email_verification_ttl_seconds, send=send)
     if recipient is not None:
-        metrics.notification_sent("email_verification")
+        metrics.notification_sent(EmailVerification.name)
         log.info("📧 Verification email sent to user %s", recipient)
 
 
-@notify_task("booking_confirmation")
-def booking_confirmation(*, outbox_id: int, booking_id: int, quantity: int | None = None,
-                         **_: Any) -> None:
+@notification_task(BookingConfirmation)
+def booking_confirmation(outbox_id: int, notification: BookingConfirmation) -> None:
     """Tell a customer their booking is confirmed (once, however often redelivered)."""
-    booking, user, event = deliveries.booking_details(booking_id)
+    booking, user, event = deliveries.booking_details(notification.booking_id)
     # What was booked, even if a cancellation has changed the row since.
-    booking = {**booking, "quantity": quantity or booking["quantity"]}
+    booking = {**booking, "quantity": notification.quantity}
     email = messages.booking_confirmation(user, booking, event)
-    if _send_to_one(outbox_id=outbox_id, user=user, kind="booking_confirmation", email=email):
+    if _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email):
         log.info("📧 Booking confirmation sent to user %s", user["email"])
 
 
-@notify_task("booking_cancelled")
-def booking_cancelled(*, outbox_id: int, booking_id: int, quantity: int | None = None,
-                      **_: Any) -> None:
+@notification_task(BookingCancelled)
+def booking_cancelled(outbox_id: int, notification: BookingCancelled) -> None:
     """Tell a customer (some of) their tickets are cancelled."""
-    booking, user, event = deliveries.booking_details(booking_id)
-    email = messages.booking_cancelled(user, booking, event, quantity or booking["quantity"])
-    if _send_to_one(outbox_id=outbox_id, user=user, kind="booking_cancelled", email=email):
+    booking, user, event = deliveries.booking_details(notification.booking_id)
+    email = messages.booking_cancelled(user, booking, event, notification.quantity)
+    if _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email):
         log.info("📧 Booking cancellation sent to user %s", user["email"])
 
 
@@ -117,18 +145,18 @@ def _start_fanout(*, outbox_id: int, kind: str, event_id: int,
                                          "changes": changes})
 
 
-@notify_task("notify_event_update")
-def notify_event_update(*, outbox_id: int, event_id: int,
-                        changes: dict[str, Any] | None = None, **_: Any) -> None:
+@notification_task(EventUpdate)
+def event_update(outbox_id: int, notification: EventUpdate) -> None:
     """Fan an event change out to every user with a confirmed booking."""
-    _start_fanout(outbox_id=outbox_id, kind="event_update", event_id=event_id,
-                  changes=changes or {})
+    _start_fanout(outbox_id=outbox_id, kind=notification.name, event_id=notification.event_id,
+                  changes=notification.changes)
 
 
-@notify_task("event_cancelled")
-def event_cancelled(*, outbox_id: int, event_id: int, **_: Any) -> None:
+@notification_task(EventCancelled)
+def event_cancelled(outbox_id: int, notification: EventCancelled) -> None:
     """Fan an event cancellation out to every user whose booking it cancelled."""
-    _start_fanout(outbox_id=outbox_id, kind="event_cancelled", event_id=event_id, changes=None)
+    _start_fanout(outbox_id=outbox_id, kind=notification.name, event_id=notification.event_id,
+                  changes=None)
 
 
 @notify_task("fanout_chunk")
@@ -144,7 +172,7 @@ def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
     for page in deliveries.audience_pages(kind=kind, event_id=event_id,
                                           page_size=settings.notify_fanout_page, **bounds):
         recipients = _skip_unverified(outbox_id, kind, channel.name, page)
-        emails = [messages.event_updated(user, event, changes or {}) if kind == "event_update"
+        emails = [messages.event_updated(user, event, changes or {}) if kind == EventUpdate.name
                   else messages.event_cancelled(user, event) for user in recipients]
         sent = deliveries.deliver_batch(
             outbox_id=outbox_id, kind=kind, channel=channel.name,
@@ -172,7 +200,7 @@ def _skip_unverified(outbox_id: int, kind: str, channel: str,
     return [user for user in page if user["id"] not in held]
 
 
-@app.task(name="relay_outbox", ignore_result=True)
+@app.task(name=RELAY_TASK, ignore_result=True)
 def relay_outbox() -> int:
     """Beat's periodic outbox relay and tidy (the container stack's scheduled Lambda)."""
     published = relay_pending()

@@ -1,7 +1,9 @@
 """Entry point of the notify worker: ``celery -A functions.notify.worker worker --beat``.
 
-Importing this module registers every task on :data:`app`. The HTTP functions never
-import it: they publish by task name through :mod:`shared.notifications.outbox`.
+Importing this module registers every task on :data:`app` and the worker's start checks;
+the app's ``include`` imports it for a worker started from any other module of the
+package. The HTTP functions never import it: they publish contracts of
+:mod:`shared.notifications.contracts` through :mod:`shared.notifications.outbox`.
 """
 
 from __future__ import annotations

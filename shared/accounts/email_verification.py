@@ -14,18 +14,16 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from shared.notifications import outbox
+from shared.notifications.contracts import BookingCancelled, BookingConfirmation, EmailVerification
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, Gone, NotFound
 
-TASK = "email_verification"
 TOKEN_BYTES = 32  # 256 random bits; token_urlsafe gives 43 characters
 # Notifications held while the address was unverified that verifying releases: the ones
 # about the user's own booking. Event news (fan-outs) is not replayed: it goes stale.
-RELEASED_KINDS = ["booking_confirmation", "booking_cancelled"]
+RELEASED_KINDS = [BookingConfirmation.name, BookingCancelled.name]
 
 _USER = "u.id, u.email, u.name, u.role, u.created_at, u.email_verified_at"
 
@@ -38,12 +36,7 @@ def token_hash(token: str) -> bytes:
 def request_mail(conn: Connection, user_id: int) -> int:
     """In the caller's transaction: revoke live tokens, queue a verification mail (outbox id)."""
     revoke(conn, user_id)
-    row = conn.execute(
-        "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
-        (TASK, Jsonb({"user_id": user_id})),
-    ).fetchone()
-    assert row is not None
-    return int(row["id"])
+    return outbox.write(conn, EmailVerification(user_id=user_id))
 
 
 def revoke(conn: Connection, user_id: int) -> None:

@@ -1,34 +1,35 @@
-"""The transactional outbox: publish committed notification rows to the Celery queue.
+"""The transactional outbox: write notification rows, publish committed ones to the Celery queue.
 
-A change and its notification row commit together. Right after the commit the handler
+A change and its notification row commit together: producers write a contract of
+:mod:`shared.notifications.contracts` with :func:`write` (or :func:`insert_select_sql`
+inside their statement), never a task name of their own. Right after the commit the handler
 calls :func:`publish_committed` (bounded by a short Redis timeout, never raising); any row
 it could not publish stays ``published_at IS NULL`` and :func:`relay_pending` publishes it
 later (relays lock rows ``FOR UPDATE SKIP LOCKED``, so several can run at once). Pushing
 comes before marking, so a crash in between publishes a row twice rather than never:
 delivery is at-least-once and the worker's delivery keys make the effects exactly-once.
 
-Messages are Celery protocol v2 envelopes written to the Redis list with redis-py, exactly
-what kombu's Redis transport would LPUSH: the HTTP functions never import celery or kombu.
+Messages are Celery protocol v2 envelopes (:mod:`shared.notifications.envelope`) written to
+the Redis list with redis-py: the HTTP functions never import celery or kombu.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from psycopg.types.json import Jsonb
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.notifications.contracts import Notification
+from shared.notifications.envelope import task_message
 from shared.platform.db import Connection, connection
 from shared.platform.redis_breaker import REDIS_FAILURES
 from shared.platform.settings import get_settings, running_in_lambda
@@ -73,48 +74,29 @@ def reset() -> None:
     _paused_until = 0.0
 
 
-def task_message(
-    task: str, kwargs: dict[str, Any], *, queue: str, task_id: str | None = None
-) -> dict[str, Any]:
-    """The kombu/Celery protocol v2 envelope of one task call, JSON-serialised."""
-    task_id = task_id or str(uuid.uuid4())
-    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None,
-                                    "chord": None}])
-    return {
-        "body": base64.b64encode(body.encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": task,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": repr(kwargs),
-            "origin": f"{os.getpid()}@{socket.gethostname()}",
-            "ignore_result": True,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": queue, "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
+def write(conn: Connection, notification: Notification) -> int:
+    """In the caller's transaction: the notification's outbox row; returns its id."""
+    row = conn.execute(
+        "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
+        (notification.name, Jsonb(notification.payload())),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def insert_select_sql(contract: type[Notification], source: str, **columns: str) -> str:
+    """``INSERT INTO outbox ... SELECT`` writing one ``contract`` row per row of ``source``.
+
+    Each payload field is read from the ``source`` column of the same name, or from the
+    SQL expression given for it in ``columns`` (``booking_id="id"``). For statements
+    that write the change and its notification in one round trip (a booking).
+    """
+    unknown = columns.keys() - set(contract.field_names())
+    if unknown:
+        raise ValueError(f"{contract.name} has no field {sorted(unknown)}")
+    pairs = ", ".join(f"'{name}', {columns.get(name, name)}" for name in contract.field_names())
+    return (f"INSERT INTO outbox (task, payload)\n"
+            f"    SELECT '{contract.name}', jsonb_build_object({pairs})\n      FROM {source}")
 
 
 def row_kwargs(row: dict[str, Any]) -> dict[str, Any]:

@@ -78,9 +78,6 @@ NOTIFICATIONS_DEAD = _counter("notifications_dead_lettered", "Notifications give
 REFUSAL_CODES = ("sold_out", "insufficient_tickets")
 for _reason in REFUSAL_CODES:
     BOOKING_REFUSALS.labels(_reason)  # present at 0 before the first refusal
-for _task in ("booking_confirmation", "notify_event_update"):
-    for _per_task in (NOTIFICATIONS_SENT, NOTIFICATIONS_RETRIED, NOTIFICATIONS_DEAD):
-        _per_task.labels(_task)
 
 # -- Embedded Metric Format (Lambda) ------------------------------------------------------
 
@@ -212,6 +209,12 @@ def rate_limited(limit: str) -> None:
         _emf("RateLimited", 1, Limit=limit)
         return
     RATE_LIMITED.labels(limit).inc()
+
+
+def label_notification(task: str) -> None:
+    """Show a notification's counters at 0 before it is first sent (the worker, per task)."""
+    for counter in (NOTIFICATIONS_SENT, NOTIFICATIONS_RETRIED, NOTIFICATIONS_DEAD):
+        counter.labels(task)
 
 
 def notification_sent(task: str, count: int = 1) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
+from shared.notifications import outbox
+from shared.notifications.contracts import BookingCancelled, BookingConfirmation
 from shared.notifications.outbox import publish_committed
 from shared.platform import clock
 from shared.platform.db import Connection, connection
@@ -32,16 +32,11 @@ from shared.ticketing.inventory import (
     within_customer_limit,
 )
 
-TASK_BOOKING_CONFIRMATION = "booking_confirmation"
-TASK_BOOKING_CANCELLED = "booking_cancelled"
 BOOKING_COLUMNS = "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at"
 
+# The booking's confirmation, written by the statement that writes the booking.
 CONFIRMATION_CTE = f"""notification AS (
-    INSERT INTO outbox (task, payload)
-    SELECT '{TASK_BOOKING_CONFIRMATION}',
-           jsonb_build_object('booking_id', id, 'event_id', event_id, 'user_id', user_id,
-                              'quantity', quantity, 'hold_id', hold_id)
-      FROM booking
+    {outbox.insert_select_sql(BookingConfirmation, "booking", booking_id="id")}
     RETURNING id, (payload->>'booking_id')::bigint AS booking_id
 )"""
 
@@ -269,23 +264,10 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                 (give_back, row["event_id"]),
             )
             conn.execute(UNCOUNT_SQL, {"n": give_back, "event_id": row["event_id"], "user_id": user_id})
-            notification = conn.execute(
-                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
-                (
-                    TASK_BOOKING_CANCELLED,
-                    Jsonb(
-                        {
-                            "booking_id": booking_id,
-                            "event_id": row["event_id"],
-                            "user_id": user_id,
-                            "quantity": give_back,
-                            "remaining": row["quantity"],
-                        }
-                    ),
-                ),
-            ).fetchone()
-            assert notification is not None
-        publish_committed(conn, [notification["id"]])
+            outbox_id = outbox.write(conn, BookingCancelled(
+                booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
+                quantity=give_back, remaining=row["quantity"]))
+        publish_committed(conn, [outbox_id])
     return row
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from psycopg.types.json import Jsonb
-
 from shared.notifications import outbox
+from shared.notifications.contracts import EventCancelled, EventUpdate
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
@@ -32,8 +31,6 @@ UPDATABLE = (
 )
 _OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
              "max_tickets_per_customer": None, "max_hold_seconds": None}
-TASK_EVENT_UPDATED = "notify_event_update"
-TASK_EVENT_CANCELLED = "event_cancelled"
 
 
 def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +120,6 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
     """
     changes = {k: v for k, v in changes.items() if k in UPDATABLE}
     now = clock.now()
-    notification = None
     with connection() as conn:
         with conn.transaction():
             current = _lock_own_event(conn, event_id, organizer_id)
@@ -169,23 +165,9 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             assert row is not None
             if {"start_time", "end_time"} & changed.keys():
                 _holds_end_with_sales(conn, event_id)
-            notification = conn.execute(
-                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
-                (
-                    TASK_EVENT_UPDATED,
-                    Jsonb(
-                        {
-                            "event_id": event_id,
-                            "changes": {
-                                k: {"old": _jsonable(current[k]), "new": _jsonable(row[k])}
-                                for k in changed
-                            },
-                        }
-                    ),
-                ),
-            ).fetchone()
-        assert notification is not None
-        outbox.publish_committed(conn, [notification["id"]])  # the relay covers a failure
+            outbox_id = outbox.write(conn, EventUpdate(event_id=event_id, changes={
+                k: {"old": _jsonable(current[k]), "new": _jsonable(row[k])} for k in changed}))
+        outbox.publish_committed(conn, [outbox_id])  # the relay covers a failure
         return read_event(conn, event_id)
 
 
@@ -237,15 +219,9 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
                     WHERE id = %(id)s""",
                 {"id": event_id},
             )
-            notification = conn.execute(
-                "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
-                (
-                    TASK_EVENT_CANCELLED,
-                    Jsonb({"event_id": event_id, "bookings_cancelled": cancelled["bookings"] if cancelled else 0}),
-                ),
-            ).fetchone()
-        assert notification is not None
-        outbox.publish_committed(conn, [notification["id"]])
+            outbox_id = outbox.write(conn, EventCancelled(
+                event_id=event_id, bookings_cancelled=cancelled["bookings"] if cancelled else 0))
+        outbox.publish_committed(conn, [outbox_id])
         return read_event(conn, event_id)
 
 

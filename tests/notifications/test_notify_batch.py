@@ -12,7 +12,7 @@ from tests.support.factories import account, create_event
 
 def _outbox_row(sql: Any, event_id: int) -> int:
     return sql.execute(  # type: ignore[no-any-return]
-        "INSERT INTO outbox (task, payload) VALUES ('notify_event_update', jsonb_build_object('event_id', %s::bigint)) "
+        "INSERT INTO outbox (task, payload) VALUES ('event_update', jsonb_build_object('event_id', %s::bigint)) "
         "RETURNING id",
         (event_id,),
     ).fetchone()["id"]

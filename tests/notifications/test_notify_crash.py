@@ -120,7 +120,7 @@ def test_worker_killed_mid_fanout_misses_nobody_after_restart(
         row = wait_for(
             lambda: sql.execute(
                 "SELECT f.finished_at, f.notified FROM notification_fanouts f JOIN outbox o ON o.id = f.outbox_id "
-                "WHERE o.task = 'notify_event_update' AND (o.payload->>'event_id')::bigint = %s "
+                "WHERE o.task = 'event_update' AND (o.payload->>'event_id')::bigint = %s "
                 "AND f.finished_at IS NOT NULL",
                 (event["id"],),
             ).fetchone(),

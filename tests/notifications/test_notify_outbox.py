@@ -15,7 +15,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from local.embedded import free_port
-from shared.notifications import outbox
+from shared.notifications import envelope, outbox
 from shared.platform.settings import get_settings
 
 
@@ -53,7 +53,7 @@ def test_http_function_handlers_import_neither_celery_nor_kombu() -> None:
 def test_published_message_is_the_envelope_celery_itself_builds() -> None:
     from functions.notify.worker import app
 
-    ours = outbox.task_message("booking_confirmation", {"outbox_id": 1, "booking_id": 2},
+    ours = envelope.task_message("booking_confirmation", {"outbox_id": 1, "booking_id": 2},
                                queue="notify", task_id="t-1")
     theirs = app.amqp.as_task_v2("t-1", "booking_confirmation", kwargs={"outbox_id": 1,
                                                                          "booking_id": 2})

@@ -80,8 +80,9 @@ def test_registration_mails_a_single_use_token_stored_only_as_a_hash(
     assert "Click" not in mail.body and "evil" not in mail.body
     assert len(secret) >= 43  # 256 bits of token_urlsafe
     # AND only its hash is stored: not in the token table, the outbox or anywhere as text
-    row = sql.execute("SELECT * FROM email_verification_tokens WHERE user_id = %s",
-                      (user["id"],)).fetchone()
+    # (the worker mails inside the transaction that stores the hash: wait for its commit)
+    row = wait_for(lambda: sql.execute("SELECT * FROM email_verification_tokens WHERE user_id = %s",
+                                       (user["id"],)).fetchone(), what="the token's commit")
     assert bytes(row["token_hash"]) == hashlib.sha256(secret.encode()).digest()
     outbox = sql.execute("SELECT payload FROM outbox WHERE task = 'email_verification' "
                          "AND (payload->>'user_id')::bigint = %s", (user["id"],)).fetchone()
@@ -113,14 +114,14 @@ def test_verification_mail_is_sent_once_when_its_task_is_redelivered(
     mailbox: CaptureChannel, notify: dict[str, Any], v2: LambdaClient,  # noqa: F811
     sql: psycopg.Connection,
 ) -> None:
-    from shared.notifications import outbox
+    from shared.notifications import envelope, outbox
     user, _ = _register(v2, "customer")
     _token_mailed_to(mailbox, user["email"])
     row = sql.execute("SELECT * FROM outbox WHERE task = 'email_verification' "
                       "AND (payload->>'user_id')::bigint = %s", (user["id"],)).fetchone()
     # WHEN the same message arrives three more times at once
     queue = get_settings().notify_queue
-    copies = [outbox.task_message(row["task"], outbox.row_kwargs(row), queue=queue) for _ in range(3)]
+    copies = [envelope.task_message(row["task"], outbox.row_kwargs(row), queue=queue) for _ in range(3)]
     outbox.redis_client().lpush(queue, *[json.dumps(m) for m in copies])
     ids = {m["headers"]["id"] for m in copies}
     wait_for(lambda: ids <= notify["tracker"].finished, what="the copies to run")
@@ -190,7 +191,7 @@ def test_event_update_reaches_only_verified_customers(
     # THEN the three verified customers are told; the fourth is recorded as skipped
     row = wait_for(lambda: sql.execute(
         """SELECT o.id FROM outbox o JOIN notification_fanouts f ON f.outbox_id = o.id
-            WHERE o.task = 'notify_event_update' AND (o.payload->>'event_id')::bigint = %s
+            WHERE o.task = 'event_update' AND (o.payload->>'event_id')::bigint = %s
               AND f.finished_at IS NOT NULL""", (event["id"],)).fetchone(), what="fan-out")
     status = {d["user_id"]: d["status"] for d in deliveries(sql, row["id"])}
     assert status == {**{u["id"]: "sent" for u, _ in customers[:3]},

@@ -173,7 +173,7 @@ def _event_with_bookings(client: LambdaClient, sql: psycopg.Connection, users: i
 
 def _update_outbox(sql: psycopg.Connection, event_id: int) -> dict[str, Any]:
     return wait_for(lambda: sql.execute(
-        """SELECT * FROM outbox WHERE task = 'notify_event_update'
+        """SELECT * FROM outbox WHERE task = 'event_update'
             AND (payload->>'event_id')::bigint = %s ORDER BY id DESC LIMIT 1""",
         (event_id,)).fetchone(), what="outbox row of the update")
 
@@ -203,12 +203,38 @@ def test_event_update_notifies_every_booked_user_exactly_once(
     assert log.matching("about event update") == ["🔔 Notified 7 users about event update"]
 
 
+def test_an_update_queued_under_its_old_task_name_is_still_delivered(
+    notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.notifications import outbox
+    from shared.notifications.contracts import EventUpdate
+
+    [old_name] = EventUpdate.aliases
+    event, organizer, booked = _event_with_bookings(v2, sql, 4)
+    notify["tracker"].wait_idle(notify["queue_length"])
+    # GIVEN an update's outbox row as the API wrote it before the rename, not yet published
+    monkeypatch.setattr(outbox, "_paused_until", time.monotonic() + 60)
+    r = v2.request("PUT", f"/events/{event['id']}", json_body={"venue": "Hall C"}, token=organizer)
+    assert r.status_code == 200, r.text
+    monkeypatch.setattr(outbox, "_paused_until", 0.0)
+    row = _update_outbox(sql, event["id"])
+    sql.execute("UPDATE outbox SET task = %s WHERE id = %s", (old_name, row["id"]))
+    # WHEN the relay publishes it under that old name
+    assert outbox.relay_pending(min_age=0) >= 1
+    # THEN the worker still fans it out, to every booked user once
+    fanout = wait_for(lambda: _fanout_finished(sql, row["id"]), what="fan-out to finish")
+    assert fanout["notified"] == len(booked)
+    assert [d["user_id"] for d in deliveries(sql, row["id"])] == booked
+    assert {d["kind"] for d in deliveries(sql, row["id"])} == {EventUpdate.name}
+
+
 def test_redelivered_fanout_and_confirmation_do_not_notify_twice(
     notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from functions.notify.channels import use_channel
-    from shared.notifications import outbox
+    from shared.notifications import envelope, outbox
     queue = get_settings().notify_queue
     event, organizer, booked = _event_with_bookings(v2, sql, 8)
     _, organizer2 = account(v2, "organizer")
@@ -231,7 +257,7 @@ def test_redelivered_fanout_and_confirmation_do_not_notify_twice(
         confirmation = outbox_of_booking(sql, booking["id"])
         # ... WHEN each message arrives three times at once (relay and request both
         # publishing, a crashed worker's message redelivered), racing on 4 threads
-        copies = [outbox.task_message(row["task"], outbox.row_kwargs(row), queue=queue)
+        copies = [envelope.task_message(row["task"], outbox.row_kwargs(row), queue=queue)
                   for row in (update, confirmation) for _ in range(3)]
         chunks_before = notify["tracker"].names["fanout_chunk"]
         outbox.redis_client().lpush(queue, *[json.dumps(m) for m in copies])

@@ -48,6 +48,6 @@ def test_seed_example_flow(client: Client, sql) -> None:  # type: ignore[no-unty
         "SELECT task, payload FROM outbox WHERE (payload->>'event_id')::bigint = %s ORDER BY id",
         (event["id"],),
     ).fetchall()
-    assert [t["task"] for t in tasks] == ["booking_confirmation", "notify_event_update"]
+    assert [t["task"] for t in tasks] == ["booking_confirmation", "event_update"]
     assert tasks[0]["payload"]["booking_id"] == booking["id"]
     assert tasks[1]["payload"]["changes"]["title"]["new"] == "Music Concert (moved)"

@@ -1,0 +1,114 @@
+"""Notification contracts: each notification's task name and payload, defined once.
+
+Producers write an instance to the outbox (:func:`shared.notifications.outbox.write`, or
+:func:`shared.notifications.outbox.insert_select_sql` inside a statement); the notify
+worker registers one task per contract under :attr:`Notification.name` (and its
+:attr:`Notification.aliases`) and reads its keyword arguments back with
+:meth:`Notification.parse`. The task name is also the delivery ``kind`` recorded per user
+and the ``task`` label of the notification metrics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+N = TypeVar("N", bound="Notification")
+
+# Task names go into SQL as literals (insert_select_sql): only these characters.
+_NAME = re.compile(r"[a-z][a-z0-9_.]*")
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Base of every contract: a subclass sets ``name`` and declares its payload fields."""
+
+    name: ClassVar[str]
+    # Names this notification was published under before; the worker still accepts them
+    # (outbox rows, queued messages and dead letters written by an older API).
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in vars(cls):
+            return  # a base of several contracts, not published itself
+        for name in (cls.name, *cls.aliases):
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"notification name {name!r} must match {_NAME.pattern}")
+
+    def payload(self) -> dict[str, Any]:
+        """The outbox row's JSON payload (the task's keyword arguments, less ``outbox_id``)."""
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def parse(cls: type[N], kwargs: Mapping[str, Any]) -> N:
+        """The contract from a task's keyword arguments; keys it does not declare are ignored,
+        so a producer may add a field before every worker knows it."""
+        known = cls.field_names()
+        return cls(**{key: value for key, value in kwargs.items() if key in known})
+
+
+@dataclass(frozen=True)
+class EmailVerification(Notification):
+    """Mail a fresh verification token to the user's address."""
+
+    name: ClassVar[str] = "email_verification"
+    user_id: int
+
+
+@dataclass(frozen=True)
+class _BookingNotification(Notification):
+    """What every notification about one booking carries."""
+
+    booking_id: int
+    event_id: int
+    user_id: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class BookingConfirmation(_BookingNotification):
+    """Tell the customer what they booked (``quantity`` as booked, whatever happens later)."""
+
+    name: ClassVar[str] = "booking_confirmation"
+    hold_id: int | None = None
+
+
+@dataclass(frozen=True)
+class BookingCancelled(_BookingNotification):
+    """Tell the customer ``quantity`` of their tickets are cancelled, ``remaining`` left."""
+
+    name: ClassVar[str] = "booking_cancelled"
+    remaining: int
+
+
+@dataclass(frozen=True)
+class EventUpdate(Notification):
+    """Fan an event's changed fields (``{field: {"old": ..., "new": ...}}``) out to its customers."""
+
+    name: ClassVar[str] = "event_update"
+    aliases: ClassVar[tuple[str, ...]] = ("notify_event_update",)  # its task name until issue 12
+    event_id: int
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventCancelled(Notification):
+    """Fan an event's cancellation out to every customer whose booking it cancelled."""
+
+    name: ClassVar[str] = "event_cancelled"
+    event_id: int
+    bookings_cancelled: int
+
+
+NOTIFICATIONS: Mapping[str, type[Notification]] = {
+    contract.name: contract
+    for contract in (EmailVerification, BookingConfirmation, BookingCancelled, EventUpdate,
+                     EventCancelled)
+}
