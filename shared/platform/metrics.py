@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -75,9 +75,9 @@ NOTIFICATIONS_RETRIED = _counter(
 )
 NOTIFICATIONS_DEAD = _counter("notifications_dead_lettered", "Notifications given up after their last retry", ["task"])
 
-REFUSAL_CODES = ("sold_out", "insufficient_tickets")
-for _reason in REFUSAL_CODES:
-    BOOKING_REFUSALS.labels(_reason)  # present at 0 before the first refusal
+# The error codes counted as booking refusals: the ticketing rules name them
+# (count_booking_refusals); this layer cannot import them.
+_refusal_codes: set[str] = set()
 
 # -- Embedded Metric Format (Lambda) ------------------------------------------------------
 
@@ -175,8 +175,16 @@ def booking_batch(size: int) -> None:
     BOOKING_BATCH_SIZE.observe(size)
 
 
+def count_booking_refusals(codes: Iterable[str]) -> None:
+    """Count bookings refused with these error codes (the tickets-left rule's, declared by
+    ``shared.ticketing.coalescing``), each present at 0 before its first refusal."""
+    for code in codes:
+        _refusal_codes.add(code)
+        BOOKING_REFUSALS.labels(code)
+
+
 def booking_refused(reason: str) -> None:
-    """``reason`` is the error code: sold_out or insufficient_tickets."""
+    """``reason`` is the error code, one of those given to :func:`count_booking_refusals`."""
     if emf_enabled():
         _emf("BookingRefusals", 1, Reason=reason)
         return
@@ -191,7 +199,7 @@ def counting_booking(quantity: int) -> Iterator[None]:
     try:
         yield
     except AppError as exc:
-        if exc.code in REFUSAL_CODES:
+        if exc.code in _refusal_codes:
             booking_refused(exc.code)
         raise
     booking_made(quantity)

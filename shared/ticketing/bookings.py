@@ -19,17 +19,17 @@ from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
 from shared.ticketing.idempotency import Claim, completion_cte
 from shared.ticketing.inventory import (
-    CLAIM_CTE,
     COUNT_CTE,
     CUSTOMER_MAX_SQL,
-    GATE_COLUMNS,
+    EVENT_RULES,
+    GRANT_CTE,
     UNCOUNT_SQL,
-    claim,
-    closed,
+    Ask,
     count_cte,
+    first_failed,
+    grant,
+    read_gate,
     rule_params,
-    too_large,
-    within_customer_limit,
 )
 
 BOOKING_COLUMNS = "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at"
@@ -43,7 +43,7 @@ CONFIRMATION_CTE = f"""notification AS (
 
 def _book_sql(idempotent: bool) -> str:
     return f"""
-WITH {CLAIM_CTE}, {COUNT_CTE}, booking AS (
+WITH {GRANT_CTE}, {COUNT_CTE}, booking AS (
     INSERT INTO bookings (event_id, user_id, quantity)
     SELECT event_id, %(user_id)s, %(quantity)s FROM counted
     RETURNING {BOOKING_COLUMNS}
@@ -77,7 +77,7 @@ def book(
             with unknown_user_is_401():
                 return conn.execute(sql, params).fetchone()
 
-        row = claim(conn, run, params=params, user_id=user_id)
+        row = grant(conn, run, params=params, user_id=user_id)
         if idempotency is not None:
             idempotency.completed = True  # by the completion CTE, in the same statement
         publish_committed(conn, [row["outbox_id"]])
@@ -94,8 +94,8 @@ class BatchItem:
 
 
 _BATCH_COUNT_CTE = count_cte(
-    """SELECT claimed.id, req.user_id, sum(req.quantity), claimed.customer_max FROM req, claimed
-     GROUP BY claimed.id, req.user_id, claimed.customer_max"""
+    """SELECT granted.id, req.user_id, sum(req.quantity), granted.customer_max FROM req, granted
+     GROUP BY granted.id, req.user_id, granted.customer_max"""
 )
 
 # Many bookings of one event in one statement, for a transaction that already holds the
@@ -106,13 +106,13 @@ WITH req AS MATERIALIZED (
       FROM unnest(%(seq)s::int[], %(user_ids)s::bigint[], %(quantities)s::int[],
                   %(idem_user_ids)s::bigint[], %(idem_keys)s::text[], %(idem_owners)s::uuid[])
            AS r(seq, user_id, quantity, idem_user_id, idem_key, idem_owner)
-), claimed AS (
+), granted AS (
     UPDATE events SET available_tickets = available_tickets - %(total)s
      WHERE id = %(event_id)s
     RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max
 ), {_BATCH_COUNT_CTE}, booking AS (
     INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
-    SELECT req.id, claimed.id, req.user_id, req.quantity FROM req, claimed ORDER BY req.seq
+    SELECT req.id, granted.id, req.user_id, req.quantity FROM req, granted ORDER BY req.seq
     RETURNING {BOOKING_COLUMNS}
 ), {CONFIRMATION_CTE}, idem AS (
     UPDATE idempotency_keys k
@@ -132,7 +132,7 @@ class BatchNotWritten(Exception):
 def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
-    The event row is locked first, then requests are granted in order while the claim
+    The event row is locked first, then requests are granted in order while the grant
     rules allow (first fit: a later, smaller request may still fit). A request not granted
     (no tickets left for it, above the per-booking maximum or its customer's limit), or a
     whole batch on an event that is missing, cancelled or ended, gets ``None``: the caller
@@ -165,19 +165,17 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
 
 
 def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any]]:
-    """Grant what the claim rules (shared/ticketing/inventory.py) allow, under the event row's lock.
+    """Grant what the rules (:data:`shared.ticketing.inventory.RULES`) allow, under the event row's lock.
 
-    The decisions are made here from what the lock makes exact; the statement then relies
+    The rules' checks decide here, on what the lock makes exact; the statement then relies
     on the database for the customer limit too (its CHECK would abort the batch rather
     than let a wrong decision through). Expired holds are not reclaimed here: a request
     they stand in the way of is left to the one-request path, which reclaims them.
     """
     params = rule_params(event_id=event_id, quantity=0, default_max=default_max, now=clock.now())
-    event = conn.execute(
-        f"SELECT {GATE_COLUMNS} FROM events WHERE id = %(event_id)s FOR NO KEY UPDATE", params
-    ).fetchone()
-    if closed(event_id, event, params["now"]) is not None:
-        return []
+    event = read_gate(conn, params, "FOR NO KEY UPDATE", expired_held=False)
+    if first_failed(event, Ask(event_id, 0, params["now"]), EVENT_RULES) is not None:
+        return []  # the event grants nobody now: each request hears why on the one-request path
     assert event is not None
     # A new statement after the lock: it sees every committed counter of this event, and
     # nobody changes them while the lock is held (every writer takes it first).
@@ -191,12 +189,9 @@ def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], defaul
     left = event["available_tickets"]
     granted: list[int] = []
     for seq, item in enumerate(items):
-        mine = has.get(item.user_id, 0)
-        if (
-            item.quantity <= left
-            and too_large(event, item.quantity) is None
-            and within_customer_limit(event, mine, item.quantity)
-        ):
+        mine = has.get(item.user_id, 0)  # the counter: booked plus held, expired holds too
+        ask = Ask(event_id, item.quantity, params["now"], available=left, booked=mine)
+        if first_failed(event, ask) is None:
             granted.append(seq)
             left -= item.quantity
             has[item.user_id] = mine + item.quantity

@@ -41,8 +41,14 @@ from shared.platform.settings import get_settings, running_in_lambda
 from shared.platform.threads import in_thread
 from shared.ticketing import bookings
 from shared.ticketing.idempotency import Claim, release, settle_failure
+from shared.ticketing.inventory import TICKETS_LEFT, contention
 
 log = logging.getLogger(__name__)
+
+# Bookings refused for lack of tickets are counted by code; metrics cannot import the rules,
+# so they are declared here, in the module every booking API imports (bookings itself is
+# also imported by the relay, whose package carries no metrics client).
+metrics.count_booking_refusals(TICKETS_LEFT.codes)
 
 
 def enabled(scope: Mapping[str, Any] | None = None) -> bool:
@@ -72,11 +78,7 @@ class _Waiter:
         """At its deadline, still not taken into a transaction: 503 ``contention``, unbooked."""
         if not self.done.done():
             self.expired = True
-            self.done.set_exception(_contention())
-
-
-def _contention() -> ServiceUnavailable:
-    return ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
+            self.done.set_exception(contention())
 
 
 @dataclass

@@ -1,41 +1,44 @@
 """Seat holds: tickets set aside for a customer until they confirm, release, or time runs out.
 
-Creating a hold is the same one-statement claim as a booking, under the same rules
+Creating a hold is the same one-statement grant as a booking, under the same rules
 (shared/ticketing/inventory.py), and counts against the customer's limit until it ends. Its lifetime
 is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
 ``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
 sales close (its end, or its start when it has no end): ``expires_at`` says which.
 Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
-the first claim that needs its tickets; :func:`tidy_expired_holds` only tidies.
+the first grant that needs its tickets; :func:`tidy_expired_holds` only tidies.
+Confirming a live hold re-checks only that the event can still grant (its tickets were
+granted when it was made); confirming an expired one grants its tickets again under every
+rule, a shortage then saying ``hold_expired``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
-
-import psycopg
 
 from shared.notifications.outbox import publish_committed
 from shared.platform import clock
 from shared.platform.db import Connection, connection
-from shared.platform.errors import AppError, Conflict, NotFound, ServiceUnavailable, unknown_user_is_401
+from shared.platform.errors import AppError, Conflict, NotFound, unknown_user_is_401
 from shared.platform.settings import get_settings
 from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
 from shared.ticketing.idempotency import Claim, completion_cte
 from shared.ticketing.inventory import (
-    CLAIM_CTE,
     COUNT_CTE,
+    EVENT_RULES,
+    GRANT_CTE,
     OPEN_SQL,
+    TICKETS_LEFT,
     UNCOUNT_SQL,
-    claim,
-    closed,
-    customer_refusal,
-    is_customer_limit,
+    Ask,
+    Gate,
+    grant,
     read_gate,
     reclaim_expired_holds,
+    refusal,
     rule_params,
-    too_large,
 )
 
 HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at"
@@ -43,12 +46,12 @@ HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at,
 
 def _hold_sql(idempotent: bool) -> str:
     return f"""
-WITH {CLAIM_CTE}, {COUNT_CTE}, hold AS (
+WITH {GRANT_CTE}, {COUNT_CTE}, hold AS (
     INSERT INTO holds (event_id, user_id, quantity, expires_at)
-    SELECT c.id, %(user_id)s, %(quantity)s,
-           least(%(now)s + least(%(ttl)s, coalesce(c.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
-                 c.sales_end)
-      FROM claimed c, counted
+    SELECT g.id, %(user_id)s, %(quantity)s,
+           least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
+                 g.sales_end)
+      FROM granted g, counted
     RETURNING {HOLD_COLUMNS}
 ){completion_cte("hold") if idempotent else ""}
 SELECT * FROM hold
@@ -57,11 +60,12 @@ SELECT * FROM hold
 
 def _confirm_sql(idempotent: bool) -> str:
     # The event is share-locked first (event before hold, like every writer), so a
-    # concurrent event cancellation cannot miss the booking this creates.
+    # concurrent event cancellation cannot miss the booking this creates. A live hold's
+    # tickets were granted when it was made: only the event's own rules are checked again.
     return f"""
 WITH event AS (
-    SELECT e.id FROM events e
-     WHERE e.id = %(event_id)s AND {OPEN_SQL}
+    SELECT id FROM events
+     WHERE {OPEN_SQL}
        FOR SHARE
 ), held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
@@ -98,7 +102,7 @@ def create_hold(
         params.update(idempotency.params())
     sql = _hold_sql(idempotency is not None)
     with connection() as conn, unknown_user_is_401():
-        row = claim(conn, lambda: conn.execute(sql, params).fetchone(), params=params, user_id=user_id)
+        row = grant(conn, lambda: conn.execute(sql, params).fetchone(), params=params, user_id=user_id)
     if idempotency is not None:
         idempotency.completed = True  # by the completion CTE, in the same statement
     return row
@@ -127,7 +131,7 @@ def confirm_hold(
     """Turn a hold into a booking; returns (booking, created).
 
     Confirming twice returns the same booking. A hold that expired is confirmed only if
-    its tickets can still be had under every claim rule; otherwise ``hold_expired`` says
+    its tickets can still be had under every grant rule; otherwise ``hold_expired`` says
     how many are left (or the rule says why).
     """
     hold = get_hold(hold_id=hold_id, user_id=user_id)
@@ -152,7 +156,8 @@ def confirm_hold(
     return row, True
 
 
-_RECLAIM_ONE_SQL = f"WITH {CLAIM_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
+# An expired hold's tickets granted again, to the same customer.
+_REGRANT_SQL = f"WITH {GRANT_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
 
 
 def _confirm_expired(
@@ -161,45 +166,34 @@ def _confirm_expired(
     """The slow path of a confirmation: the hold is not active any more (or never was).
 
     A hold that expired gets its tickets back and is booked again *as this hold* if the
-    claim rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
+    grant rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
-    A customer limit in the way after expired holds were reclaimed is retried, as a claim is.
+    One transaction, event row locked first like every writer.
     """
-    for _ in range(3):
-        try:
-            return _confirm_expired_once(conn, hold, params, idempotency)
-        except psycopg.errors.CheckViolation as exc:
-            if not is_customer_limit(exc):
-                raise
-            refusal = customer_refusal(conn, params, params["user_id"])
-            if refusal is not None:
-                raise refusal from None
-    raise ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
-
-
-def _confirm_expired_once(
-    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
-) -> dict[str, Any] | None:
-    """One transaction, event row locked first like every writer."""
     hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR UPDATE")
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()
-        assert event is not None and current is not None
+        assert current is not None
         if current["status"] == "confirmed":
             return None
         if current["status"] == "released":
             raise Conflict("hold_released", f"Hold {hold_id} was released")
-        refusal = closed(event_id, event, now)
-        if refusal is not None:
-            raise refusal
+        closed = refusal(event, Ask.of(params), EVENT_RULES)
+        if closed is not None:
+            raise closed
         still_held = current["status"] == "active" and current["expires_at"] > now
         if not still_held:
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
-            if conn.execute(_RECLAIM_ONE_SQL, params).fetchone() is None:
-                raise _reclaim_refusal(conn, params, hold_id)
+
+            def regrant() -> dict[str, Any] | None:
+                with conn.transaction():  # a savepoint: a refused limit CHECK undoes only this
+                    return conn.execute(_REGRANT_SQL, params).fetchone()
+
+            grant(conn, regrant, params=params, user_id=params["user_id"],
+                  wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
         conn.execute(
             "UPDATE holds SET status = 'confirmed', closed_at = %s WHERE id = %s", (now, hold_id)
         )
@@ -224,18 +218,13 @@ def _confirm_expired_once(
     return row
 
 
-def _reclaim_refusal(conn: Connection, params: dict[str, Any], hold_id: int) -> AppError:
-    """Why an expired hold's tickets could not be claimed again (the event row is locked)."""
-    event = read_gate(conn, params)
-    assert event is not None
-    refusal = too_large(event, params["quantity"])
-    if refusal is not None:
-        return refusal
+def _hold_expired(hold_id: int, event: Gate, ask: Ask) -> AppError:
+    """An expired hold's wording of a shortage: its tickets are gone (the event row is locked)."""
     return Conflict(
         "hold_expired",
         f"Hold {hold_id} expired and its tickets are no longer available",
-        available=event["available_tickets"],
-        requested=params["quantity"],
+        available=ask.free(event),
+        requested=ask.quantity,
     )
 
 

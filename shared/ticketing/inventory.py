@@ -1,24 +1,38 @@
 """Taking tickets out of an event's pool: the rules every granting path obeys, and why not.
 
-Every path that grants tickets (a booking, a coalesced batch, a hold, the re-claim of an
-expired hold) goes through the same rules, written once here:
+Every condition for granting tickets is one :class:`Rule` of :data:`RULES`, written once
+here, in the order a refusal names them:
 
-* the event exists, is active and has not ended (:data:`OPEN_SQL` / :func:`closed`);
-  an event ends at ``end_time``, or at ``start_time`` when it has no ``end_time``, and
-  never when it has neither;
-* one request takes at most the event's per-booking maximum (:func:`too_large`);
-* there are enough tickets (:data:`CLAIM_CTE`);
-* a customer's booked plus actively held tickets of the event stay within the event's
-  per-customer limit (:data:`COUNT_CTE`, enforced by a CHECK on ``customer_tickets`` in
-  the same statement, so concurrent requests of one customer cannot pass it together).
+1. the event exists (``event_not_found``);
+2. it is active (``event_cancelled``);
+3. it has not ended (``event_ended``): an event ends at ``end_time``, or at ``start_time``
+   when it has no ``end_time``, and never when it has neither;
+4. one request takes at most the event's per-booking maximum (``quantity_too_large``);
+5. there are enough tickets (``sold_out``, ``insufficient_tickets``);
+6. a customer's booked plus actively held tickets of the event stay within the event's
+   per-customer limit (``customer_limit_exceeded``).
+
+A rule is a SQL predicate, a check on the event's row as the rules read it (its gate row,
+:data:`GATE_COLUMNS`) and the refusal it maps to. Every path uses the same table:
+
+* one statement (a booking, a hold): the predicates are the WHERE of the guarded decrement
+  (:data:`GRANT_CTE`); the customer limit is a CHECK on the customer's counter raised in the
+  same statement (:data:`COUNT_CTE`), so concurrent requests of one customer cannot pass it
+  together. A refused statement is explained by walking the checks (:func:`grant`);
+* under the event row's lock (a coalesced batch, the confirmation of an expired hold): the
+  checks decide (:func:`first_failed`);
+* a live hold's tickets were granted when it was made: confirming it re-checks only the
+  event's own rules (:data:`EVENT_RULES`, :data:`OPEN_SQL`).
 
 Lock order everywhere: the event row first, then its holds, bookings or customer counters.
-The hot path (a claim) locks only the event row and one counter row, for one statement.
+The hot path (a grant) locks only the event row and one counter row, for one statement.
+The counter's ``limit_at_claim`` column keeps its first name: the limit at the last grant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +46,6 @@ CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
 
 # When sales close: the end, or the start of an event without an end; NULL: never.
 SALES_END_SQL = "coalesce(end_time, start_time)"
-# An event that can grant tickets at the application's time %(now)s.
-OPEN_SQL = f"status = 'active' AND coalesce({SALES_END_SQL}, 'infinity') > %(now)s"
 # The event's per-customer limit: its own, else the default but never below the per-booking
 # maximum in force, the event's or the server's (who allows 30 in one booking allows 30).
 CUSTOMER_MAX_SQL = (
@@ -41,16 +53,168 @@ CUSTOMER_MAX_SQL = (
     " greatest(%(customer_max)s, coalesce(max_tickets_per_booking, %(default_max)s)))"
 )
 
-# The guarded decrement, shared by bookings, holds and re-claims: a CTE named ``claimed``.
-CLAIM_CTE = f"""claimed AS (
+# What the rules read from an event row (a diagnosis, a batch, a hold confirmation).
+GATE_COLUMNS = f"""status, available_tickets, {SALES_END_SQL} AS sales_end,
+       coalesce(max_tickets_per_booking, %(default_max)s) AS max_quantity,
+       {CUSTOMER_MAX_SQL} AS customer_max"""
+
+# A gate row (GATE_COLUMNS); a missing event reads as an empty one.
+Gate = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A request as the rules judge it, with what it may count on."""
+
+    event_id: int
+    quantity: int
+    now: datetime
+    available: int | None = None  # free tickets it may take; None: the row's available_tickets
+    booked: int = 0  # the customer's booked tickets of the event
+    held: int = 0  # and actively held ones
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> Ask:
+        """The request of a granting statement's parameters (:func:`rule_params`)."""
+        return cls(params["event_id"], params["quantity"], params["now"])
+
+    def free(self, event: Gate) -> int:
+        return event["available_tickets"] if self.available is None else self.available
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One condition for granting tickets, and the refusal when it fails."""
+
+    name: str
+    # Its predicate in the guarded decrement's WHERE (on ``events``, with rule_params);
+    # None: the customer's counter enforces it (CUSTOMER_LIMIT_CONSTRAINT).
+    sql: str | None
+    passes: Callable[[Gate, Ask], bool]
+    refusal: Callable[[Gate, Ask], AppError]
+    codes: tuple[str, ...]  # every code ``refusal`` may give
+
+
+def _ended(event: Gate, ask: Ask) -> AppError:
+    return Conflict("event_ended", f"Event {ask.event_id} has ended", ended_at=_json_time(event["sales_end"]))
+
+
+def _too_large(event: Gate, ask: Ask) -> AppError:
+    return BadRequest(
+        "quantity_too_large",
+        f"At most {event['max_quantity']} tickets can be booked at once for this event",
+        max_quantity=event["max_quantity"],
+    )
+
+
+def _shortage(event: Gate, ask: Ask) -> AppError:
+    available = ask.free(event)
+    if available == 0:
+        return BadRequest("sold_out", f"Event {ask.event_id} is sold out", available=0)
+    return BadRequest(
+        "insufficient_tickets",
+        f"Only {available} {'ticket' if available == 1 else 'tickets'} left for event {ask.event_id}",
+        available=available,
+        requested=ask.quantity,
+    )
+
+
+def _over_limit(event: Gate, ask: Ask) -> AppError:
+    return BadRequest(
+        "customer_limit_exceeded",
+        f"One customer may have at most {event['customer_max']} tickets of event {ask.event_id} "
+        f"(booked and held); you have {ask.booked + ask.held}",
+        limit=event["customer_max"],
+        booked=ask.booked,
+        held=ask.held,
+        requested=ask.quantity,
+    )
+
+
+EVENT_EXISTS = Rule(
+    "the event exists",
+    "id = %(event_id)s",
+    lambda event, ask: bool(event),
+    lambda event, ask: NotFound("event_not_found", f"Event {ask.event_id} does not exist"),
+    ("event_not_found",),
+)
+EVENT_ACTIVE = Rule(
+    "the event is active",
+    "status = 'active'",
+    lambda event, ask: event["status"] == "active",
+    lambda event, ask: Conflict("event_cancelled", f"Event {ask.event_id} is cancelled"),
+    ("event_cancelled",),
+)
+EVENT_NOT_ENDED = Rule(
+    "its sales have not closed",
+    f"coalesce({SALES_END_SQL}, 'infinity') > %(now)s",
+    lambda event, ask: event["sales_end"] is None or event["sales_end"] > ask.now,
+    _ended,
+    ("event_ended",),
+)
+WITHIN_BOOKING_MAX = Rule(
+    "at most the event's per-booking maximum",
+    "%(quantity)s <= coalesce(max_tickets_per_booking, %(default_max)s)",
+    lambda event, ask: ask.quantity <= event["max_quantity"],
+    _too_large,
+    ("quantity_too_large",),
+)
+TICKETS_LEFT = Rule(
+    "enough tickets left",
+    "available_tickets >= %(quantity)s",
+    lambda event, ask: ask.quantity <= ask.free(event),
+    _shortage,
+    ("sold_out", "insufficient_tickets"),
+)
+WITHIN_CUSTOMER_LIMIT = Rule(
+    "the customer stays within the event's per-customer limit",
+    None,  # the counter's CHECK, in the same statement, after the decrement
+    lambda event, ask: ask.booked + ask.held + ask.quantity <= event["customer_max"],
+    _over_limit,
+    ("customer_limit_exceeded",),
+)
+
+# Whether the event can grant anything now: all a live hold's confirmation re-checks.
+EVENT_RULES = (EVENT_EXISTS, EVENT_ACTIVE, EVENT_NOT_ENDED)
+# The rules the event's row decides alone: a refused statement returns no row.
+ROW_RULES = (*EVENT_RULES, WITHIN_BOOKING_MAX, TICKETS_LEFT)
+# Every rule, in the order refusals name them. The limit comes last, as in the statement:
+# its CHECK runs on the counter written from the decrement's row.
+RULES = (*ROW_RULES, WITHIN_CUSTOMER_LIMIT)
+# Every error code a refused grant can give (for metrics, docs and tests).
+REFUSAL_CODES = tuple(code for rule in RULES for code in rule.codes)
+
+
+def _where(rules: Sequence[Rule]) -> str:
+    return "\n       AND ".join(rule.sql for rule in rules if rule.sql is not None)
+
+
+# The event %(event_id)s exists and can grant tickets at the application's time %(now)s.
+OPEN_SQL = _where(EVENT_RULES)
+
+# The guarded decrement, shared by bookings, holds and expired-hold confirmations: a CTE named
+# ``granted``. Its WHERE is every rule's predicate; no row means a rule refused.
+GRANT_CTE = f"""granted AS (
     UPDATE events
        SET available_tickets = available_tickets - %(quantity)s
-     WHERE id = %(event_id)s
-       AND {OPEN_SQL}
-       AND available_tickets >= %(quantity)s
-       AND %(quantity)s <= coalesce(max_tickets_per_booking, %(default_max)s)
+     WHERE {_where(RULES)}
     RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end, max_hold_seconds
 )"""
+
+
+def first_failed(event: Gate | None, ask: Ask, rules: Sequence[Rule] = RULES) -> Rule | None:
+    """The first of ``rules`` the request fails on the event's gate row, or None."""
+    gate = event or {}
+    for rule in rules:
+        if not rule.passes(gate, ask):
+            return rule
+    return None
+
+
+def refusal(event: Gate | None, ask: Ask, rules: Sequence[Rule] = RULES) -> AppError | None:
+    """Why ``rules`` refuse the request on the event's gate row, or None."""
+    failed = first_failed(event, ask, rules)
+    return None if failed is None else failed.refusal(event or {}, ask)
 
 
 def count_cte(rows: str) -> str:
@@ -66,18 +230,13 @@ def count_cte(rows: str) -> str:
 )"""
 
 
-# One request's counter, raised in the same statement as the claim and after it (so the
+# One request's counter, raised in the same statement as the grant and after it (so the
 # event row is locked first).
-COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM claimed")
+COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM granted")
 
 # Giving tickets back: the customer's counter goes down by %(n)s (event row locked first).
 UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
  WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
-
-# What the rules read from an event row (a diagnosis, a batch, a re-claim).
-GATE_COLUMNS = f"""status, available_tickets, {SALES_END_SQL} AS sales_end,
-       coalesce(max_tickets_per_booking, %(default_max)s) AS max_quantity,
-       {CUSTOMER_MAX_SQL} AS customer_max"""
 
 # Active holds past their expiry no longer count: readers add them back.
 EXPIRED_HELD_SQL = """coalesce((SELECT sum(h.quantity) FROM holds h
@@ -112,11 +271,14 @@ SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
 _ATTEMPTS = 3
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
+# A path's own wording of a rule's refusal (an expired hold's confirmation says hold_expired).
+Wording = Mapping[Rule, Callable[[Gate, Ask], AppError]]
+
 
 def rule_params(
     *, event_id: int, quantity: int, default_max: int | None = None, now: datetime
 ) -> dict[str, Any]:
-    """The parameters every claiming statement and gate read share (defaults: settings)."""
+    """The parameters every granting statement and gate read share (defaults: settings)."""
     settings = get_settings()
     return {
         "event_id": event_id,
@@ -127,57 +289,19 @@ def rule_params(
     }
 
 
-def read_gate(conn: Connection, params: Mapping[str, Any], lock: str = "") -> dict[str, Any] | None:
-    """The event's row as the rules read it (``lock``: e.g. ``FOR UPDATE``)."""
+def read_gate(
+    conn: Connection, params: Mapping[str, Any], lock: str = "", *, expired_held: bool = True
+) -> dict[str, Any] | None:
+    """The event's row as the rules read it (``lock``: e.g. ``FOR UPDATE``), with the
+    tickets of its expired holds not reclaimed yet unless ``expired_held`` is False."""
+    expired = f", {EXPIRED_HELD_SQL.format(event='events')} AS expired_held" if expired_held else ""
     return conn.execute(
-        f"SELECT {GATE_COLUMNS}, {EXPIRED_HELD_SQL.format(event='events')} AS expired_held "
-        f"FROM events WHERE id = %(event_id)s {lock}",
-        params,
+        f"SELECT {GATE_COLUMNS}{expired} FROM events WHERE id = %(event_id)s {lock}", params
     ).fetchone()
 
 
-def closed(event_id: int, event: Mapping[str, Any] | None, now: datetime) -> AppError | None:
-    """Why an event cannot grant tickets now (missing, cancelled, ended), or None."""
-    if event is None:
-        return NotFound("event_not_found", f"Event {event_id} does not exist")
-    if event["status"] != "active":
-        return Conflict("event_cancelled", f"Event {event_id} is cancelled")
-    if event["sales_end"] is not None and event["sales_end"] <= now:
-        return Conflict(
-            "event_ended", f"Event {event_id} has ended", ended_at=_json_time(event["sales_end"])
-        )
-    return None
-
-
-def too_large(event: Mapping[str, Any], quantity: int) -> AppError | None:
-    """Above the event's per-booking maximum, or None."""
-    if quantity <= event["max_quantity"]:
-        return None
-    return BadRequest(
-        "quantity_too_large",
-        f"At most {event['max_quantity']} tickets can be booked at once for this event",
-        max_quantity=event["max_quantity"],
-    )
-
-
-def within_customer_limit(event: Mapping[str, Any], has: int, quantity: int) -> bool:
-    return has + quantity <= event["customer_max"]
-
-
-def customer_limit_exceeded(event_id: int, limit: int, booked: int, held: int, quantity: int) -> AppError:
-    return BadRequest(
-        "customer_limit_exceeded",
-        f"One customer may have at most {limit} tickets of event {event_id} (booked and held); "
-        f"you have {booked + held}",
-        limit=limit,
-        booked=booked,
-        held=held,
-        requested=quantity,
-    )
-
-
 def is_customer_limit(exc: BaseException) -> bool:
-    """The CHECK that keeps a customer's counter within the event's limit refused a claim."""
+    """The CHECK that keeps a customer's counter within the event's limit refused a grant."""
     return (
         isinstance(exc, psycopg.errors.CheckViolation)
         and exc.diag.constraint_name == CUSTOMER_LIMIT_CONSTRAINT
@@ -193,41 +317,25 @@ def reclaim_expired_holds(conn: Connection, event_id: int, now: datetime) -> int
     return int(row["freed"]) if row else 0
 
 
-def customer_refusal(conn: Connection, params: Mapping[str, Any], user_id: int) -> AppError | None:
-    """After the limit CHECK refused a claim: the refusal, or None once a retry may pass.
-
-    Holds past their expiry still sit in the counter until reclaimed: if they are what
-    stands in the way, reclaim them (the whole event's, one transaction) and say retry.
-    """
-    event = read_gate(conn, params)
-    if event is None:
-        return closed(params["event_id"], event, params["now"])
-    mine = conn.execute(_CUSTOMER_SQL, {**params, "user_id": user_id}).fetchone()
-    assert mine is not None
-    quantity = params["quantity"]
-    if within_customer_limit(event, mine["booked"] + mine["held"], quantity):
-        if mine["expired_held"]:
-            reclaim_expired_holds(conn, params["event_id"], params["now"])
-        return None  # expired holds reclaimed, or tickets given back meanwhile: retry
-    return customer_limit_exceeded(
-        params["event_id"], event["customer_max"], mine["booked"], mine["held"], quantity
-    )
+def contention() -> ServiceUnavailable:
+    """Every attempt lost a race (or a deadlock): not a refusal, a retry may pass."""
+    return ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
 
 
-def claim(
+def grant(
     conn: Connection,
     run: Callable[[], dict[str, Any] | None],
     *,
     params: Mapping[str, Any],
     user_id: int,
+    wording: Wording | None = None,
 ) -> dict[str, Any]:
-    """Run a claiming statement; on refusal, reclaim expired holds and retry, or raise why.
+    """Run a granting statement (:data:`GRANT_CTE`); on refusal, raise why or retry.
 
-    The statement is a single autocommit round trip. Only a refusal pays for the
-    diagnosis, and only a shortage with expired holds pays for reclaiming them.
+    The statement is a single autocommit round trip (or a savepoint, inside a transaction).
+    Only a refusal pays for the diagnosis, and only expired holds in the way pay for
+    reclaiming them.
     """
-    event_id, quantity, now = params["event_id"], params["quantity"], params["now"]
-    available: int | None = None
     for _ in range(_ATTEMPTS):
         try:
             row = run()
@@ -236,37 +344,40 @@ def claim(
         except psycopg.errors.CheckViolation as exc:
             if not is_customer_limit(exc):
                 raise
-            refusal = customer_refusal(conn, params, user_id)
-            if refusal is not None:
-                raise refusal from None
-            continue
+            row = None
         if row is not None:
             return row
-        event = read_gate(conn, params)
-        refusal = closed(event_id, event, now) or too_large(event, quantity)  # type: ignore[arg-type]
-        if refusal is not None:
-            raise refusal
-        assert event is not None
-        available = event["available_tickets"] + event["expired_held"]
-        if available < quantity:
-            break
-        if event["expired_held"] and event["available_tickets"] < quantity:
-            reclaim_expired_holds(conn, event_id, now)
-        # else: tickets came back (a cancellation) since the claim ran; try again.
-    if available is None or available >= quantity:  # lost every race (or deadlock) for free tickets
-        raise ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
-    raise shortage(event_id, available, quantity)
+        refused = _why_refused(conn, params, user_id, wording or {})
+        if refused is not None:
+            raise refused from None
+    raise contention()
 
 
-def shortage(event_id: int, available: int, quantity: int) -> AppError:
-    if available == 0:
-        return BadRequest("sold_out", f"Event {event_id} is sold out", available=0)
-    return BadRequest(
-        "insufficient_tickets",
-        f"Only {available} {'ticket' if available == 1 else 'tickets'} left for event {event_id}",
-        available=available,
-        requested=quantity,
-    )
+def _why_refused(conn: Connection, params: Mapping[str, Any], user_id: int, wording: Wording) -> AppError | None:
+    """After a granting statement refused: the rule's refusal, or None once a retry may pass.
+
+    The rules are walked in order on the event's row, the customer's tickets counted only
+    once the row's own rules pass. Expired holds still sit in the pool's and the counters' counts
+    until reclaimed: when they alone stand in the way, reclaim them (the whole event's, one
+    transaction) and say retry; so does a race (tickets given back meanwhile).
+    """
+    event = read_gate(conn, params)
+    ask = Ask.of(params)
+    if event is not None:
+        ask = replace(ask, available=event["available_tickets"] + event["expired_held"])
+    failed = first_failed(event, ask, ROW_RULES)
+    mine: dict[str, Any] | None = None
+    if failed is None:
+        mine = conn.execute(_CUSTOMER_SQL, {**params, "user_id": user_id}).fetchone()
+        assert mine is not None
+        ask = replace(ask, booked=mine["booked"], held=mine["held"])
+        failed = first_failed(event, ask, (WITHIN_CUSTOMER_LIMIT,))
+    if failed is not None:
+        return wording.get(failed, failed.refusal)(event or {}, ask)
+    assert event is not None and mine is not None
+    if mine["expired_held"] or (event["expired_held"] and event["available_tickets"] < ask.quantity):
+        reclaim_expired_holds(conn, ask.event_id, ask.now)
+    return None
 
 
 def _json_time(value: datetime) -> str:

@@ -8,8 +8,7 @@ import psycopg
 import pytest
 
 from shared.platform.errors import ServiceUnavailable
-from shared.ticketing import holds, idempotency
-from shared.ticketing import inventory as claims
+from shared.ticketing import holds, idempotency, inventory
 from tests.conftest import FakeClock
 from tests.support.clients import Client
 from tests.support.factories import account, create_event
@@ -54,10 +53,10 @@ def test_losing_every_race_is_a_503_not_a_refusal(monkeypatch: pytest.MonkeyPatc
         raise psycopg.errors.DeadlockDetected("simulated")
 
     with pytest.raises(ServiceUnavailable) as caught:
-        claims.claim(
+        inventory.grant(
             sql,
             always_deadlocked,  # type: ignore[arg-type]
-            params=claims.rule_params(event_id=1, quantity=1, default_max=10, now=holds.clock.now()),
+            params=inventory.rule_params(event_id=1, quantity=1, default_max=10, now=holds.clock.now()),
             user_id=1,
         )
     assert caught.value.code == "contention"

@@ -352,7 +352,7 @@ class _RowLock:
         import psycopg
 
         self.conn = psycopg.connect(database)
-        # An UPDATE, not SELECT FOR UPDATE: it is what makes a claim that still sees enough
+        # An UPDATE, not SELECT FOR UPDATE: it is what makes a grant that still sees enough
         # tickets wait, and ``take`` tickets are gone when it commits.
         self.conn.execute(
             "UPDATE events SET available_tickets = available_tickets - %s WHERE id = %s", (take, event_id)

@@ -181,7 +181,7 @@ def test_expired_holds_stop_counting_against_the_limit(http_client: HttpClient, 
     # WHEN the hold runs out (nothing tidies)
     fake_clock.advance(61)
 
-    # THEN its tickets no longer count: the claim that hits the limit reclaims it
+    # THEN its tickets no longer count: the grant that hits the limit reclaims it
     assert _book(http_client, token, event["id"], 4).status_code == 201
     assert _counter(sql, event["id"], user["id"]) == 4
     # AND the expired hold cannot come back past the limit, though its tickets are free
