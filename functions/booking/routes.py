@@ -115,7 +115,7 @@ def _idempotent(
     user_id: int,
     key: str | None,
     body: BaseModel | None,
-    action: Callable[[idempotency.Claim | None], dict[str, Any]],
+    action: Callable[[idempotency.KeyLease | None], dict[str, Any]],
 ) -> dict[str, Any]:
     """Run a creating action once per Idempotency-Key; mark replays in a header."""
     with _replays_counted():
@@ -140,11 +140,11 @@ async def _book(
         "default_max": get_settings().max_tickets_per_booking,
     }
 
-    async def action(claim: idempotency.Claim | None) -> dict[str, Any]:
+    async def action(lease: idempotency.KeyLease | None) -> dict[str, Any]:
         with metrics.counting_booking(body.quantity):
             if lanes is None:
-                return await run_in_threadpool(functools.partial(bookings.book, **what, idempotency=claim))
-            return await lanes.book(**what, idempotency=claim)
+                return await run_in_threadpool(functools.partial(bookings.book, **what, idempotency=lease))
+            return await lanes.book(**what, idempotency=lease)
 
     with _replays_counted():
         result, replayed_status = await idempotency.run_async(
@@ -266,13 +266,13 @@ def create_hold(
         customer.user_id,
         idempotency_key,
         body,
-        lambda claim: holds.create_hold(
+        lambda lease: holds.create_hold(
             user_id=customer.user_id,
             event_id=event_id,
             quantity=body.quantity,
             ttl_seconds=body.ttl_seconds,
             default_max=settings.max_tickets_per_booking,
-            idempotency=claim,
+            idempotency=lease,
         ),
     )
 
@@ -318,12 +318,12 @@ def confirm_hold(
 ) -> dict[str, Any]:
     """Turn a hold into a booking. A hold past its expiry still confirms if its tickets are free."""
 
-    def action(claim: idempotency.Claim | None) -> dict[str, Any]:
+    def action(lease: idempotency.KeyLease | None) -> dict[str, Any]:
         booking, created = holds.confirm_hold(
             hold_id=hold_id,
             user_id=customer.user_id,
             default_max=get_settings().max_tickets_per_booking,
-            idempotency=claim,
+            idempotency=lease,
         )
         if created:
             metrics.booking_made(booking["quantity"])

@@ -22,7 +22,7 @@ from shared.platform.db import Connection, connection
 from shared.platform.errors import AppError, Conflict, NotFound, ServiceUnavailable, unknown_user_is_401
 from shared.platform.settings import get_settings
 from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
-from shared.ticketing.idempotency import Claim, completion_cte
+from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     CLAIM_CTE,
     COUNT_CTE,
@@ -84,7 +84,7 @@ def create_hold(
     quantity: int,
     ttl_seconds: int | None,
     default_max: int | None = None,
-    idempotency: Claim | None = None,
+    idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
     """Hold tickets for ``ttl_seconds`` (None: the default), within the event's bounds."""
     settings = get_settings()
@@ -122,7 +122,7 @@ def _effective(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def confirm_hold(
-    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: Claim | None = None
+    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: KeyLease | None = None
 ) -> tuple[dict[str, Any], bool]:
     """Turn a hold into a booking; returns (booking, created).
 
@@ -156,7 +156,7 @@ _RECLAIM_ONE_SQL = f"WITH {CLAIM_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
 
 
 def _confirm_expired(
-    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: KeyLease | None
 ) -> dict[str, Any] | None:
     """The slow path of a confirmation: the hold is not active any more (or never was).
 
@@ -178,7 +178,7 @@ def _confirm_expired(
 
 
 def _confirm_expired_once(
-    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: KeyLease | None
 ) -> dict[str, Any] | None:
     """One transaction, event row locked first like every writer."""
     hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
