@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from shared.ticketing import events
 from shared.web.app import COMMON_ERRORS, error_doc
 from shared.web.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
-from shared.web.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
+from shared.web.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate
 
 router = APIRouter(tags=["events"], responses=COMMON_ERRORS)
 
@@ -64,10 +64,9 @@ def list_events(
     organizer_id: Annotated[int | None, Query(ge=1, le=ID_MAX), Decimal] = None,
 ) -> EventPage:
     """Browse events, one page at a time."""
-    rows = events.list_events(
-        limit=limit + 1, offset=offset, order=order, organizer_id=organizer_id
+    return EventPage.of(
+        events.list_events(limit=limit + 1, offset=offset, order=order, organizer_id=organizer_id), limit, offset
     )
-    return EventPage(**page_of(EventOut, rows, limit, offset))
 
 
 @router.get(
