@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from shared.ticketing import bookings, coalescing, holds
-from shared.web.app import COMMON_ERRORS, RATE_LIMITED
 from shared.web.deps import (
     BookingId,
     CurrentUser,
@@ -21,6 +20,7 @@ from shared.web.deps import (
     UserId,
     require_self,
 )
+from shared.web.error_docs import GRANT_REFUSALS, KEYED, errors
 from shared.web.idempotent import Idempotent
 from shared.web.ratelimit import BookingCustomer
 from shared.web.schemas import (
@@ -28,49 +28,19 @@ from shared.web.schemas import (
     BookingCreate,
     BookingOut,
     BookingPage,
-    ErrorOut,
     HoldCreate,
     HoldOut,
     HoldPage,
 )
 
-router = APIRouter(tags=["booking"], responses=COMMON_ERRORS)
+router = APIRouter(tags=["booking"])
 
-_AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
-    403: {"model": ErrorOut, "description": "`customer_only`, `not_your_account`"},
-}
-_CLAIM_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_AUTH,
-    400: {
-        "model": ErrorOut,
-        "description": "`sold_out`, `insufficient_tickets` (details say how many remain), "
-        "`quantity_too_large` (details give the event's maximum), "
-        "`customer_limit_exceeded` (this customer's booked plus actively held tickets of the event would "
-        "pass its per-customer limit; details: `limit`, `booked`, `held`, `requested`)",
-    },
-    404: {"model": ErrorOut, "description": "`event_not_found`"},
-    409: {
-        "model": ErrorOut,
-        "description": "`event_cancelled`; `event_ended` (its end, or its start when it has no end, has "
-        "passed; details: `ended_at`); `request_in_progress` (same Idempotency-Key still running)",
-    },
-    422: {
-        "model": ErrorOut,
-        "description": "`validation_error`; `idempotency_key_reused` (same key, different request)",
-    },
-    429: RATE_LIMITED,
-    503: {
-        "model": ErrorOut,
-        "description": "`contention` (lost every race for free tickets or waited its turn too long: retry "
-        "after `Retry-After`, nothing was booked); `database_unavailable`",
-    },
-}
+# Booking-creating routes take the caller as BookingCustomer (rate limited) and an Idempotency-Key.
+_GRANTING = errors("customer_only", "not_your_account", *GRANT_REFUSALS, *KEYED, "rate_limited")
+_CUSTOMERS = ("customer_only", "not_your_account")
 
 
-@router.post(
-    "/bookings", status_code=201, response_model=BookingOut, responses=_CLAIM_ERRORS
-)
+@router.post("/bookings", status_code=201, response_model=BookingOut, responses=_GRANTING)
 async def create_booking(
     body: BookingCreate, customer: BookingCustomer, lanes: Lanes, once: Idempotent
 ) -> dict[str, Any]:
@@ -80,12 +50,7 @@ async def create_booking(
     )
 
 
-@router.post(
-    "/book/{user_id}",
-    status_code=201,
-    response_model=BookingOut,
-    responses=_CLAIM_ERRORS,
-)
+@router.post("/book/{user_id}", status_code=201, response_model=BookingOut, responses=_GRANTING)
 async def book_for(
     user_id: UserId, body: BookingCreate, customer: BookingCustomer, lanes: Lanes, once: Idempotent
 ) -> dict[str, Any]:
@@ -96,7 +61,7 @@ async def book_for(
     )
 
 
-@router.get("/bookings", response_model=BookingPage, responses=_AUTH)
+@router.get("/bookings", response_model=BookingPage, responses=errors(*_CUSTOMERS))
 def my_bookings(principal: CurrentUser, limit: Limit = 20, offset: Offset = 0) -> BookingPage:
     """The caller's bookings, newest first."""
     return BookingPage.of(
@@ -107,11 +72,7 @@ def my_bookings(principal: CurrentUser, limit: Limit = 20, offset: Offset = 0) -
 @router.get(
     "/events/{event_id}/bookings",
     response_model=BookingPage,
-    responses={
-        **_AUTH,
-        403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
-        404: {"model": ErrorOut, "description": "`event_not_found`"},
-    },
+    responses=errors("organizer_only", "not_event_owner", "event_not_found"),
 )
 def event_bookings(event_id: EventId, organizer: Organizer, limit: Limit = 20, offset: Offset = 0) -> BookingPage:
     """An event's bookings (cancelled ones too), newest first: for its organizer."""
@@ -122,11 +83,7 @@ def event_bookings(event_id: EventId, organizer: Organizer, limit: Limit = 20, o
     )
 
 
-@router.get(
-    "/bookings/{booking_id}",
-    response_model=BookingOut,
-    responses={**_AUTH, 404: {"model": ErrorOut, "description": "`booking_not_found`"}},
-)
+@router.get("/bookings/{booking_id}", response_model=BookingOut, responses=errors(*_CUSTOMERS, "booking_not_found"))
 def get_booking(booking_id: BookingId, principal: CurrentUser) -> dict[str, Any]:
     """One booking, visible to its customer and to the event's organizer."""
     return bookings.get_booking(booking_id=booking_id, user_id=principal.user_id)
@@ -135,11 +92,7 @@ def get_booking(booking_id: BookingId, principal: CurrentUser) -> dict[str, Any]
 @router.post(
     "/bookings/{booking_id}/cancel",
     response_model=BookingOut,
-    responses={
-        **_AUTH,
-        404: {"model": ErrorOut, "description": "`booking_not_found`"},
-        409: {"model": ErrorOut, "description": "`cancel_exceeds_booking`"},
-    },
+    responses=errors(*_CUSTOMERS, "booking_not_found", "cancel_exceeds_booking"),
 )
 def cancel_booking(booking_id: BookingId, customer: Customer, body: BookingCancel | None = None) -> dict[str, Any]:
     """Give back all tickets of a booking, or `quantity` of them. Cancelling twice is harmless."""
@@ -148,12 +101,7 @@ def cancel_booking(booking_id: BookingId, customer: Customer, body: BookingCance
     )
 
 
-@router.post(
-    "/events/{event_id}/holds",
-    status_code=201,
-    response_model=HoldOut,
-    responses=_CLAIM_ERRORS,
-)
+@router.post("/events/{event_id}/holds", status_code=201, response_model=HoldOut, responses=_GRANTING)
 def create_hold(
     event_id: EventId, customer: BookingCustomer, once: Idempotent, body: HoldCreate | None = None
 ) -> dict[str, Any]:
@@ -175,7 +123,7 @@ def create_hold(
     )
 
 
-@router.get("/holds", response_model=HoldPage, responses=_AUTH)
+@router.get("/holds", response_model=HoldPage, responses=errors(*_CUSTOMERS))
 def my_holds(customer: Customer, limit: Limit = 20, offset: Offset = 0) -> HoldPage:
     """The caller's holds, newest first; `status` is `expired` as soon as time is up."""
     return HoldPage.of(
@@ -183,11 +131,7 @@ def my_holds(customer: Customer, limit: Limit = 20, offset: Offset = 0) -> HoldP
     )
 
 
-@router.get(
-    "/holds/{hold_id}",
-    response_model=HoldOut,
-    responses={**_AUTH, 404: {"model": ErrorOut, "description": "`hold_not_found`"}},
-)
+@router.get("/holds/{hold_id}", response_model=HoldOut, responses=errors(*_CUSTOMERS, "hold_not_found"))
 def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
     """One of the caller's holds."""
     return holds.get_hold(hold_id=hold_id, user_id=customer.user_id)
@@ -198,14 +142,9 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
     status_code=201,
     response_model=BookingOut,
     responses={
-        **_CLAIM_ERRORS,
+        **errors("customer_only", "not_your_account", *GRANT_REFUSALS, "hold_not_found", "hold_expired",
+                 "hold_released", *KEYED, "rate_limited"),
         200: {"model": BookingOut, "description": "Already confirmed: the same booking"},
-        404: {"model": ErrorOut, "description": "`hold_not_found`"},
-        409: {
-            "model": ErrorOut,
-            "description": "`hold_expired` (its tickets are gone; details say how many are left), "
-            "`hold_released`, `event_cancelled`, `event_ended`, `request_in_progress`",
-        },
     },
 )
 def confirm_hold(hold_id: HoldId, customer: BookingCustomer, once: Idempotent) -> dict[str, Any]:
@@ -213,11 +152,7 @@ def confirm_hold(hold_id: HoldId, customer: BookingCustomer, once: Idempotent) -
     return once.run(None, holds.confirm_hold, hold_id=hold_id, user_id=customer.user_id)
 
 
-@router.delete(
-    "/holds/{hold_id}",
-    response_model=HoldOut,
-    responses={**_AUTH, 404: {"model": ErrorOut, "description": "`hold_not_found`"}},
-)
+@router.delete("/holds/{hold_id}", response_model=HoldOut, responses=errors(*_CUSTOMERS, "hold_not_found"))
 def release_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
     """Give a hold's tickets back now. Releasing twice, or after it expired, is harmless."""
     return holds.release_hold(hold_id=hold_id, user_id=customer.user_id)

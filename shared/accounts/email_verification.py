@@ -20,6 +20,7 @@ from shared.notifications import outbox
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, Gone, NotFound
+from shared.platform.settings import get_settings
 
 TASK = "email_verification"
 TOKEN_BYTES = 32  # 256 random bits; token_urlsafe gives 43 characters
@@ -70,8 +71,9 @@ def mint(conn: Connection, *, user_id: int, email: str, ttl_seconds: int) -> str
     return token
 
 
-def resend(user_id: int) -> None:
-    """Queue a fresh verification mail; older tokens stop working at once."""
+def resend(user_id: int) -> int:
+    """Queue a fresh verification mail; older tokens stop working at once. Returns the
+    seconds the new token will be valid once mailed."""
     with connection() as conn:
         with conn.transaction():
             user = conn.execute(
@@ -83,6 +85,7 @@ def resend(user_id: int) -> None:
                 raise Conflict("email_already_verified", "This email address is already verified")
             outbox_id = request_mail(conn, user_id)
         outbox.publish_committed(conn, [outbox_id])
+    return get_settings().email_verification_ttl_seconds
 
 
 _CONSUME = f"""
