@@ -35,9 +35,9 @@ from shared.web.schemas import (
 
 router = APIRouter(tags=["booking"])
 
-# Booking-creating routes take the caller as BookingCustomer (rate limited) and an Idempotency-Key.
-_GRANTING = errors("customer_only", "not_your_account", *GRANT_REFUSALS, *KEYED, "rate_limited")
 _CUSTOMERS = ("customer_only", "not_your_account")
+# Ticket-granting routes take the caller as BookingCustomer (rate limited) and an Idempotency-Key.
+_GRANTING = errors(*_CUSTOMERS, *GRANT_REFUSALS, *KEYED, "rate_limited")
 
 
 @router.post("/bookings", status_code=201, response_model=BookingOut, responses=_GRANTING)
@@ -142,8 +142,8 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
     status_code=201,
     response_model=BookingOut,
     responses={
-        **errors("customer_only", "not_your_account", *GRANT_REFUSALS, "hold_not_found", "hold_expired",
-                 "hold_released", *KEYED, "rate_limited"),
+        **errors(*_CUSTOMERS, *GRANT_REFUSALS, "hold_not_found", "hold_expired", "hold_released", *KEYED,
+                 "rate_limited"),
         200: {"model": BookingOut, "description": "Already confirmed: the same booking"},
     },
 )
