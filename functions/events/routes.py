@@ -7,23 +7,19 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 
 from shared.ticketing import events
-from shared.web.app import COMMON_ERRORS, error_doc
 from shared.web.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
-from shared.web.schemas import ID_MAX, ErrorOut, EventCreate, EventOut, EventPage, EventUpdate, page_of
+from shared.web.error_docs import errors
+from shared.web.schemas import ID_MAX, EventCreate, EventOut, EventPage, EventUpdate
 
-router = APIRouter(tags=["events"], responses=COMMON_ERRORS)
+router = APIRouter(tags=["events"])
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
-    403: {"model": ErrorOut, "description": "`organizer_only`, `not_your_account`"},
-}
-# Times are checked against each other as well as one by one.
-_TIME_ERRORS: dict[int | str, dict[str, Any]] = {
-    422: error_doc("`validation_error`; `invalid_time_range`: end_time is before start_time"),
-}
+# Publishing: times are checked against each other as well as one by one.
+_PUBLISHING = errors("organizer_only", "not_your_account", "invalid_time_range")
+# Changing an event: only its organizer, and only while it exists.
+_OWNING = ("organizer_only", "not_event_owner", "event_not_found")
 
 
-@router.post("/events", status_code=201, response_model=EventOut, responses={**_AUTH_ERRORS, **_TIME_ERRORS})
+@router.post("/events", status_code=201, response_model=EventOut, responses=_PUBLISHING)
 def create_event(body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event as the calling organizer."""
     return events.create_event(organizer_id=organizer.user_id, fields=body.model_dump())
@@ -44,9 +40,7 @@ SeedOrganizerId = Annotated[
 ]
 
 
-@router.post(
-    "/events/{event_id}", status_code=201, response_model=EventOut, responses={**_AUTH_ERRORS, **_TIME_ERRORS}
-)
+@router.post("/events/{event_id}", status_code=201, response_model=EventOut, responses=_PUBLISHING)
 def create_event_for(organizer_id: SeedOrganizerId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event; the path names the organizer, who must be the caller."""
     require_self(organizer, organizer_id)
@@ -64,17 +58,12 @@ def list_events(
     organizer_id: Annotated[int | None, Query(ge=1, le=ID_MAX), Decimal] = None,
 ) -> EventPage:
     """Browse events, one page at a time."""
-    rows = events.list_events(
-        limit=limit + 1, offset=offset, order=order, organizer_id=organizer_id
+    return EventPage.of(
+        events.list_events(limit=limit + 1, offset=offset, order=order, organizer_id=organizer_id), limit, offset
     )
-    return EventPage(**page_of(EventOut, rows, limit, offset))
 
 
-@router.get(
-    "/events/{event_id}",
-    response_model=EventOut,
-    responses={404: {"model": ErrorOut, "description": "`event_not_found`"}},
-)
+@router.get("/events/{event_id}", response_model=EventOut, responses=errors("event_not_found"))
 def get_event(event_id: EventId) -> dict[str, Any]:
     """One event with its exact availability."""
     return events.get_event(event_id)
@@ -83,13 +72,7 @@ def get_event(event_id: EventId) -> dict[str, Any]:
 @router.put(
     "/events/{event_id}",
     response_model=EventOut,
-    responses={
-        **_AUTH_ERRORS,
-        403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
-        404: {"model": ErrorOut, "description": "`event_not_found`"},
-        409: {"model": ErrorOut, "description": "`capacity_below_sold`, `event_cancelled`"},
-        **_TIME_ERRORS,
-    },
+    responses=errors(*_OWNING, "capacity_below_sold", "event_cancelled", "invalid_time_range"),
 )
 def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> dict[str, Any]:
     """Change an event; fields not sent stay as they are. Booked customers are notified.
@@ -109,11 +92,7 @@ def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> 
 @router.post(
     "/events/{event_id}/cancel",
     response_model=EventOut,
-    responses={
-        **_AUTH_ERRORS,
-        403: {"model": ErrorOut, "description": "`organizer_only`, `not_event_owner`"},
-        404: {"model": ErrorOut, "description": "`event_not_found`"},
-    },
+    responses=errors(*_OWNING),
 )
 def cancel_event(event_id: EventId, organizer: Organizer) -> dict[str, Any]:
     """Cancel an event: every booking is cancelled and every booked customer notified."""

@@ -19,6 +19,7 @@ from shared.notifications.contracts import BookingCancelled, BookingConfirmation
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, Gone, NotFound
+from shared.platform.settings import get_settings
 
 TOKEN_BYTES = 32  # 256 random bits; token_urlsafe gives 43 characters
 # Notifications held while the address was unverified that verifying releases: the ones
@@ -63,8 +64,9 @@ def mint(conn: Connection, *, user_id: int, email: str, ttl_seconds: int) -> str
     return token
 
 
-def resend(user_id: int) -> None:
-    """Queue a fresh verification mail; older tokens stop working at once."""
+def resend(user_id: int) -> int:
+    """Queue a fresh verification mail; older tokens stop working at once. Returns the
+    seconds the new token will be valid once mailed."""
     with connection() as conn:
         with conn.transaction():
             user = conn.execute(
@@ -76,6 +78,7 @@ def resend(user_id: int) -> None:
                 raise Conflict("email_already_verified", "This email address is already verified")
             outbox_id = request_mail(conn, user_id)
         outbox.publish_committed(conn, [outbox_id])
+    return get_settings().email_verification_ttl_seconds
 
 
 _CONSUME = f"""

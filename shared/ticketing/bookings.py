@@ -17,7 +17,7 @@ from shared.notifications.outbox import publish_committed
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
-from shared.ticketing.idempotency import Claim, completion_cte
+from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     COUNT_CTE,
     CUSTOMER_MAX_SQL,
@@ -62,7 +62,7 @@ def book(
     event_id: int,
     quantity: int,
     default_max: int,
-    idempotency: Claim | None = None,
+    idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
     """Take ``quantity`` tickets of an event for a user, or raise why not."""
     params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
@@ -90,7 +90,7 @@ class BatchItem:
 
     user_id: int
     quantity: int
-    idempotency: Claim | None = None
+    idempotency: KeyLease | None = None
 
 
 _BATCH_COUNT_CTE = count_cte(

@@ -18,10 +18,10 @@ one that waited ``BOOKING_LANE_WAIT_SECONDS`` hears 503 ``contention``, unbooked
 deadline even while the lane's transaction is stuck (a timer per waiter). A transaction
 cut off by the database deadline (:mod:`shared.platform.db`) ends the lane's turn: before COMMIT
 its requests hear 503 unbooked (never retried one by one against a database that just
-failed to answer), at COMMIT the unknown-outcome 503 (its key stays claimed).
+failed to answer), at COMMIT the unknown-outcome 503 (its key stays leased).
 
 Lanes live on the server's event loop; the batch runs on a worker thread. Under Lambda
-(one request per environment) nothing is coalesced.
+(one request per environment) nothing is coalesced. :func:`book` is the entry that chooses.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings, running_in_lambda
 from shared.platform.threads import in_thread
 from shared.ticketing import bookings
-from shared.ticketing.idempotency import Claim, release, settle_failure
+from shared.ticketing.idempotency import KeyLease, release, settle_failure
 from shared.ticketing.inventory import TICKETS_LEFT, contention
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,26 @@ def enabled(scope: Mapping[str, Any] | None = None) -> bool:
     if not get_settings().booking_coalesce or running_in_lambda():
         return False
     return scope is None or "aws.event" not in scope
+
+
+async def book(
+    *, user_id: int, event_id: int, quantity: int, lanes: bool, idempotency: KeyLease | None = None
+) -> dict[str, Any]:
+    """Book through the event's lane (``lanes``: see :func:`enabled`) or alone on a worker thread.
+
+    The entry of every booking request, counted in the booking metrics. Async, so a booking
+    in a lane costs no thread-pool hop and a keyed one holds no thread while it waits.
+    """
+    default_max = get_settings().max_tickets_per_booking
+    with metrics.counting_booking(quantity):
+        if lanes:
+            return await coalescer().book(
+                user_id=user_id, event_id=event_id, quantity=quantity, default_max=default_max, idempotency=idempotency
+            )
+        return await in_thread(
+            bookings.book,
+            user_id=user_id, event_id=event_id, quantity=quantity, default_max=default_max, idempotency=idempotency,
+        )
 
 
 class _Waiter:
@@ -118,7 +138,7 @@ class Coalescer:
         self._tasks: set[asyncio.Future[Any]] = set()  # referenced until done
 
     async def book(
-        self, *, user_id: int, event_id: int, quantity: int, default_max: int, idempotency: Claim | None = None
+        self, *, user_id: int, event_id: int, quantity: int, default_max: int, idempotency: KeyLease | None = None
     ) -> dict[str, Any]:
         """Book like :func:`shared.ticketing.bookings.book`, sharing a transaction with concurrent bookings."""
         loop = asyncio.get_running_loop()
@@ -260,13 +280,13 @@ class Coalescer:
 
     def _settle_for_gone(self, item: bookings.BatchItem, outcome: _Outcome) -> None:
         """Do for a request that went away what it would have done with its outcome's key."""
-        claim = item.idempotency
-        if claim is None or isinstance(outcome, _Unknown | dict):
+        lease = item.idempotency
+        if lease is None or isinstance(outcome, _Unknown | dict):
             return  # no key; or the statement that booked it completed the key (or may have)
         if outcome is None:  # never booked: the key is free for a retry
-            self._start(functools.partial(release, claim))
+            self._start(functools.partial(release, lease))
         else:  # the refusal (stored) or failure (key freed) it would have heard
-            self._start(functools.partial(settle_failure, claim, outcome))
+            self._start(functools.partial(settle_failure, lease, outcome))
 
     def _settle_abandoned(self, item: bookings.BatchItem, work: asyncio.Future[Any]) -> None:
         """The one-request path ended after its requester went away."""

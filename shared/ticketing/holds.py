@@ -24,7 +24,7 @@ from shared.platform.db import Connection, connection
 from shared.platform.errors import AppError, Conflict, NotFound, unknown_user_is_401
 from shared.platform.settings import get_settings
 from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
-from shared.ticketing.idempotency import Claim, completion_cte
+from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     COUNT_CTE,
     EVENT_RULES,
@@ -88,7 +88,7 @@ def create_hold(
     quantity: int,
     ttl_seconds: int | None,
     default_max: int | None = None,
-    idempotency: Claim | None = None,
+    idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
     """Hold tickets for ``ttl_seconds`` (None: the default), within the event's bounds."""
     settings = get_settings()
@@ -126,7 +126,7 @@ def _effective(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def confirm_hold(
-    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: Claim | None = None
+    *, hold_id: int, user_id: int, default_max: int | None = None, idempotency: KeyLease | None = None
 ) -> tuple[dict[str, Any], bool]:
     """Turn a hold into a booking; returns (booking, created).
 
@@ -153,6 +153,9 @@ def confirm_hold(
         elif idempotency is not None:
             idempotency.completed = True
         publish_committed(conn, [row["outbox_id"]])
+    from shared.platform import metrics  # not at load: the relay function imports holds, without prometheus
+
+    metrics.booking_made(row["quantity"])
     return row, True
 
 
@@ -161,7 +164,7 @@ _REGRANT_SQL = f"WITH {GRANT_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
 
 
 def _confirm_expired(
-    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: Claim | None
+    conn: Connection, hold: dict[str, Any], params: dict[str, Any], idempotency: KeyLease | None
 ) -> dict[str, Any] | None:
     """The slow path of a confirmation: the hold is not active any more (or never was).
 

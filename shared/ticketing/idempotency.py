@@ -1,10 +1,11 @@
 """Idempotency keys for booking-creating POSTs: a retried request replays the first answer.
 
-A key belongs to one user. The first request with it claims a row (``in_progress``); the
-SQL that creates the booking or hold also completes that row in the same statement
-(:func:`completion_cte`), so a committed booking and its stored answer cannot part. A
-refusal (4xx) is stored too; a server-side failure frees the key for a retry. A claim
-left ``in_progress`` by a crashed process may be taken over after ``locked_until``,
+A key belongs to one user. The first request with it takes a lease on the key's row
+(``in_progress``, a :class:`KeyLease`); the SQL that creates the booking or hold also
+completes that row in the same statement (:func:`completion_cte`), so a committed booking
+and its stored answer cannot part. A refusal (4xx) is stored too; a server-side failure
+frees the key for a retry. A lease left ``in_progress`` by a crashed process may be taken
+over after ``locked_until``,
 which is well past the pool and statement timeouts, so the first attempt can no longer
 commit by then.
 """
@@ -32,8 +33,8 @@ REPLAY_HEADER = "Idempotent-Replayed"
 
 
 @dataclass
-class Claim:
-    """A key this request owns; passed down to the SQL that completes it.
+class KeyLease:
+    """This request's ownership of a key, until ``locked_until``; passed down to the SQL that completes it.
 
     ``completed`` is set by the code whose statement stored the answer (the completion
     CTE); otherwise :func:`run` stores it after the action returns.
@@ -72,7 +73,7 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
-_CLAIM_SQL = """
+_ACQUIRE_SQL = """
 INSERT INTO idempotency_keys AS k
        (user_id, key, fingerprint, owner, state, locked_until, expires_at)
 VALUES (%(user_id)s, %(key)s, %(fingerprint)s, %(owner)s, 'in_progress', %(locked_until)s, %(expires_at)s)
@@ -86,7 +87,7 @@ RETURNING owner
 """
 
 
-def _claim(user_id: int, key: str, print_: str) -> Claim | tuple[int, dict[str, Any]]:
+def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[str, Any]]:
     """Own the key, or return the stored (status, body) to replay; raise on misuse."""
     settings = get_settings()
     now = clock.now()
@@ -101,15 +102,15 @@ def _claim(user_id: int, key: str, print_: str) -> Claim | tuple[int, dict[str, 
         "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
     }
     with connection() as conn:
-        if conn.execute(_CLAIM_SQL, params).fetchone() is not None:
-            return Claim(user_id, key, owner)
+        if conn.execute(_ACQUIRE_SQL, params).fetchone() is not None:
+            return KeyLease(user_id, key, owner)
         row = conn.execute(
             "SELECT fingerprint, state, response_status, response_body FROM idempotency_keys "
             "WHERE user_id = %s AND key = %s",
             (user_id, key),
         ).fetchone()
     if row is None:  # expired and deleted between the two statements: try once more
-        return _claim(user_id, key, print_)
+        return _acquire(user_id, key, print_)
     if row["fingerprint"] != print_:
         raise Unprocessable(
             "idempotency_key_reused",
@@ -122,7 +123,7 @@ def _claim(user_id: int, key: str, print_: str) -> Claim | tuple[int, dict[str, 
     return row["response_status"], row["response_body"]
 
 
-def _finish(claim: Claim, status: int | None, body: dict[str, Any] | None) -> None:
+def _finish(lease: KeyLease, status: int | None, body: dict[str, Any] | None) -> None:
     """Store an answer for the key, or free it (``status`` None) for a retry.
 
     Only a key still ``in_progress`` under this owner is touched: one that the creating
@@ -131,48 +132,48 @@ def _finish(claim: Claim, status: int | None, body: dict[str, Any] | None) -> No
     where = "WHERE user_id = %s AND key = %s AND owner = %s AND state = 'in_progress'"
     with connection() as conn:
         if status is None:
-            conn.execute(f"DELETE FROM idempotency_keys {where}", (claim.user_id, claim.key, claim.owner))
+            conn.execute(f"DELETE FROM idempotency_keys {where}", (lease.user_id, lease.key, lease.owner))
         else:
             conn.execute(
                 f"UPDATE idempotency_keys SET state = 'done', response_status = %s, response_body = %s {where}",
-                (status, Jsonb(body, dumps=_dumps), claim.user_id, claim.key, claim.owner),
+                (status, Jsonb(body, dumps=_dumps), lease.user_id, lease.key, lease.owner),
             )
 
 
-def release(claim: Claim) -> None:
+def release(lease: KeyLease) -> None:
     """Free a key whose request is known never to have reached the booking statement."""
-    _finish(claim, None, None)
+    _finish(lease, None, None)
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _begin(user_id: int, key: str, request_fingerprint: str) -> Claim | tuple[dict[str, Any], int]:
+def _begin(user_id: int, key: str, request_fingerprint: str) -> KeyLease | tuple[dict[str, Any], int]:
     """Own the key, or return the stored (body, status) of a success; raise a stored refusal."""
-    claimed = _claim(user_id, key, request_fingerprint)
-    if isinstance(claimed, Claim):
-        return claimed
-    status, body = claimed
+    acquired = _acquire(user_id, key, request_fingerprint)
+    if isinstance(acquired, KeyLease):
+        return acquired
+    status, body = acquired
     if status >= 400:
         raise Replayed(status, body)
     return body, status
 
 
-def settle_failure(claim: Claim, err: BaseException) -> None:
+def settle_failure(lease: KeyLease, err: BaseException) -> None:
     """A refusal (4xx) is the key's answer; anything else frees the key for a retry.
 
     Except a write cut off with its outcome unknown (:func:`shared.platform.db.outcome_unknown`):
     it may still commit (a frozen server resumes and runs it), and a freed key would let
-    a retry book again. The key stays claimed: the write's own statement completes it if
+    a retry book again. The key stays leased: the write's own statement completes it if
     it commits (a retry then replays), else ``locked_until`` frees it.
     """
     if outcome_unknown(err):
         return
     if isinstance(err, AppError) and err.status_code < 500:
-        _finish(claim, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
+        _finish(lease, err.status_code, {"code": err.code, "message": err.message, "details": err.details})
     else:
-        _finish(claim, None, None)
+        _finish(lease, None, None)
 
 
 def run(
@@ -180,7 +181,7 @@ def run(
     user_id: int,
     key: str | None,
     request_fingerprint: str,
-    action: Callable[[Claim | None], dict[str, Any]],
+    action: Callable[[KeyLease | None], dict[str, Any]],
     success_status: Callable[[], int] = lambda: 201,
 ) -> tuple[dict[str, Any], int | None]:
     """Run ``action`` at most once per (user, key); return (body, replayed status or None).
@@ -189,16 +190,16 @@ def run(
     """
     if key is None:
         return action(None), None
-    claimed = _begin(user_id, key, request_fingerprint)
-    if not isinstance(claimed, Claim):
-        return claimed[0], claimed[1]
+    lease = _begin(user_id, key, request_fingerprint)
+    if not isinstance(lease, KeyLease):  # a stored answer: replay it
+        return lease[0], lease[1]
     try:
-        body = action(claimed)
+        body = action(lease)
     except BaseException as err:
-        settle_failure(claimed, err)
+        settle_failure(lease, err)
         raise
-    if not claimed.completed:
-        _finish(claimed, success_status(), body)
+    if not lease.completed:
+        _finish(lease, success_status(), body)
     return body, None
 
 
@@ -207,27 +208,27 @@ async def run_async(
     user_id: int,
     key: str | None,
     request_fingerprint: str,
-    action: Callable[[Claim | None], Awaitable[dict[str, Any]]],
+    action: Callable[[KeyLease | None], Awaitable[dict[str, Any]]],
     success_status: Callable[[], int] = lambda: 201,
 ) -> tuple[dict[str, Any], int | None]:
     """:func:`run` for an async action: the key's SQL runs on worker threads, the action
     on the event loop, so no thread is held while the action waits (a coalescing lane)."""
     if key is None:
         return await action(None), None
-    claimed = await in_thread(_begin, user_id, key, request_fingerprint)
-    if not isinstance(claimed, Claim):
-        return claimed[0], claimed[1]
+    lease = await in_thread(_begin, user_id, key, request_fingerprint)
+    if not isinstance(lease, KeyLease):  # a stored answer: replay it
+        return lease[0], lease[1]
     try:
-        body = await action(claimed)
+        body = await action(lease)
     except asyncio.CancelledError:
         # The request went away, but a worker thread may still be booking it: keep the key
-        # claimed (that booking's statement completes it) until locked_until frees it.
+        # leased (that booking's statement completes it) until locked_until frees it.
         raise
     except BaseException as err:
-        await in_thread(settle_failure, claimed, err)
+        await in_thread(settle_failure, lease, err)
         raise
-    if not claimed.completed:
-        await in_thread(_finish, claimed, success_status(), body)
+    if not lease.completed:
+        await in_thread(_finish, lease, success_status(), body)
     return body, None
 
 

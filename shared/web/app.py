@@ -21,8 +21,9 @@ from shared.platform.errors import AppError
 from shared.platform.logging import configure_logging
 from shared.platform.settings import get_settings, require_safe_start
 from shared.web.body_limit import BodyLimit
+from shared.web.error_docs import document_errors
 from shared.web.http_middleware import HttpMiddleware
-from shared.web.schemas import RULE_CODES, ErrorOut
+from shared.web.schemas import RULE_CODES
 from shared.web.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
@@ -40,37 +41,6 @@ _HTTP_CODES = {
 }
 
 INVALID_BODY_MESSAGE = "The request body is not valid JSON"
-
-
-def error_doc(description: str) -> dict[str, Any]:
-    """An OpenAPI response entry for an error body; the description names its codes."""
-    return {"model": ErrorOut, "description": description}
-
-
-# Every rate-limited route answers this the same way.
-RATE_LIMITED = error_doc("`rate_limited` (see `Retry-After`)")
-
-
-# The errors the app factory itself can answer, declared once and documented by
-# document_errors() on every route they can reach, whoever wrote the route.
-EVERY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
-    408: error_doc("`request_timeout`: the body did not arrive within `BODY_READ_TIMEOUT_SECONDS`"),
-    413: error_doc("`payload_too_large`: the body is larger than `MAX_BODY_BYTES` (any route, body or not)"),
-    422: error_doc("`validation_error`: a parameter or body field is invalid (`details.errors` says which)"),
-    503: error_doc("`database_unavailable`: the database is unreachable (see `Retry-After`)"),
-}
-BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: error_doc("`invalid_json`: the body cannot be parsed (not JSON, not UTF-8, a broken form)"),
-    415: error_doc("`unsupported_media_type`: a JSON body sent as a form or text"),
-}
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: error_doc(
-        "`not_authenticated`, `invalid_token`, `token_expired`, `token_revoked`, `unknown_user`: "
-        "no usable bearer token"
-    ),
-}
-# Kept for routers that pass it; document_errors() adds the same entries to every route.
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = dict(EVERY_ROUTE_ERRORS)
 
 
 def error_response(
@@ -206,47 +176,6 @@ def _payload_too_large(limit: int) -> ASGIApp:
     return error_response(
         413, "payload_too_large", f"The request body is larger than {limit} bytes", {"limit": limit}
     )
-
-
-_HTTP_OPERATIONS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
-_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
-
-
-def _add_response(responses: dict[str, Any], status: int | str, description: str) -> None:
-    """Document an error under ``status``; a route's own entry keeps its text and gains the code."""
-    key = str(status)
-    own = responses.get(key)
-    if own is None:
-        responses[key] = {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
-        return
-    code = description.split(":", 1)[0]  # e.g. "`invalid_json`"
-    if code not in own.get("description", ""):
-        own["description"] = f"{own['description']}; {description}" if own.get("description") else description
-
-
-def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
-    """Document the factory's own errors on every operation that can answer them.
-
-    Every operation: 413 (the body limit applies whether or not a route reads a body), 422
-    and 503. Every operation with a request body (JSON or form): 400 and 415. Every
-    operation that takes a bearer token: 401. Done on the generated document, so a route
-    added later by anyone, in any router, is documented the same way.
-    """
-    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
-    schemas.setdefault("ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))
-    for path_item in openapi.get("paths", {}).values():
-        for method, operation in path_item.items():
-            if method not in _HTTP_OPERATIONS:
-                continue
-            responses = operation.setdefault("responses", {})
-            errors = {
-                **EVERY_ROUTE_ERRORS,
-                **(BODY_ERRORS if "requestBody" in operation else {}),
-                **(AUTH_ERRORS if operation.get("security") else {}),
-            }
-            for status, doc in errors.items():
-                _add_response(responses, status, doc["description"])
-    return openapi
 
 
 def _documented_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

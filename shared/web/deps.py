@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Query
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.accounts import sessions
 from shared.accounts.tokens import Principal, decode_token
 from shared.platform.errors import Forbidden, Unauthorized
+from shared.ticketing import coalescing
 from shared.web.schemas import ID_MAX
 
 _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -58,9 +59,15 @@ def require_self(principal: Principal, user_id: int) -> None:
         raise Forbidden("not_your_account", "You can only act as yourself")
 
 
+async def _lanes(request: Request) -> bool:
+    """Whether a booking may wait in its event's coalescing lane: on a server, not as a Lambda event."""
+    return coalescing.enabled(request.scope)
+
+
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 Organizer = Annotated[Principal, Depends(_organizer)]
 Customer = Annotated[Principal, Depends(_customer)]
+Lanes = Annotated[bool, Depends(_lanes)]
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 
@@ -85,13 +92,3 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size"), Decimal]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip"), Decimal]
 
 HoldId = Annotated[int, Path(ge=1, le=ID_MAX, description="Hold id"), Decimal]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Retry-safe key: the same key and body replay the first answer",
-    ),
-]

@@ -41,8 +41,8 @@ from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
 from shared.platform.settings import get_settings
 from shared.web.client_ip import client_ip as resolved_client_ip
 from shared.web.client_ip import limit_key
-from shared.web.deps import customer_only, token_principal
-from shared.web.schemas import LoginForm
+from shared.web.deps import current_principal, customer_only, token_principal
+from shared.web.schemas import LoginForm, UserCreate
 
 log = logging.getLogger(__name__)
 
@@ -347,12 +347,6 @@ def _remember_address(pair: str) -> None:
     limiter.flag(f"login-known:{pair}", get_settings().rate_limit_login_known_ip_seconds)
 
 
-def remember_registration_address(request: Request, email: str) -> None:
-    """The address an account was registered from is its owner's until a login proves
-    another: a trickle of guesses from elsewhere must not lock the new owner out of it."""
-    _remember_address(_known_pair(_account_key(email), client_key(request)))
-
-
 @contextmanager
 def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool]) -> Iterator[str]:
     """Throttle password guesses so guessing is slow but the owner is never locked out by others.
@@ -434,22 +428,51 @@ async def _booking_customer(principal: Annotated[Principal, Depends(limit_bookin
     return customer_only(principal)
 
 
+def _per_ip(request: Request, name: str, spec: str) -> None:
+    enforce([Rule.parse(f"{name}_per_ip", f"{name}-ip:{client_key(request)}", spec)])
+
+
 def limit_register(request: Request) -> None:
     """Registrations per IP: each costs a deliberately slow hash and creates an account."""
-    enforce([Rule.parse("register_per_ip", f"register-ip:{client_key(request)}",
-                        get_settings().rate_limit_register_per_ip)])
+    _per_ip(request, "register", get_settings().rate_limit_register_per_ip)
 
 
 def limit_refresh(request: Request) -> None:
     """Refreshes per IP: unauthenticated, each costs database writes (and probes for tokens)."""
-    enforce([Rule.parse("refresh_per_ip", f"refresh-ip:{client_key(request)}",
-                        get_settings().rate_limit_refresh_per_ip)])
+    _per_ip(request, "refresh", get_settings().rate_limit_refresh_per_ip)
+
+
+def limit_verify(request: Request) -> None:
+    """Token guesses per IP (256-bit tokens cannot be guessed; this spares the database)."""
+    _per_ip(request, "verify", get_settings().rate_limit_verify_per_ip)
+
+
+def limit_verification_resend(principal: Annotated[Principal, Depends(current_principal)]) -> None:
+    """Verification mails per account: the resend route must not become a mail cannon."""
+    enforce([Rule.parse("verification_resend_per_user", f"verify-resend:{principal.user_id}",
+                        get_settings().rate_limit_verification_resend)])
+
+
+def _registration(
+    _: Annotated[None, Depends(limit_register)], request: Request, body: UserCreate
+) -> Iterator[UserCreate]:
+    """The registration's body, rate limited (a body that fails validation still counts).
+
+    Once the route has created the account, and before it answers, the address it was
+    registered from becomes its owner's until a login proves another: a trickle of
+    guesses from elsewhere must not lock the new owner out of it.
+    """
+    yield body
+    _remember_address(_known_pair(_account_key(body.email), client_key(request)))
 
 
 LoginRateLimit = Depends(limit_login)
 RefreshRateLimit = Depends(limit_refresh)
 PasswordChangeRateLimit = Depends(limit_password_change)
-RegisterRateLimit = Depends(limit_register)
+VerifyRateLimit = Depends(limit_verify)
+VerificationResendRateLimit = Depends(limit_verification_resend)
+# The registration route takes its body as ``Registration`` (limited, address remembered).
+Registration = Annotated[UserCreate, Depends(_registration, scope="function")]
 # Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
 # session check share one Redis round trip (never ``Customer`` plus a limit: two trips).
 BookingCustomer = Annotated[Principal, Depends(_booking_customer)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import Form
 from fastapi.security import OAuth2PasswordRequestForm
@@ -339,17 +339,21 @@ class EventOut(BaseModel):
     updated_at: datetime
 
 
-def page_of(model: type[BaseModel], rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
-    """A page's fields from ``limit + 1`` fetched rows: the extra row says another page exists."""
-    return {
-        "items": [model.model_validate(r) for r in rows[:limit]],
-        "limit": limit,
-        "offset": offset,
-        "next_offset": offset + limit if len(rows) > limit else None,
-    }
+class _Page(BaseModel):
+    """A page of a listing (fields in each subclass, so each schema lists ``items`` first)."""
+
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]], limit: int, offset: int) -> Self:
+        """The page from ``limit + 1`` fetched rows: the extra row says another page exists."""
+        return cls.model_validate({
+            "items": rows[:limit],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if len(rows) > limit else None,
+        })
 
 
-class EventPage(BaseModel):
+class EventPage(_Page):
     items: list[EventOut]
     limit: int
     offset: int
@@ -401,14 +405,14 @@ class HoldOut(BaseModel):
     closed_at: datetime | None = None
 
 
-class HoldPage(BaseModel):
+class HoldPage(_Page):
     items: list[HoldOut]
     limit: int
     offset: int
     next_offset: int | None
 
 
-class BookingPage(BaseModel):
+class BookingPage(_Page):
     items: list[BookingOut]
     limit: int
     offset: int

@@ -243,7 +243,7 @@ def test_a_frozen_database_answers_503_within_the_bound_and_books_nothing_twice(
 
     # ...and once it is back, nothing was booked twice
     _settle_server(url)
-    fake_clock.advance(get_settings().idempotency_lock_seconds + 1)  # keys left claimed may be retried
+    fake_clock.advance(get_settings().idempotency_lock_seconds + 1)  # keys left leased may be retried
     _assert_booked_once(http_client, url, event["id"], calls, keyed, unkeyed)
 
 
@@ -370,8 +370,8 @@ def test_a_booking_cut_at_the_deadline_keeps_its_key_until_its_outcome_is_known(
     lock = _RowLock(database, event["id"])
     key = f"cut-{uuid.uuid4().hex}"
 
-    def action(claim: idempotency.Claim | None) -> dict[str, Any]:
-        return bookings.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=claim)
+    def action(lease: idempotency.KeyLease | None) -> dict[str, Any]:
+        return bookings.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=lease)
 
     # WHEN the deadline passes
     started = time.monotonic()
@@ -412,9 +412,9 @@ def test_a_coalesced_batch_cut_before_commit_answers_503_unbooked_and_frees_its_
         loop = asyncio.get_running_loop()
 
         async def one(user_id: int, key: str | None = None) -> tuple[Any, float]:
-            async def action(claim: idempotency.Claim | None) -> dict[str, Any]:
+            async def action(lease: idempotency.KeyLease | None) -> dict[str, Any]:
                 return await lanes.book(
-                    user_id=user_id, event_id=event["id"], quantity=1, default_max=10, idempotency=claim
+                    user_id=user_id, event_id=event["id"], quantity=1, default_max=10, idempotency=lease
                 )
 
             started = loop.time()
@@ -449,7 +449,7 @@ def test_a_coalesced_batch_cut_before_commit_answers_503_unbooked_and_frees_its_
     time.sleep(0.3)  # the alone booking's cut statement may commit once unblocked: it was sent
     assert all(row["user_id"] == first["id"] for row in _bookings_of(sql, event["id"]))
     again = idempotency._begin(user["id"], keys[0], "fp")
-    assert isinstance(again, idempotency.Claim)
+    assert isinstance(again, idempotency.KeyLease)
     booked = bookings.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=again)
     assert [r["id"] for r in _bookings_of(sql, event["id"]) if r["user_id"] == user["id"]] == [booked["id"]]
 

@@ -64,10 +64,10 @@ def test_losing_every_race_is_a_503_not_a_refusal(monkeypatch: pytest.MonkeyPatc
 
 def test_a_completed_key_is_never_freed(sql: Any, client: Client) -> None:
     user, _ = account(client, "customer")
-    claim = idempotency._claim(user["id"], "k-done", "fp")
-    assert isinstance(claim, idempotency.Claim)
-    idempotency._finish(claim, 201, {"id": 1})
-    idempotency._finish(claim, None, None)  # a late failure must not reopen it
+    lease = idempotency._acquire(user["id"], "k-done", "fp")
+    assert isinstance(lease, idempotency.KeyLease)
+    idempotency._finish(lease, 201, {"id": 1})
+    idempotency._finish(lease, None, None)  # a late failure must not reopen it
     row = sql.execute(
         "SELECT state FROM idempotency_keys WHERE user_id = %s AND key = 'k-done'", (user["id"],)
     ).fetchone()

@@ -281,18 +281,18 @@ def test_a_failure_after_commit_is_not_retried_and_a_keyed_retry_replays(
 
     monkeypatch.setattr(bookings, "publish_committed", fails_for_batches)
     keys = [f"unknown-{uuid.uuid4().hex}" for _ in range(8)]
-    claims = [idempotency._begin(user["id"], key, "fp") for key in keys]
+    leases = [idempotency._begin(user["id"], key, "fp") for key in keys]
     lanes = coalescing.Coalescer()
 
-    async def one(claim: Any) -> Any:
+    async def one(lease: Any) -> Any:
         try:
             return await lanes.book(user_id=user["id"], event_id=event["id"], quantity=1, default_max=10,
-                                    idempotency=claim)
+                                    idempotency=lease)
         except AppError as err:
             return err
 
     async def all_at_once() -> list[Any]:
-        return await asyncio.gather(*(one(c) for c in claims))
+        return await asyncio.gather(*(one(c) for c in leases))
 
     results = _run(all_at_once())
 
@@ -317,14 +317,14 @@ def test_a_request_gone_while_booking_alone_still_gets_its_refusal_stored(
     user, _ = account(http_client, "customer")
     event = create_event(http_client, org, total_tickets=2)
     key = f"gone-{uuid.uuid4().hex}"
-    claim = idempotency._begin(user["id"], key, "fp")
-    assert isinstance(claim, idempotency.Claim)
+    lease = idempotency._begin(user["id"], key, "fp")
+    assert isinstance(lease, idempotency.KeyLease)
     lock = _RowLock(database, event["id"], take=1)
 
     async def scenario() -> Any:
         lanes = coalescing.Coalescer()
         request = asyncio.create_task(
-            lanes.book(user_id=user["id"], event_id=event["id"], quantity=2, default_max=10, idempotency=claim)
+            lanes.book(user_id=user["id"], event_id=event["id"], quantity=2, default_max=10, idempotency=lease)
         )
         await asyncio.sleep(0.2)
         request.cancel()  # WHEN its client goes away while the booking thread waits
@@ -380,8 +380,8 @@ def test_a_request_gone_before_its_turn_is_not_booked_and_frees_its_key(
     gone, _ = account(http_client, "customer")
     event = create_event(http_client, org, total_tickets=50)
     key = f"gone-{uuid.uuid4().hex}"
-    claim = idempotency._begin(gone["id"], key, "fingerprint")
-    assert isinstance(claim, idempotency.Claim)
+    lease = idempotency._begin(gone["id"], key, "fingerprint")
+    assert isinstance(lease, idempotency.KeyLease)
     lock = _RowLock(database, event["id"])
 
     async def scenario() -> Any:
@@ -389,7 +389,7 @@ def test_a_request_gone_before_its_turn_is_not_booked_and_frees_its_key(
         ahead = asyncio.create_task(lanes.book(user_id=first["id"], event_id=event["id"], quantity=1, default_max=10))
         await asyncio.sleep(0.3)  # `ahead` is on a worker thread, waiting for the row lock
         behind = asyncio.create_task(
-            lanes.book(user_id=gone["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=claim)
+            lanes.book(user_id=gone["id"], event_id=event["id"], quantity=1, default_max=10, idempotency=lease)
         )
         await asyncio.sleep(0.1)
         behind.cancel()  # its client disconnects while it waits in the lane
