@@ -17,7 +17,7 @@ from typing import Annotated, Any, ParamSpec
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 
-from shared.accounts.security import Principal
+from shared.accounts.tokens import Principal
 from shared.platform import metrics
 from shared.ticketing import idempotency
 from shared.web.deps import token_principal
