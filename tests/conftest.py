@@ -30,10 +30,10 @@ os.environ.setdefault("DB_POOL_MAX", "20")
 # Existing flows register with the README's short passwords; tests/accounts/test_passwords.py
 # checks the defaults (8 characters, common passwords refused) with these unset.
 os.environ.setdefault("PASSWORD_MIN_LENGTH", "3")
-# /metrics is served only to this token (tests/platform/test_ops_metrics.py scrapes with it).
+# /metrics is served only to this token (tests/platform/test_metrics.py scrapes with it).
 os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
-# rate-limit tests (tests/web/test_ops_ratelimit.py) set their own.
+# rate-limit tests (tests/web/test_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
                "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
