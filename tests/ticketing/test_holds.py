@@ -172,3 +172,32 @@ def test_maintenance_tidy_purges_expired_keys_and_holds(client: Client, fake_clo
     assert result["hold_tickets_freed"] >= 2 and result["idempotency_keys_purged"] >= 1
     left = sql.execute("SELECT count(*) AS n FROM idempotency_keys WHERE user_id = %s", (customer["id"],)).fetchone()
     assert left["n"] == 0
+
+
+def test_confirming_an_expired_hold_twice_makes_one_booking(client: Client, fake_clock: FakeClock, sql: Any) -> None:
+    # GIVEN a hold that expired while its tickets stayed free
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org, total_tickets=10)
+    hold = client.request(
+        "POST", f"/events/{event['id']}/holds", json_body={"quantity": 3, "ttl_seconds": 60}, token=cust
+    ).json()
+    fake_clock.advance(120)
+    # WHEN it is confirmed twice
+    first = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust)
+    second = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust)
+    # THEN one booking, linked to the hold, is returned both times
+    assert first.status_code == 201 and second.status_code == 200
+    assert first.json()["id"] == second.json()["id"] and first.json()["hold_id"] == hold["id"]
+    assert sql.execute("SELECT count(*) AS n FROM bookings WHERE event_id = %s", (event["id"],)).fetchone()["n"] == 1
+    assert client.request("GET", f"/holds/{hold['id']}", token=cust).json()["status"] == "confirmed"
+    assert client.request("GET", f"/events/{event['id']}").json()["available_tickets"] == 7
+
+
+def test_a_hold_needs_no_body(client: Client) -> None:
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org)
+    r = client.request("POST", f"/events/{event['id']}/holds", token=cust)
+    assert r.status_code == 201, r.text
+    assert r.json()["quantity"] == 1

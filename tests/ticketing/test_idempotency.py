@@ -7,6 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from shared.ticketing import idempotency
 from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient
 from tests.support.factories import account, create_event
@@ -149,3 +150,29 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
     assert set(statuses) <= {201, 409}, statuses
     assert {c for s, c, _ in results if s == 409} <= {"request_in_progress"}
     assert len({i for s, _, i in results if s == 201}) == 1
+
+
+def test_a_key_used_on_an_already_confirmed_hold_replays(client: Client) -> None:
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org, total_tickets=10)
+    hold = client.request("POST", f"/events/{event['id']}/holds", json_body={"quantity": 1}, token=cust).json()
+    booking = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust).json()
+    headers = {"Idempotency-Key": "confirm-again"}
+    first = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust, headers=headers)
+    again = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"] == booking["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+
+
+def test_a_completed_key_is_never_freed(sql: Any, client: Client) -> None:
+    user, _ = account(client, "customer")
+    claim = idempotency._claim(user["id"], "k-done", "fp")
+    assert isinstance(claim, idempotency.Claim)
+    idempotency._finish(claim, 201, {"id": 1})
+    idempotency._finish(claim, None, None)  # a late failure must not reopen it
+    row = sql.execute(
+        "SELECT state FROM idempotency_keys WHERE user_id = %s AND key = 'k-done'", (user["id"],)
+    ).fetchone()
+    assert row is not None and row["state"] == "done"

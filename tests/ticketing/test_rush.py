@@ -1,4 +1,4 @@
-"""On-sale rushes against the real database: never oversell, never 5xx."""
+"""On-sale rushes against the real database: never oversell, never 5xx; a claim that loses every race is a 503."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
+import pytest
+
+from shared.platform.errors import ServiceUnavailable
+from shared.ticketing import holds
+from shared.ticketing import inventory as claims
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
 
@@ -103,3 +109,17 @@ def test_lambda_rush_from_many_environments(http_client: HttpClient, sql: Any) -
     statuses = Counter(s for s, _ in results)
     codes = Counter(c for s, c in results if s != 201)
     _assert_exact_sellout(sql, event["id"], statuses, codes)
+
+
+def test_losing_every_race_is_a_503_not_a_refusal(monkeypatch: pytest.MonkeyPatch, sql: Any) -> None:
+    def always_deadlocked() -> None:
+        raise psycopg.errors.DeadlockDetected("simulated")
+
+    with pytest.raises(ServiceUnavailable) as caught:
+        claims.claim(
+            sql,
+            always_deadlocked,  # type: ignore[arg-type]
+            params=claims.rule_params(event_id=1, quantity=1, default_max=10, now=holds.clock.now()),
+            user_id=1,
+        )
+    assert caught.value.code == "contention"
