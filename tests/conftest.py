@@ -19,6 +19,7 @@ import pytest
 
 from shared.platform.settings import generate_jwt_secret
 from tests.support.clients import Client, HttpClient, LambdaClient
+from tests.support.clock import FakeClock
 
 # Cheap hashing for fixtures that register many users; set before settings are read.
 os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
@@ -134,29 +135,6 @@ def client(request: pytest.FixtureRequest, database: str) -> Client:
 @pytest.fixture
 def v2(database: str) -> LambdaClient:
     return LambdaClient("v2")
-
-
-class FakeClock:
-    """The application clock, moved by tests instead of sleeping."""
-
-    def __init__(self) -> None:
-        import threading
-        from datetime import timedelta
-
-        self._lock = threading.Lock()
-        self._offset = timedelta(0)
-
-    def now(self):  # type: ignore[no-untyped-def]
-        from datetime import UTC, datetime
-
-        with self._lock:
-            return datetime.now(UTC) + self._offset
-
-    def advance(self, seconds: float) -> None:
-        from datetime import timedelta
-
-        with self._lock:
-            self._offset += timedelta(seconds=seconds)
 
 
 @pytest.fixture

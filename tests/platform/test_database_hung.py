@@ -34,8 +34,8 @@ from shared.platform.errors import AppError
 from shared.platform.migrate import migrate
 from shared.platform.settings import get_settings
 from shared.ticketing import bookings, coalescing, idempotency
-from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient, LambdaClient
+from tests.support.clock import FakeClock
 from tests.support.factories import PASSWORD, account, create_event, login, register
 from tests.support.settings_env import restore_env, set_env
 

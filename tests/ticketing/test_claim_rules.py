@@ -20,8 +20,8 @@ from shared.platform import clock, metrics
 from shared.platform.errors import AppError
 from shared.platform.settings import get_settings
 from shared.ticketing import bookings
-from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 
 

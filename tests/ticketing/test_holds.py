@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import FakeClock
 from tests.support.clients import Client
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 
 

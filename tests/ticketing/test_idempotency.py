@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.ticketing import idempotency
-from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 
 
