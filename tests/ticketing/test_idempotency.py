@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.ticketing import idempotency
 from tests.support.clients import Client, HttpClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
+from tests.support.race import race
 
 
 def _count(sql: Any, event_id: int) -> int:
@@ -126,10 +125,8 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
     customer, cust = account(http_client, "customer")
     _, org = account(http_client, "organizer")
     event = create_event(http_client, org, total_tickets=100)
-    start = threading.Barrier(50)
 
     def attempt(_: int) -> tuple[int, str, int | None]:
-        start.wait()
         r = http_client.request(
             "POST",
             f"/book/{customer['id']}",
@@ -141,8 +138,7 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
         return r.status_code, body.get("code", ""), body.get("id")
 
     # WHEN 50 copies race
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(attempt, range(50)))
+    results = race(50, attempt)
 
     # THEN one booking exists; everyone else got it replayed or was told it is in progress
     assert _count(sql, event["id"]) == 1
