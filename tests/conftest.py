@@ -12,7 +12,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from shared.platform.settings import generate_jwt_secret
 from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.clock import FakeClock
+from tests.support.databases import scratch_database
 
 # Cheap hashing for fixtures that register many users; set before settings are read.
 os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
@@ -39,11 +39,6 @@ for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
                "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -78,19 +73,13 @@ def database(server_urls: dict[str, str]) -> Iterator[str]:
     from shared.platform.migrate import migrate
     from shared.platform.settings import get_settings
 
-    admin_url = server_urls["database"]
-    name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(admin_url, name)
-    os.environ["DATABASE_URL"] = url
-    os.environ["REDIS_URL"] = server_urls["redis"]
-    get_settings.cache_clear()
-    migrate(url)
-    yield url
-    db.close_pool()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(server_urls["database"], "ticketing_test") as url:
+        os.environ["DATABASE_URL"] = url
+        os.environ["REDIS_URL"] = server_urls["redis"]
+        get_settings.cache_clear()
+        migrate(url)
+        yield url
+        db.close_pool()
 
 
 @pytest.fixture
