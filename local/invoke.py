@@ -4,7 +4,7 @@
     python -m local.invoke POST /users --json '{"email": "a@b.co", "password": "123"}'
     python -m local.invoke POST /auth/token --form username=a@b.co --form password=123
     python -m local.invoke GET '/events?limit=5' -H 'authorization: Bearer TOKEN' --v1
-    python -m local.invoke --event tests/events/apigw_v2.json --function events
+    python -m local.invoke --event tests/lambda_events/apigw_v2.json --function events
 
 The handler runs in this process against DATABASE_URL / REDIS_URL (or ``.env``; or, when
 neither sets them, the services of a running ``dev.py up`` stack), exactly as the Lambda
