@@ -13,4 +13,4 @@ def place_hold(client: Client, token: str, event_id: int, quantity: int = 1, **e
 
 
 def available_tickets(client: Client, event_id: int) -> int:
-    return client.request("GET", f"/events/{event_id}").json()["available_tickets"]  # type: ignore[no-any-return]
+    return client.request("GET", f"/events/{event_id}").json()["available_tickets"]
