@@ -12,13 +12,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from shared.platform.settings import generate_jwt_secret
 from tests.support.clients import Client, HttpClient, LambdaClient
+from tests.support.clock import FakeClock
+from tests.support.databases import scratch_database
 
 # Cheap hashing for fixtures that register many users; set before settings are read.
 os.environ.setdefault("PASSWORD_HASH_TIME_COST", "1")
@@ -30,19 +31,14 @@ os.environ.setdefault("DB_POOL_MAX", "20")
 # Existing flows register with the README's short passwords; tests/accounts/test_passwords.py
 # checks the defaults (8 characters, common passwords refused) with these unset.
 os.environ.setdefault("PASSWORD_MIN_LENGTH", "3")
-# /metrics is served only to this token (tests/platform/test_ops_metrics.py scrapes with it).
+# /metrics is served only to this token (tests/platform/test_metrics.py scrapes with it).
 os.environ.setdefault("METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
 # Whole-suite traffic comes from one IP: limits high enough not to interfere; the
-# rate-limit tests (tests/web/test_ops_ratelimit.py) set their own.
+# rate-limit tests (tests/web/test_ratelimit.py) set their own.
 for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
                "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -77,19 +73,13 @@ def database(server_urls: dict[str, str]) -> Iterator[str]:
     from shared.platform.migrate import migrate
     from shared.platform.settings import get_settings
 
-    admin_url = server_urls["database"]
-    name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(admin_url, name)
-    os.environ["DATABASE_URL"] = url
-    os.environ["REDIS_URL"] = server_urls["redis"]
-    get_settings.cache_clear()
-    migrate(url)
-    yield url
-    db.close_pool()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(server_urls["database"], "ticketing_test") as url:
+        os.environ["DATABASE_URL"] = url
+        os.environ["REDIS_URL"] = server_urls["redis"]
+        get_settings.cache_clear()
+        migrate(url)
+        yield url
+        db.close_pool()
 
 
 @pytest.fixture
@@ -134,29 +124,6 @@ def client(request: pytest.FixtureRequest, database: str) -> Client:
 @pytest.fixture
 def v2(database: str) -> LambdaClient:
     return LambdaClient("v2")
-
-
-class FakeClock:
-    """The application clock, moved by tests instead of sleeping."""
-
-    def __init__(self) -> None:
-        import threading
-        from datetime import timedelta
-
-        self._lock = threading.Lock()
-        self._offset = timedelta(0)
-
-    def now(self):  # type: ignore[no-untyped-def]
-        from datetime import UTC, datetime
-
-        with self._lock:
-            return datetime.now(UTC) + self._offset
-
-    def advance(self, seconds: float) -> None:
-        from datetime import timedelta
-
-        with self._lock:
-            self._offset += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 the resend route and its limit, the REQUIRE_VERIFIED_EMAIL rule, and link-free messages.
 
 Tokens are minted with the function the worker uses (``email_verification.mint``), so
-these tests need no worker; tests/notifications/test_notify_verification.py covers the mail itself.
+these tests need no worker; tests/notifications/test_verification.py covers the mail itself.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import string
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from shared.accounts.emails import email_skeleton, normalize_email, rekey
 from shared.platform import migrate as migrations
 from tests.support.clients import Client
+from tests.support.databases import migrate_before, scratch_database
 from tests.support.factories import PASSWORD, login, register
 
 MIGRATION_0005 = next(m for m in migrations.discover() if m.version == 5)
@@ -127,25 +127,11 @@ def test_the_migrations_sql_backfill_is_exact_for_ascii(database: str) -> None:
 
 
 @pytest.fixture
-def database_before_0005(server_urls: dict[str, str], tmp_path: Path,
-                         monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def database_before_0005(server_urls: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """A database migrated up to, not including, 0005."""
-    admin = server_urls["database"]
-    name = f"emails_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for m in migrations.discover():
-        if m.version < 5:
-            (earlier / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
-    with monkeypatch.context() as patch:
-        patch.setattr(migrations.discover, "__defaults__", (earlier,))
-        migrations.migrate(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(server_urls["database"], "emails_test") as url:
+        migrate_before(url, 5, tmp_path / "migrations")
+        yield url
 
 
 def test_migration_backfills_keys_and_sets_aside_look_alike_duplicates(database_before_0005: str) -> None:

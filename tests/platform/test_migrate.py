@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
 from shared.platform import migrate as migrations
+from tests.support.databases import scratch_database
 
 
 @pytest.fixture
 def empty_database(server_urls: dict[str, str]) -> Iterator[str]:
-    admin = server_urls["database"]
-    name = f"migrate_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(server_urls["database"], "migrate_test") as url:
+        yield url
 
 
 def test_concurrent_runners_apply_each_migration_once(empty_database: str) -> None:

@@ -106,6 +106,9 @@ class HttpClient:
             proxy_headers=False,  # as every deployment runs it: TRUSTED_PROXIES decides
             limit_concurrency=1000,
             backlog=2048,
+            # Longer than any pause between two requests of a test: uvicorn closing an idle
+            # connection (5 s by default) as a rush reuses it answers nothing ("Server disconnected").
+            timeout_keep_alive=300,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

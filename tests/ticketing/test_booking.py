@@ -75,3 +75,21 @@ def test_my_bookings_and_one_booking(client: Client) -> None:
     r = client.request("GET", f"/bookings/{made[0]['id']}", token=other)
     assert r.status_code == 404 and r.json()["code"] == "booking_not_found"
     assert client.request("GET", "/bookings", token=other).json()["items"] == []
+
+
+def test_an_organizer_lists_the_bookings_of_their_event(client: Client) -> None:
+    _, org = account(client, "organizer")
+    _, other_org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org)
+    made = [
+        client.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=cust).json() for _ in range(3)
+    ]
+    page = client.request("GET", f"/events/{event['id']}/bookings", token=org, params={"limit": 2}).json()
+    assert [b["id"] for b in page["items"]] == [made[2]["id"], made[1]["id"]] and page["next_offset"] == 2
+    r = client.request("GET", f"/events/{event['id']}/bookings", token=other_org)
+    assert r.status_code == 403 and r.json()["code"] == "not_event_owner"
+    r = client.request("GET", f"/events/{event['id']}/bookings", token=cust)
+    assert r.status_code == 403 and r.json()["code"] == "organizer_only"
+    r = client.request("GET", "/events/99999999/bookings", token=org)
+    assert r.status_code == 404 and r.json()["code"] == "event_not_found"

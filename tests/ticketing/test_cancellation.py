@@ -6,10 +6,7 @@ from typing import Any
 
 from tests.support.clients import Client
 from tests.support.factories import account, create_event
-
-
-def _available(client: Client, event_id: int) -> int:
-    return client.request("GET", f"/events/{event_id}").json()["available_tickets"]  # type: ignore[no-any-return]
+from tests.support.tickets import available_tickets
 
 
 def test_partial_then_full_cancellation_returns_tickets(client: Client, sql: Any) -> None:
@@ -21,7 +18,7 @@ def test_partial_then_full_cancellation_returns_tickets(client: Client, sql: Any
     r = client.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 1}, token=cust)
     assert r.status_code == 200, r.text
     assert (r.json()["quantity"], r.json()["cancelled_quantity"], r.json()["status"]) == (2, 1, "confirmed")
-    assert _available(client, event["id"]) == 3
+    assert available_tickets(client, event["id"]) == 3
 
     r = client.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 5}, token=cust)
     assert r.status_code == 409 and r.json()["code"] == "cancel_exceeds_booking"
@@ -30,7 +27,7 @@ def test_partial_then_full_cancellation_returns_tickets(client: Client, sql: Any
         r = client.request("POST", f"/bookings/{booking['id']}/cancel", token=cust)
         assert r.status_code == 200
         assert (r.json()["quantity"], r.json()["cancelled_quantity"], r.json()["status"]) == (0, 3, "cancelled")
-        assert _available(client, event["id"]) == 5
+        assert available_tickets(client, event["id"]) == 5
     tasks = sql.execute(
         "SELECT payload FROM outbox WHERE task = 'booking_cancelled' AND (payload->>'booking_id')::bigint = %s "
         "ORDER BY id",
@@ -49,7 +46,7 @@ def test_only_the_owner_cancels(client: Client) -> None:
     assert r.status_code == 404 and r.json()["code"] == "booking_not_found"
     r = client.request("POST", f"/bookings/{booking['id']}/cancel", token=org)
     assert r.status_code == 403
-    assert _available(client, event["id"]) == 4
+    assert available_tickets(client, event["id"]) == 4
 
 
 def test_cancelled_event_cancels_every_booking_and_refuses_new_ones(client: Client, sql: Any) -> None:

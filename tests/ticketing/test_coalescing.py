@@ -9,10 +9,8 @@ are sold, each request gets its own booking, and idempotent replays replay.
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from shared.platform.errors import AppError
 from shared.ticketing import bookings, coalescing, idempotency
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
+from tests.support.race import race
 
 
 def _batches_over_one() -> float:
@@ -29,18 +28,6 @@ def _batches_over_one() -> float:
     total = metrics.REGISTRY.get_sample_value("ticketing_booking_batch_size_count") or 0.0
     single = metrics.REGISTRY.get_sample_value("ticketing_booking_batch_size_bucket", {"le": "1.0"}) or 0.0
     return total - single
-
-
-def _race(count: int, attempt: Any) -> list[Any]:
-    """``count`` clients at once; under httpx's 100-connection pool so none waits for a socket."""
-    start = threading.Barrier(count)
-
-    def go(i: int) -> Any:
-        start.wait()
-        return attempt(i)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(go, range(count)))
 
 
 def _event_totals(sql: Any, event_id: int) -> dict[str, Any]:
@@ -71,7 +58,7 @@ def test_a_coalesced_rush_sells_exactly_the_tickets_that_exist(http_client: Http
         r = http_client.request("POST", "/bookings", json_body=body, token=token)
         return r.status_code, r.json()
 
-    results = _race(96, attempt)
+    results = race(96, attempt)
 
     # THEN requests really shared transactions...
     assert _batches_over_one() > batches_before
@@ -111,12 +98,12 @@ def test_idempotent_requests_in_a_coalesced_rush_replay(http_client: HttpClient,
         )
         return r.status_code, r.json(), r.headers.get(idempotency.REPLAY_HEADER.lower())
 
-    first = _race(90, attempt)
+    first = race(90, attempt)
     assert _batches_over_one() > batches_before
     assert all(status == 201 and replayed is None for status, _, replayed in first), first[:3]
 
     # WHEN every client retries with its key, again all at once
-    again = _race(90, attempt)
+    again = race(90, attempt)
 
     # THEN each gets its own first answer back, marked as a replay, and nothing is booked twice
     for (_, body, _), (status, replay, replayed) in zip(first, again, strict=True):
@@ -142,7 +129,7 @@ def test_the_same_key_twice_in_one_rush_books_once(http_client: HttpClient, sql:
         )
         return r.status_code, r.json()
 
-    results = _race(10, attempt)
+    results = race(10, attempt)
 
     ids = {body["id"] for status, body in results if status == 201}
     assert len(ids) == 1

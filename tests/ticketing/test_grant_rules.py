@@ -8,9 +8,7 @@ whose end (or start, without an end) has passed grants nothing.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,9 +18,10 @@ from shared.platform import clock, metrics
 from shared.platform.errors import AppError
 from shared.platform.settings import get_settings
 from shared.ticketing import bookings
-from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
+from tests.support.race import race
 
 
 def _hold(client: Client, token: str, event_id: int, quantity: int = 1, **extra: Any) -> Any:
@@ -194,17 +193,6 @@ def test_expired_holds_stop_counting_against_the_limit(http_client: HttpClient, 
 # -- concurrency: one customer racing itself never passes the limit ------------------------
 
 
-def _race(count: int, attempt: Any) -> list[Any]:
-    start = threading.Barrier(count)
-
-    def go(i: int) -> Any:
-        start.wait()
-        return attempt(i)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(go, range(count)))
-
-
 def _one_customer_races_itself(client: HttpClient, sql: Any) -> dict[str, Any]:
     """60 bookings and holds of one ticket from one customer, 30 bookings from others, at once."""
     limit = 7
@@ -220,7 +208,7 @@ def _one_customer_races_itself(client: HttpClient, sql: Any) -> dict[str, Any]:
         r = _book(client, others[i - 60][1], event["id"])
         return "other", r.status_code, r.json()
 
-    results = _race(90, attempt)
+    results = race(90, attempt)
 
     mine = Counter(status for who, status, _ in results if who == "hoarder")
     refusals = {body["code"] for who, status, body in results if who == "hoarder" and status != 201}

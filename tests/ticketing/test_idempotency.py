@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.conftest import FakeClock
+from shared.ticketing import idempotency
 from tests.support.clients import Client, HttpClient
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
+from tests.support.race import race
 
 
 def _count(sql: Any, event_id: int) -> int:
@@ -125,10 +125,8 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
     customer, cust = account(http_client, "customer")
     _, org = account(http_client, "organizer")
     event = create_event(http_client, org, total_tickets=100)
-    start = threading.Barrier(50)
 
     def attempt(_: int) -> tuple[int, str, int | None]:
-        start.wait()
         r = http_client.request(
             "POST",
             f"/book/{customer['id']}",
@@ -140,8 +138,7 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
         return r.status_code, body.get("code", ""), body.get("id")
 
     # WHEN 50 copies race
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(attempt, range(50)))
+    results = race(50, attempt)
 
     # THEN one booking exists; everyone else got it replayed or was told it is in progress
     assert _count(sql, event["id"]) == 1
@@ -149,3 +146,29 @@ def test_fifty_simultaneous_requests_with_one_key_make_one_booking(http_client: 
     assert set(statuses) <= {201, 409}, statuses
     assert {c for s, c, _ in results if s == 409} <= {"request_in_progress"}
     assert len({i for s, _, i in results if s == 201}) == 1
+
+
+def test_a_key_used_on_an_already_confirmed_hold_replays(client: Client) -> None:
+    _, org = account(client, "organizer")
+    _, cust = account(client, "customer")
+    event = create_event(client, org, total_tickets=10)
+    hold = client.request("POST", f"/events/{event['id']}/holds", json_body={"quantity": 1}, token=cust).json()
+    booking = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust).json()
+    headers = {"Idempotency-Key": "confirm-again"}
+    first = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust, headers=headers)
+    again = client.request("POST", f"/holds/{hold['id']}/confirm", token=cust, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"] == booking["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+
+
+def test_a_completed_key_is_never_freed(sql: Any, client: Client) -> None:
+    user, _ = account(client, "customer")
+    lease = idempotency._acquire(user["id"], "k-done", "fp")
+    assert isinstance(lease, idempotency.KeyLease)
+    idempotency._finish(lease, 201, {"id": 1})
+    idempotency._finish(lease, None, None)  # a late failure must not reopen it
+    row = sql.execute(
+        "SELECT state FROM idempotency_keys WHERE user_id = %s AND key = 'k-done'", (user["id"],)
+    ).fetchone()
+    assert row is not None and row["state"] == "done"

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from shared.platform.errors import AppError
 from shared.ticketing import bookings, events, holds
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from tests.support.factories import account
 
 WORKERS = 8

@@ -1,16 +1,20 @@
-"""On-sale rushes against the real database: never oversell, never 5xx."""
+"""On-sale rushes against the real database: never oversell, never 5xx; a claim that loses every race is a 503."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
+import pytest
+
+from shared.platform.errors import ServiceUnavailable
+from shared.ticketing import holds, inventory
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
+from tests.support.race import race
 
 ATTEMPTS = 200
 TICKETS = 50
@@ -34,18 +38,15 @@ def test_http_rush_sells_exactly_the_tickets_that_exist(http_client: HttpClient,
     _, org = account(http_client, "organizer")
     customers = [account(http_client, "customer") for _ in range(20)]
     event = create_event(http_client, org, total_tickets=TICKETS)
-    start = threading.Barrier(ATTEMPTS)
 
     def attempt(i: int) -> tuple[int, str]:
         user, token = customers[i % len(customers)]
-        start.wait()
         path = f"/book/{user['id']}" if i % 2 else "/bookings"
         r = http_client.request("POST", path, json_body={"event_id": event["id"]}, token=token)
         return r.status_code, r.json().get("code", "")
 
     # WHEN 200 clients try at the same instant
-    with ThreadPoolExecutor(max_workers=ATTEMPTS) as pool:
-        results = list(pool.map(attempt, range(ATTEMPTS)))
+    results = race(ATTEMPTS, attempt)
 
     # THEN exactly 50 win and everyone else hears sold_out
     statuses = Counter(s for s, _ in results)
@@ -103,3 +104,17 @@ def test_lambda_rush_from_many_environments(http_client: HttpClient, sql: Any) -
     statuses = Counter(s for s, _ in results)
     codes = Counter(c for s, c in results if s != 201)
     _assert_exact_sellout(sql, event["id"], statuses, codes)
+
+
+def test_losing_every_race_is_a_503_not_a_refusal(monkeypatch: pytest.MonkeyPatch, sql: Any) -> None:
+    def always_deadlocked() -> None:
+        raise psycopg.errors.DeadlockDetected("simulated")
+
+    with pytest.raises(ServiceUnavailable) as caught:
+        inventory.grant(
+            sql,
+            always_deadlocked,  # type: ignore[arg-type]
+            params=inventory.rule_params(event_id=1, quantity=1, default_max=10, now=holds.clock.now()),
+            user_id=1,
+        )
+    assert caught.value.code == "contention"

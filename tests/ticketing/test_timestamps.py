@@ -7,16 +7,15 @@ and cancelling that event answered 422 for everyone.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from shared.platform import migrate as migrations
+from tests.support import databases
 from tests.support.clients import Client
 from tests.support.factories import account, create_event
 
@@ -166,25 +165,14 @@ def test_listing_reading_updating_and_cancelling_work_with_such_a_row(
 
 @pytest.fixture
 def scratch_database(server_urls: dict[str, str]) -> Iterator[str]:
-    admin = server_urls["database"]
-    name = f"ts_migrate_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with databases.scratch_database(server_urls["database"], "ts_migrate") as url:
+        yield url
 
 
 def test_migration_0006_repairs_stored_times_then_refuses_them(
-    scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scratch_database: str, tmp_path: Path
 ) -> None:
-    before = tmp_path / "before-0006"
-    before.mkdir()
-    for m in migrations.discover():
-        if m.version < 6:
-            (before / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
-    monkeypatch.setattr(migrations.discover, "__defaults__", (before,))
-    migrations.migrate(scratch_database)
+    databases.migrate_before(scratch_database, 6, tmp_path / "before-0006")
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         conn.execute("INSERT INTO users (email, password_hash, role) VALUES ('o@test.com', 'x', 'organizer')")
         rows = [
@@ -199,7 +187,6 @@ def test_migration_0006_repairs_stored_times_then_refuses_them(
                 " SELECT id, 'T', %s, %s, 5, 5 FROM users",
                 (start, end),
             )
-    monkeypatch.undo()
     assert migrations.migrate(scratch_database) == [m.version for m in migrations.discover() if m.version >= 6]
     with psycopg.connect(scratch_database) as conn:
         conn.execute("SET TIME ZONE 'UTC'")

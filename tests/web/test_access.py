@@ -100,3 +100,23 @@ def test_a_token_verified_earlier_still_expires(client: Client, monkeypatch: pyt
     monkeypatch.setattr(shared.accounts.tokens.time, "time", lambda: later)
     r = client.request("GET", "/users/me", token=token)
     assert r.status_code == 401 and r.json()["code"] == "token_expired"
+
+
+def _token_for(user_id: int, role: str) -> str:
+    from shared.accounts.tokens import issue_token
+
+    return issue_token(user_id, role)[0]
+
+
+def test_a_valid_token_for_a_user_that_is_gone_is_401_everywhere(client: Client) -> None:
+    _, org = account(client, "organizer")
+    event = create_event(client, org)
+    ghost_org, ghost_cust = _token_for(987_654_321, "organizer"), _token_for(987_654_322, "customer")
+    for method, path, body, token in [
+        ("POST", "/events", {"title": "x", "total_tickets": 1}, ghost_org),
+        ("POST", f"/events/{event['id']}/holds", {"quantity": 1}, ghost_cust),
+        ("POST", "/bookings", {"event_id": event["id"]}, ghost_cust),
+    ]:
+        r = client.request(method, path, json_body=body, token=token)
+        assert r.status_code == 401 and r.json()["code"] == "unknown_user", (path, r.text)
+    assert client.request("GET", f"/events/{event['id']}").json()["available_tickets"] == 50

@@ -253,3 +253,8 @@ def test_path_and_query_integers_are_plain_decimal_digits(client: Client, writte
     assert r.status_code == 422 and r.json()["code"] == "validation_error", (written, r.text)
     r = client.request("GET", "/events", params={"limit": written})
     assert r.status_code == 422 and r.json()["code"] == "validation_error", (written, r.text)
+
+
+def test_a_trailing_slash_is_a_json_404_not_a_redirect(http_client: Any) -> None:
+    r = http_client.request("GET", "/events/")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"

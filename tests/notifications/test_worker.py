@@ -37,7 +37,7 @@ WORKER_ENV = {
     "NOTIFY_FANOUT_PAGE": "2",
     "NOTIFY_CHANNEL": "console",
     "OUTBOX_RELAY_GRACE": "0",
-    # Delivery mechanics, with unverified users; verification: tests/notifications/test_notify_verification.py
+    # Delivery mechanics, with unverified users; verification: tests/notifications/test_verification.py
     "REQUIRE_VERIFIED_EMAIL": "false",
 }
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from shared.platform.settings import get_settings
-from tests.notifications.test_notify_worker import log, notify  # noqa: F401  (the module's real worker)
+from tests.notifications.test_worker import log, notify  # noqa: F401  (the module's real worker)
 from tests.support.clients import LambdaClient
 from tests.support.factories import PASSWORD, create_event, login, unique_email
 from tests.support.notify import CaptureChannel, LogLines, deliveries, outbox_of_booking, token_of, wait_for

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,11 +13,10 @@ from functions.users.routes import router as users_router
 from local.embedded import free_port
 from shared.web.app import create_app
 from shared.web.ratelimit import limiter
+from tests.support.api_process import api_process
 from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.factories import PASSWORD, account, create_event, register
 from tests.support.settings_env import restore_env, set_env
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -48,37 +44,12 @@ def _login(client: Client, email: str, password: str = PASSWORD) -> tuple[int, d
 @pytest.fixture
 def second_process(limits: dict[str, str], database: str) -> Iterator[HttpClient]:
     """Another API process (uvicorn in a subprocess) with the same settings and Redis."""
-    port = free_port()
-    env = {**os.environ, **limits}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log", "--no-proxy-headers"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    import httpx
-
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+    with api_process({**os.environ, **limits}) as api:
+        client = _RemoteClient(api.base_url)
         try:
-            if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"second API process did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(0.1)
-    client = _RemoteClient(base)
-    try:
-        yield client  # type: ignore[misc]
-    finally:
-        client.http.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            yield client  # type: ignore[misc]
+        finally:
+            client.http.close()
 
 
 class _RemoteClient(HttpClient):

@@ -7,19 +7,16 @@ never restarted. The process-wide settings and pool are restored afterwards.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from local.embedded import Server, start_postgres
 from shared.platform import db
-from shared.platform.migrate import migrate
 from tests.support.clients import HttpClient, Response
+from tests.support.databases import throwaway_postgres
 from tests.support.settings_env import restore_env, set_env
 
 POOL_TIMEOUT = 1.0
@@ -34,21 +31,14 @@ def fresh_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def own_postgres(database: str) -> Iterator[tuple[Path, Server]]:
-    tmp = Path(tempfile.mkdtemp(prefix="ticketing-dbdown-"))
-    server = start_postgres(tmp / "pg", durable=False)
-    url = server.url.rsplit("/", 1)[0] + "/ticketing"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE ticketing")
-    migrate(url)
-    db.close_pool()
-    saved = set_env({"DATABASE_URL": url, "DB_POOL_TIMEOUT": str(POOL_TIMEOUT)})
-    try:
-        yield tmp, server
-    finally:
+    with throwaway_postgres("ticketing-dbdown-") as (tmp, server, url):
         db.close_pool()
-        restore_env(saved)
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        saved = set_env({"DATABASE_URL": url, "DB_POOL_TIMEOUT": str(POOL_TIMEOUT)})
+        try:
+            yield tmp, server
+        finally:
+            db.close_pool()
+            restore_env(saved)
 
 
 def _timed(client: HttpClient, method: str, path: str) -> tuple[Response, float]:

@@ -9,28 +9,24 @@ checks the documented bound: peak <= baseline + PASSWORD_HASH_CONCURRENCY x 64 M
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from local.embedded import free_port
 from shared.accounts.password_hashing import HashSlots
 from shared.platform.errors import ServiceUnavailable
 from shared.web.ratelimit import limiter
+from tests.support.api_process import api_process
 from tests.support.clients import Client
 from tests.support.factories import PASSWORD, unique_email
 from tests.support.settings_env import restore_env, set_env
 
-REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 HASH_MIB = 64  # PASSWORD_HASH_MEMORY_KIB's default, 65536 KiB
 CONCURRENCY = 2  # PASSWORD_HASH_CONCURRENCY's default
@@ -112,31 +108,8 @@ def default_cost_server(database: str) -> Iterator[tuple[str, psutil.Process]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PASSWORD_HASH_")}
     env["RATE_LIMIT_KEY_PREFIX"] = f"rl-burst-{uuid.uuid4().hex[:8]}"
     env["LOG_LEVEL"] = "WARNING"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log", "--no-proxy-headers"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"API did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-            time.sleep(0.1)
-        yield base, psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with api_process(env) as api:
+        yield api.base_url, psutil.Process(api.pid)
 
 
 class _Sampler(threading.Thread):

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -28,14 +26,14 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from local.embedded import Server, start_postgres
+from local.embedded import Server
 from shared.platform import db
 from shared.platform.errors import AppError
-from shared.platform.migrate import migrate
 from shared.platform.settings import get_settings
 from shared.ticketing import bookings, coalescing, idempotency
-from tests.conftest import FakeClock
 from tests.support.clients import Client, HttpClient, LambdaClient
+from tests.support.clock import FakeClock
+from tests.support.databases import throwaway_postgres
 from tests.support.factories import PASSWORD, account, create_event, login, register
 from tests.support.settings_env import restore_env, set_env
 
@@ -57,18 +55,11 @@ BOUNDS = {
 @pytest.fixture(scope="module")
 def own_postgres(database: str) -> Iterator[tuple[Server, str]]:
     """A throwaway embedded server of this module's own (it gets frozen), migrated."""
-    tmp = Path(tempfile.mkdtemp(prefix="ticketing-dbhung-"))
-    server = start_postgres(tmp / "pg", durable=False)
-    url = server.url.rsplit("/", 1)[0] + "/ticketing"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE ticketing")
-    migrate(url)
-    try:
-        yield server, url
-    finally:
-        _signal_all(server, signal.SIGCONT)  # never leave it stopped
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with throwaway_postgres("ticketing-dbhung-") as (_, server, url):
+        try:
+            yield server, url
+        finally:
+            _signal_all(server, signal.SIGCONT)  # never leave it stopped
 
 
 @pytest.fixture

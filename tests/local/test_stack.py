@@ -13,15 +13,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
-import psycopg
 import pytest
 
 from local.embedded import free_port
 from local.processes import PidFile
+from tests.support.databases import scratch_database, with_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIRMATION_LINE = "📧 Booking confirmation sent to user"
@@ -88,20 +87,19 @@ def _gone(processes: list[psutil.Process], timeout: float = 10) -> list[psutil.P
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
 @pytest.fixture
 def stack_env(server_urls: dict[str, str]) -> Iterator[dict[str, str]]:
     """The session's servers, with a database and a Redis db of the stack's own."""
-    name = f"ticketing_stack_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_urls["database"], autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    with scratch_database(server_urls["database"], "ticketing_stack") as database_url:
+        yield _stack_env(database_url, server_urls["redis"])
+
+
+def _stack_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of a user starting the stack, pointed at these servers."""
     env = {
         **os.environ,
-        "DATABASE_URL": _with_path(server_urls["database"], f"/{name}"),
-        "REDIS_URL": _with_path(server_urls["redis"], "/7"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": with_database(redis_url, "7"),
         "RELAY_INTERVAL": "1",
         "NOTIFY_CHANNEL": "console",
         "PYTHONUNBUFFERED": "1",
@@ -111,9 +109,7 @@ def stack_env(server_urls: dict[str, str]) -> Iterator[dict[str, str]]:
     for var in ("APP_ENV", "JWT_SECRET", "JWT_SECRET_FILE", "PASSWORD_MIN_LENGTH", "PASSWORD_CHECK_COMMON",
                 "REQUIRE_VERIFIED_EMAIL"):
         env.pop(var, None)
-    yield env
-    with psycopg.connect(server_urls["database"], autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return env
 
 
 def _token(http: httpx.Client, email: str, password: str) -> str:
