@@ -150,6 +150,15 @@ def _emf(name: str, value: float, unit: str = "Count", **dims: str) -> None:
 # -- What call sites use -------------------------------------------------------------------
 
 
+def _count(counter: Counter, emf_name: str, amount: int = 1, **label: str) -> None:
+    """One count: an EMF record under Lambda, else the Prometheus counter (``label``: its one
+    label, named as the EMF dimension)."""
+    if emf_enabled():
+        _emf(emf_name, amount, **label)
+        return
+    (counter.labels(*label.values()) if label else counter).inc(amount)
+
+
 def request_finished(method: str, route: str, status: int, seconds: float) -> None:
     if emf_enabled():
         dims = {"Route": f"{method} {route}", "Status": str(status)}
@@ -185,10 +194,7 @@ def count_booking_refusals(codes: Iterable[str]) -> None:
 
 def booking_refused(reason: str) -> None:
     """``reason`` is the error code, one of those given to :func:`count_booking_refusals`."""
-    if emf_enabled():
-        _emf("BookingRefusals", 1, Reason=reason)
-        return
-    BOOKING_REFUSALS.labels(reason).inc()
+    _count(BOOKING_REFUSALS, "BookingRefusals", Reason=reason)
 
 
 @contextmanager
@@ -206,17 +212,11 @@ def counting_booking(quantity: int) -> Iterator[None]:
 
 
 def idempotent_replay() -> None:
-    if emf_enabled():
-        _emf("IdempotentReplays", 1)
-        return
-    IDEMPOTENT_REPLAYS.inc()
+    _count(IDEMPOTENT_REPLAYS, "IdempotentReplays")
 
 
 def rate_limited(limit: str) -> None:
-    if emf_enabled():
-        _emf("RateLimited", 1, Limit=limit)
-        return
-    RATE_LIMITED.labels(limit).inc()
+    _count(RATE_LIMITED, "RateLimited", Limit=limit)
 
 
 def label_notification(task: str) -> None:
@@ -226,31 +226,19 @@ def label_notification(task: str) -> None:
 
 
 def notification_sent(task: str, count: int = 1) -> None:
-    if emf_enabled():
-        _emf("NotificationsSent", count, Task=task)
-        return
-    NOTIFICATIONS_SENT.labels(task).inc(count)
+    _count(NOTIFICATIONS_SENT, "NotificationsSent", count, Task=task)
 
 
 def notification_skipped(task: str, count: int = 1) -> None:
-    if emf_enabled():
-        _emf("NotificationsSkipped", count, Task=task)
-        return
-    NOTIFICATIONS_SKIPPED.labels(task).inc(count)
+    _count(NOTIFICATIONS_SKIPPED, "NotificationsSkipped", count, Task=task)
 
 
 def notification_retried(task: str) -> None:
-    if emf_enabled():
-        _emf("NotificationsRetried", 1, Task=task)
-        return
-    NOTIFICATIONS_RETRIED.labels(task).inc()
+    _count(NOTIFICATIONS_RETRIED, "NotificationsRetried", Task=task)
 
 
 def notification_dead_lettered(task: str) -> None:
-    if emf_enabled():
-        _emf("NotificationsDeadLettered", 1, Task=task)
-        return
-    NOTIFICATIONS_DEAD.labels(task).inc()
+    _count(NOTIFICATIONS_DEAD, "NotificationsDeadLettered", Task=task)
 
 
 # -- Scrape-time figures from PostgreSQL ----------------------------------------------------
