@@ -316,13 +316,19 @@ def _counters_agree(sql: Any, event_id: int, user_id: int) -> None:
     assert row["counter"] == row["recomputed"] and row["pool"] == TOTAL, row
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+# Every scenario through every path, except a hold on an event that does not exist (none can).
+CASES = [
+    pytest.param(scenario, path, id=f"{scenario.name}-{path.name}")
+    for scenario in SCENARIOS
+    for path in PATHS
+    if not (path.hold_ttl is not None and scenario.code == "event_not_found")
+]
+
+
+@pytest.mark.parametrize(("scenario", "path"), CASES)
 def test_every_path_answers_each_scenario_alike(
     scenario: Scenario, path: GrantPath, people: dict[str, int], sql: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if path.hold_ttl is not None and scenario.code == "event_not_found":
-        pytest.skip("no hold exists for an event that does not")
     clock = FrozenClock(NOW)
     monkeypatch.setattr(shared.platform.clock, "now", clock.now)
     world = World(clock, people["organizer"], people["me"], people["rival"])
