@@ -132,7 +132,7 @@ def run(env: Environment, users: int, out_dir: Path, timeout: float = 300.0) -> 
             outbox_id, created_at = conn.execute(
                 "SELECT id, created_at FROM outbox WHERE task = %s "
                 "AND (payload->>'event_id')::bigint = %s ORDER BY id DESC LIMIT 1",
-                (EventUpdate.name, event_id),
+                (EventUpdate.published_as, event_id),
             ).fetchone()  # type: ignore[misc]
             finished = None
             deadline = time.monotonic() + timeout

@@ -29,11 +29,20 @@ class Notification:
     # Names this notification was published under before; the worker still accepts them
     # (outbox rows, queued messages and dead letters written by an older API).
     aliases: ClassVar[tuple[str, ...]] = ()
+    # The task name producers write (outbox rows, so the relay publishes it too): ``name``,
+    # unless a rename is rolling out. Then it stays the old name, one of ``aliases``, until
+    # no worker older than the rename runs: an API deployed before its workers must not
+    # publish a name they do not register (Celery drops it as unregistered).
+    published_as: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in vars(cls):
             return  # a base of several contracts, not published itself
+        if "published_as" not in vars(cls):
+            cls.published_as = cls.name
+        if cls.published_as not in (cls.name, *cls.aliases):
+            raise ValueError(f"{cls.__name__} publishes {cls.published_as!r}, a name its workers do not register")
         for name in (cls.name, *cls.aliases):
             if not _NAME.fullmatch(name):
                 raise ValueError(f"notification name {name!r} must match {_NAME.pattern}")
@@ -94,6 +103,8 @@ class EventUpdate(Notification):
 
     name: ClassVar[str] = "event_update"
     aliases: ClassVar[tuple[str, ...]] = ("notify_event_update",)  # its task name until issue 12
+    # Workers before issue 12 register only the old name: publish it for one more release.
+    published_as: ClassVar[str] = "notify_event_update"
     event_id: int
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 

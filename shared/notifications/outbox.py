@@ -78,7 +78,7 @@ def write(conn: Connection, notification: Notification) -> int:
     """In the caller's transaction: the notification's outbox row; returns its id."""
     row = conn.execute(
         "INSERT INTO outbox (task, payload) VALUES (%s, %s) RETURNING id",
-        (notification.name, Jsonb(notification.payload())),
+        (notification.published_as, Jsonb(notification.payload())),
     ).fetchone()
     assert row is not None
     return int(row["id"])
@@ -96,7 +96,7 @@ def insert_select_sql(contract: type[Notification], source: str, **columns: str)
         raise ValueError(f"{contract.name} has no field {sorted(unknown)}")
     pairs = ", ".join(f"'{name}', {columns.get(name, name)}" for name in contract.field_names())
     return (f"INSERT INTO outbox (task, payload)\n"
-            f"    SELECT '{contract.name}', jsonb_build_object({pairs})\n      FROM {source}")
+            f"    SELECT '{contract.published_as}', jsonb_build_object({pairs})\n      FROM {source}")
 
 
 def row_kwargs(row: dict[str, Any]) -> dict[str, Any]:

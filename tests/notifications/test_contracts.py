@@ -72,9 +72,10 @@ def test_every_notification_the_api_writes_is_a_contract_the_worker_registers(
     rows = sql.execute("SELECT task, payload FROM outbox WHERE id > %s", (before,)).fetchall()
     # THEN every notification was written under a contract's name, with exactly its payload
     written = {row["task"] for row in rows}
-    assert written == CONTRACT_NAMES
+    published = {contract.published_as: contract for contract in NOTIFICATIONS.values()}
+    assert written == set(published)
     for row in rows:
-        contract = NOTIFICATIONS[row["task"]]
+        contract = published[row["task"]]
         assert set(row["payload"]) == set(contract.field_names()), row
         assert contract.parse(row["payload"]).payload() == row["payload"]
     # AND the worker has a task for each of them
@@ -135,3 +136,12 @@ def test_every_dash_a_module_gives_a_worker_that_knows_every_task(module: str) -
     worker = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(worker["tasks"]) >= ACCEPTED_NAMES | {"fanout_chunk", "relay_outbox"}
     assert worker["checks"]  # the start checks and metrics of functions/notify/worker.py too
+
+
+def test_a_renamed_notification_is_published_under_a_name_older_workers_register() -> None:
+    """Rolling deploys update the API before the workers: it must publish the old name."""
+    # GIVEN the contracts  THEN each publishes its name or one of its aliases
+    for contract in NOTIFICATIONS.values():
+        assert contract.published_as in (contract.name, *contract.aliases)
+    # AND event updates keep the name every worker before issue 12 registers
+    assert EventUpdate.published_as == "notify_event_update"

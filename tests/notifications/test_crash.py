@@ -22,6 +22,7 @@ import pytest
 
 from shared.accounts import users
 from shared.notifications import outbox
+from shared.notifications.contracts import EventUpdate
 from shared.platform.settings import get_settings
 from shared.ticketing import bookings, events
 from tests.support.notify import wait_for
@@ -120,9 +121,9 @@ def test_worker_killed_mid_fanout_misses_nobody_after_restart(
         row = wait_for(
             lambda: sql.execute(
                 "SELECT f.finished_at, f.notified FROM notification_fanouts f JOIN outbox o ON o.id = f.outbox_id "
-                "WHERE o.task = 'event_update' AND (o.payload->>'event_id')::bigint = %s "
+                "WHERE o.task = %s AND (o.payload->>'event_id')::bigint = %s "
                 "AND f.finished_at IS NOT NULL",
-                (event["id"],),
+                (EventUpdate.published_as, event["id"]),
             ).fetchone(),
             timeout=90,
             what="the fan-out to finish after the restart",

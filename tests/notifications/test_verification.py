@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from shared.notifications.contracts import EventUpdate
 from shared.platform.settings import get_settings
 from tests.notifications.test_worker import log, notify  # noqa: F401  (the module's real worker)
 from tests.support.clients import LambdaClient
@@ -191,8 +192,8 @@ def test_event_update_reaches_only_verified_customers(
     # THEN the three verified customers are told; the fourth is recorded as skipped
     row = wait_for(lambda: sql.execute(
         """SELECT o.id FROM outbox o JOIN notification_fanouts f ON f.outbox_id = o.id
-            WHERE o.task = 'event_update' AND (o.payload->>'event_id')::bigint = %s
-              AND f.finished_at IS NOT NULL""", (event["id"],)).fetchone(), what="fan-out")
+            WHERE o.task = %s AND (o.payload->>'event_id')::bigint = %s
+              AND f.finished_at IS NOT NULL""", (EventUpdate.published_as, event["id"])).fetchone(), what="fan-out")
     status = {d["user_id"]: d["status"] for d in deliveries(sql, row["id"])}
     assert status == {**{u["id"]: "sent" for u, _ in customers[:3]},
                       customers[3][0]["id"]: "skipped_unverified"}

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from local.embedded import free_port
+from shared.notifications.contracts import EventUpdate
 from shared.platform.settings import get_settings
 from tests.support.clients import LambdaClient
 from tests.support.factories import account, create_event
@@ -173,9 +174,9 @@ def _event_with_bookings(client: LambdaClient, sql: psycopg.Connection, users: i
 
 def _update_outbox(sql: psycopg.Connection, event_id: int) -> dict[str, Any]:
     return wait_for(lambda: sql.execute(
-        """SELECT * FROM outbox WHERE task = 'event_update'
+        """SELECT * FROM outbox WHERE task = %s
             AND (payload->>'event_id')::bigint = %s ORDER BY id DESC LIMIT 1""",
-        (event_id,)).fetchone(), what="outbox row of the update")
+        (EventUpdate.published_as, event_id)).fetchone(), what="outbox row of the update")
 
 
 def _fanout_finished(sql: psycopg.Connection, outbox_id: int) -> dict[str, Any] | None:
@@ -203,24 +204,24 @@ def test_event_update_notifies_every_booked_user_exactly_once(
     assert log.matching("about event update") == ["🔔 Notified 7 users about event update"]
 
 
-def test_an_update_queued_under_its_old_task_name_is_still_delivered(
+@pytest.mark.parametrize("task_name", [EventUpdate.name, *EventUpdate.aliases])
+def test_an_update_queued_under_either_task_name_is_delivered(
     notify: dict[str, Any], log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, task_name: str,
 ) -> None:
+    """Old rows and messages carry the old name; the next release publishes the new one."""
     from shared.notifications import outbox
-    from shared.notifications.contracts import EventUpdate
 
-    [old_name] = EventUpdate.aliases
     event, organizer, booked = _event_with_bookings(v2, sql, 4)
     notify["tracker"].wait_idle(notify["queue_length"])
-    # GIVEN an update's outbox row as the API wrote it before the rename, not yet published
+    # GIVEN an update's outbox row written under ``task_name``, not yet published
     monkeypatch.setattr(outbox, "_paused_until", time.monotonic() + 60)
     r = v2.request("PUT", f"/events/{event['id']}", json_body={"venue": "Hall C"}, token=organizer)
     assert r.status_code == 200, r.text
     monkeypatch.setattr(outbox, "_paused_until", 0.0)
     row = _update_outbox(sql, event["id"])
-    sql.execute("UPDATE outbox SET task = %s WHERE id = %s", (old_name, row["id"]))
-    # WHEN the relay publishes it under that old name
+    sql.execute("UPDATE outbox SET task = %s WHERE id = %s", (task_name, row["id"]))
+    # WHEN the relay publishes it under that name
     assert outbox.relay_pending(min_age=0) >= 1
     # THEN the worker still fans it out, to every booked user once
     fanout = wait_for(lambda: _fanout_finished(sql, row["id"]), what="fan-out to finish")

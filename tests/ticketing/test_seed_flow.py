@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.notifications.contracts import BookingConfirmation, EventUpdate
 from tests.support.clients import Client
 from tests.support.factories import login, unique_email
 
@@ -48,6 +49,6 @@ def test_seed_example_flow(client: Client, sql) -> None:  # type: ignore[no-unty
         "SELECT task, payload FROM outbox WHERE (payload->>'event_id')::bigint = %s ORDER BY id",
         (event["id"],),
     ).fetchall()
-    assert [t["task"] for t in tasks] == ["booking_confirmation", "event_update"]
+    assert [t["task"] for t in tasks] == [BookingConfirmation.published_as, EventUpdate.published_as]
     assert tasks[0]["payload"]["booking_id"] == booking["id"]
     assert tasks[1]["payload"]["changes"]["title"]["new"] == "Music Concert (moved)"
