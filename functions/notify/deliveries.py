@@ -27,13 +27,13 @@ def deliver_once(*, outbox_id: int, user_id: int, kind: str, channel: str, recip
     with connection() as conn, conn.transaction():
         # No flush wait per user: a key lost to a database crash means a resend, not a miss.
         conn.execute("SET LOCAL synchronous_commit = off")
-        claimed = conn.execute(
+        reserved = conn.execute(
             """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
             (outbox_id, user_id, kind, channel, recipient),
         ).fetchone()
-        if claimed is None:
+        if reserved is None:
             return False
         with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
             send()
@@ -94,13 +94,13 @@ def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seco
             raise PermanentFailure(f"user {user_id} does not exist")
         if user["email_verified_at"] is not None:
             return None
-        claimed = conn.execute(
+        reserved = conn.execute(
             """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
             (outbox_id, user_id, EmailVerification.name, channel, user["email"]),
         ).fetchone()
-        if claimed is None:
+        if reserved is None:
             return None
         token = email_verification.mint(conn, user_id=user_id, email=user["email"],
                                         ttl_seconds=ttl_seconds)
@@ -113,7 +113,7 @@ def deliver_batch(*, outbox_id: int, kind: str, channel: str, sends_per_commit: 
                   items: Sequence[tuple[int, str, Callable[[], None]]]) -> int:
     """:func:`deliver_once` for a page of users, ``sends_per_commit`` per transaction.
 
-    One INSERT claims the keys of a group of users not reached yet, so a fast channel
+    One INSERT reserves the keys of a group of users not reached yet, so a fast channel
     pays one round trip and one commit per group instead of per user. A worker killed
     inside a group resends at most that group (its keys were not committed). If a send
     fails, the keys of the users not yet sent are given back (the retry reaches them),
@@ -133,7 +133,7 @@ def _deliver_group(*, outbox_id: int, kind: str, channel: str,
     sent = 0
     with connection() as conn, conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = off")
-        claimed = {
+        reserved = {
             row["user_id"]
             for row in conn.execute(
                 """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
@@ -143,7 +143,7 @@ def _deliver_group(*, outbox_id: int, kind: str, channel: str,
                 (outbox_id, kind, channel, [i[0] for i in items], [i[1] for i in items]),
             ).fetchall()
         }
-        pending = [item for item in items if item[0] in claimed]
+        pending = [item for item in items if item[0] in reserved]
         for position, (user_id, _, send) in enumerate(pending):
             try:
                 with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
