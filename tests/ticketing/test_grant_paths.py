@@ -28,25 +28,13 @@ from shared.platform.errors import AppError
 from shared.ticketing import bookings, coalescing, events, holds
 from shared.ticketing.inventory import EVENT_RULES, REFUSAL_CODES, RULES, TICKETS_LEFT
 from tests.support.clients import HttpClient
+from tests.support.clock import FakeClock
 from tests.support.factories import account
 
 TOTAL = 20
 DEFAULT_MAX = 10  # the server's per-booking maximum, as the routes pass it
 MISSING_EVENT = 10**12
 TOO_MANY = 10_000  # a companion request no rule lets through; it changes nothing
-
-
-class FrozenClock:
-    """The application's clock, set by the test: every run starts at the same instant."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)
 
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # where every run's clock starts
@@ -57,7 +45,7 @@ SALES_END = NOW + timedelta(hours=2)  # the events' start; they have no end
 class World:
     """One run: a fresh event, its organizer, the customer who asks and a rival customer."""
 
-    clock: FrozenClock
+    clock: FakeClock
     organizer: int
     me: int
     rival: int
@@ -329,7 +317,7 @@ CASES = [
 def test_every_path_answers_each_scenario_alike(
     scenario: Scenario, path: GrantPath, people: dict[str, int], sql: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FrozenClock(NOW)
+    clock = FakeClock(start=NOW)
     monkeypatch.setattr(shared.platform.clock, "now", clock.now)
     world = World(clock, people["organizer"], people["me"], people["rival"])
     fields = {"title": scenario.name, "total_tickets": TOTAL, "start_time": SALES_END, **scenario.event}
