@@ -56,4 +56,4 @@ def notify(database: str) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def log(notify: dict[str, Any]) -> LogLines:
-    return notify["log"]  # type: ignore[no-any-return]
+    return notify["log"]

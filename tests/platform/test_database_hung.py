@@ -34,6 +34,7 @@ from shared.ticketing import bookings, coalescing, idempotency
 from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.clock import FakeClock
 from tests.support.databases import throwaway_postgres
+from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import PASSWORD, account, create_event, login, register
 from tests.support.settings_env import restore_env, set_env
 
@@ -422,11 +423,7 @@ def test_a_coalesced_batch_cut_before_commit_answers_503_unbooked_and_frees_its_
         behind = [asyncio.create_task(one(user["id"], key)) for key in keys]
         return [await ahead] + [await b for b in behind]
 
-    loop = asyncio.new_event_loop()
-    try:
-        (alone, alone_took), *batch = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    (alone, alone_took), *batch = run_on_new_loop(scenario())
     lock.release()
 
     # THEN each ends at its transaction's deadline, not when the server answers...

@@ -29,6 +29,7 @@ from shared.ticketing import bookings, coalescing, events, holds
 from shared.ticketing.inventory import EVENT_RULES, REFUSAL_CODES, RULES, TICKETS_LEFT
 from tests.support.clients import HttpClient
 from tests.support.clock import FakeClock
+from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import account
 
 TOTAL = 20
@@ -209,11 +210,7 @@ def _lane(world: World, scenario: Scenario) -> Outcome:
         )
 
     before = _batches()
-    loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the main thread's loop
-    try:
-        mine, companion = loop.run_until_complete(both())
-    finally:
-        loop.close()
+    mine, companion = run_on_new_loop(both())
     count, total = _batches()
     assert (count - before[0], total - before[1]) == (1, 2), "the two requests did not share one batch"
     assert isinstance(companion, AppError)  # refused, whatever the scenario: it took nothing
