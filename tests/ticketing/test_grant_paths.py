@@ -31,6 +31,7 @@ from tests.support.clients import HttpClient
 from tests.support.clock import FakeClock
 from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import account
+from tests.support.tickets import customer_counter, customer_taken, pool_adds_up, ticket_pool
 
 TOTAL = 20
 DEFAULT_MAX = 10  # the server's per-booking maximum, as the routes pass it
@@ -285,20 +286,9 @@ def people(http_client: HttpClient) -> dict[str, int]:
 
 def _counters_agree(sql: Any, event_id: int, user_id: int) -> None:
     """The customer's counter is their booked plus active held tickets; the pool adds up."""
-    row = sql.execute(
-        """SELECT coalesce((SELECT tickets FROM customer_tickets WHERE event_id = %(e)s AND user_id = %(u)s), 0)
-                    AS counter,
-                  (SELECT coalesce(sum(quantity), 0) FROM bookings
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'confirmed')
-                + (SELECT coalesce(sum(quantity), 0) FROM holds
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'active') AS recomputed,
-                  (SELECT available_tickets FROM events WHERE id = %(e)s)
-                + (SELECT coalesce(sum(quantity), 0) FROM bookings WHERE event_id = %(e)s AND status = 'confirmed')
-                + (SELECT coalesce(sum(quantity), 0) FROM holds WHERE event_id = %(e)s AND status = 'active')
-                    AS pool""",
-        {"e": event_id, "u": user_id},
-    ).fetchone()
-    assert row["counter"] == row["recomputed"] and row["pool"] == TOTAL, row
+    assert (customer_counter(sql, event_id, user_id) or 0) == customer_taken(sql, event_id, user_id)
+    pool = ticket_pool(sql, event_id)
+    assert pool["total"] == TOTAL and pool_adds_up(pool), pool
 
 
 # Every scenario through every path, except a hold on an event that does not exist (none can).
