@@ -12,19 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from shared.accounts import email_verification
-from shared.notifications.contracts import EmailVerification, EventCancelled, EventUpdate
+from shared.notifications.contracts import EmailVerification
 from shared.platform.db import connection
 from shared.platform.logging import bind_context
-
-# Whom a fan-out reaches. An event cancellation also cancels its bookings, in the same
-# transaction that sets events.updated_at, so those bookings still count.
-AUDIENCE = {
-    EventUpdate.name: "b.status = 'confirmed'",
-    EventCancelled.name: (
-        "(b.status = 'confirmed' OR b.cancelled_at >= "
-        "(SELECT updated_at FROM events WHERE id = %(event_id)s))"
-    ),
-}
 
 
 class PermanentFailure(Exception):
@@ -37,13 +27,13 @@ def deliver_once(*, outbox_id: int, user_id: int, kind: str, channel: str, recip
     with connection() as conn, conn.transaction():
         # No flush wait per user: a key lost to a database crash means a resend, not a miss.
         conn.execute("SET LOCAL synchronous_commit = off")
-        claimed = conn.execute(
+        reserved = conn.execute(
             """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
             (outbox_id, user_id, kind, channel, recipient),
         ).fetchone()
-        if claimed is None:
+        if reserved is None:
             return False
         with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
             send()
@@ -104,13 +94,13 @@ def deliver_verification(*, outbox_id: int, user_id: int, channel: str, ttl_seco
             raise PermanentFailure(f"user {user_id} does not exist")
         if user["email_verified_at"] is not None:
             return None
-        claimed = conn.execute(
+        reserved = conn.execute(
             """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (outbox_id, user_id) DO NOTHING RETURNING 1""",
             (outbox_id, user_id, EmailVerification.name, channel, user["email"]),
         ).fetchone()
-        if claimed is None:
+        if reserved is None:
             return None
         token = email_verification.mint(conn, user_id=user_id, email=user["email"],
                                         ttl_seconds=ttl_seconds)
@@ -123,7 +113,7 @@ def deliver_batch(*, outbox_id: int, kind: str, channel: str, sends_per_commit: 
                   items: Sequence[tuple[int, str, Callable[[], None]]]) -> int:
     """:func:`deliver_once` for a page of users, ``sends_per_commit`` per transaction.
 
-    One INSERT claims the keys of a group of users not reached yet, so a fast channel
+    One INSERT reserves the keys of a group of users not reached yet, so a fast channel
     pays one round trip and one commit per group instead of per user. A worker killed
     inside a group resends at most that group (its keys were not committed). If a send
     fails, the keys of the users not yet sent are given back (the retry reaches them),
@@ -143,7 +133,7 @@ def _deliver_group(*, outbox_id: int, kind: str, channel: str,
     sent = 0
     with connection() as conn, conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = off")
-        claimed = {
+        reserved = {
             row["user_id"]
             for row in conn.execute(
                 """INSERT INTO notification_deliveries (outbox_id, user_id, kind, channel, recipient)
@@ -153,7 +143,7 @@ def _deliver_group(*, outbox_id: int, kind: str, channel: str,
                 (outbox_id, kind, channel, [i[0] for i in items], [i[1] for i in items]),
             ).fetchall()
         }
-        pending = [item for item in items if item[0] in claimed]
+        pending = [item for item in items if item[0] in reserved]
         for position, (user_id, _, send) in enumerate(pending):
             try:
                 with bind_context(delivery_key=f"{outbox_id}:{user_id}"):
@@ -197,16 +187,20 @@ def event_details(event_id: int) -> dict[str, Any]:
     return row
 
 
-def _page_bounds_sql(kind: str) -> str:
+def _page_bounds_sql(audience: str) -> str:
     return f"""
     SELECT min(user_id) AS first, max(user_id) AS last FROM (
-        SELECT DISTINCT b.user_id FROM bookings b
-         WHERE b.event_id = %(event_id)s AND {AUDIENCE[kind]} AND b.user_id > %(after)s
-         ORDER BY b.user_id LIMIT %(size)s) page"""
+        SELECT DISTINCT a.user_id FROM ({audience}) a
+         WHERE a.user_id > %(after)s
+         ORDER BY a.user_id LIMIT %(size)s) page"""
 
 
-def plan_fanout(*, outbox_id: int, kind: str, event_id: int, chunk_size: int) -> int | None:
-    """Split the audience into user-id ranges of ``chunk_size`` users, once per outbox id.
+def plan_fanout(*, outbox_id: int, kind: str, audience: str, event_id: int,
+                chunk_size: int) -> int | None:
+    """Split the ``audience`` into user-id ranges of ``chunk_size`` users, once per outbox id.
+
+    ``audience`` is a query of ``user_id`` rows (duplicates allowed) that may read
+    ``%(event_id)s``: a fan-out's declaration in :mod:`functions.notify.tasks`.
 
     Keyset pagination: each page returns only its bounds, never the users. Returns the
     number of chunks, or None when an earlier run already planned this fan-out.
@@ -222,7 +216,7 @@ def plan_fanout(*, outbox_id: int, kind: str, event_id: int, chunk_size: int) ->
         chunk_no, after = 0, 0
         while True:
             page = conn.execute(
-                _page_bounds_sql(kind), {"event_id": event_id, "after": after, "size": chunk_size}
+                _page_bounds_sql(audience), {"event_id": event_id, "after": after, "size": chunk_size}
             ).fetchone()
             if page is None or page["last"] is None:
                 break
@@ -261,18 +255,17 @@ def chunk_range(outbox_id: int, chunk_no: int) -> dict[str, Any] | None:
         ).fetchone()
 
 
-def audience_pages(*, kind: str, event_id: int, first_user_id: int, last_user_id: int,
+def audience_pages(*, audience: str, event_id: int, first_user_id: int, last_user_id: int,
                    page_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Distinct users of one range, ``page_size`` at a time (keyset on user id)."""
+    """Distinct users of ``audience`` in one range, ``page_size`` at a time (keyset on user id)."""
     after = first_user_id - 1
     while True:
         with connection() as conn:
             page = conn.execute(
                 f"""SELECT u.id, u.email, u.name, u.email_verified_at FROM users u WHERE u.id IN (
-                        SELECT DISTINCT b.user_id FROM bookings b
-                         WHERE b.event_id = %(event_id)s AND {AUDIENCE[kind]}
-                           AND b.user_id > %(after)s AND b.user_id <= %(last)s
-                         ORDER BY b.user_id LIMIT %(size)s)
+                        SELECT DISTINCT a.user_id FROM ({audience}) a
+                         WHERE a.user_id > %(after)s AND a.user_id <= %(last)s
+                         ORDER BY a.user_id LIMIT %(size)s)
                     ORDER BY u.id""",
                 {"event_id": event_id, "after": after, "last": last_user_id, "size": page_size},
             ).fetchall()

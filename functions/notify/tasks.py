@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from celery import Task
 
@@ -26,6 +27,7 @@ from shared.notifications.contracts import (
     BookingConfirmation,
     EmailVerification,
     EventCancelled,
+    EventNotification,
     EventUpdate,
     Notification,
 )
@@ -36,17 +38,7 @@ from shared.platform.settings import get_settings
 log = logging.getLogger(__name__)
 
 N = TypeVar("N", bound=Notification)
-
-FANOUT_LINES = {
-    EventUpdate.name: "🔔 Notified %d users about event update",
-    EventCancelled.name: "🔔 Notified %d users about event cancellation",
-}
-
-
-HELD_LINES = {
-    BookingConfirmation.name: "📭 Booking confirmation held for user %s: email not verified",
-    BookingCancelled.name: "📭 Booking cancellation held for user %s: email not verified",
-}
+E = TypeVar("E", bound=EventNotification)
 
 
 def notification_task(contract: type[N]) -> Callable[[Callable[[int, N], None]], Task]:
@@ -69,7 +61,9 @@ def _unverified(user: dict[str, Any]) -> bool:
     return get_settings().verified_email_required and not user.get("email_verified_at")
 
 
-def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Email) -> bool:
+def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Email,
+                 label: str) -> bool:
+    """Mail one user once (or hold it until they verify); logs ``label`` sent or held."""
     channel = get_channel()
     if _unverified(user):
         held, recorded = deliveries.record_skipped(
@@ -77,7 +71,7 @@ def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Emai
             users=[(user["id"], email.recipient)])
         if recorded:
             metrics.notification_skipped(kind)
-            log.info(HELD_LINES[kind], user["email"])
+            log.info("📭 %s held for user %s: email not verified", label, user["email"])
         if user["id"] in held:
             return False
         # Verified since ``user`` was read: nothing would release a key now, so send.
@@ -87,6 +81,7 @@ def _send_to_one(*, outbox_id: int, user: dict[str, Any], kind: str, email: Emai
     )
     if sent:
         metrics.notification_sent(kind)
+        log.info("📧 %s sent to user %s", label, user["email"])
     return sent
 
 
@@ -116,8 +111,8 @@ def booking_confirmation(outbox_id: int, notification: BookingConfirmation) -> N
     # What was booked, even if a cancellation has changed the row since.
     booking = {**booking, "quantity": notification.quantity}
     email = messages.booking_confirmation(user, booking, event)
-    if _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email):
-        log.info("📧 Booking confirmation sent to user %s", user["email"])
+    _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email,
+                 label="Booking confirmation")
 
 
 @notification_task(BookingCancelled)
@@ -125,55 +120,110 @@ def booking_cancelled(outbox_id: int, notification: BookingCancelled) -> None:
     """Tell a customer (some of) their tickets are cancelled."""
     booking, user, event = deliveries.booking_details(notification.booking_id)
     email = messages.booking_cancelled(user, booking, event, notification.quantity)
-    if _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email):
-        log.info("📧 Booking cancellation sent to user %s", user["email"])
+    _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email,
+                 label="Booking cancellation")
 
 
-def _start_fanout(*, outbox_id: int, kind: str, event_id: int,
-                  changes: dict[str, Any] | None) -> None:
-    settings = get_settings()
-    planned = deliveries.plan_fanout(outbox_id=outbox_id, kind=kind, event_id=event_id,
-                                     chunk_size=settings.notify_fanout_chunk)
+Message = Callable[[dict[str, Any], dict[str, Any], E], Email]
+
+
+@dataclass(frozen=True)
+class Fanout(Generic[E]):
+    """A notification that reaches many users of one event, a chunk of users per sub-task."""
+
+    contract: type[E]
+    # A query of user_id rows (repeats allowed) that may read %(event_id)s: whom it reaches.
+    audience: str
+    # Each user's mail from (user, event, notification).
+    message: Message[E]
+    # Logged once, by the chunk that completes the fan-out; %d is the users notified.
+    done_line: str
+
+
+FANOUTS: dict[str, Fanout[Any]] = {}
+"""Every fan-out by its contract's name, the ``kind`` its chunks carry."""
+
+
+def fanout_task(contract: type[E], *, audience: str, done_line: str) -> Callable[[Message[E]], Task]:
+    """Declare ``contract`` a fan-out whose users each get ``message(user, event, notification)``.
+
+    Registers the contract's task, which plans the audience's chunks and enqueues one
+    :func:`fanout_chunk` per chunk; returns that task.
+    """
+
+    def register(message: Message[E]) -> Task:
+        fanout = Fanout(contract, audience, message, done_line)
+        FANOUTS[contract.name] = fanout
+
+        def start(outbox_id: int, notification: E) -> None:
+            _start_fanout(outbox_id, fanout, notification)
+
+        start.__name__ = start.__qualname__ = message.__name__
+        start.__doc__ = message.__doc__
+        return notification_task(contract)(start)
+
+    return register
+
+
+def _start_fanout(outbox_id: int, fanout: Fanout[E], notification: E) -> None:
+    planned = deliveries.plan_fanout(outbox_id=outbox_id, kind=notification.name,
+                                     audience=fanout.audience, event_id=notification.event_id,
+                                     chunk_size=get_settings().notify_fanout_chunk)
     if planned == 0:
-        log.info(FANOUT_LINES[kind], 0)
+        log.info(fanout.done_line, 0)
         return
     # Also after a redelivery (planned is None): chunks not done yet are sent again,
     # and chunks are idempotent, so a worker killed mid-fan-out loses nothing.
     for chunk_no in deliveries.pending_chunks(outbox_id):
         fanout_chunk.apply_async(kwargs={"outbox_id": outbox_id, "chunk_no": chunk_no,
-                                         "kind": kind, "event_id": event_id,
-                                         "changes": changes})
+                                         "kind": notification.name, **notification.payload()})
 
 
-@notification_task(EventUpdate)
-def event_update(outbox_id: int, notification: EventUpdate) -> None:
+# Whom an event's fan-outs reach. An event cancellation also cancels its bookings, in the
+# same transaction that sets events.updated_at, so those bookings still count.
+CONFIRMED_BOOKERS = ("SELECT b.user_id FROM bookings b "
+                     "WHERE b.event_id = %(event_id)s AND b.status = 'confirmed'")
+CANCELLED_BOOKERS = (
+    "SELECT b.user_id FROM bookings b WHERE b.event_id = %(event_id)s "
+    "AND (b.status = 'confirmed' OR b.cancelled_at >= "
+    "(SELECT updated_at FROM events WHERE id = %(event_id)s))"
+)
+
+
+@fanout_task(EventUpdate, audience=CONFIRMED_BOOKERS,
+             done_line="🔔 Notified %d users about event update")
+def event_update(user: dict[str, Any], event: dict[str, Any], notification: EventUpdate) -> Email:
     """Fan an event change out to every user with a confirmed booking."""
-    _start_fanout(outbox_id=outbox_id, kind=notification.name, event_id=notification.event_id,
-                  changes=notification.changes)
+    return messages.event_updated(user, event, notification.changes)
 
 
-@notification_task(EventCancelled)
-def event_cancelled(outbox_id: int, notification: EventCancelled) -> None:
+@fanout_task(EventCancelled, audience=CANCELLED_BOOKERS,
+             done_line="🔔 Notified %d users about event cancellation")
+def event_cancelled(user: dict[str, Any], event: dict[str, Any],
+                    notification: EventCancelled) -> Email:
     """Fan an event cancellation out to every user whose booking it cancelled."""
-    _start_fanout(outbox_id=outbox_id, kind=notification.name, event_id=notification.event_id,
-                  changes=None)
+    return messages.event_cancelled(user, event)
 
 
 @notify_task("fanout_chunk")
-def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
-                 changes: dict[str, Any] | None = None, **_: Any) -> None:
-    """Notify one user-id range of a fan-out, a page at a time; the last chunk logs."""
+def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, **payload: Any) -> None:
+    """Notify one user-id range of a fan-out, a page at a time; the last chunk logs.
+
+    ``payload`` is the notification's, as its fan-out task received it.
+    """
     bounds = deliveries.chunk_range(outbox_id, chunk_no)
     if bounds is None:
         return  # done by an earlier copy of this message
-    event = deliveries.event_details(event_id)
+    fanout = FANOUTS[kind]
+    notification = fanout.contract.parse(payload)
+    event = deliveries.event_details(notification.event_id)
     settings = get_settings()
     channel = get_channel()
-    for page in deliveries.audience_pages(kind=kind, event_id=event_id,
+    for page in deliveries.audience_pages(audience=fanout.audience,
+                                          event_id=notification.event_id,
                                           page_size=settings.notify_fanout_page, **bounds):
         recipients = _skip_unverified(outbox_id, kind, channel.name, page)
-        emails = [messages.event_updated(user, event, changes or {}) if kind == EventUpdate.name
-                  else messages.event_cancelled(user, event) for user in recipients]
+        emails = [fanout.message(user, event, notification) for user in recipients]
         sent = deliveries.deliver_batch(
             outbox_id=outbox_id, kind=kind, channel=channel.name,
             sends_per_commit=getattr(channel, "sends_per_commit", 1),
@@ -183,7 +233,7 @@ def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, event_id: int,
         metrics.notification_sent(kind, sent)
     total = deliveries.complete_chunk(outbox_id, chunk_no)
     if total is not None:
-        log.info(FANOUT_LINES[kind], total)
+        log.info(fanout.done_line, total)
 
 
 def _skip_unverified(outbox_id: int, kind: str, channel: str,

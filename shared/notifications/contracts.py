@@ -98,23 +98,28 @@ class BookingCancelled(_BookingNotification):
 
 
 @dataclass(frozen=True)
-class EventUpdate(Notification):
+class EventNotification(Notification):
+    """What every notification about one event carries (the worker fans these out)."""
+
+    event_id: int
+
+
+@dataclass(frozen=True)
+class EventUpdate(EventNotification):
     """Fan an event's changed fields (``{field: {"old": ..., "new": ...}}``) out to its customers."""
 
     name: ClassVar[str] = "event_update"
     aliases: ClassVar[tuple[str, ...]] = ("notify_event_update",)  # its task name until issue 12
     # Workers before issue 12 register only the old name: publish it for one more release.
     published_as: ClassVar[str] = "notify_event_update"
-    event_id: int
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class EventCancelled(Notification):
+class EventCancelled(EventNotification):
     """Fan an event's cancellation out to every customer whose booking it cancelled."""
 
     name: ClassVar[str] = "event_cancelled"
-    event_id: int
     bookings_cancelled: int
 
 

@@ -1,7 +1,7 @@
 """The Celery protocol v2 message of one task call, as kombu's Redis transport LPUSHes it.
 
 Built here with the standard library so the HTTP functions and the relay Lambda publish
-without celery or kombu installed; ``tests/notifications/test_notify_outbox.py`` compares
+without celery or kombu installed; ``tests/notifications/test_outbox.py`` compares
 it with the envelope Celery itself builds. Every publisher (the outbox, dead-letter
 replay) goes through :func:`task_message`.
 """

@@ -458,7 +458,7 @@ def test_booking_mail_read_before_verifying_and_held_after_is_sent(
         assert _verify(v2, secret).status_code == 200
         email = messages.booking_confirmation(user, booking, ev)
         sent = tasks._send_to_one(outbox_id=row["id"], user=user, kind="booking_confirmation",
-                                  email=email)
+                                  email=email, label="Booking confirmation")
         # THEN the worker sees the verification and sends, instead of holding for ever
         assert sent is True
         assert [e.subject for e in mailbox.to(customer["email"])] == ["Booking confirmed: Jazz Night"]

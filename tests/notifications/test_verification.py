@@ -18,7 +18,6 @@ import pytest
 
 from shared.notifications.contracts import EventUpdate
 from shared.platform.settings import get_settings
-from tests.notifications.test_worker import log, notify  # noqa: F401  (the module's real worker)
 from tests.support.clients import LambdaClient
 from tests.support.factories import PASSWORD, create_event, login, unique_email
 from tests.support.notify import CaptureChannel, LogLines, deliveries, outbox_of_booking, token_of, wait_for
@@ -28,7 +27,7 @@ SUBJECT = "Confirm your email address"
 
 
 @pytest.fixture
-def mailbox(notify: dict[str, Any]) -> Iterator[CaptureChannel]:  # noqa: F811
+def mailbox(notify: dict[str, Any]) -> Iterator[CaptureChannel]:
     from functions.notify.channels import use_channel
 
     channel = CaptureChannel()
@@ -69,7 +68,7 @@ def _verify(client: LambdaClient, token: str) -> Any:
 
 
 def test_registration_mails_a_single_use_token_stored_only_as_a_hash(
-    mailbox: CaptureChannel, log: LogLines, v2: LambdaClient, sql: psycopg.Connection,  # noqa: F811
+    mailbox: CaptureChannel, log: LogLines, v2: LambdaClient, sql: psycopg.Connection,
 ) -> None:
     # GIVEN a customer registered with a name that tries to carry a link
     user, token = _register(v2, "customer", name="Click https://evil.example/login now")
@@ -112,7 +111,7 @@ def test_registration_mails_a_single_use_token_stored_only_as_a_hash(
 
 
 def test_verification_mail_is_sent_once_when_its_task_is_redelivered(
-    mailbox: CaptureChannel, notify: dict[str, Any], v2: LambdaClient,  # noqa: F811
+    mailbox: CaptureChannel, notify: dict[str, Any], v2: LambdaClient,
     sql: psycopg.Connection,
 ) -> None:
     from shared.notifications import envelope, outbox
@@ -140,7 +139,7 @@ def _book(client: LambdaClient, token: str, event_id: int) -> dict[str, Any]:
 
 
 def test_unverified_customer_gets_booking_mail_only_after_verifying(
-    required: None, mailbox: CaptureChannel, log: LogLines, notify: dict[str, Any],  # noqa: F811
+    required: None, mailbox: CaptureChannel, log: LogLines, notify: dict[str, Any],
     v2: LambdaClient, sql: psycopg.Connection,
 ) -> None:
     # GIVEN an event and a customer who has not verified the address
@@ -174,7 +173,7 @@ def test_unverified_customer_gets_booking_mail_only_after_verifying(
 
 
 def test_event_update_reaches_only_verified_customers(
-    required: None, mailbox: CaptureChannel, log: LogLines, notify: dict[str, Any],  # noqa: F811
+    required: None, mailbox: CaptureChannel, log: LogLines, notify: dict[str, Any],
     v2: LambdaClient, sql: psycopg.Connection,
 ) -> None:
     _, organizer = _register(v2, "organizer")

@@ -1,16 +1,14 @@
 """Notifications end to end: handlers -> outbox -> real Redis -> a real Celery worker -> PostgreSQL.
 
-The worker runs in-process (``start_worker``, thread pool of 4, so fan-out chunks really
-run in parallel) against the session's Redis and PostgreSQL, with retry delays shrunk.
+The worker (``notify`` in conftest.py) runs in-process with a thread pool of 4, so fan-out
+chunks really run in parallel, against the session's Redis and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,102 +22,10 @@ from tests.support.factories import account, create_event
 from tests.support.notify import (
     FlakyChannel,
     LogLines,
-    captured_notify_log,
     deliveries,
     outbox_of_booking,
     wait_for,
 )
-
-WORKER_ENV = {
-    "NOTIFY_RETRY_BASE": "0.05",
-    "NOTIFY_RETRY_MAX": "0.2",
-    "NOTIFY_MAX_ATTEMPTS": "3",
-    "NOTIFY_FANOUT_CHUNK": "3",
-    "NOTIFY_FANOUT_PAGE": "2",
-    "NOTIFY_CHANNEL": "console",
-    "OUTBOX_RELAY_GRACE": "0",
-    # Delivery mechanics, with unverified users; verification: tests/notifications/test_verification.py
-    "REQUIRE_VERIFIED_EMAIL": "false",
-}
-
-
-class Tracker:
-    """Which task ids the worker finished, and how many tasks are running right now."""
-
-    def __init__(self) -> None:
-        self.finished: set[str] = set()
-        self.names: Counter[str] = Counter()
-        self.running = 0
-        self.lock = threading.Lock()
-
-    def started(self, task_id: str | None = None, **_: Any) -> None:
-        with self.lock:
-            self.running += 1
-
-    def done(self, task_id: str | None = None, sender: Any = None, **_: Any) -> None:
-        with self.lock:
-            self.running -= 1
-            self.names[getattr(sender, "name", "?")] += 1
-            if task_id:
-                self.finished.add(task_id)
-
-    def wait_idle(self, queue_length: Any, *, settle: float = 0.3) -> None:
-        """Until the queue is empty and nothing runs for ``settle`` seconds (retries settle too)."""
-        quiet_since = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.running == 0 and queue_length() == 0:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= settle:
-                    return
-            else:
-                quiet_since = None
-            time.sleep(0.02)
-        raise AssertionError("worker did not become idle")
-
-
-@pytest.fixture(scope="module")
-def notify(database: str) -> Iterator[dict[str, Any]]:
-    from celery.contrib.testing.worker import start_worker
-    from celery.signals import task_postrun, task_prerun
-
-    from functions.notify.celery_app import configure
-    from functions.notify.channels import use_channel
-    from functions.notify.worker import app
-    from shared.notifications import outbox
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in WORKER_ENV.items():
-            mp.setenv(key, value)
-        get_settings.cache_clear()
-        outbox.reset()
-        settings = get_settings()
-        configure(app, settings)
-        redis = outbox.redis_client()
-        redis.delete(settings.notify_queue)  # bookings of earlier test modules, never consumed
-        tracker = Tracker()
-        task_prerun.connect(tracker.started, weak=False)
-        task_postrun.connect(tracker.done, weak=False)
-        try:
-            with captured_notify_log() as log, start_worker(
-                app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=20
-            ):
-                yield {
-                    "app": app,
-                    "log": log,
-                    "tracker": tracker,
-                    "queue_length": lambda: redis.llen(settings.notify_queue),
-                }
-        finally:
-            task_prerun.disconnect(tracker.started)
-            task_postrun.disconnect(tracker.done)
-            use_channel(None)
-    get_settings.cache_clear()
-    outbox.reset()
-
-
-@pytest.fixture
-def log(notify: dict[str, Any]) -> LogLines:
-    return notify["log"]  # type: ignore[no-any-return]
 
 
 def _book(client: LambdaClient, token: str, event_id: int, quantity: int = 1) -> dict[str, Any]:

@@ -34,8 +34,10 @@ from shared.ticketing import bookings, coalescing, idempotency
 from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.clock import FakeClock
 from tests.support.databases import throwaway_postgres
+from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import PASSWORD, account, create_event, login, register
 from tests.support.settings_env import restore_env, set_env
+from tests.support.tickets import pool_adds_up, ticket_pool
 
 DEADLINE = 1.0  # DB_REQUEST_DEADLINE_SECONDS in these tests
 LANE_WAIT = 0.5  # BOOKING_LANE_WAIT_SECONDS
@@ -270,20 +272,14 @@ def _assert_booked_once(
             mine = [c for c in calls if c.user_id == user["id"]]
             extra = by_user.get(user["id"], set()) - {c.body["id"] for c in mine if c.status == 201}
             assert len(extra) <= sum(c.status == 503 for c in mine)
-        totals = conn.execute(
-            """SELECT e.total_tickets, e.available_tickets,
-                      (SELECT coalesce(sum(quantity), 0) FROM bookings b
-                        WHERE b.event_id = e.id AND b.status = 'confirmed') AS sold,
-                      (SELECT coalesce(sum(quantity), 0) FROM holds h
-                        WHERE h.event_id = e.id AND h.status = 'active') AS held,
-                      (SELECT count(*) FROM outbox o WHERE o.task = 'booking_confirmation'
-                        AND (o.payload->>'event_id')::bigint = e.id) AS confirmations
-                 FROM events e WHERE e.id = %s""",
+        pool = ticket_pool(conn, event_id)
+        confirmations = conn.execute(
+            """SELECT count(*) AS n FROM outbox WHERE task = 'booking_confirmation'
+                  AND (payload->>'event_id')::bigint = %s""",
             (event_id,),
         ).fetchone()
-    assert totals is not None
-    assert totals["sold"] + totals["held"] + totals["available_tickets"] == totals["total_tickets"], totals
-    assert totals["confirmations"] == len(rows), totals
+    assert pool_adds_up(pool), pool
+    assert confirmations is not None and confirmations["n"] == len(rows), confirmations
 
 
 def test_under_lambda_a_frozen_database_answers_503_and_the_one_connection_recovers(
@@ -422,11 +418,7 @@ def test_a_coalesced_batch_cut_before_commit_answers_503_unbooked_and_frees_its_
         behind = [asyncio.create_task(one(user["id"], key)) for key in keys]
         return [await ahead] + [await b for b in behind]
 
-    loop = asyncio.new_event_loop()
-    try:
-        (alone, alone_took), *batch = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    (alone, alone_took), *batch = run_on_new_loop(scenario())
     lock.release()
 
     # THEN each ends at its transaction's deadline, not when the server answers...

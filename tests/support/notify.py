@@ -1,10 +1,12 @@
-"""Helpers for the notification tests: waiting on PostgreSQL, capturing worker log lines."""
+"""Helpers for the notification tests: the test worker's settings, tracking its tasks, waiting
+on PostgreSQL, capturing worker log lines."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -40,6 +42,55 @@ def deliveries(sql: psycopg.Connection, outbox_id: int) -> list[dict[str, Any]]:
         "SELECT * FROM notification_deliveries WHERE outbox_id = %s ORDER BY user_id",
         (outbox_id,),
     ).fetchall()
+
+
+# The test worker's settings: retries and fan-out chunks shrunk so the tests see them happen.
+WORKER_ENV = {
+    "NOTIFY_RETRY_BASE": "0.05",
+    "NOTIFY_RETRY_MAX": "0.2",
+    "NOTIFY_MAX_ATTEMPTS": "3",
+    "NOTIFY_FANOUT_CHUNK": "3",
+    "NOTIFY_FANOUT_PAGE": "2",
+    "NOTIFY_CHANNEL": "console",
+    "OUTBOX_RELAY_GRACE": "0",
+    # Delivery mechanics, with unverified users; verification: tests/notifications/test_verification.py
+    "REQUIRE_VERIFIED_EMAIL": "false",
+}
+
+
+class Tracker:
+    """Which task ids the worker finished, and how many tasks are running right now."""
+
+    def __init__(self) -> None:
+        self.finished: set[str] = set()
+        self.names: Counter[str] = Counter()
+        self.running = 0
+        self.lock = threading.Lock()
+
+    def started(self, task_id: str | None = None, **_: Any) -> None:
+        with self.lock:
+            self.running += 1
+
+    def done(self, task_id: str | None = None, sender: Any = None, **_: Any) -> None:
+        with self.lock:
+            self.running -= 1
+            self.names[getattr(sender, "name", "?")] += 1
+            if task_id:
+                self.finished.add(task_id)
+
+    def wait_idle(self, queue_length: Any, *, settle: float = 0.3) -> None:
+        """Until the queue is empty and nothing runs for ``settle`` seconds (retries settle too)."""
+        quiet_since = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.running == 0 and queue_length() == 0:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.02)
+        raise AssertionError("worker did not become idle")
 
 
 class LogLines(logging.Handler):

@@ -1,10 +1,28 @@
-"""Requests about an event's tickets through the public API, for tests that count them."""
+"""An event's tickets, through the public API and straight from PostgreSQL, for tests that count them.
+
+Every ticket of an event is in exactly one place: sold (a confirmed booking), held (an
+active hold, expired or not: an expired hold's tickets go back to the counter only when
+reclaimed) or available (``events.available_tickets``). :func:`pool_adds_up` checks it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from tests.support.clients import Client, Response
+
+POOL_SQL = """
+SELECT e.id, e.total_tickets AS total, e.available_tickets AS available,
+       (SELECT coalesce(sum(quantity), 0) FROM bookings b
+         WHERE b.event_id = e.id AND b.status = 'confirmed') AS sold,
+       (SELECT coalesce(sum(quantity), 0) FROM holds h
+         WHERE h.event_id = e.id AND h.status = 'active') AS held,
+       (SELECT coalesce(sum(quantity), 0) FROM holds h
+         WHERE h.event_id = e.id AND h.status = 'active' AND h.expires_at <= %(now)s) AS expired_held
+  FROM events e WHERE e.id = ANY(%(ids)s) ORDER BY e.id
+"""
 
 
 def place_hold(client: Client, token: str, event_id: int, quantity: int = 1, **extra: Any) -> Response:
@@ -14,3 +32,43 @@ def place_hold(client: Client, token: str, event_id: int, quantity: int = 1, **e
 
 def available_tickets(client: Client, event_id: int) -> int:
     return client.request("GET", f"/events/{event_id}").json()["available_tickets"]
+
+
+def ticket_pools(sql: Any, event_ids: Sequence[int], now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each event's ``total``, ``available``, ``sold`` and ``held`` tickets, by event id.
+
+    ``expired_held``: the held tickets of holds expired at ``now`` (0 without ``now``).
+    ``sql`` is a connection with dict rows; one statement, so one snapshot.
+    """
+    return [dict(row) for row in sql.execute(POOL_SQL, {"ids": list(event_ids), "now": now}).fetchall()]
+
+
+def ticket_pool(sql: Any, event_id: int) -> dict[str, Any]:
+    """:func:`ticket_pools` of one event."""
+    (pool,) = ticket_pools(sql, [event_id])
+    return pool
+
+
+def pool_adds_up(pool: dict[str, Any]) -> bool:
+    """sold + held + available == total."""
+    return bool(pool["sold"] + pool["held"] + pool["available"] == pool["total"])
+
+
+def customer_counter(sql: Any, event_id: int, user_id: int) -> int | None:
+    """The customer's ``customer_tickets`` count for the event, None without a row."""
+    row = sql.execute(
+        "SELECT tickets FROM customer_tickets WHERE event_id = %s AND user_id = %s", (event_id, user_id)
+    ).fetchone()
+    return None if row is None else int(row["tickets"])
+
+
+def customer_taken(sql: Any, event_id: int, user_id: int) -> int:
+    """What the counter must say, recomputed: the customer's confirmed bookings and active holds."""
+    row = sql.execute(
+        """SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
+                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'confirmed')
+                + (SELECT coalesce(sum(quantity), 0) FROM holds
+                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'active') AS n""",
+        {"e": event_id, "u": user_id},
+    ).fetchone()
+    return int(row["n"])

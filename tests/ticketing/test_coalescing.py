@@ -19,6 +19,7 @@ from shared.platform import metrics
 from shared.platform.errors import AppError
 from shared.ticketing import bookings, coalescing, idempotency
 from tests.support.clients import HttpClient
+from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import account, create_event
 from tests.support.race import race
 
@@ -183,7 +184,7 @@ def _book_all(requests: list[tuple[int, int]], event_id: int) -> list[Any]:
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(*(one(u, q) for u, q in requests))
 
-    return _run(all_at_once())  # type: ignore[no-any-return]
+    return run_on_new_loop(all_at_once())
 
 
 def test_an_unknown_user_fails_alone_not_the_whole_batch(http_client: HttpClient, sql: Any) -> None:
@@ -281,7 +282,7 @@ def test_a_failure_after_commit_is_not_retried_and_a_keyed_retry_replays(
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(*(one(c) for c in leases))
 
-    results = _run(all_at_once())
+    results = run_on_new_loop(all_at_once())
 
     # THEN nobody is booked twice: the batch's requests hear 503, the rest their booking...
     made = [r for r in results if isinstance(r, dict)]
@@ -325,7 +326,7 @@ def test_a_request_gone_while_booking_alone_still_gets_its_refusal_stored(
             await asyncio.sleep(0.05)
         return row
 
-    stored = _run(scenario())
+    stored = run_on_new_loop(scenario())
 
     # THEN the refusal it would have heard is stored, so a retry replays it at once
     assert stored["state"] == "done" and stored["response_status"] == 400
@@ -348,15 +349,6 @@ class _RowLock:
     def release(self) -> None:
         self.conn.commit()
         self.conn.close()
-
-
-def _run(coro: Any) -> Any:
-    """Not asyncio.run: it would leave the main thread without the event loop Mangum uses."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 def test_a_request_gone_before_its_turn_is_not_booked_and_frees_its_key(
@@ -388,7 +380,7 @@ def test_a_request_gone_before_its_turn_is_not_booked_and_frees_its_key(
             await asyncio.sleep(0.05)
         return booked
 
-    booked = _run(scenario())
+    booked = run_on_new_loop(scenario())
 
     assert booked["user_id"] == first["id"]
     rows = sql.execute("SELECT user_id FROM bookings WHERE event_id = %s", (event["id"],)).fetchall()
@@ -423,7 +415,7 @@ def test_a_request_that_waits_too_long_hears_503_unbooked(
         lock.release()
         return [await ahead] + [await b for b in behind]
 
-    ahead, *behind = _run(scenario())
+    ahead, *behind = run_on_new_loop(scenario())
 
     assert isinstance(ahead, dict)
     assert [(e.status_code, e.code) for e in behind] == [(503, "contention")] * 3
@@ -462,7 +454,7 @@ def test_a_waiter_behind_a_stuck_transaction_hears_503_at_its_deadline(
         await ahead
         return done, [b.result() for b in behind]
 
-    done, behind = _run(scenario())
+    done, behind = run_on_new_loop(scenario())
 
     # THEN they hear 503 contention at their deadline, not when the lane moves again
     assert len(done) == 3

@@ -28,25 +28,15 @@ from shared.platform.errors import AppError
 from shared.ticketing import bookings, coalescing, events, holds
 from shared.ticketing.inventory import EVENT_RULES, REFUSAL_CODES, RULES, TICKETS_LEFT
 from tests.support.clients import HttpClient
+from tests.support.clock import FakeClock
+from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import account
+from tests.support.tickets import customer_counter, customer_taken, pool_adds_up, ticket_pool
 
 TOTAL = 20
 DEFAULT_MAX = 10  # the server's per-booking maximum, as the routes pass it
 MISSING_EVENT = 10**12
 TOO_MANY = 10_000  # a companion request no rule lets through; it changes nothing
-
-
-class FrozenClock:
-    """The application's clock, set by the test: every run starts at the same instant."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)
 
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # where every run's clock starts
@@ -57,7 +47,7 @@ SALES_END = NOW + timedelta(hours=2)  # the events' start; they have no end
 class World:
     """One run: a fresh event, its organizer, the customer who asks and a rival customer."""
 
-    clock: FrozenClock
+    clock: FakeClock
     organizer: int
     me: int
     rival: int
@@ -221,11 +211,7 @@ def _lane(world: World, scenario: Scenario) -> Outcome:
         )
 
     before = _batches()
-    loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the main thread's loop
-    try:
-        mine, companion = loop.run_until_complete(both())
-    finally:
-        loop.close()
+    mine, companion = run_on_new_loop(both())
     count, total = _batches()
     assert (count - before[0], total - before[1]) == (1, 2), "the two requests did not share one batch"
     assert isinstance(companion, AppError)  # refused, whatever the scenario: it took nothing
@@ -300,20 +286,9 @@ def people(http_client: HttpClient) -> dict[str, int]:
 
 def _counters_agree(sql: Any, event_id: int, user_id: int) -> None:
     """The customer's counter is their booked plus active held tickets; the pool adds up."""
-    row = sql.execute(
-        """SELECT coalesce((SELECT tickets FROM customer_tickets WHERE event_id = %(e)s AND user_id = %(u)s), 0)
-                    AS counter,
-                  (SELECT coalesce(sum(quantity), 0) FROM bookings
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'confirmed')
-                + (SELECT coalesce(sum(quantity), 0) FROM holds
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'active') AS recomputed,
-                  (SELECT available_tickets FROM events WHERE id = %(e)s)
-                + (SELECT coalesce(sum(quantity), 0) FROM bookings WHERE event_id = %(e)s AND status = 'confirmed')
-                + (SELECT coalesce(sum(quantity), 0) FROM holds WHERE event_id = %(e)s AND status = 'active')
-                    AS pool""",
-        {"e": event_id, "u": user_id},
-    ).fetchone()
-    assert row["counter"] == row["recomputed"] and row["pool"] == TOTAL, row
+    assert (customer_counter(sql, event_id, user_id) or 0) == customer_taken(sql, event_id, user_id)
+    pool = ticket_pool(sql, event_id)
+    assert pool["total"] == TOTAL and pool_adds_up(pool), pool
 
 
 # Every scenario through every path, except a hold on an event that does not exist (none can).
@@ -329,7 +304,7 @@ CASES = [
 def test_every_path_answers_each_scenario_alike(
     scenario: Scenario, path: GrantPath, people: dict[str, int], sql: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FrozenClock(NOW)
+    clock = FakeClock(start=NOW)
     monkeypatch.setattr(shared.platform.clock, "now", clock.now)
     world = World(clock, people["organizer"], people["me"], people["rival"])
     fields = {"title": scenario.name, "total_tickets": TOTAL, "start_time": SALES_END, **scenario.event}

@@ -22,33 +22,11 @@ from tests.support.clients import Client, HttpClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 from tests.support.race import race
-
-
-def _hold(client: Client, token: str, event_id: int, quantity: int = 1, **extra: Any) -> Any:
-    return client.request("POST", f"/events/{event_id}/holds", json_body={"quantity": quantity, **extra}, token=token)
+from tests.support.tickets import customer_counter, customer_taken, place_hold
 
 
 def _book(client: Client, token: str, event_id: int, quantity: int = 1) -> Any:
     return client.request("POST", "/bookings", json_body={"event_id": event_id, "quantity": quantity}, token=token)
-
-
-def _counter(sql: Any, event_id: int, user_id: int) -> int | None:
-    row = sql.execute(
-        "SELECT tickets FROM customer_tickets WHERE event_id = %s AND user_id = %s", (event_id, user_id)
-    ).fetchone()
-    return None if row is None else int(row["tickets"])
-
-
-def _has(sql: Any, event_id: int, user_id: int) -> int:
-    """Recomputed from the bookings and active holds themselves."""
-    row = sql.execute(
-        """SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'confirmed')
-                + (SELECT coalesce(sum(quantity), 0) FROM holds
-                    WHERE event_id = %(e)s AND user_id = %(u)s AND status = 'active') AS n""",
-        {"e": event_id, "u": user_id},
-    ).fetchone()
-    return int(row["n"])
 
 
 # -- the review's reproduction and the limit's accounting ------------------------------------
@@ -62,7 +40,7 @@ def test_ten_long_holds_from_one_account_cannot_take_an_event(client: Client, sq
     event = create_event(client, org, total_tickets=100)
     before = datetime.now().astimezone()
 
-    answers = [_hold(client, token, event["id"], 10, ttl_seconds=86_400) for _ in range(10)]
+    answers = [place_hold(client, token, event["id"], 10, ttl_seconds=86_400) for _ in range(10)]
 
     # THEN it gets the default limit (20) and every further hold is refused with the numbers
     assert [a.status_code for a in answers] == [201, 201] + [400] * 8, [a.text for a in answers]
@@ -76,7 +54,7 @@ def test_ten_long_holds_from_one_account_cannot_take_an_event(client: Client, sq
     # AND everyone else can still buy
     assert client.request("GET", f"/events/{event['id']}").json()["available_tickets"] == 80
     assert _book(client, other, event["id"], 10).status_code == 201
-    assert _counter(sql, event["id"], hoarder["id"]) == _has(sql, event["id"], hoarder["id"]) == 20
+    assert customer_counter(sql, event["id"], hoarder["id"]) == customer_taken(sql, event["id"], hoarder["id"]) == 20
 
 
 def test_bookings_and_holds_share_the_limit_and_giving_back_frees_it(http_client: HttpClient, sql: Any) -> None:
@@ -85,23 +63,23 @@ def test_bookings_and_holds_share_the_limit_and_giving_back_frees_it(http_client
     event = create_event(http_client, org, total_tickets=100, max_tickets_per_customer=6)
     assert event["max_tickets_per_customer"] == 6
     booking = _book(http_client, token, event["id"], 4).json()
-    hold = _hold(http_client, token, event["id"], 2).json()
+    hold = place_hold(http_client, token, event["id"], 2).json()
 
     r = _book(http_client, token, event["id"])
     assert r.status_code == 400 and r.json()["details"] == {"limit": 6, "booked": 4, "held": 2, "requested": 1}
-    r = _hold(http_client, token, event["id"])
+    r = place_hold(http_client, token, event["id"])
     assert r.status_code == 400 and r.json()["code"] == "customer_limit_exceeded"
 
     # a partial cancellation, a release, a confirmation: the counter follows each
     http_client.request("POST", f"/bookings/{booking['id']}/cancel", json_body={"quantity": 1}, token=token)
     assert _book(http_client, token, event["id"]).status_code == 201
     http_client.request("DELETE", f"/holds/{hold['id']}", token=token)
-    hold = _hold(http_client, token, event["id"], 2).json()
+    hold = place_hold(http_client, token, event["id"], 2).json()
     assert http_client.request("POST", f"/holds/{hold['id']}/confirm", token=token).status_code == 201
-    assert _counter(sql, event["id"], user["id"]) == _has(sql, event["id"], user["id"]) == 6
+    assert customer_counter(sql, event["id"], user["id"]) == customer_taken(sql, event["id"], user["id"]) == 6
     assert _book(http_client, token, event["id"]).status_code == 400
     http_client.request("POST", f"/bookings/{booking['id']}/cancel", token=token)
-    assert _counter(sql, event["id"], user["id"]) == _has(sql, event["id"], user["id"]) == 3
+    assert customer_counter(sql, event["id"], user["id"]) == customer_taken(sql, event["id"], user["id"]) == 3
     assert _book(http_client, token, event["id"], 3).status_code == 201
 
 
@@ -110,7 +88,7 @@ def test_lowering_the_limit_keeps_what_customers_have_and_refuses_more(http_clie
     user, token = account(http_client, "customer")
     event = create_event(http_client, org, total_tickets=100, max_tickets_per_customer=10)
     booking = _book(http_client, token, event["id"], 6).json()
-    hold = _hold(http_client, token, event["id"], 2).json()
+    hold = place_hold(http_client, token, event["id"], 2).json()
 
     r = http_client.request("PUT", f"/events/{event['id']}", json_body={"max_tickets_per_customer": 3}, token=org)
     assert r.status_code == 200 and r.json()["max_tickets_per_customer"] == 3
@@ -128,7 +106,7 @@ def test_lowering_the_limit_keeps_what_customers_have_and_refuses_more(http_clie
     r = http_client.request("PUT", f"/events/{event['id']}", json_body={"max_tickets_per_customer": None}, token=org)
     assert r.status_code == 200 and r.json()["max_tickets_per_customer"] is None
     assert _book(http_client, token, event["id"], 10).status_code == 201
-    assert _counter(sql, event["id"], user["id"]) == _has(sql, event["id"], user["id"]) == 13
+    assert customer_counter(sql, event["id"], user["id"]) == customer_taken(sql, event["id"], user["id"]) == 13
 
 
 def test_the_default_limit_never_forbids_what_one_booking_may_take(http_client: HttpClient) -> None:
@@ -174,7 +152,7 @@ def test_expired_holds_stop_counting_against_the_limit(http_client: HttpClient, 
     _, org = account(http_client, "organizer")
     user, token = account(http_client, "customer")
     event = create_event(http_client, org, total_tickets=100, max_tickets_per_customer=5)
-    hold = _hold(http_client, token, event["id"], 5, ttl_seconds=60).json()
+    hold = place_hold(http_client, token, event["id"], 5, ttl_seconds=60).json()
     assert _book(http_client, token, event["id"]).status_code == 400
 
     # WHEN the hold runs out (nothing tidies)
@@ -182,12 +160,12 @@ def test_expired_holds_stop_counting_against_the_limit(http_client: HttpClient, 
 
     # THEN its tickets no longer count: the grant that hits the limit reclaims it
     assert _book(http_client, token, event["id"], 4).status_code == 201
-    assert _counter(sql, event["id"], user["id"]) == 4
+    assert customer_counter(sql, event["id"], user["id"]) == 4
     # AND the expired hold cannot come back past the limit, though its tickets are free
     r = http_client.request("POST", f"/holds/{hold['id']}/confirm", token=token)
     assert r.status_code == 400 and r.json()["code"] == "customer_limit_exceeded"
     assert r.json()["details"] == {"limit": 5, "booked": 4, "held": 0, "requested": 5}
-    assert _counter(sql, event["id"], user["id"]) == _has(sql, event["id"], user["id"]) == 4
+    assert customer_counter(sql, event["id"], user["id"]) == customer_taken(sql, event["id"], user["id"]) == 4
 
 
 # -- concurrency: one customer racing itself never passes the limit ------------------------
@@ -203,7 +181,7 @@ def _one_customer_races_itself(client: HttpClient, sql: Any) -> dict[str, Any]:
 
     def attempt(i: int) -> tuple[str, int, dict[str, Any]]:
         if i < 60:
-            r = _hold(client, token, event["id"]) if i % 2 else _book(client, token, event["id"])
+            r = place_hold(client, token, event["id"]) if i % 2 else _book(client, token, event["id"])
             return "hoarder", r.status_code, r.json()
         r = _book(client, others[i - 60][1], event["id"])
         return "other", r.status_code, r.json()
@@ -215,7 +193,7 @@ def _one_customer_races_itself(client: HttpClient, sql: Any) -> dict[str, Any]:
     assert mine == Counter({201: limit, 400: 60 - limit}), (mine, refusals)
     assert refusals == {"customer_limit_exceeded"}
     assert all(status == 201 for who, status, _ in results if who == "other")
-    assert _counter(sql, event["id"], hoarder["id"]) == _has(sql, event["id"], hoarder["id"]) == limit
+    assert customer_counter(sql, event["id"], hoarder["id"]) == customer_taken(sql, event["id"], hoarder["id"]) == limit
     return event
 
 
@@ -246,7 +224,8 @@ def test_a_batch_grants_one_customer_only_up_to_the_limit(http_client: HttpClien
     # THEN the third of the hoarder's is left to the one-request path; the others are booked
     assert [row["user_id"] if row else None for row in rows] == [hoarder["id"], hoarder["id"], other["id"], None,
                                                                  other["id"]]
-    assert _counter(sql, event["id"], hoarder["id"]) == 6 and _counter(sql, event["id"], other["id"]) == 6
+    assert customer_counter(sql, event["id"], hoarder["id"]) == 6
+    assert customer_counter(sql, event["id"], other["id"]) == 6
     try:
         bookings.book(user_id=hoarder["id"], event_id=event["id"], quantity=3, default_max=10)
         raise AssertionError("booked past the limit")
@@ -264,7 +243,7 @@ def test_an_ended_event_grants_nothing(client: Client, fake_clock: FakeClock) ->
     start = clock.now() + timedelta(hours=1)
     event = create_event(client, org, total_tickets=10, start_time=start.isoformat(),
                          end_time=(start + timedelta(hours=1)).isoformat())
-    hold = _hold(client, token, event["id"], 2, ttl_seconds=3600).json()
+    hold = place_hold(client, token, event["id"], 2, ttl_seconds=3600).json()
     assert _book(client, token, event["id"]).status_code == 201
     fake_clock.advance(90 * 60)
     assert _book(client, token, event["id"]).status_code == 201  # started, not ended: late arrivals buy
@@ -273,7 +252,7 @@ def test_an_ended_event_grants_nothing(client: Client, fake_clock: FakeClock) ->
     fake_clock.advance(31 * 60)
 
     # THEN bookings, holds and confirmations are refused, saying so
-    for r in (_book(client, token, event["id"]), _hold(client, token, event["id"]),
+    for r in (_book(client, token, event["id"]), place_hold(client, token, event["id"]),
               client.request("POST", f"/holds/{hold['id']}/confirm", token=token)):
         assert r.status_code == 409 and r.json()["code"] == "event_ended", r.text
         ended_at = r.json()["details"]["ended_at"]
@@ -287,7 +266,7 @@ def test_an_event_without_an_end_ends_at_its_start_and_holds_never_outlive_it(
     _, token = account(http_client, "customer")
     start = (clock.now() + timedelta(minutes=5)).replace(microsecond=0)
     event = create_event(http_client, org, total_tickets=10, start_time=start.isoformat())
-    hold = _hold(http_client, token, event["id"]).json()  # default lifetime 10 min
+    hold = place_hold(http_client, token, event["id"]).json()  # default lifetime 10 min
     assert datetime.fromisoformat(hold["expires_at"]) == start
     fake_clock.advance(5 * 60 + 1)
     r = _book(http_client, token, event["id"])
@@ -312,10 +291,10 @@ def test_an_events_hold_lifetime_is_capped_and_shown(http_client: HttpClient) ->
     assert event["max_hold_seconds"] == 120
     before = clock.now()
     for body in ({"ttl_seconds": 3600}, {}):
-        hold = _hold(http_client, token, event["id"], **body).json()
+        hold = place_hold(http_client, token, event["id"], **body).json()
         lifetime = datetime.fromisoformat(hold["expires_at"]) - before
         assert timedelta(seconds=119) <= lifetime <= timedelta(seconds=125), hold
-    short = _hold(http_client, token, event["id"], ttl_seconds=30).json()
+    short = place_hold(http_client, token, event["id"], ttl_seconds=30).json()
     assert datetime.fromisoformat(short["expires_at"]) - before <= timedelta(seconds=35)
 
 
@@ -324,7 +303,7 @@ def test_moving_an_events_end_earlier_ends_its_live_holds_then(http_client: Http
     _, token = account(http_client, "customer")
     start = (clock.now() + timedelta(hours=2)).replace(microsecond=0)
     event = create_event(http_client, org, total_tickets=10, start_time=start.isoformat())
-    hold = _hold(http_client, token, event["id"], ttl_seconds=3600).json()
+    hold = place_hold(http_client, token, event["id"], ttl_seconds=3600).json()
     sooner = (clock.now() + timedelta(minutes=10)).replace(microsecond=0)
     r = http_client.request("PUT", f"/events/{event['id']}", json_body={"start_time": sooner.isoformat()}, token=org)
     assert r.status_code == 200, r.text

@@ -1,4 +1,4 @@
-"""On-sale rushes against the real database: never oversell, never 5xx; a claim that loses every race is a 503."""
+"""On-sale rushes against the real database: never oversell, never 5xx; a grant that loses every race is a 503."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ over HTTP, the Lambda emulator), with and without ``Content-Length``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from shared.web.body_limit import BodyLimit
 from tests.support.clients import Client, HttpClient
+from tests.support.event_loop import run_on_new_loop
 from tests.support.settings_env import restore_env, set_env
 
 DEFAULT_LIMIT = 65_536
@@ -126,16 +126,6 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_arrives(htt
     _assert_413(status, body)
 
 
-def _drive(coroutine: Any) -> Any:
-    """Run a coroutine on a loop of its own: asyncio.run would unset the main thread's loop,
-    which Mangum (the Lambda transports of later tests) looks up."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
-
-
 class _Spy:
     """An ASGI app that records what reached it."""
 
@@ -167,7 +157,7 @@ def _run(messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | No
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/users", "headers": headers or []}
-    _drive(BodyLimit(spy, too_large=_payload_too_large, too_slow=_body_too_slow)(scope, receive, send))
+    run_on_new_loop(BodyLimit(spy, too_large=_payload_too_large, too_slow=_body_too_slow)(scope, receive, send))
     return spy, sent, reads
 
 
@@ -206,5 +196,5 @@ def test_the_lambda_emulator_stops_reading_at_the_gateway_limit() -> None:
     async def receive() -> dict[str, Any]:
         return next(chunks)
 
-    assert _drive(_read_body(receive, limit=20)) is None
+    assert run_on_new_loop(_read_body(receive, limit=20)) is None
     assert sum(1 for _ in chunks) == 97  # read three chunks, then stopped

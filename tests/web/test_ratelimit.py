@@ -112,7 +112,7 @@ def test_failed_logins_lock_the_account_not_the_others(
     assert status == 429
     assert body["code"] == "rate_limited"
     # The victim registered from this address, so it is theirs: its own budget is what ran out
-    # (tests/accounts/test_login_lockout.py covers the account-wide limit from other addresses).
+    # (tests/web/test_login_lockout.py covers the account-wide limit from other addresses).
     assert body["details"]["limit"] == "failed_login_per_account_ip"
     assert 1 <= int(headers["retry-after"]) <= 600
     assert _login(http_client, bystander["email"])[0] == 200
