@@ -245,6 +245,13 @@ def pending_chunks(outbox_id: int) -> list[int]:
     return [row["chunk_no"] for row in rows]
 
 
+def outbox_payload(outbox_id: int) -> dict[str, Any]:
+    """The payload its producer wrote (outbox rows are never deleted)."""
+    with connection() as conn:
+        row = conn.execute("SELECT payload FROM outbox WHERE id = %s", (outbox_id,)).fetchone()
+    return dict(row["payload"]) if row else {}
+
+
 def chunk_range(outbox_id: int, chunk_no: int) -> dict[str, Any] | None:
     """The chunk's user-id range, or None if it is already done."""
     with connection() as conn:

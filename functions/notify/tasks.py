@@ -215,6 +215,10 @@ def fanout_chunk(*, outbox_id: int, chunk_no: int, kind: str, **payload: Any) ->
     if bounds is None:
         return  # done by an earlier copy of this message
     fanout = FANOUTS[kind]
+    if not set(fanout.contract.field_names()) <= payload.keys():
+        # Queued by a worker before issue 12, whose chunks carried only the event's id (and
+        # changes): the rest of the payload is in the outbox row.
+        payload = {**deliveries.outbox_payload(outbox_id), **payload}
     notification = fanout.contract.parse(payload)
     event = deliveries.event_details(notification.event_id)
     settings = get_settings()

@@ -300,3 +300,30 @@ def test_booking_cancellation_is_sent_to_its_customer(
     assert [(d["user_id"], d["kind"]) for d in sent] == [(customer["id"], "booking_cancelled")]
     wait_for(lambda: log.matching(f"📧 Booking cancellation sent to user {customer['email']}"),
              what="cancellation log line")
+
+
+def test_a_cancellation_chunk_queued_by_an_older_worker_is_still_delivered(
+    notify: dict[str, Any], v2: LambdaClient, sql: psycopg.Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before issue 12 a chunk message carried only the event's id: the rest comes from the outbox."""
+    from functions.notify import deliveries as delivery_keys
+    from functions.notify import tasks
+    from shared.notifications import outbox
+
+    event, organizer, booked = _event_with_bookings(v2, sql, 3)
+    notify["tracker"].wait_idle(notify["queue_length"])
+    # GIVEN a cancellation no worker has received, its fan-out planned by an older worker
+    monkeypatch.setattr(outbox, "_paused_until", time.monotonic() + 60)
+    r = v2.request("POST", f"/events/{event['id']}/cancel", token=organizer)
+    assert r.status_code == 200, r.text
+    row = sql.execute(
+        "SELECT id FROM outbox WHERE task = 'event_cancelled' AND (payload->>'event_id')::bigint = %s",
+        (event["id"],)).fetchone()
+    assert delivery_keys.plan_fanout(outbox_id=row["id"], kind="event_cancelled", audience=tasks.CANCELLED_BOOKERS,
+                                     event_id=event["id"], chunk_size=100) == 1
+    assert delivery_keys.chunk_range(row["id"], 0) is not None
+    # WHEN its chunk message, in the old shape (no bookings_cancelled), runs
+    tasks.fanout_chunk(outbox_id=row["id"], chunk_no=0, kind="event_cancelled", event_id=event["id"], changes=None)
+    # THEN every user whose booking was cancelled is told, once
+    assert delivery_keys.chunk_range(row["id"], 0) is None
+    assert [d["user_id"] for d in deliveries(sql, row["id"])] == booked
