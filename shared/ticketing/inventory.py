@@ -46,16 +46,15 @@ CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
 
 # When sales close: the end, or the start of an event without an end; NULL: never.
 SALES_END_SQL = "coalesce(end_time, start_time)"
+# The event's per-booking maximum: its own, else the server's.
+BOOKING_MAX_SQL = "coalesce(max_tickets_per_booking, %(default_max)s)"
 # The event's per-customer limit: its own, else the default but never below the per-booking
-# maximum in force, the event's or the server's (who allows 30 in one booking allows 30).
-CUSTOMER_MAX_SQL = (
-    "coalesce(max_tickets_per_customer,"
-    " greatest(%(customer_max)s, coalesce(max_tickets_per_booking, %(default_max)s)))"
-)
+# maximum in force (who allows 30 in one booking allows 30).
+CUSTOMER_MAX_SQL = f"coalesce(max_tickets_per_customer, greatest(%(customer_max)s, {BOOKING_MAX_SQL}))"
 
 # What the rules read from an event row (a diagnosis, a batch, a hold confirmation).
 GATE_COLUMNS = f"""status, available_tickets, {SALES_END_SQL} AS sales_end,
-       coalesce(max_tickets_per_booking, %(default_max)s) AS max_quantity,
+       {BOOKING_MAX_SQL} AS max_quantity,
        {CUSTOMER_MAX_SQL} AS customer_max"""
 
 # A gate row (GATE_COLUMNS); a missing event reads as an empty one.
@@ -154,7 +153,7 @@ EVENT_NOT_ENDED = Rule(
 )
 WITHIN_BOOKING_MAX = Rule(
     "at most the event's per-booking maximum",
-    "%(quantity)s <= coalesce(max_tickets_per_booking, %(default_max)s)",
+    f"%(quantity)s <= {BOOKING_MAX_SQL}",
     lambda event, ask: ask.quantity <= event["max_quantity"],
     _too_large,
     ("quantity_too_large",),
