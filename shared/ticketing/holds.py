@@ -34,7 +34,10 @@ from shared.ticketing.inventory import (
     UNCOUNT_SQL,
     Ask,
     Gate,
+    expired_hold_sql,
     grant,
+    is_live,
+    live_hold_sql,
     read_gate,
     reclaim_expired_holds,
     refusal,
@@ -69,8 +72,8 @@ WITH event AS (
        FOR SHARE
 ), held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
-     WHERE h.id = %(hold_id)s AND h.user_id = %(user_id)s AND h.status = 'active'
-       AND h.expires_at > %(now)s AND h.event_id IN (SELECT id FROM event)
+     WHERE h.id = %(hold_id)s AND h.user_id = %(user_id)s AND {live_hold_sql("h")}
+       AND h.event_id IN (SELECT id FROM event)
     RETURNING id, event_id, user_id, quantity
 ), booking AS (
     INSERT INTO bookings (event_id, user_id, quantity, hold_id)
@@ -120,7 +123,7 @@ def get_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
 
 def _effective(row: dict[str, Any]) -> dict[str, Any]:
     """An active hold past its expiry is expired, whether or not it was tidied yet."""
-    if row["status"] == "active" and row["expires_at"] <= clock.now():
+    if row["status"] == "active" and not is_live(row, clock.now()):
         return {**row, "status": "expired"}
     return row
 
@@ -187,8 +190,7 @@ def _confirm_expired(
         closed = refusal(event, Ask.of(params), EVENT_RULES)
         if closed is not None:
             raise closed
-        still_held = current["status"] == "active" and current["expires_at"] > now
-        if not still_held:
+        if not is_live(current, now):
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
 
             def regrant() -> dict[str, Any] | None:
@@ -271,8 +273,8 @@ def tidy_expired_holds(batch_events: int = 100) -> int:
     freed = 0
     with connection() as conn:
         events = conn.execute(
-            "SELECT DISTINCT event_id FROM holds WHERE status = 'active' AND expires_at <= %s LIMIT %s",
-            (now, batch_events),
+            f"SELECT DISTINCT event_id FROM holds WHERE {expired_hold_sql('holds')} LIMIT %(limit)s",
+            {"now": now, "limit": batch_events},
         ).fetchall()
         for event in events:
             freed += reclaim_expired_holds(conn, event["event_id"], now)

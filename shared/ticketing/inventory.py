@@ -237,14 +237,31 @@ COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM g
 UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
  WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
 
-# Active holds past their expiry no longer count: readers add them back.
-EXPIRED_HELD_SQL = """coalesce((SELECT sum(h.quantity) FROM holds h
-     WHERE h.event_id = {event}.id AND h.status = 'active' AND h.expires_at <= %(now)s), 0)::int"""
 
-_RECLAIM_SQL = """
+def live_hold_sql(alias: str) -> str:
+    """The hold ``alias`` counts at %(now)s: active and not expired (:func:`is_live` in SQL)."""
+    return f"{alias}.status = 'active' AND {alias}.expires_at > %(now)s"
+
+
+def expired_hold_sql(alias: str) -> str:
+    """The hold ``alias`` is still active but expired at %(now)s: it no longer counts,
+    though its tickets sit in the counts until reclaimed (:func:`reclaim_expired_holds`)."""
+    return f"{alias}.status = 'active' AND {alias}.expires_at <= %(now)s"
+
+
+def is_live(hold: Mapping[str, Any], now: datetime) -> bool:
+    """A hold counts while it is active and ``now`` is before its ``expires_at``."""
+    return bool(hold["status"] == "active" and hold["expires_at"] > now)
+
+
+# Active holds past their expiry no longer count: readers add them back.
+EXPIRED_HELD_SQL = f"""coalesce((SELECT sum(h.quantity) FROM holds h
+     WHERE h.event_id = {{event}}.id AND {expired_hold_sql("h")}), 0)::int"""
+
+_RECLAIM_SQL = f"""
 WITH expired AS (
     UPDATE holds SET status = 'expired', closed_at = %(now)s
-     WHERE event_id = %(event_id)s AND status = 'active' AND expires_at <= %(now)s
+     WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")}
     RETURNING user_id, quantity
 ), uncounted AS (
     UPDATE customer_tickets ct SET tickets = ct.tickets - e.quantity
@@ -256,15 +273,13 @@ UPDATE events SET available_tickets = available_tickets + (SELECT coalesce(sum(q
 RETURNING (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed
 """
 
-_CUSTOMER_SQL = """
+_CUSTOMER_SQL = f"""
 SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
          WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'confirmed')::int AS booked,
        (SELECT coalesce(sum(quantity), 0) FROM holds
-         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'active'
-           AND expires_at > %(now)s)::int AS held,
+         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND {live_hold_sql("holds")})::int AS held,
        (SELECT coalesce(sum(quantity), 0) FROM holds
-         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'active'
-           AND expires_at <= %(now)s)::int AS expired_held
+         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND {expired_hold_sql("holds")})::int AS expired_held
 """
 
 _ATTEMPTS = 3
