@@ -23,10 +23,10 @@ from shared.ticketing.inventory import (
     CUSTOMER_MAX_SQL,
     EVENT_RULES,
     GRANT_CTE,
-    UNCOUNT_SQL,
     Ask,
     count_cte,
     first_failed,
+    give_back,
     grant,
     read_gate,
     rule_params,
@@ -235,13 +235,13 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
             assert current is not None
             if current["status"] == "cancelled":
                 return current  # cancelling twice changes nothing
-            give_back = current["quantity"] if quantity is None else quantity
-            if give_back > current["quantity"]:
+            returned = current["quantity"] if quantity is None else quantity
+            if returned > current["quantity"]:
                 raise Conflict(
                     "cancel_exceeds_booking",
                     f"Booking {booking_id} holds only {current['quantity']} tickets",
                     held=current["quantity"],
-                    requested=give_back,
+                    requested=returned,
                 )
             row = conn.execute(
                 f"""UPDATE bookings
@@ -251,17 +251,13 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                            cancelled_at = CASE WHEN quantity = %(n)s THEN now() ELSE cancelled_at END
                      WHERE id = %(id)s
                  RETURNING {BOOKING_COLUMNS}""",
-                {"n": give_back, "id": booking_id},
+                {"n": returned, "id": booking_id},
             ).fetchone()
             assert row is not None
-            conn.execute(
-                "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
-                (give_back, row["event_id"]),
-            )
-            conn.execute(UNCOUNT_SQL, {"n": give_back, "event_id": row["event_id"], "user_id": user_id})
+            give_back(conn, row["event_id"], user_id, returned)
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
-                quantity=give_back, remaining=row["quantity"]))
+                quantity=returned, remaining=row["quantity"]))
         publish_committed(conn, [outbox_id])
     return row
 

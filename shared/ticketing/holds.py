@@ -31,10 +31,10 @@ from shared.ticketing.inventory import (
     GRANT_CTE,
     OPEN_SQL,
     TICKETS_LEFT,
-    UNCOUNT_SQL,
     Ask,
     Gate,
     expired_hold_sql,
+    give_back,
     grant,
     is_live,
     live_hold_sql,
@@ -247,11 +247,7 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
             current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
             assert current is not None
             return current
-        conn.execute(
-            "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
-            (row["quantity"], row["event_id"]),
-        )
-        conn.execute(UNCOUNT_SQL, {"n": row["quantity"], "event_id": row["event_id"], "user_id": row["user_id"]})
+        give_back(conn, row["event_id"], row["user_id"], row["quantity"])
     return row
 
 

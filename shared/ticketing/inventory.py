@@ -233,9 +233,18 @@ def count_cte(rows: str) -> str:
 # event row is locked first).
 COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM granted")
 
-# Giving tickets back: the customer's counter goes down by %(n)s (event row locked first).
-UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
+_RETURN_SQL = "UPDATE events SET available_tickets = available_tickets + %(n)s WHERE id = %(event_id)s"
+_UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
  WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
+
+
+def give_back(conn: Connection, event_id: int, user_id: int, n: int) -> None:
+    """Return ``n`` of a customer's tickets to the event's pool and take them off the
+    customer's counter (a cancelled booking, a released hold). Call it inside the
+    transaction that holds the event row's lock: pool first, then counter, like every writer."""
+    params = {"n": n, "event_id": event_id, "user_id": user_id}
+    conn.execute(_RETURN_SQL, params)
+    conn.execute(_UNCOUNT_SQL, params)
 
 
 def live_hold_sql(alias: str) -> str:
