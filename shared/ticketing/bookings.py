@@ -114,12 +114,7 @@ WITH req AS MATERIALIZED (
     INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
     SELECT req.id, granted.id, req.user_id, req.quantity FROM req, granted ORDER BY req.seq
     RETURNING {BOOKING_COLUMNS}
-), {CONFIRMATION_CTE}, idem AS (
-    UPDATE idempotency_keys k
-       SET state = 'done', response_status = 201, response_body = to_jsonb(b)
-      FROM booking b JOIN req ON req.id = b.id
-     WHERE k.user_id = req.idem_user_id AND k.key = req.idem_key AND k.owner = req.idem_owner
-)
+), {CONFIRMATION_CTE}{completion_cte("booking", keys_from="req")}
 SELECT req.seq, booking.*, notification.id AS outbox_id
   FROM req JOIN booking ON booking.id = req.id JOIN notification ON notification.booking_id = booking.id
 """
