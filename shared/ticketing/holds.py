@@ -61,19 +61,14 @@ SELECT * FROM hold
 """
 
 
-def _confirm_sql(idempotent: bool) -> str:
-    # The event is share-locked first (event before hold, like every writer), so a
-    # concurrent event cancellation cannot miss the booking this creates. A live hold's
-    # tickets were granted when it was made: only the event's own rules are checked again.
+def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") -> str:
+    """One statement that confirms the hold ``which`` selects (a predicate on ``holds h``)
+    and writes its booking (carrying ``hold_id``), the confirmation and, if ``idempotent``,
+    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma."""
     return f"""
-WITH event AS (
-    SELECT id FROM events
-     WHERE {OPEN_SQL}
-       FOR SHARE
-), held AS (
+WITH {before}held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
-     WHERE h.id = %(hold_id)s AND h.user_id = %(user_id)s AND {live_hold_sql("h")}
-       AND h.event_id IN (SELECT id FROM event)
+     WHERE {which}
     RETURNING id, event_id, user_id, quantity
 ), booking AS (
     INSERT INTO bookings (event_id, user_id, quantity, hold_id)
@@ -82,6 +77,22 @@ WITH event AS (
 ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
 SELECT booking.*, notification.id AS outbox_id FROM booking, notification
 """
+
+
+def _confirm_sql(idempotent: bool) -> str:
+    # The event is share-locked first (event before hold, like every writer), so a
+    # concurrent event cancellation cannot miss the booking this creates. A live hold's
+    # tickets were granted when it was made: only the event's own rules are checked again.
+    return _booking_from_hold_sql(
+        f"""h.id = %(hold_id)s AND h.user_id = %(user_id)s AND {live_hold_sql("h")}
+       AND h.event_id IN (SELECT id FROM event)""",
+        idempotent,
+        before=f"""event AS (
+    SELECT id FROM events
+     WHERE {OPEN_SQL}
+       FOR SHARE
+), """,
+    )
 
 
 def create_hold(
@@ -176,7 +187,7 @@ def _confirm_expired(
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
     One transaction, event row locked first like every writer.
     """
-    hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
+    hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR UPDATE")
         current = conn.execute(
@@ -199,23 +210,9 @@ def _confirm_expired(
 
             grant(conn, regrant, params=params, user_id=params["user_id"],
                   wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
-        conn.execute(
-            "UPDATE holds SET status = 'confirmed', closed_at = %s WHERE id = %s", (now, hold_id)
-        )
         row = conn.execute(
-            f"""WITH booking AS (
-                    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
-                    VALUES (%(event_id)s, %(user_id)s, %(quantity)s, %(hold_id)s)
-                    RETURNING {BOOKING_COLUMNS}
-                ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotency else ""}
-                SELECT booking.*, notification.id AS outbox_id FROM booking, notification""",
-            {
-                "event_id": event_id,
-                "user_id": current["user_id"],
-                "quantity": quantity,
-                "hold_id": hold_id,
-                **(idempotency.params() if idempotency else {}),
-            },
+            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None),
+            {**params, "hold_id": hold_id, **(idempotency.params() if idempotency else {})},
         ).fetchone()
     assert row is not None
     if idempotency is not None:

@@ -112,6 +112,26 @@ def test_holds_and_confirmations_take_keys(client: Client, sql: Any) -> None:
     assert _count(sql, event["id"]) == 1
 
 
+def test_confirming_an_expired_hold_takes_a_key(client: Client, fake_clock: FakeClock, sql: Any) -> None:
+    # GIVEN a hold that expired while its tickets stayed free (the slow confirmation path)
+    _, cust = account(client, "customer")
+    _, org = account(client, "organizer")
+    event = create_event(client, org, total_tickets=10)
+    hold = client.request(
+        "POST", f"/events/{event['id']}/holds", json_body={"quantity": 2, "ttl_seconds": 60}, token=cust
+    ).json()
+    fake_clock.advance(61)
+    # WHEN it is confirmed twice with one key
+    path, headers = f"/holds/{hold['id']}/confirm", {"Idempotency-Key": "late"}
+    first = client.request("POST", path, token=cust, headers=headers)
+    second = client.request("POST", path, token=cust, headers=headers)
+    # THEN the second replays the first's booking, made once
+    assert first.status_code == second.status_code == 201, first.text
+    assert first.json() == second.json() and first.json()["hold_id"] == hold["id"]
+    assert second.headers.get("idempotent-replayed") == "true"
+    assert _count(sql, event["id"]) == 1
+
+
 def test_malformed_key_is_refused(client: Client) -> None:
     _, cust = account(client, "customer")
     r = client.request(
