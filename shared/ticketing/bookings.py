@@ -61,10 +61,12 @@ def book(
     user_id: int,
     event_id: int,
     quantity: int,
-    default_max: int,
+    default_max: int | None = None,
     idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
-    """Take ``quantity`` tickets of an event for a user, or raise why not."""
+    """Take ``quantity`` tickets of an event for a user, or raise why not.
+
+    ``default_max``: the per-booking maximum of events without their own (None: the setting)."""
     params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
     params["user_id"] = user_id
     sql = BOOK_SQL
@@ -124,7 +126,9 @@ class BatchNotWritten(Exception):
     """A batch failed before its COMMIT: nothing was written, each request may go alone."""
 
 
-def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
+def book_batch(
+    *, event_id: int, items: list[BatchItem], default_max: int | None = None
+) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
     The event row is locked first, then requests are granted in order while the grant
@@ -159,7 +163,9 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
     return results
 
 
-def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any]]:
+def _write_batch(
+    conn: Connection, event_id: int, items: list[BatchItem], default_max: int | None
+) -> list[dict[str, Any]]:
     """Grant what the rules (:data:`shared.ticketing.inventory.RULES`) allow, under the event row's lock.
 
     The rules' checks decide here, on what the lock makes exact; the statement then relies

@@ -301,7 +301,10 @@ Wording = Mapping[Rule, Callable[[Gate, Ask], AppError]]
 def rule_params(
     *, event_id: int, quantity: int, default_max: int | None = None, now: datetime
 ) -> dict[str, Any]:
-    """The parameters every granting statement and gate read share (defaults: settings)."""
+    """The parameters every granting statement and gate read share.
+
+    The one place the per-booking default is resolved: ``default_max`` None means the
+    setting (callers pass it only to override it, as tests do)."""
     settings = get_settings()
     return {
         "event_id": event_id,
