@@ -10,7 +10,15 @@ from shared.notifications.contracts import EventCancelled, EventUpdate
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
-from shared.ticketing.inventory import EXPIRED_HELD_SQL, SALES_END_SQL, live_hold_sql, reclaim_expired_holds
+from shared.ticketing.inventory import (
+    EVENT_ACTIVE,
+    EXPIRED_HELD_SQL,
+    SALES_END_SQL,
+    Ask,
+    live_hold_sql,
+    reclaim_expired_holds,
+    refusal,
+)
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
@@ -122,8 +130,9 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
     with connection() as conn:
         with conn.transaction():
             current = _lock_own_event(conn, event_id, organizer_id)
-            if current["status"] != "active":
-                raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
+            cancelled = refusal(current, Ask(event_id, 0, now), (EVENT_ACTIVE,))
+            if cancelled is not None:
+                raise cancelled
 
             start = changes.get("start_time", current["start_time"])
             end = changes.get("end_time", current["end_time"])
