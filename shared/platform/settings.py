@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=1, description="default hold lifetime")
     hold_ttl_max_seconds: int = Field(default=3600, ge=1, le=86_400, description="events may override")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="how long a key replays")
-    # Longer than any booking can take, so a claim this old cannot still commit. Worst case
+    # Longer than any booking can take, so a lease this old cannot still commit. Worst case
     # with the defaults: lane wait 5 s + a batch (one step, DB_REQUEST_DEADLINE_SECONDS
     # 12 s) + the one-request path (one step, 12 s) is about 30 s; 300 s leaves a wide
     # margin. One exception no client bound covers: a statement cut off at its deadline by

@@ -152,9 +152,9 @@ def book_batch(
             for row in rows:
                 seq = row.pop("seq")
                 results[seq] = row
-                claim = items[seq].idempotency
-                if claim is not None:
-                    claim.completed = True  # by the batch statement's idem CTE
+                lease = items[seq].idempotency
+                if lease is not None:
+                    lease.completed = True  # by the batch statement's idem CTE
             publish_committed(conn, [row["outbox_id"] for row in rows])  # never raises
     except Exception as exc:
         if not committing:
