@@ -10,6 +10,7 @@ from tests.support.clients import Client, HttpClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 from tests.support.race import race
+from tests.support.tickets import place_hold
 
 
 def _count(sql: Any, event_id: int) -> int:
@@ -115,11 +116,8 @@ def test_holds_and_confirmations_take_keys(client: Client, sql: Any) -> None:
 def test_confirming_an_expired_hold_takes_a_key(client: Client, fake_clock: FakeClock, sql: Any) -> None:
     # GIVEN a hold that expired while its tickets stayed free (the slow confirmation path)
     _, cust = account(client, "customer")
-    _, org = account(client, "organizer")
-    event = create_event(client, org, total_tickets=10)
-    hold = client.request(
-        "POST", f"/events/{event['id']}/holds", json_body={"quantity": 2, "ttl_seconds": 60}, token=cust
-    ).json()
+    event = create_event(client, account(client, "organizer")[1], total_tickets=10)
+    hold = place_hold(client, cust, event["id"], 2, ttl_seconds=60).json()
     fake_clock.advance(61)
     # WHEN it is confirmed twice with one key
     path, headers = f"/holds/{hold['id']}/confirm", {"Idempotency-Key": "late"}
