@@ -23,10 +23,10 @@ from shared.ticketing.inventory import (
     CUSTOMER_MAX_SQL,
     EVENT_RULES,
     GRANT_CTE,
-    UNCOUNT_SQL,
     Ask,
     count_cte,
     first_failed,
+    give_back,
     grant,
     read_gate,
     rule_params,
@@ -61,10 +61,12 @@ def book(
     user_id: int,
     event_id: int,
     quantity: int,
-    default_max: int,
+    default_max: int | None = None,
     idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
-    """Take ``quantity`` tickets of an event for a user, or raise why not."""
+    """Take ``quantity`` tickets of an event for a user, or raise why not.
+
+    ``default_max``: the per-booking maximum of events without their own (None: the setting)."""
     params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
     params["user_id"] = user_id
     sql = BOOK_SQL
@@ -114,12 +116,7 @@ WITH req AS MATERIALIZED (
     INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
     SELECT req.id, granted.id, req.user_id, req.quantity FROM req, granted ORDER BY req.seq
     RETURNING {BOOKING_COLUMNS}
-), {CONFIRMATION_CTE}, idem AS (
-    UPDATE idempotency_keys k
-       SET state = 'done', response_status = 201, response_body = to_jsonb(b)
-      FROM booking b JOIN req ON req.id = b.id
-     WHERE k.user_id = req.idem_user_id AND k.key = req.idem_key AND k.owner = req.idem_owner
-)
+), {CONFIRMATION_CTE}{completion_cte("booking", keys_from="req")}
 SELECT req.seq, booking.*, notification.id AS outbox_id
   FROM req JOIN booking ON booking.id = req.id JOIN notification ON notification.booking_id = booking.id
 """
@@ -129,7 +126,9 @@ class BatchNotWritten(Exception):
     """A batch failed before its COMMIT: nothing was written, each request may go alone."""
 
 
-def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any] | None]:
+def book_batch(
+    *, event_id: int, items: list[BatchItem], default_max: int | None = None
+) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
     The event row is locked first, then requests are granted in order while the grant
@@ -153,9 +152,9 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
             for row in rows:
                 seq = row.pop("seq")
                 results[seq] = row
-                claim = items[seq].idempotency
-                if claim is not None:
-                    claim.completed = True  # by the batch statement's idem CTE
+                lease = items[seq].idempotency
+                if lease is not None:
+                    lease.completed = True  # by the batch statement's idem CTE
             publish_committed(conn, [row["outbox_id"] for row in rows])  # never raises
     except Exception as exc:
         if not committing:
@@ -164,7 +163,9 @@ def book_batch(*, event_id: int, items: list[BatchItem], default_max: int) -> li
     return results
 
 
-def _write_batch(conn: Connection, event_id: int, items: list[BatchItem], default_max: int) -> list[dict[str, Any]]:
+def _write_batch(
+    conn: Connection, event_id: int, items: list[BatchItem], default_max: int | None
+) -> list[dict[str, Any]]:
     """Grant what the rules (:data:`shared.ticketing.inventory.RULES`) allow, under the event row's lock.
 
     The rules' checks decide here, on what the lock makes exact; the statement then relies
@@ -235,13 +236,13 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
             assert current is not None
             if current["status"] == "cancelled":
                 return current  # cancelling twice changes nothing
-            give_back = current["quantity"] if quantity is None else quantity
-            if give_back > current["quantity"]:
+            returned = current["quantity"] if quantity is None else quantity
+            if returned > current["quantity"]:
                 raise Conflict(
                     "cancel_exceeds_booking",
                     f"Booking {booking_id} holds only {current['quantity']} tickets",
                     held=current["quantity"],
-                    requested=give_back,
+                    requested=returned,
                 )
             row = conn.execute(
                 f"""UPDATE bookings
@@ -251,17 +252,13 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                            cancelled_at = CASE WHEN quantity = %(n)s THEN now() ELSE cancelled_at END
                      WHERE id = %(id)s
                  RETURNING {BOOKING_COLUMNS}""",
-                {"n": give_back, "id": booking_id},
+                {"n": returned, "id": booking_id},
             ).fetchone()
             assert row is not None
-            conn.execute(
-                "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
-                (give_back, row["event_id"]),
-            )
-            conn.execute(UNCOUNT_SQL, {"n": give_back, "event_id": row["event_id"], "user_id": user_id})
+            give_back(conn, row["event_id"], user_id, returned)
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
-                quantity=give_back, remaining=row["quantity"]))
+                quantity=returned, remaining=row["quantity"]))
         publish_committed(conn, [outbox_id])
     return row
 

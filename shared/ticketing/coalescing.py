@@ -70,15 +70,13 @@ async def book(
     The entry of every booking request, counted in the booking metrics. Async, so a booking
     in a lane costs no thread-pool hop and a keyed one holds no thread while it waits.
     """
-    default_max = get_settings().max_tickets_per_booking
     with metrics.counting_booking(quantity):
         if lanes:
             return await coalescer().book(
-                user_id=user_id, event_id=event_id, quantity=quantity, default_max=default_max, idempotency=idempotency
+                user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
             )
         return await in_thread(
-            bookings.book,
-            user_id=user_id, event_id=event_id, quantity=quantity, default_max=default_max, idempotency=idempotency,
+            bookings.book, user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
         )
 
 
@@ -138,9 +136,17 @@ class Coalescer:
         self._tasks: set[asyncio.Future[Any]] = set()  # referenced until done
 
     async def book(
-        self, *, user_id: int, event_id: int, quantity: int, default_max: int, idempotency: KeyLease | None = None
+        self,
+        *,
+        user_id: int,
+        event_id: int,
+        quantity: int,
+        default_max: int | None = None,
+        idempotency: KeyLease | None = None,
     ) -> dict[str, Any]:
-        """Book like :func:`shared.ticketing.bookings.book`, sharing a transaction with concurrent bookings."""
+        """Book like :func:`shared.ticketing.bookings.book`, sharing a transaction with concurrent bookings.
+
+        ``default_max`` (None: the setting) applies to the lane's whole turn it starts."""
         loop = asyncio.get_running_loop()
         item = bookings.BatchItem(user_id=user_id, quantity=quantity, idempotency=idempotency)
         done: asyncio.Future[dict[str, Any] | None] = loop.create_future()
@@ -169,7 +175,7 @@ class Coalescer:
                 work.add_done_callback(functools.partial(self._settle_abandoned, item))
             raise
 
-    async def _drain(self, event_id: int, lane: _Lane, default_max: int) -> None:
+    async def _drain(self, event_id: int, lane: _Lane, default_max: int | None) -> None:
         """Run the lane's transactions one after another until nobody is waiting."""
         loop = asyncio.get_running_loop()
         try:
@@ -294,7 +300,7 @@ class Coalescer:
             self._settle_for_gone(item, exc)
 
 
-def _book_alone(item: bookings.BatchItem, event_id: int, default_max: int) -> Callable[[], dict[str, Any]]:
+def _book_alone(item: bookings.BatchItem, event_id: int, default_max: int | None) -> Callable[[], dict[str, Any]]:
     """The one-request path (one statement, exact refusals) for one lane item."""
     return functools.partial(
         bookings.book,

@@ -10,7 +10,15 @@ from shared.notifications.contracts import EventCancelled, EventUpdate
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
-from shared.ticketing.inventory import EXPIRED_HELD_SQL, SALES_END_SQL, reclaim_expired_holds
+from shared.ticketing.inventory import (
+    EVENT_ACTIVE,
+    EXPIRED_HELD_SQL,
+    SALES_END_SQL,
+    Ask,
+    live_hold_sql,
+    reclaim_expired_holds,
+    refusal,
+)
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
@@ -104,9 +112,8 @@ def _lock_own_event(conn: Connection, event_id: int, organizer_id: int) -> dict[
 
 def _held_now(conn: Connection, event_id: int, now: datetime) -> int:
     row = conn.execute(
-        "SELECT coalesce(sum(quantity), 0)::int AS n FROM holds "
-        "WHERE event_id = %s AND status = 'active' AND expires_at > %s",
-        (event_id, now),
+        f"SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %(id)s AND {live_hold_sql('holds')}",
+        {"id": event_id, "now": now},
     ).fetchone()
     return int(row["n"]) if row else 0
 
@@ -123,8 +130,9 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
     with connection() as conn:
         with conn.transaction():
             current = _lock_own_event(conn, event_id, organizer_id)
-            if current["status"] != "active":
-                raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
+            cancelled = refusal(current, Ask(event_id, 0, now), (EVENT_ACTIVE,))
+            if cancelled is not None:
+                raise cancelled
 
             start = changes.get("start_time", current["start_time"])
             end = changes.get("end_time", current["end_time"])

@@ -31,10 +31,13 @@ from shared.ticketing.inventory import (
     GRANT_CTE,
     OPEN_SQL,
     TICKETS_LEFT,
-    UNCOUNT_SQL,
     Ask,
     Gate,
+    expired_hold_sql,
+    give_back,
     grant,
+    is_live,
+    live_hold_sql,
     read_gate,
     reclaim_expired_holds,
     refusal,
@@ -58,19 +61,14 @@ SELECT * FROM hold
 """
 
 
-def _confirm_sql(idempotent: bool) -> str:
-    # The event is share-locked first (event before hold, like every writer), so a
-    # concurrent event cancellation cannot miss the booking this creates. A live hold's
-    # tickets were granted when it was made: only the event's own rules are checked again.
+def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") -> str:
+    """One statement that confirms the hold ``which`` selects (a predicate on ``holds h``)
+    and writes its booking (carrying ``hold_id``), the confirmation and, if ``idempotent``,
+    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma."""
     return f"""
-WITH event AS (
-    SELECT id FROM events
-     WHERE {OPEN_SQL}
-       FOR SHARE
-), held AS (
+WITH {before}held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
-     WHERE h.id = %(hold_id)s AND h.user_id = %(user_id)s AND h.status = 'active'
-       AND h.expires_at > %(now)s AND h.event_id IN (SELECT id FROM event)
+     WHERE {which}
     RETURNING id, event_id, user_id, quantity
 ), booking AS (
     INSERT INTO bookings (event_id, user_id, quantity, hold_id)
@@ -79,6 +77,22 @@ WITH event AS (
 ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
 SELECT booking.*, notification.id AS outbox_id FROM booking, notification
 """
+
+
+def _confirm_sql(idempotent: bool) -> str:
+    # The event is share-locked first (event before hold, like every writer), so a
+    # concurrent event cancellation cannot miss the booking this creates. A live hold's
+    # tickets were granted when it was made: only the event's own rules are checked again.
+    return _booking_from_hold_sql(
+        f"""h.id = %(hold_id)s AND h.user_id = %(user_id)s AND {live_hold_sql("h")}
+       AND h.event_id IN (SELECT id FROM event)""",
+        idempotent,
+        before=f"""event AS (
+    SELECT id FROM events
+     WHERE {OPEN_SQL}
+       FOR SHARE
+), """,
+    )
 
 
 def create_hold(
@@ -120,7 +134,7 @@ def get_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
 
 def _effective(row: dict[str, Any]) -> dict[str, Any]:
     """An active hold past its expiry is expired, whether or not it was tidied yet."""
-    if row["status"] == "active" and row["expires_at"] <= clock.now():
+    if row["status"] == "active" and not is_live(row, clock.now()):
         return {**row, "status": "expired"}
     return row
 
@@ -173,7 +187,7 @@ def _confirm_expired(
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
     One transaction, event row locked first like every writer.
     """
-    hold_id, event_id, quantity, now = hold["id"], hold["event_id"], hold["quantity"], params["now"]
+    hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR UPDATE")
         current = conn.execute(
@@ -187,8 +201,7 @@ def _confirm_expired(
         closed = refusal(event, Ask.of(params), EVENT_RULES)
         if closed is not None:
             raise closed
-        still_held = current["status"] == "active" and current["expires_at"] > now
-        if not still_held:
+        if not is_live(current, now):
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
 
             def regrant() -> dict[str, Any] | None:
@@ -197,23 +210,9 @@ def _confirm_expired(
 
             grant(conn, regrant, params=params, user_id=params["user_id"],
                   wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
-        conn.execute(
-            "UPDATE holds SET status = 'confirmed', closed_at = %s WHERE id = %s", (now, hold_id)
-        )
         row = conn.execute(
-            f"""WITH booking AS (
-                    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
-                    VALUES (%(event_id)s, %(user_id)s, %(quantity)s, %(hold_id)s)
-                    RETURNING {BOOKING_COLUMNS}
-                ), {CONFIRMATION_CTE}{completion_cte("booking") if idempotency else ""}
-                SELECT booking.*, notification.id AS outbox_id FROM booking, notification""",
-            {
-                "event_id": event_id,
-                "user_id": current["user_id"],
-                "quantity": quantity,
-                "hold_id": hold_id,
-                **(idempotency.params() if idempotency else {}),
-            },
+            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None),
+            {**params, "hold_id": hold_id, **(idempotency.params() if idempotency else {})},
         ).fetchone()
     assert row is not None
     if idempotency is not None:
@@ -245,11 +244,7 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
             current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
             assert current is not None
             return current
-        conn.execute(
-            "UPDATE events SET available_tickets = available_tickets + %s WHERE id = %s",
-            (row["quantity"], row["event_id"]),
-        )
-        conn.execute(UNCOUNT_SQL, {"n": row["quantity"], "event_id": row["event_id"], "user_id": row["user_id"]})
+        give_back(conn, row["event_id"], row["user_id"], row["quantity"])
     return row
 
 
@@ -271,8 +266,8 @@ def tidy_expired_holds(batch_events: int = 100) -> int:
     freed = 0
     with connection() as conn:
         events = conn.execute(
-            "SELECT DISTINCT event_id FROM holds WHERE status = 'active' AND expires_at <= %s LIMIT %s",
-            (now, batch_events),
+            f"SELECT DISTINCT event_id FROM holds WHERE {expired_hold_sql('holds')} LIMIT %(limit)s",
+            {"now": now, "limit": batch_events},
         ).fetchall()
         for event in events:
             freed += reclaim_expired_holds(conn, event["event_id"], now)

@@ -49,13 +49,22 @@ class KeyLease:
         return {"idem_user_id": self.user_id, "idem_key": self.key, "idem_owner": self.owner}
 
 
-def completion_cte(source: str, status: int = 201) -> str:
-    """A CTE that stores ``source``'s row as the key's answer, in the creating statement."""
+def completion_cte(source: str, status: int = 201, *, keys_from: str | None = None) -> str:
+    """A CTE that stores ``source``'s row as the key's answer, in the creating statement.
+
+    The key is the statement's parameters (:meth:`KeyLease.params`), or, for a statement
+    that creates many rows, each row's own: ``keys_from`` names a relation joined on ``id``
+    whose ``idem_user_id``, ``idem_key`` and ``idem_owner`` columns are the row's key.
+    """
+    if keys_from is None:
+        rows, key = f"{source} s", "%(idem_{})s"
+    else:
+        rows, key = f"{source} s JOIN {keys_from} r ON r.id = s.id", "r.idem_{}"
     return f""", idem AS (
     UPDATE idempotency_keys k
        SET state = 'done', response_status = {status}, response_body = to_jsonb(s)
-      FROM {source} s
-     WHERE k.user_id = %(idem_user_id)s AND k.key = %(idem_key)s AND k.owner = %(idem_owner)s
+      FROM {rows}
+     WHERE k.user_id = {key.format("user_id")} AND k.key = {key.format("key")} AND k.owner = {key.format("owner")}
 )"""
 
 

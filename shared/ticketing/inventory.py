@@ -46,16 +46,15 @@ CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
 
 # When sales close: the end, or the start of an event without an end; NULL: never.
 SALES_END_SQL = "coalesce(end_time, start_time)"
+# The event's per-booking maximum: its own, else the server's.
+BOOKING_MAX_SQL = "coalesce(max_tickets_per_booking, %(default_max)s)"
 # The event's per-customer limit: its own, else the default but never below the per-booking
-# maximum in force, the event's or the server's (who allows 30 in one booking allows 30).
-CUSTOMER_MAX_SQL = (
-    "coalesce(max_tickets_per_customer,"
-    " greatest(%(customer_max)s, coalesce(max_tickets_per_booking, %(default_max)s)))"
-)
+# maximum in force (who allows 30 in one booking allows 30).
+CUSTOMER_MAX_SQL = f"coalesce(max_tickets_per_customer, greatest(%(customer_max)s, {BOOKING_MAX_SQL}))"
 
 # What the rules read from an event row (a diagnosis, a batch, a hold confirmation).
 GATE_COLUMNS = f"""status, available_tickets, {SALES_END_SQL} AS sales_end,
-       coalesce(max_tickets_per_booking, %(default_max)s) AS max_quantity,
+       {BOOKING_MAX_SQL} AS max_quantity,
        {CUSTOMER_MAX_SQL} AS customer_max"""
 
 # A gate row (GATE_COLUMNS); a missing event reads as an empty one.
@@ -154,7 +153,7 @@ EVENT_NOT_ENDED = Rule(
 )
 WITHIN_BOOKING_MAX = Rule(
     "at most the event's per-booking maximum",
-    "%(quantity)s <= coalesce(max_tickets_per_booking, %(default_max)s)",
+    f"%(quantity)s <= {BOOKING_MAX_SQL}",
     lambda event, ask: ask.quantity <= event["max_quantity"],
     _too_large,
     ("quantity_too_large",),
@@ -234,18 +233,44 @@ def count_cte(rows: str) -> str:
 # event row is locked first).
 COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM granted")
 
-# Giving tickets back: the customer's counter goes down by %(n)s (event row locked first).
-UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
+_RETURN_SQL = "UPDATE events SET available_tickets = available_tickets + %(n)s WHERE id = %(event_id)s"
+_UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
  WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
 
-# Active holds past their expiry no longer count: readers add them back.
-EXPIRED_HELD_SQL = """coalesce((SELECT sum(h.quantity) FROM holds h
-     WHERE h.event_id = {event}.id AND h.status = 'active' AND h.expires_at <= %(now)s), 0)::int"""
 
-_RECLAIM_SQL = """
+def give_back(conn: Connection, event_id: int, user_id: int, n: int) -> None:
+    """Return ``n`` of a customer's tickets to the event's pool and take them off the
+    customer's counter (a cancelled booking, a released hold). Call it inside the
+    transaction that holds the event row's lock: pool first, then counter, like every writer."""
+    params = {"n": n, "event_id": event_id, "user_id": user_id}
+    conn.execute(_RETURN_SQL, params)
+    conn.execute(_UNCOUNT_SQL, params)
+
+
+def live_hold_sql(alias: str) -> str:
+    """The hold ``alias`` counts at %(now)s: active and not expired (:func:`is_live` in SQL)."""
+    return f"{alias}.status = 'active' AND {alias}.expires_at > %(now)s"
+
+
+def expired_hold_sql(alias: str) -> str:
+    """The hold ``alias`` is still active but expired at %(now)s: it no longer counts,
+    though its tickets sit in the counts until reclaimed (:func:`reclaim_expired_holds`)."""
+    return f"{alias}.status = 'active' AND {alias}.expires_at <= %(now)s"
+
+
+def is_live(hold: Mapping[str, Any], now: datetime) -> bool:
+    """A hold counts while it is active and ``now`` is before its ``expires_at``."""
+    return bool(hold["status"] == "active" and hold["expires_at"] > now)
+
+
+# Active holds past their expiry no longer count: readers add them back.
+EXPIRED_HELD_SQL = f"""coalesce((SELECT sum(h.quantity) FROM holds h
+     WHERE h.event_id = {{event}}.id AND {expired_hold_sql("h")}), 0)::int"""
+
+_RECLAIM_SQL = f"""
 WITH expired AS (
     UPDATE holds SET status = 'expired', closed_at = %(now)s
-     WHERE event_id = %(event_id)s AND status = 'active' AND expires_at <= %(now)s
+     WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")}
     RETURNING user_id, quantity
 ), uncounted AS (
     UPDATE customer_tickets ct SET tickets = ct.tickets - e.quantity
@@ -257,15 +282,13 @@ UPDATE events SET available_tickets = available_tickets + (SELECT coalesce(sum(q
 RETURNING (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed
 """
 
-_CUSTOMER_SQL = """
+_CUSTOMER_SQL = f"""
 SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
          WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'confirmed')::int AS booked,
        (SELECT coalesce(sum(quantity), 0) FROM holds
-         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'active'
-           AND expires_at > %(now)s)::int AS held,
+         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND {live_hold_sql("holds")})::int AS held,
        (SELECT coalesce(sum(quantity), 0) FROM holds
-         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND status = 'active'
-           AND expires_at <= %(now)s)::int AS expired_held
+         WHERE event_id = %(event_id)s AND user_id = %(user_id)s AND {expired_hold_sql("holds")})::int AS expired_held
 """
 
 _ATTEMPTS = 3
@@ -278,7 +301,10 @@ Wording = Mapping[Rule, Callable[[Gate, Ask], AppError]]
 def rule_params(
     *, event_id: int, quantity: int, default_max: int | None = None, now: datetime
 ) -> dict[str, Any]:
-    """The parameters every granting statement and gate read share (defaults: settings)."""
+    """The parameters every granting statement and gate read share.
+
+    The one place the per-booking default is resolved: ``default_max`` None means the
+    setting (callers pass it only to override it, as tests do)."""
     settings = get_settings()
     return {
         "event_id": event_id,

@@ -10,6 +10,7 @@ from tests.support.clients import Client, HttpClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 from tests.support.race import race
+from tests.support.tickets import place_hold
 
 
 def _count(sql: Any, event_id: int) -> int:
@@ -109,6 +110,23 @@ def test_holds_and_confirmations_take_keys(client: Client, sql: Any) -> None:
     c2 = client.request("POST", f"/holds/{h1.json()['id']}/confirm", token=cust, headers={"Idempotency-Key": "c"})
     assert c1.status_code == c2.status_code == 201 and c1.json() == c2.json()
     assert c2.headers.get("idempotent-replayed") == "true"
+    assert _count(sql, event["id"]) == 1
+
+
+def test_confirming_an_expired_hold_takes_a_key(client: Client, fake_clock: FakeClock, sql: Any) -> None:
+    # GIVEN a hold that expired while its tickets stayed free (the slow confirmation path)
+    _, cust = account(client, "customer")
+    event = create_event(client, account(client, "organizer")[1], total_tickets=10)
+    hold = place_hold(client, cust, event["id"], 2, ttl_seconds=60).json()
+    fake_clock.advance(61)
+    # WHEN it is confirmed twice with one key
+    path, headers = f"/holds/{hold['id']}/confirm", {"Idempotency-Key": "late"}
+    first = client.request("POST", path, token=cust, headers=headers)
+    second = client.request("POST", path, token=cust, headers=headers)
+    # THEN the second replays the first's booking, made once
+    assert first.status_code == second.status_code == 201, first.text
+    assert first.json() == second.json() and first.json()["hold_id"] == hold["id"]
+    assert second.headers.get("idempotent-replayed") == "true"
     assert _count(sql, event["id"]) == 1
 
 
