@@ -1,9 +1,8 @@
 """The layer contracts in pyproject.toml bite: an import against them fails ``lint-imports``.
 
-A copy of the importable packages is linted twice: as it is (every contract kept), and
-with a domain module importing the web layer (the layers and the forbidden-framework
-contracts broken, by name). Without the second half, a contract that no longer matched
-any module would pass for ever.
+A copy of the importable packages is linted as it is (every contract kept), and with
+one wrong import or module added (the contracts it breaks, by name; the others kept).
+Without the second half, a contract that no longer matched any module would pass for ever.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ def _contract(starting: str) -> str:
     return name
 
 
-LAYERS = _contract("Layers point one way")
+SHARED_LAYERS = _contract("Layers of shared point one way")
 NO_FRAMEWORKS = _contract("Below the web layer nothing knows HTTP frameworks")
 
 
@@ -74,9 +73,19 @@ def test_a_domain_module_importing_the_web_layer_breaks_the_layer_contracts(tree
     bookings.write_text(bookings.read_text() + "\nfrom shared.web import deps  # noqa: E402\n")
     done = _lint_imports(tree)
     assert done.returncode != 0, done.stdout
-    broken = {LAYERS, NO_FRAMEWORKS}
+    broken = {SHARED_LAYERS, NO_FRAMEWORKS}
     assert _verdicts(done.stdout) == {name: "BROKEN" if name in broken else "KEPT" for name in CONTRACTS}, done.stdout
     assert re.search(r"shared\.ticketing\.bookings -> shared\.web\.deps \(l\.\d+\)", done.stdout), done.stdout
+
+
+def test_a_module_in_no_layer_of_shared_breaks_the_layer_contract(tree: Path) -> None:
+    # A flat shared/x.py would be in no layer, so nothing would stop it importing anything.
+    (tree / "shared" / "waitlist.py").write_text("import fastapi\n\nfrom shared.web import deps\n")
+    done = _lint_imports(tree)
+    assert done.returncode != 0, done.stdout
+    assert _verdicts(done.stdout) == {
+        name: "BROKEN" if name == SHARED_LAYERS else "KEPT" for name in CONTRACTS}, done.stdout
+    assert re.search(r"^\s*- shared\.waitlist$", done.stdout, re.MULTILINE), done.stdout
 
 
 def _verdicts(report: str) -> dict[str, str]:
