@@ -20,7 +20,7 @@ from functions.notify import deliveries, messages
 from functions.notify.celery_app import RELAY_TASK, app
 from functions.notify.channels import Email, get_channel
 from functions.notify.reliability import notify_task
-from functions.relay.tidy import tidy
+from shared.jobs.tidy import tidy
 from shared.notifications.contracts import (
     BookingCancelled,
     BookingConfirmation,

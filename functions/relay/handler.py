@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from functions.relay.tidy import tidy
+from shared.jobs.tidy import tidy
 from shared.notifications.outbox import relay_pending
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings
