@@ -30,8 +30,8 @@ def _contract(starting: str) -> str:
     return name
 
 
-SHARED_LAYERS = _contract("Layers of shared point one way")
-NO_FRAMEWORKS = _contract("Below the web layer nothing knows HTTP frameworks")
+SHARED_LAYERS = _contract("Shared layers point one way")
+NO_FRAMEWORKS = _contract("Outside the web layer shared knows no HTTP framework")
 
 
 def test_contract_names_are_unique() -> None:
