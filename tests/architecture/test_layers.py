@@ -32,6 +32,7 @@ def _contract(starting: str) -> str:
 
 SHARED_LAYERS = _contract("Shared layers point one way")
 NO_FRAMEWORKS = _contract("Outside the web layer shared knows no HTTP framework")
+RELAY_NO_METRICS = _contract("The relay reaches no metrics client")
 
 
 def test_contract_names_are_unique() -> None:
@@ -73,7 +74,7 @@ def test_a_domain_module_importing_the_web_layer_breaks_the_layer_contracts(tree
     bookings.write_text(bookings.read_text() + "\nfrom shared.web import deps  # noqa: E402\n")
     done = _lint_imports(tree)
     assert done.returncode != 0, done.stdout
-    broken = {SHARED_LAYERS, NO_FRAMEWORKS}
+    broken = {SHARED_LAYERS, NO_FRAMEWORKS, RELAY_NO_METRICS}  # the relay imports bookings; web, metrics
     assert _verdicts(done.stdout) == {name: "BROKEN" if name in broken else "KEPT" for name in CONTRACTS}, done.stdout
     assert re.search(r"shared\.ticketing\.bookings -> shared\.web\.deps \(l\.\d+\)", done.stdout), done.stdout
 
@@ -86,6 +87,17 @@ def test_a_module_in_no_layer_of_shared_breaks_the_layer_contract(tree: Path) ->
     assert _verdicts(done.stdout) == {
         name: "BROKEN" if name == SHARED_LAYERS else "KEPT" for name in CONTRACTS}, done.stdout
     assert re.search(r"^\s*- shared\.waitlist$", done.stdout, re.MULTILINE), done.stdout
+
+
+def test_a_metrics_import_on_the_relays_path_breaks_its_contract(tree: Path) -> None:
+    # The relay imports holds (its tidy); the hold confirmation's counting once sat there.
+    holds = tree / "shared" / "ticketing" / "holds.py"
+    holds.write_text(holds.read_text() + "\nfrom shared.platform import metrics  # noqa: E402\n")
+    done = _lint_imports(tree)
+    assert done.returncode != 0, done.stdout
+    assert _verdicts(done.stdout) == {
+        name: "BROKEN" if name == RELAY_NO_METRICS else "KEPT" for name in CONTRACTS}, done.stdout
+    assert "shared.ticketing.holds -> shared.platform.metrics" in done.stdout, done.stdout
 
 
 def _verdicts(report: str) -> dict[str, str]:
