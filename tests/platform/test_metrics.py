@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,15 @@ def scrape(client: HttpClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def change(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def total(samples: dict[Any, float], name: str) -> float:
+    """A counter's value summed over all its labels."""
+    return sum(v for (sample, _), v in samples.items() if sample == name)
 
 
 EXPECTED = [
@@ -87,9 +97,7 @@ def test_counters_move_when_a_booking_is_made(http_client: HttpClient, sql: psyc
                             token=token)
     assert r.status_code == 400 and r.json()["code"] == "sold_out"
     after = scrape(http_client)
-
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+    delta = functools.partial(change, before, after)
 
     assert delta("ticketing_bookings_total") == 2
     assert delta("ticketing_tickets_booked_total") == 3
@@ -131,14 +139,10 @@ def test_a_hold_confirmation_counts_as_a_booking_once(http_client: HttpClient, f
     assert r.status_code == 409 and r.json()["code"] == "hold_expired"
     after = scrape(http_client)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
     # The first confirmation and the rival's booking; the repeat and the expired hold count nothing.
-    assert delta("ticketing_bookings_total") == 2
-    assert delta("ticketing_tickets_booked_total") == 3
-    assert sum(v for (name, _), v in after.items() if name == "ticketing_booking_refusals_total") == sum(
-        v for (name, _), v in before.items() if name == "ticketing_booking_refusals_total")
+    assert change(before, after, "ticketing_bookings_total") == 2
+    assert change(before, after, "ticketing_tickets_booked_total") == 3
+    assert total(after, "ticketing_booking_refusals_total") == total(before, "ticketing_booking_refusals_total")
 
 
 def test_outbox_age_reflects_the_oldest_unpublished_row(
