@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from shared.ticketing import bookings, coalescing, holds
+from shared.ticketing import bookings, coalescing, confirmations, holds
 from shared.web.deps import (
     BookingId,
     CurrentUser,
@@ -149,7 +149,7 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
 )
 def confirm_hold(hold_id: HoldId, customer: BookingCustomer, once: Idempotent) -> dict[str, Any]:
     """Turn a hold into a booking. A hold past its expiry still confirms if its tickets are free."""
-    return once.run(None, holds.confirm_hold, hold_id=hold_id, user_id=customer.user_id)
+    return once.run(None, confirmations.confirm_hold, hold_id=hold_id, user_id=customer.user_id)
 
 
 @router.delete("/holds/{hold_id}", response_model=HoldOut, responses=errors(*_CUSTOMERS, "hold_not_found"))

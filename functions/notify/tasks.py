@@ -21,7 +21,7 @@ from functions.notify import deliveries, messages
 from functions.notify.celery_app import RELAY_TASK, app
 from functions.notify.channels import Email, get_channel
 from functions.notify.reliability import notify_task
-from functions.relay.tidy import tidy
+from shared.jobs.schedule import relay_and_tidy
 from shared.notifications.contracts import (
     BookingCancelled,
     BookingConfirmation,
@@ -31,7 +31,6 @@ from shared.notifications.contracts import (
     EventUpdate,
     Notification,
 )
-from shared.notifications.outbox import relay_pending
 from shared.platform import metrics
 from shared.platform.settings import get_settings
 
@@ -257,10 +256,4 @@ def _skip_unverified(outbox_id: int, kind: str, channel: str,
 @app.task(name=RELAY_TASK, ignore_result=True)
 def relay_outbox() -> int:
     """Beat's periodic outbox relay and tidy (the container stack's scheduled Lambda)."""
-    published = relay_pending()
-    if published:
-        log.info("relayed %d outbox rows", published)
-    tidied = tidy()
-    if any(tidied.values()):
-        log.info("tidied %s", tidied)
-    return published
+    return relay_and_tidy()["published"]

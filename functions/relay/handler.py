@@ -1,9 +1,9 @@
 """The outbox relay: publish notification rows the request path could not publish.
 
 Three ways to run the same function, :func:`shared.notifications.outbox.relay_pending`:
-``python -m functions.relay.handler`` (once) or ``--loop`` (a long-running process), the notify
-worker's beat schedule (container stack), and :func:`lambda_handler` on an EventBridge
-schedule (serverless).
+``python -m functions.relay.handler`` (once) or ``--loop`` (a long-running process), and, with
+the tidy (:func:`shared.jobs.schedule.relay_and_tidy`), the notify worker's beat schedule
+(container stack) and :func:`lambda_handler` on an EventBridge schedule (serverless).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from functions.relay.tidy import tidy
+from shared.jobs.schedule import relay_and_tidy
 from shared.notifications.outbox import relay_pending
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings
@@ -26,7 +26,7 @@ def lambda_handler(lambda_event: Any = None, context: Any = None) -> dict[str, i
 
     Also tidies expired holds and idempotency keys (correctness never waits for it).
     """
-    return {"published": relay_pending(), **tidy()}
+    return relay_and_tidy()
 
 
 def run_loop(interval: float, *, stop_after: int | None = None) -> None:

@@ -198,8 +198,9 @@ def booking_refused(reason: str) -> None:
 
 
 @contextmanager
-def counting_booking(quantity: int) -> Iterator[None]:
-    """Count the booking made inside the block, or its refusal for lack of tickets."""
+def counting_refusals() -> Iterator[None]:
+    """Count a refusal for lack of tickets raised inside the block (a code declared by
+    :func:`count_booking_refusals`); other errors pass uncounted."""
     from shared.platform.errors import AppError
 
     try:
@@ -208,6 +209,13 @@ def counting_booking(quantity: int) -> Iterator[None]:
         if exc.code in _refusal_codes:
             booking_refused(exc.code)
         raise
+
+
+@contextmanager
+def counting_booking(quantity: int) -> Iterator[None]:
+    """Count the booking made inside the block, or its refusal for lack of tickets."""
+    with counting_refusals():
+        yield
     booking_made(quantity)
 
 

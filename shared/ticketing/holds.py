@@ -167,9 +167,6 @@ def confirm_hold(
         elif idempotency is not None:
             idempotency.completed = True
         publish_committed(conn, [row["outbox_id"]])
-    from shared.platform import metrics  # not at load: the relay function imports holds, without prometheus
-
-    metrics.booking_made(row["quantity"])
     return row, True
 
 

@@ -104,7 +104,7 @@ Mode = Literal["look", "all", "each"]
 
 
 @dataclass(frozen=True)
-class Rule:
+class RateRule:
     """A named limit on one key: ``count`` requests per ``seconds``."""
 
     name: str
@@ -113,7 +113,7 @@ class Rule:
     seconds: int
 
     @classmethod
-    def parse(cls, name: str, key: str, spec: str) -> Rule:
+    def parse(cls, name: str, key: str, spec: str) -> RateRule:
         count, seconds = (int(part) for part in spec.split("/", 1))
         return cls(name, key, max(count, 1), max(seconds, 1))
 
@@ -128,7 +128,7 @@ class Rule:
 class Decision:
     allowed: bool
     retry_after: int = 0
-    rule: Rule | None = None
+    rule: RateRule | None = None
     revoked: bool = False
 
 
@@ -212,7 +212,7 @@ class RateLimiter:
 
     def check(
         self,
-        rules: list[Rule],
+        rules: list[RateRule],
         *,
         consume: bool = True,
         mode: Mode | None = None,
@@ -257,7 +257,7 @@ class RateLimiter:
             return Decision(True)
         return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
 
-    def refund(self, rules: list[Rule]) -> None:
+    def refund(self, rules: list[RateRule]) -> None:
         """Give back the unit a request took from each rule (a reservation not needed)."""
         settings = get_settings()
         if not settings.rate_limit_enabled or not rules:
@@ -305,7 +305,7 @@ class RateLimiter:
 limiter = RateLimiter()
 
 
-def enforce(rules: list[Rule], *, consume: bool = True, session: Principal | None = None) -> None:
+def enforce(rules: list[RateRule], *, consume: bool = True, session: Principal | None = None) -> None:
     """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses (401 if revoked)."""
     decision = limiter.check(rules, consume=consume, session=session)
     if decision.revoked:
@@ -363,9 +363,9 @@ def _guessing_throttled(account: str, ip: str, failed: Callable[[AppError], bool
     """
     settings = get_settings()
     pair = _known_pair(account, ip)
-    failed_here = Rule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
+    failed_here = RateRule.parse("failed_login_per_account_ip", f"login-failed-ip:{pair}",
                              settings.rate_limit_failed_login_per_account_ip)
-    failed_anywhere = Rule.parse("failed_login_per_account", f"login-failed:{account}",
+    failed_anywhere = RateRule.parse("failed_login_per_account", f"login-failed:{account}",
                                  settings.rate_limit_failed_login_per_account)
     known = f"login-known:{pair}"
     # Reserve the failure up front, in the same atomic step as the look: parallel guesses
@@ -391,8 +391,8 @@ def limit_login(request: Request, form: Annotated[LoginForm, Depends()]) -> Iter
     with _guessing_throttled(_account_key(form.username), ip,
                              lambda exc: exc.code == "invalid_credentials") as pair:
         enforce([
-            Rule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
-            Rule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
+            RateRule.parse("login_per_ip", f"login-ip:{ip}", settings.rate_limit_login_per_ip),
+            RateRule.parse("login_per_account", f"login-account:{pair}", settings.rate_limit_login_per_account),
         ])
         yield
 
@@ -416,9 +416,9 @@ async def limit_booking(
     Redis round trip (run off the event loop). Returns the still-active principal."""
     settings = get_settings()
     await run_in_threadpool(functools.partial(enforce, [
-        Rule.parse("booking_per_user", f"book-user:{principal.user_id}",
+        RateRule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
-        Rule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
+        RateRule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
                    settings.rate_limit_booking_per_ip),
     ], session=principal))
     return principal
@@ -429,7 +429,7 @@ async def _booking_customer(principal: Annotated[Principal, Depends(limit_bookin
 
 
 def _per_ip(request: Request, name: str, spec: str) -> None:
-    enforce([Rule.parse(f"{name}_per_ip", f"{name}-ip:{client_key(request)}", spec)])
+    enforce([RateRule.parse(f"{name}_per_ip", f"{name}-ip:{client_key(request)}", spec)])
 
 
 def limit_register(request: Request) -> None:
@@ -449,7 +449,7 @@ def limit_verify(request: Request) -> None:
 
 def limit_verification_resend(principal: Annotated[Principal, Depends(current_principal)]) -> None:
     """Verification mails per account: the resend route must not become a mail cannon."""
-    enforce([Rule.parse("verification_resend_per_user", f"verify-resend:{principal.user_id}",
+    enforce([RateRule.parse("verification_resend_per_user", f"verify-resend:{principal.user_id}",
                         get_settings().rate_limit_verification_resend)])
 
 

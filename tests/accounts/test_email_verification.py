@@ -326,7 +326,7 @@ def test_dev_console_shows_the_verification_instructions_unredacted(
 
 def test_tidy_purges_tokens_a_week_past_expiry(fake_clock: Any, v2: LambdaClient,
                                                sql: psycopg.Connection) -> None:
-    from functions.relay.tidy import tidy
+    from shared.jobs.tidy import tidy
 
     user, _ = account(v2, "customer")
     token = _issue(user)

@@ -110,11 +110,14 @@ def test_relay_skips_rows_another_relay_holds_and_rows_still_in_their_grace_peri
     [message] = [json.loads(m) for m in redis.lrange(queue, 0, -1)]
     assert message["headers"]["task"] == "booking_confirmation"
     assert f"'outbox_id': {free}" in message["headers"]["kwargsrepr"]
-    # The command and the Lambda entry point run the same relay.
+    # The command, the Lambda entry point and the worker's beat task run the same relay.
+    from functions.notify.tasks import relay_outbox
     from functions.relay import handler as relay
     assert relay.main([]) == 0
-    assert relay.lambda_handler({}, None)["published"] == 0
     assert _state(sql, held)["published_at"] is not None
+    sql.execute("UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s", (young,))
+    assert relay_outbox() == 1 and _state(sql, young)["published_at"] is not None
+    assert relay.lambda_handler({}, None)["published"] == 0
     redis.delete(queue)
 
 

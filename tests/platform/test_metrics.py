@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import HttpClient, LambdaClient, Response
+from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 from tests.support.settings_env import restore_env, set_env
+from tests.support.tickets import place_hold
 
 
 def _get_metrics(client: HttpClient) -> Response:
@@ -33,6 +36,15 @@ def scrape(client: HttpClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def change(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def total(samples: dict[Any, float], name: str) -> float:
+    """A counter's value summed over all its labels."""
+    return sum(v for (sample, _), v in samples.items() if sample == name)
 
 
 EXPECTED = [
@@ -85,9 +97,7 @@ def test_counters_move_when_a_booking_is_made(http_client: HttpClient, sql: psyc
                             token=token)
     assert r.status_code == 400 and r.json()["code"] == "sold_out"
     after = scrape(http_client)
-
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+    delta = functools.partial(change, before, after)
 
     assert delta("ticketing_bookings_total") == 2
     assert delta("ticketing_tickets_booked_total") == 3
@@ -109,6 +119,30 @@ def test_counters_move_when_a_booking_is_made(http_client: HttpClient, sql: psyc
     assert value(after, "ticketing_outbox_backlog") == pytest.approx(row["n"], abs=5)
     if row["n"]:
         assert value(after, "ticketing_outbox_oldest_unpublished_age_seconds") >= 0
+
+
+def test_a_hold_confirmation_counts_as_a_booking_once(http_client: HttpClient, fake_clock: FakeClock) -> None:
+    _, organizer = account(http_client, "organizer")
+    _, token = account(http_client, "customer")
+    _, rival = account(http_client, "customer")
+    event = create_event(http_client, organizer, total_tickets=3)
+    kept = place_hold(http_client, token, event["id"], 2).json()
+    lapsed = place_hold(http_client, token, event["id"], 1, ttl_seconds=5).json()
+    before = scrape(http_client)
+
+    confirm = f"/holds/{kept['id']}/confirm"
+    assert http_client.request("POST", confirm, token=token).status_code == 201
+    assert http_client.request("POST", confirm, token=token).status_code == 200  # the same booking again
+    fake_clock.advance(6)
+    assert http_client.request("POST", "/bookings", json_body={"event_id": event["id"]}, token=rival).status_code == 201
+    r = http_client.request("POST", f"/holds/{lapsed['id']}/confirm", token=token)
+    assert r.status_code == 409 and r.json()["code"] == "hold_expired"
+    after = scrape(http_client)
+
+    # The first confirmation and the rival's booking; the repeat and the expired hold count nothing.
+    assert change(before, after, "ticketing_bookings_total") == 2
+    assert change(before, after, "ticketing_tickets_booked_total") == 3
+    assert total(after, "ticketing_booking_refusals_total") == total(before, "ticketing_booking_refusals_total")
 
 
 def test_outbox_age_reflects_the_oldest_unpublished_row(

@@ -151,7 +151,7 @@ def test_other_customers_cannot_see_or_touch_a_hold(client: Client) -> None:
 
 
 def test_maintenance_tidy_purges_expired_keys_and_holds(client: Client, fake_clock: FakeClock, sql: Any) -> None:
-    from functions.relay.tidy import tidy
+    from shared.jobs.tidy import tidy
 
     _, org = account(client, "organizer")
     customer, cust = account(client, "customer")

@@ -19,7 +19,7 @@ import pytest
 
 from local.embedded import free_port
 from local.lambda_events import build_lambda_event, invoke
-from shared.web.ratelimit import LocalLimiter, Rule, limiter
+from shared.web.ratelimit import LocalLimiter, RateRule, limiter
 from tests.support.clients import HttpClient, LambdaClient
 from tests.support.factories import PASSWORD, register, unique_email
 from tests.support.settings_env import restore_env, set_env
@@ -121,7 +121,7 @@ def test_the_per_process_fallback_has_bounded_memory(database: str) -> None:
     saved = set_env({"RATE_LIMIT_LOCAL_MAX_KEYS": "100"})
     try:
         local = LocalLimiter()
-        rule = Rule.parse("t", "k", "1/60")
+        rule = RateRule.parse("t", "k", "1/60")
         for n in range(1000):
             local.gcra([f"key-{n}"], [rule.timing_ms], "all")
             local.flag(f"flag-{n}", 60)

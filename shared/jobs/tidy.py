@@ -1,7 +1,7 @@
 """Periodic tidying that correctness never waits for: expired holds, keys and tokens.
 
 Availability is exact without it (expired holds already count as free); this only keeps
-tables small and counters current. Runs on the relay's schedule.
+tables small and counters current. Runs in every scheduled round (:mod:`shared.jobs.schedule`).
 """
 
 from __future__ import annotations
