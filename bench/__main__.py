@@ -1,17 +1,19 @@
 """One command for the benchmarks.
 
-    python -m bench                 rush (pgbench + full stack) and fan-out, one PostgreSQL
+    python -m bench                 framework floor, rush (pgbench + full stack) and fan-out, one PostgreSQL
+    python -m bench floor [...]     the framework floor only: /health/live vs hello-world (bench/floor.py)
     python -m bench rush [...]      the ticket rush only
     python -m bench fanout [...]    the notification fan-out only
     python -m bench coldstart [...] handler import times (bench/coldstart.py)
 
 Embedded PostgreSQL and Redis (durable: fsync on) start when DATABASE_URL / REDIS_URL are
-unset. A table goes to stdout and the full report to bench/results/bench-<time>.json.
+unset (the floor alone needs neither). A table goes to stdout and the full report to bench/results/bench-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import environment, fanout, rush
+from bench import environment, fanout, floor, rush
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FANOUT_USERS = 100_000
@@ -30,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
-    for name, parts in (("all", ("rush", "fanout")), ("rush", ("rush",)), ("fanout", ("fanout",))):
-        p = sub.add_parser(name, help=f"{' and '.join(parts)} on one PostgreSQL")
+    for name, parts in (("all", ("floor", "rush", "fanout")), ("floor", ("floor",)), ("rush", ("rush",)),
+                        ("fanout", ("fanout",))):
+        p = sub.add_parser(name, help=f"{', '.join(parts)} on one PostgreSQL" if name != "floor"
+                           else "/health/live of the API vs a hello-world FastAPI app, same server")
         p.add_argument("--database-url", help="an existing server (a fresh database is created on it)")
         p.add_argument("--redis-url", help="an existing Redis (the bench uses queues of its own)")
         p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes (bench/results/)")
@@ -42,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true", help="tiny correctness run")
         if "fanout" in parts:
             fanout.add_arguments(p)
+        if "floor" in parts:
+            floor.add_arguments(p, standalone=parts == ("floor",))
         p.set_defaults(parts=parts)
     sub.add_parser("coldstart", help="handler import times vs hello-world (its own options)", add_help=False)
     return parser
@@ -65,15 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_start": list(os.getloadavg()),
     }
     ok = True
-    with environment.prepared(args.database_url, args.redis_url, keep_data=args.keep_data) as env:
-        report["servers"] = {"postgres": env.postgres_source, "durable": True, **env.facts}
-        print(f"PostgreSQL {env.facts['postgres_version']} ({env.postgres_source}), fsync={env.facts['fsync']}, "
-              f"synchronous_commit={env.facts['synchronous_commit']}; {report['machine']['nproc']} cores, "
-              f"{report['machine']['cpu_model']}", flush=True)
-        if "rush" in args.parts:
+    # The floor serves no route that reaches PostgreSQL or Redis: alone, it starts neither.
+    needs_servers = args.parts != ("floor",)
+    with (environment.prepared(args.database_url, args.redis_url, keep_data=args.keep_data) if needs_servers
+          else contextlib.nullcontext()) as env:
+        if env is not None:
+            report["servers"] = {"postgres": env.postgres_source, "durable": True, **env.facts}
+        print(f"{_servers_line(env)}{report['machine']['nproc']} cores, {report['machine']['cpu_model']}", flush=True)
+        if "floor" in args.parts:
+            report["floor"] = floor.run(floor.options_from(args), args.out,
+                                        database_url=env.database_url if env else args.database_url,
+                                        redis_url=env.redis_url if env else args.redis_url)
+            ok = ok and report["floor"]["ok"]
+        if env is not None and "rush" in args.parts:
             report["rush"] = rush.run(env, rush.options_from(args), args.out)
             ok = ok and report["rush"].get("ok", True)
-        if "fanout" in args.parts:
+        if env is not None and "fanout" in args.parts:
             users = args.users or (QUICK_FANOUT_USERS if args.quick else FANOUT_USERS)
             report["fanout"] = fanout.run(env, users, args.out, timeout=args.fanout_timeout)
             ok = ok and report["fanout"]["ok"]
@@ -87,15 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(text)
     print()
     print(f"machine: {report['machine']['nproc']} x {report['machine']['cpu_model']}; "
-          f"PostgreSQL {env.facts['postgres_version']} fsync={env.facts['fsync']}; load average "
+          f"{_servers_line(env)}load average "
           f"{report['loadavg_at_start'][0]:.1f} at start, {report['loadavg_at_end'][0]:.1f} at end")
-    if "rush" in report:
-        print(rush.table(report["rush"]))
-    if "fanout" in report:
-        print()
-        print(fanout.table(report["fanout"]))
+    tables = {"floor": floor.table, "rush": rush.table, "fanout": fanout.table}
+    print("\n\n".join(table(report[part]) for part, table in tables.items() if part in report))
     print(f"\nreport: {path}  ({report['seconds']} s){'' if ok else '  CHECKS FAILED'}")
     return 0 if ok else 1
+
+
+def _servers_line(env: environment.Environment | None) -> str:
+    if env is None:
+        return ""
+    return (f"PostgreSQL {env.facts['postgres_version']} ({env.postgres_source}), fsync={env.facts['fsync']}, "
+            f"synchronous_commit={env.facts['synchronous_commit']}; ")
 
 
 if __name__ == "__main__":

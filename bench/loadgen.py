@@ -17,6 +17,8 @@ import multiprocessing
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,8 +314,9 @@ def _serve_canned(port: int, ready: Any) -> None:
     asyncio.run(main())
 
 
-def self_ceiling(*, connections: int, duration: float, procs: int) -> Result:
-    """The generator alone: the same clients against a canned-response server process."""
+@contextmanager
+def canned_server() -> Iterator[int]:
+    """A canned-response server process on a free port: what a generator reaches with no app behind."""
     from local.embedded import free_port
 
     ctx = multiprocessing.get_context("spawn")
@@ -323,8 +326,14 @@ def self_ceiling(*, connections: int, duration: float, procs: int) -> Result:
     try:
         if not ready.wait(30):
             raise RuntimeError("the canned-response server did not start")
-        return run(Spec(host="127.0.0.1", port=port, method="GET", path="/"), connections=connections,
-                   duration=duration, procs=procs)
+        yield port
     finally:
         server.kill()
         server.join(5)
+
+
+def self_ceiling(*, connections: int, duration: float, procs: int) -> Result:
+    """The generator alone: the same clients against a canned-response server process."""
+    with canned_server() as port:
+        return run(Spec(host="127.0.0.1", port=port, method="GET", path="/"), connections=connections,
+                   duration=duration, procs=procs)

@@ -114,6 +114,16 @@ def options_from(args: argparse.Namespace) -> Options:
 # --------------------------------------------------------------------------- the server
 
 
+def uvicorn_command(app: str, port: int, workers: int = 1) -> list[str]:
+    """The API's uvicorn command, for ``app`` (module:attribute) on ``port``: every bench serves with it.
+
+    ``--no-access-log``: the project's apps write their own request line (uvicorn's is off in
+    them anyway); a hello-world app must not pay for one the API does not write.
+    """
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--workers", str(workers)]
+
+
 class ApiServer:
     """``uvicorn local.app:app`` as a child process: one worker, as a container runs it."""
 
@@ -145,9 +155,8 @@ class ApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "local.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--workers", str(self.workers)]
-        self.child = spawn("api", cmd, self.env, self.log_path, follow=False)
+        self.child = spawn("api", uvicorn_command("local.app:app", self.port, self.workers), self.env, self.log_path,
+                           follow=False)
         wait_http_ok(f"{self.base_url}/health/live", self.child, timeout)
 
     def stop(self) -> None:

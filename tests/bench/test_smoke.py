@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import loadgen, pgbench_booking
+from bench import floor, loadgen, pgbench_booking
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,10 +23,12 @@ def quick_report(server_urls: dict[str, str], tmp_path_factory: pytest.TempPathF
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     cmd = [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--clients", "4", "--spread-clients", "4",
            "--sellout-tickets", "40", "--users", "300", "--database-url", server_urls["database"],
-           "--redis-url", server_urls["redis"], "--out", str(out)]
+           "--redis-url", server_urls["redis"], "--out", str(out),
+           # The fallback generator here; wrk has a test of its own below (when installed).
+           "--generator", "python"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "bookings/s" in proc.stdout  # the table
+    assert "bookings/s" in proc.stdout and "framework floor" in proc.stdout  # the tables
     report: dict[str, Any] = json.loads((out / "latest.json").read_text())
     return report
 
@@ -54,6 +57,54 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
     assert all(v > 0 for v in rush["ratios"].values())
     fan = quick_report["fanout"]
     assert fan["ok"] and fan["delivery_keys"] == fan["distinct_users"] == 300 and fan["channels"] == ["console"]
+
+
+def test_quick_run_serves_every_floor_app_under_production_settings(quick_report: dict[str, Any]) -> None:
+    report = quick_report["floor"]
+    assert report["ok"] and report["generator"] == "python" and report["generator_note"]
+    server_env = report["server"]["env"]
+    assert server_env["APP_ENV"] == "production" and server_env["RATE_LIMIT_ENABLED"] == "true"
+    rows = {r["key"]: r for r in report["rows"]}
+    assert list(rows) == ["ceiling", "hello", "local", "fastapi_health", "create_app_health"]
+    for row in rows.values():
+        assert row["requests_per_s"] > 0 and row["p99_ms"] > 0 and row["errors"] == {}
+        assert row["generator"] == "python"
+    assert rows["hello"]["ratio"] == 1.0 and rows["local"]["ratio"] > 0 and rows["ceiling"]["ratio"] is None
+    assert report["goal"]["met"] == (rows["local"]["ratio"] >= floor.GOAL)
+
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:36783/health/live
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    69.84us  178.89us   4.62ms   99.06%
+    Req/Sec    55.98k     2.20k   59.51k    72.73%
+  Latency Distribution
+     50%   55.00us
+     75%   64.00us
+     90%   72.00us
+     99%    1.21ms
+  61242 requests in 1.10s, 5.02MB read
+  Non-2xx or 3xx responses: 3
+  Socket errors: connect 0, read 2, write 0, timeout 0
+Requests/sec:  55697.99
+Transfer/sec:      4.57MB
+"""
+
+
+def test_wrk_output_gives_rate_p99_in_ms_and_errors() -> None:
+    measured = floor.parse_wrk(WRK_OUTPUT)
+    assert measured.requests_per_s == 55698.0 and measured.requests == 61242
+    assert measured.p99_ms == 1.21
+    assert measured.errors == {"non_2xx": 3, "read": 2}
+    assert floor.parse_wrk(WRK_OUTPUT.replace("1.21ms", "210.00us")).p99_ms == 0.21
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_drives_the_canned_server() -> None:
+    with loadgen.canned_server() as port:
+        measured = floor.run_wrk(port, connections=4, duration=1)
+    assert measured.generator == "wrk" and measured.requests_per_s > 0 and measured.errors == {}
+    assert measured.p99_ms is not None and measured.p99_ms > 0
 
 
 def test_pgbench_script_is_the_booking_statement_with_variables() -> None:
