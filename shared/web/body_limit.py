@@ -52,13 +52,12 @@ def _has_no_body(scope: Scope, declared: int | None) -> bool:
     Skipping the read saves a timed ``receive`` (a task and a timer per request) on every
     probe and GET. Only an HTTP server's framing counts: under Mangum the body comes from
     the event whatever the headers say, so an ``aws.event`` scope is always read. A POST
-    without framing headers is read too (an ASGI caller may stream one without them).
+    without framing headers is read too (an ASGI caller may stream one without them), and
+    so is any request that names a ``Transfer-Encoding``.
     """
     if "aws.event" in scope:
         return False
-    if declared == 0:
-        return True
-    if declared is not None or scope.get("method") not in _BODILESS_METHODS:
+    if declared != 0 and (declared is not None or scope.get("method") not in _BODILESS_METHODS):
         return False
     return not any(name == _TRANSFER_ENCODING for name, _ in scope.get("headers") or ())
 
