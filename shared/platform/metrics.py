@@ -159,15 +159,26 @@ def _count(counter: Counter, emf_name: str, amount: int = 1, **label: str) -> No
     (counter.labels(*label.values()) if label else counter).inc(amount)
 
 
+# The labelled children of the request metrics, looked up once per (method, route, status):
+# ``labels()`` takes a lock and builds a key on every call, and this runs on every request.
+# Routes are templates and statuses few, so the cache is as bounded as the label sets.
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def request_finished(method: str, route: str, status: int, seconds: float) -> None:
     if emf_enabled():
         dims = {"Route": f"{method} {route}", "Status": str(status)}
         _emf("Requests", 1, "Count", **dims)
         _emf("Latency", seconds * 1000, "Milliseconds", **dims)
         return
-    labels = (method, route, str(status))
-    HTTP_REQUESTS.labels(*labels).inc()
-    HTTP_LATENCY.labels(*labels).observe(seconds)
+    children = _request_children.get((method, route, status))
+    if children is None:
+        labels = (method, route, str(status))
+        children = _request_children[(method, route, status)] = (
+            HTTP_REQUESTS.labels(*labels), HTTP_LATENCY.labels(*labels)
+        )
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def booking_made(quantity: int) -> None:

@@ -31,6 +31,8 @@ from shared.platform.settings import get_settings
 from shared.web.http_middleware import HttpMiddleware
 
 _CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_BODILESS_METHODS = frozenset({"GET", "HEAD"})
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -42,6 +44,22 @@ def _declared_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _has_no_body(scope: Scope, declared: int | None) -> bool:
+    """The server's framing proves the body empty, so there is nothing to bound or time.
+
+    Skipping the read saves a timed ``receive`` (a task and a timer per request) on every
+    probe and GET. Only an HTTP server's framing counts: under Mangum the body comes from
+    the event whatever the headers say, so an ``aws.event`` scope is always read. A POST
+    without framing headers is read too (an ASGI caller may stream one without them), and
+    so is any request that names a ``Transfer-Encoding``.
+    """
+    if "aws.event" in scope:
+        return False
+    if declared != 0 and (declared is not None or scope.get("method") not in _BODILESS_METHODS):
+        return False
+    return not any(name == _TRANSFER_ENCODING for name, _ in scope.get("headers") or ())
 
 
 def _replay(message: Message, receive: Receive) -> Receive:
@@ -77,6 +95,9 @@ class BodyLimit(HttpMiddleware):
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await self.too_large(limit)(scope, receive, send)
+            return
+        if _has_no_body(scope, declared):
+            await self.app(scope, receive, send)
             return
         try:
             message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)

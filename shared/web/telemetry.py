@@ -110,6 +110,8 @@ class RequestTelemetry(HttpMiddleware):
             level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
             if status >= 500:
                 level = logging.ERROR
+            if not log.isEnabledFor(level):  # a probe at INFO: build none of the line
+                return
             log.log(
                 level,
                 "%s %s %d %.1fms", method, route, status, seconds * 1000,

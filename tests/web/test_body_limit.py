@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared.web.body_limit import BodyLimit
+from shared.web.body_limit import BodyLimit, _declared_length, _has_no_body
 from tests.support.clients import Client, HttpClient
 from tests.support.event_loop import run_on_new_loop
 from tests.support.settings_env import restore_env, set_env
@@ -198,3 +198,22 @@ def test_the_lambda_emulator_stops_reading_at_the_gateway_limit() -> None:
 
     assert run_on_new_loop(_read_body(receive, limit=20)) is None
     assert sum(1 for _ in chunks) == 97  # read three chunks, then stopped
+
+
+_CHUNKED = (b"transfer-encoding", b"chunked")
+
+
+@pytest.mark.parametrize(
+    ("scope", "empty"),
+    [
+        ({"method": "GET", "headers": []}, True),
+        ({"method": "HEAD", "headers": []}, True),
+        ({"method": "POST", "headers": [(b"content-length", b"0")]}, True),
+        ({"method": "POST", "headers": []}, False),  # an ASGI caller may stream one without framing
+        ({"method": "GET", "headers": [_CHUNKED]}, False),
+        ({"method": "POST", "headers": [(b"content-length", b"0"), _CHUNKED]}, False),
+        ({"method": "GET", "headers": [], "aws.event": {}}, False),  # Mangum: the body is the event's
+    ],
+)
+def test_only_a_body_the_framing_proves_empty_skips_the_read(scope: dict[str, Any], empty: bool) -> None:
+    assert _has_no_body(scope, _declared_length(scope)) is empty
