@@ -699,7 +699,10 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
             sellout_event = create_events(api, org, 1, opts.sellout_tickets, "sell-out")[0]
         report["per_customer_limit"] = {"sell-out": customer_limit(opts), "hot, spread, pgbench": NO_CUSTOMER_LIMIT}
         if not opts.skip_pgbench:
-            print("pgbench: the booking statement alone", flush=True)
+            # The server stops meanwhile: its idle pool would hold connections pgbench's 64
+            # clients need (max_connections is 100 by default), and its process a little CPU.
+            server.stop()
+            print("pgbench: the booking statement alone (the API server stopped meanwhile)", flush=True)
             try:
                 report["pgbench"] = pgbench_part(env, contiguous_ids([c.id for c in first]), pg_hot, spread, opts,
                                                  out_dir)
@@ -709,6 +712,8 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
         if opts.skip_http:
             report["setup_s"] = round(time.monotonic() - t0, 1)
             return report
+        if server.child is None:
+            server.start()  # the same secret: the tokens it issued still hold
         peak = report["pgbench"]["peak"]["tps"] if "pgbench" in report else None
         expected = (opts.expect_rate or peak or DEFAULT_EXPECT_RATE) * opts.rate_margin
         wanted = opts.customers or crowd_size(expected, opts.booking_seconds(), per_customer_rule)
