@@ -534,8 +534,12 @@ def _cpu(cores: dict[str, float | None], loadgen_cpu_s: list[float], elapsed: fl
 
 
 def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_url: str, event_ids: list[int],
-             label: str = "", sellout: bool = False, workers: int = 1) -> dict[str, Any]:
-    """Run one load (``run_load()``), then check the database against what the client saw."""
+             label: str = "", sellout: bool = False, workers: int = 1, changed: list[str] | None = None
+             ) -> dict[str, Any]:
+    """Run one load (``run_load()``), then check the database against what the client saw.
+
+    ``changed``: the production defaults this scenario's server does not keep (its row says so).
+    """
     before_id = max_booking_id(database_url)
     cpu0 = probe.snapshot()
     load: Load = run_load()
@@ -562,6 +566,7 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
         "name": name,
         "kind": kind,
         "label": label,
+        "changed_defaults": changed or [],
         "generator": load.generator,
         "clients": load.connections,
         "workers": workers,
@@ -670,7 +675,8 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
         "generator_note": generator_note,
         "fd_limit_note": fd_note,
         "server": {
-            "command": " ".join(["uvicorn", *uvicorn_command("local.app:app", 0)[3:]]).replace(" 0 ", " <free> "),
+            "command": " ".join(["uvicorn", *uvicorn_command("local.app:app", 0, opts.workers[0])[3:]])
+            .replace(" 0 ", " <free> "),
             "production_defaults": {k: base_env[k] for k in ("APP_ENV", "LOG_LEVEL", "RATE_LIMIT_ENABLED")}
             | {"JWT_SECRET": "generated", "DB_POOL_MAX": str(defaults["db_pool_max"].default),
                "BOOKING_COALESCE": str(defaults["booking_coalesce"].default).lower(),
@@ -748,7 +754,7 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
                              lambda o=other, e=event: crowd.book(o.port, [e], connections=opts.base_clients,
                                                                  duration=opts.duration),
                              probe=probe, database_url=env.database_url, event_ids=[event],
-                             label=f"--workers {workers} (default 1)", workers=workers)
+                             workers=workers, changed=changed_defaults(opts, workers))
             finally:
                 other.stop()
             scenarios.append(s)
@@ -801,6 +807,7 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
     assert server.child is not None
     probe = CpuProbe(server.child.process.pid, env.postgres_pid, server.workers > 1)
     port, db = server.port, env.database_url
+    changed, workers = changed_defaults(opts, server.workers), server.workers
     print(f"full stack: uvicorn local.app:app, production defaults, POST /bookings ({crowd.generator})", flush=True)
     if opts.warmup > 0:
         crowd.book(port, [hot_events[-1]], connections=opts.base_clients, duration=opts.warmup)
@@ -808,26 +815,33 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
     for clients, event in zip(opts.clients, hot_events, strict=False):
         out.append(scenario(f"hot event, {clients} connections", "hot",
                             lambda c=clients, e=event: crowd.book(port, [e], connections=c, duration=opts.duration),
-                            probe=probe, database_url=db, event_ids=[event]))
+                            probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
         _say(out[-1])
     if opts.idempotent:
         event = hot_events[len(opts.clients)]
         out.append(scenario(f"hot event, {opts.base_clients} connections, Idempotency-Key", "idempotent",
                             lambda: crowd.book(port, [event], connections=opts.base_clients, duration=opts.duration,
                                                idempotent=True),
-                            probe=probe, database_url=db, event_ids=[event]))
+                            probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
         _say(out[-1])
     for clients in opts.spread_clients:
         out.append(scenario(f"{len(spread)} events, {clients} connections", "spread",
                             lambda c=clients: crowd.book(port, spread, connections=c, duration=opts.duration),
-                            probe=probe, database_url=db, event_ids=spread))
+                            probe=probe, database_url=db, event_ids=spread, workers=workers, changed=changed))
         _say(out[-1])
     out.append(scenario(f"sell-out {opts.sellout_tickets} tickets, {opts.sellout_clients} connections", "sellout",
                         lambda: sellout_load(sellout_crowd, port, sellout_event, opts),
                         probe=probe, database_url=db, event_ids=[sellout_event], sellout=True,
-                        label="python generator: each connection stops at sold_out"))
+                        label="python generator: each connection stops at sold_out", workers=workers,
+                        changed=changed))
     _say(out[-1])
     return out
+
+
+def changed_defaults(opts: Options, workers: int) -> list[str]:
+    """What a server runs with beyond production defaults and the load balancer (rows name it)."""
+    out = [f"{k}={v}" for k, v in opts.server_env.items()]
+    return ([f"--workers {workers} (default 1)"] if workers != 1 else []) + out
 
 
 def _drop_queue(redis_url: str, queue: str) -> None:
@@ -960,14 +974,14 @@ def table(report: dict[str, Any]) -> str:
                      f"through the API with PASSWORD_HASH_TIME_COST=1 (setup only, not on the measured path)")
     pg = report.get("pgbench")
     peak = pg["peak"]["tps"] if pg else None
-    head = (f"{'row':<62} {'conns':>5} {'per s':>9} {'vs peak':>7} {'p50 ms':>7} {'p99 ms':>7} {'2xx':>7} "
+    head = (f"{'row':<72} {'conns':>5} {'vs peak':>7} {'per s':>9} {'p50 ms':>7} {'p99 ms':>7} {'2xx':>7} "
             f"{'5xx':>4}  {'4xx by code':<22} check")
     lines += ["", head, "-" * len(head)]
 
     def row(label: str, clients: int | str, per_s: float, p50: float | None = None, p99: float | None = None,
             ratio: bool = True, tail: str = "") -> None:
         vs = f"{per_s / peak:.2f}" if ratio and peak else "-"
-        lines.append(f"{label:<62} {clients!s:>5} {per_s:>9.1f} {vs:>7} {_fmt(p50):>7} {_fmt(p99):>7}{tail}")
+        lines.append(f"{label:<72} {clients!s:>5} {vs:>7} {per_s:>9.1f} {_fmt(p50):>7} {_fmt(p99):>7}{tail}")
 
     if pg:
         row(f"pgbench, the one-row booking statement, peak ({pg['peak']['clients']} clients)", pg["peak"]["clients"],
@@ -981,14 +995,14 @@ def table(report: dict[str, Any]) -> str:
     for key in ("ceiling", "hello"):
         if key in ref:
             r = ref[key]
-            row(r["label"][:62], r["clients"], r["per_s"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
+            row(r["label"][:72], r["clients"], r["per_s"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
                 ratio=False)
     for s in report.get("scenarios", []):
         if s["kind"] not in ("hot", "idempotent", "workers"):
             continue
         label = "full stack, production defaults" + {"idempotent": ", Idempotency-Key each"}.get(s["kind"], "")
-        if s["label"]:
-            label += f", {s['label']}"
+        if s["changed_defaults"]:
+            label += f", CHANGED {', '.join(s['changed_defaults'])}"
         if s["generator"] != gen:
             label += f" ({s['generator']})"
         row(label, s["clients"], s["per_s"], s["latency_ms"]["p50"], s["latency_ms"]["p99"],
@@ -1002,7 +1016,8 @@ def table(report: dict[str, Any]) -> str:
     if others or pg:
         lines += ["", "other rows (not headline)"]
     for s in others:
-        row(s["name"] + (" *" if s["label"] else ""), s["clients"], s["per_s"],
+        changed = f", CHANGED {', '.join(s['changed_defaults'])}" if s["changed_defaults"] else ""
+        row(s["name"] + changed + (" *" if s["label"] else ""), s["clients"], s["per_s"],
             s["latency_ms"]["p50"], s["latency_ms"]["p99"],
             tail=f" {s['status_2xx']:>7} {s['errors_5xx']:>4}  {_codes(s):<22} "
                  + _verdict(s))

@@ -168,3 +168,14 @@ def test_percentile_is_nearest_rank() -> None:
     assert loadgen.percentile(values, 50) == 50.0
     assert loadgen.percentile(values, 99) == 99.0
     assert loadgen.percentile([], 99) is None
+
+
+def test_the_open_file_limit_is_raised_for_1024_connections() -> None:
+    # In a child: lower the soft limit as a default shell has it, then raise it as the rush does.
+    code = ("import resource; from bench import environment; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            "note = environment.raise_fd_limit(512); "
+            "print(note, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert proc.stdout.split() == ["None", "512"]
