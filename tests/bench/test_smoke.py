@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import floor, loadgen, pgbench_booking, rush, wrk_booking
+from bench import floor, loadgen, pgbench_booking, wrk_booking, wrk_crowd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,10 +141,10 @@ def test_wrk_booking_json_counts_refusals_by_code() -> None:
 
 def test_crowd_is_sized_so_the_per_customer_limit_never_refuses() -> None:
     # 1,000 bookings/s for 60 s: each customer may take 20 at once and 20 more per 60 s.
-    assert rush.crowd_size(1000, 60, "20/60") == 1500
-    assert rush.customer_address(0) == "10.0.0.1" and rush.customer_address(256) == "10.0.1.1"
-    assert len({rush.customer_address(i) for i in range(70_000)}) == 70_000
-    assert rush.contiguous_ids([9, 3, 4, 5, 7, 8]) == (3, 5)
+    assert wrk_crowd.crowd_size(1000, 60, "20/60") == 1500
+    assert wrk_crowd.customer_address(0) == "10.0.0.1" and wrk_crowd.customer_address(256) == "10.0.1.1"
+    assert len({wrk_crowd.customer_address(i) for i in range(70_000)}) == 70_000
+    assert wrk_crowd.contiguous_ids([9, 3, 4, 5, 7, 8]) == (3, 5)
 
 
 def test_pgbench_script_is_the_booking_statement_with_variables() -> None:
