@@ -54,6 +54,7 @@ from bench.wrk_crowd import (
     create_customers,
     create_events,
     crowd_size,
+    key_prefix,
     organizer_token,
     sellout_load,
 )
@@ -74,6 +75,10 @@ DEFAULT_EXPECT_RATE = 2000.0  # bookings/s the crowd is sized for when pgbench d
 QUICK_EXPECT_RATE = 1000.0
 GOALS = {"vs_peak": 1.0, "p99_ms": 50.0, "no_collapse": 0.9, "idempotent": 0.8}  # issue 13, goal 2
 FD_HEADROOM = 256
+# After wrk stops: bookings unchanged for this long means its in-flight requests are done
+# (a booking waits at most BOOKING_LANE_WAIT_SECONDS, 5 s, for its batch; the bound covers it).
+SETTLE_QUIET_S = 0.5
+SETTLE_BOUND_S = 30.0
 
 
 @dataclass
@@ -289,6 +294,23 @@ def max_booking_id(database_url: str) -> int:
         return int(conn.execute("SELECT coalesce(max(id), 0) FROM bookings").fetchone()[0])  # type: ignore[index]
 
 
+def settle(database_url: str, event_ids: list[int], after_booking_id: int, *, quiet: float = SETTLE_QUIET_S,
+           bound: float = SETTLE_BOUND_S) -> float:
+    """Wait until the scenario's bookings stop growing: requests wrk left in flight finish on
+    the server after it stopped (each within the booking's own bounds). Returns the seconds waited."""
+    t0 = time.monotonic()
+    last = -1
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() - t0 < bound:
+            rows = conn.execute("SELECT count(*) FROM bookings WHERE event_id = ANY(%s) AND id > %s",
+                                (event_ids, after_booking_id)).fetchone()[0]  # type: ignore[index]
+            if rows == last:
+                break
+            last = rows
+            time.sleep(quiet)
+    return round(time.monotonic() - t0, 2)
+
+
 def ticket_check(
     database_url: str, event_ids: list[int], *, after_booking_id: int, client_successes: int | None,
     ids_distinct: bool | None = None, unanswered: int = 0, sellout: bool = False,
@@ -297,8 +319,10 @@ def ticket_check(
 
     ``unanswered``: requests still in flight when the generator stopped (wrk stops at its
     deadline): the server may have booked them, so rows may exceed successes by that many.
+    The caller waits for them first (:func:`settle`); the queries share one snapshot.
     """
     with psycopg.connect(database_url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         per_event = conn.execute(
             """SELECT e.id, e.total_tickets, e.available_tickets,
                       coalesce(sum(b.quantity), 0)::bigint AS booked, count(b.id) AS rows
@@ -370,8 +394,10 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
     cpu1 = probe.snapshot()
     elapsed = load.elapsed_s
     refusals = {str(s): n for s, n in sorted(load.statuses.items()) if 400 <= s < 500}
+    waited = settle(database_url, event_ids, before_id) if load.unanswered else 0.0
     check = ticket_check(database_url, event_ids, after_booking_id=before_id, client_successes=load.successes,
                          ids_distinct=load.ids_distinct, unanswered=load.unanswered, sellout=sellout)
+    check["settled_s"] = waited
     check["errors_5xx"] = sum(n for s, n in load.statuses.items() if s >= 500)
     check["rate_limited"] = load.statuses.get(429, 0)
     problems = []
@@ -642,11 +668,12 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
                             probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
         _say(out[-1])
     if opts.idempotent:
-        event = hot_events[len(opts.clients)]
+        event, prefix = hot_events[len(opts.clients)], key_prefix()
         out.append(scenario(f"hot event, {opts.base_clients} connections, Idempotency-Key", "idempotent",
                             lambda: crowd.book(port, [event], connections=opts.base_clients, duration=opts.duration,
-                                               idempotent=True),
+                                               key_prefix=prefix),
                             probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
+        keys_check(out[-1]["check"], db, prefix)
         _say(out[-1])
     for clients in opts.spread_clients:
         out.append(scenario(f"{len(spread)} events, {clients} connections", "spread",
@@ -661,6 +688,19 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
                         changed=changed))
     _say(out[-1])
     return out
+
+
+def keys_check(check: dict[str, Any], database_url: str, prefix: str) -> None:
+    """Every booking of the keyed run was made under its key: one stored 201 answer per bookings row."""
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM idempotency_keys WHERE key LIKE %s AND state = 'done' AND response_status = 201",
+            (prefix.replace("_", r"\_") + "%",),
+        ).fetchone()[0]  # type: ignore[index]
+    check["idempotency_keys_201"] = int(stored)
+    if stored != check["bookings_rows"]:
+        check["problems"].append(f"{stored} keys stored a 201 for {check['bookings_rows']} bookings")
+        check["ok"] = False
 
 
 def changed_defaults(opts: Options, workers: int) -> list[str]:

@@ -188,8 +188,9 @@ class Crowd:
         self.turn = 0
 
     def book(self, port: int, event_ids: list[int], *, connections: int, duration: float,
-             idempotent: bool = False) -> Load:
-        prefix = f"bench-{secrets.token_hex(6)}-" if idempotent else None
+             key_prefix: str | None = None) -> Load:
+        """``key_prefix``: every request carries a unique ``Idempotency-Key`` starting with it."""
+        prefix = key_prefix
         if self.generator == "wrk":
             r = wrk_booking.run(port, self.fixtures, event_ids, connections=connections, duration=duration,
                                 key_prefix=prefix, start=self.turn)
@@ -203,6 +204,11 @@ class Crowd:
 
     def close(self) -> None:
         self.fixtures.unlink(missing_ok=True)
+
+
+def key_prefix() -> str:
+    """A prefix of Idempotency-Keys no other run uses."""
+    return f"bench-{secrets.token_hex(6)}-"
 
 
 def sellout_load(customers: list[Customer], port: int, event: int, *, connections: int, timeout: float,

@@ -54,6 +54,8 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
         assert check["oversold"] == 0 and check["events_sold_ne_booked"] == 0 and check["ok"]
         assert check["client_successes"] == check["bookings_rows"] == check["outbox_rows"] > 0
         assert check["rate_limited"] == 0 and check["problems"] == [] and check["client_ids_distinct"]
+    keyed = rush["scenarios"][1]["check"]
+    assert keyed["idempotency_keys_201"] == keyed["bookings_rows"]  # every booking made under its own key
     sellout = rush["scenarios"][3]
     assert sellout["successes"] == 40 and sellout["check"]["sold_out_exactly"]
     assert set(sellout["error_codes"]) <= {"sold_out"}
