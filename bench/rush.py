@@ -408,6 +408,10 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
                         "(a crowd sizing fault, not a measurement; raise --customers or --expect-rate)")
     if sellout and set(load.codes) - {"sold_out"}:
         problems.append(f"refusals other than sold_out: {dict(load.codes)}")
+    elif not sellout and sum(refusals.values()) > check["rate_limited"]:
+        # Events that never sell out, customers without a per-event limit, unique keys: nothing
+        # here should be refused (an expired token, 401, would say the run outlived JWT_TTL_SECONDS).
+        problems.append(f"unexpected refusals: {dict(load.codes)}")
     if load.transport_errors:
         problems.append(f"transport errors {load.transport_errors}")
     check["problems"] = problems
