@@ -124,8 +124,10 @@ class _Closing(Exception):
 class _Connection:
     def __init__(self, spec: Spec, index: int, connections: int, out: dict[str, Any]) -> None:
         self.spec, self.out, self.index = spec, out, index
-        mine: list[int | None] = [None] if not spec.tokens else list(range(index, len(spec.tokens), connections)) or [
-            index % len(spec.tokens)]
+        # This connection's customers: indices into tokens (and their addresses), or no token.
+        mine: list[int | None] = [None]
+        if spec.tokens:
+            mine = list(range(index, len(spec.tokens), connections)) or [index % len(spec.tokens)]
         addresses = spec.forwarded_for
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
