@@ -529,7 +529,8 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
         "generator_note": generator_note,
         "fd_limit_note": fd_note,
         "server": {
-            "command": " ".join(["uvicorn", *uvicorn_command("local.app:app", 0, opts.workers[0])[3:]])
+            # uvicorn_command without the interpreter: what a container's command line reads.
+            "command": "uvicorn " + " ".join(uvicorn_command("local.app:app", 0, opts.workers[0])[3:])
             .replace(" 0 ", " <free> "),
             "production_defaults": {k: base_env[k] for k in ("APP_ENV", "LOG_LEVEL", "RATE_LIMIT_ENABLED")}
             | {"JWT_SECRET": "generated", "DB_POOL_MAX": str(defaults["db_pool_max"].default),
