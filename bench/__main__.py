@@ -2,7 +2,7 @@
 
     python -m bench                 framework floor, rush (pgbench + full stack) and fan-out, one PostgreSQL
     python -m bench floor [...]     the framework floor only: /health/live vs hello-world (bench/floor.py)
-    python -m bench rush [...]      the ticket rush only
+    python -m bench rush [...]      the ticket rush only: pgbench vs the full stack under production defaults
     python -m bench fanout [...]    the notification fan-out only
     python -m bench coldstart [...] handler import times (bench/coldstart.py)
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes (bench/results/)")
         p.add_argument("--keep-data", action="store_true", help="keep the bench database and server data")
         if "rush" in parts:
-            rush.add_arguments(p)
+            rush.add_arguments(p, generator="floor" not in parts)  # one --generator for both
         else:
             p.add_argument("--quick", action="store_true", help="tiny correctness run")
         if "fanout" in parts:
@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                                         redis_url=env.redis_url if env else args.redis_url)
             ok = ok and report["floor"]["ok"]
         if env is not None and "rush" in args.parts:
-            report["rush"] = rush.run(env, rush.options_from(args), args.out)
+            report["rush"] = rush.run(env, rush.options_from(args), args.out, floor_report=report.get("floor"))
             ok = ok and report["rush"].get("ok", True)
+        # The Lambda path (issue 13, goal 3) goes here, beside the container path:
+        # bench/lambda_path.py's ``run(env, opts, out) -> dict`` into report["lambda"] (with its
+        # options added in _parser), and its ``table(report)`` into ``tables`` below.
         if env is not None and "fanout" in args.parts:
             users = args.users or (QUICK_FANOUT_USERS if args.quick else FANOUT_USERS)
             report["fanout"] = fanout.run(env, users, args.out, timeout=args.fanout_timeout)
@@ -102,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {report['machine']['nproc']} x {report['machine']['cpu_model']}; "
           f"{_servers_line(env)}load average "
           f"{report['loadavg_at_start'][0]:.1f} at start, {report['loadavg_at_end'][0]:.1f} at end")
-    tables = {"floor": floor.table, "rush": rush.table, "fanout": fanout.table}
+    # The rush leads: its headline rows are issue 13's container path; the Lambda path's table
+    # (bench/lambda_path.py, "lambda") belongs right after it.
+    tables = {"rush": rush.table, "floor": floor.table, "fanout": fanout.table}
     print("\n\n".join(table(report[part]) for part, table in tables.items() if part in report))
     print(f"\nreport: {path}  ({report['seconds']} s){'' if ok else '  CHECKS FAILED'}")
     return 0 if ok else 1

@@ -70,6 +70,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def raise_fd_limit(wanted: int) -> str | None:
+    """Raise this process's soft open-file limit to ``wanted`` (children inherit it).
+
+    1,024 connections need more than the usual soft limit of 1,024 descriptors, in the load
+    generator and in the server alike. Returns why not when the hard limit is lower (the
+    caller says so beside its figures), else None.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return "no resource module: the open-file limit cannot be raised here"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            return f"open-file limit stays {soft} ({exc}); {wanted} wanted"
+        if target < wanted:
+            return f"open-file limit raised only to the hard limit {hard}; {wanted} wanted"
+    return None
+
+
 def _server_facts(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         facts: dict[str, Any] = {"postgres_version": conn.execute("SHOW server_version").fetchone()[0]}  # type: ignore[index]

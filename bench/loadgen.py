@@ -33,6 +33,9 @@ class Spec:
     ``tokens`` are spread over connections (connection i uses token i mod n, or, with more
     tokens than connections, tokens i, i + c, i + 2c... in turn, so no customer books more
     than its share: the per-customer limit); ``event_ids`` are chosen at random per request.
+    ``forwarded_for``: one ``X-Forwarded-For`` address per token (a customer's own address
+    behind a trusted load balancer), sent with it. ``idempotency_prefix``: every request
+    carries ``Idempotency-Key: <prefix><connection>-<n>``, unique in the run.
     ``stop_codes``: a connection stops after receiving
     an error with one of these codes (a sell-out rush ends when every client has seen
     ``sold_out``).
@@ -46,6 +49,8 @@ class Spec:
     event_ids: tuple[int, ...] = ()
     quantity: int = 1
     stop_codes: tuple[str, ...] = ()
+    forwarded_for: tuple[str, ...] = ()
+    idempotency_prefix: str | None = None
 
 
 @dataclass
@@ -77,10 +82,12 @@ class Result:
         return sum(self.statuses.values())
 
 
-def _request_head(spec: Spec, token: str | None) -> bytes:
+def _request_head(spec: Spec, token: str | None, address: str | None = None) -> bytes:
     head = f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
     if token:
         head += f"Authorization: Bearer {token}\r\n"
+    if address:
+        head += f"X-Forwarded-For: {address}\r\n"
     return head.encode()
 
 
@@ -116,14 +123,17 @@ class _Closing(Exception):
 
 class _Connection:
     def __init__(self, spec: Spec, index: int, connections: int, out: dict[str, Any]) -> None:
-        self.spec, self.out = spec, out
-        tokens: list[str | None] = [None]
+        self.spec, self.out, self.index = spec, out, index
+        # This connection's customers: indices into tokens (and their addresses), or no token.
+        mine: list[int | None] = [None]
         if spec.tokens:
-            tokens = list(spec.tokens[index::connections]) or [spec.tokens[index % len(spec.tokens)]]
+            mine = list(range(index, len(spec.tokens), connections)) or [index % len(spec.tokens)]
+        addresses = spec.forwarded_for
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         # Pre-rendered parts: a head per token, a tail per event id (a few thousand at most).
-        self.heads = [_request_head(spec, t) for t in tokens]
+        self.heads = [_request_head(spec, None if i is None else spec.tokens[i],
+                                    addresses[i] if i is not None and addresses else None) for i in mine]
         ids = spec.event_ids or (None,)
         self.tails = [_request_tail(spec, e) for e in ids]
 
@@ -166,6 +176,8 @@ class _Connection:
         while time.time() < deadline:
             head = heads[0] if len(heads) == 1 else heads[turn % len(heads)]
             turn += 1
+            if self.spec.idempotency_prefix is not None:
+                head += f"Idempotency-Key: {self.spec.idempotency_prefix}{self.index}-{turn}\r\n".encode()
             request = head + (tails[0] if len(tails) == 1 else pick(tails))
             sent = time.time()
             try:

@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import floor, loadgen, pgbench_booking
+from bench import floor, loadgen, pgbench_booking, wrk_booking, wrk_crowd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,19 +43,30 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
     assert [r["clients"] for r in pg["hot"]] == [1, 4] and pg["peak"]["tps"] > 0
     assert pg["hot_check"]["oversold"] == 0 and pg["hot_check"]["ok"]
     assert pg["hot_check"]["bookings_rows"] == pg["hot_check"]["pgbench_transactions"] > 0
-    assert rush["generator_ceiling"]["per_s"] > 0 and rush["generator_alone"]["per_s"] > 0
+    assert rush["reference"]["ceiling"]["per_s"] > 0 and rush["reference"]["hello"]["per_s"] > 0
     kinds = [s["kind"] for s in rush["scenarios"]]
-    assert kinds == ["hot", "sellout", "spread"]
+    assert kinds == ["hot", "idempotent", "spread", "sellout", "workers"]
+    assert [s["workers"] for s in rush["scenarios"]] == [1, 1, 1, 1, 2]
     for s in rush["scenarios"]:
-        assert s["per_s"] > 0 and s["errors_5xx"] == 0
-        assert set(s["latency_ms"]) == {"p50", "p95", "p99", "max"}
+        assert s["per_s"] > 0 and s["errors_5xx"] == 0 and s["generator"] == "python"
+        assert set(s["latency_ms"]) == {"p50", "p99", "max"}
         check = s["check"]
         assert check["oversold"] == 0 and check["events_sold_ne_booked"] == 0 and check["ok"]
         assert check["client_successes"] == check["bookings_rows"] == check["outbox_rows"] > 0
-    sellout = rush["scenarios"][1]
+        assert check["rate_limited"] == 0 and check["problems"] == [] and check["client_ids_distinct"]
+    keyed = rush["scenarios"][1]["check"]
+    assert keyed["idempotency_keys_201"] == keyed["bookings_rows"]  # every booking made under its own key
+    sellout = rush["scenarios"][3]
     assert sellout["successes"] == 40 and sellout["check"]["sold_out_exactly"]
     assert set(sellout["error_codes"]) <= {"sold_out"}
     assert all(v > 0 for v in rush["ratios"].values())
+    # Production defaults, behind a trusted load balancer; cheap hashing for the setup only.
+    server = rush["server"]
+    assert server["production_defaults"]["APP_ENV"] == "production"
+    assert server["production_defaults"]["RATE_LIMIT_ENABLED"] == "true"
+    assert server["production_defaults"]["RATE_LIMIT_BOOKING_PER_USER"] == "20/60"
+    assert server["deployment"] == {"TRUSTED_PROXIES": "127.0.0.1"} and server["changed_defaults"] == {}
+    assert rush["crowd"]["customers"] >= 4 and [g["met"] for g in rush["goals"]][-1] is True
     fan = quick_report["fanout"]
     assert fan["ok"] and fan["delivery_keys"] == fan["distinct_users"] == 300 and fan["channels"] == ["console"]
 
@@ -107,6 +119,36 @@ def test_wrk_drives_the_canned_server() -> None:
     assert measured.p99_ms is not None and measured.p99_ms > 0
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_booking_script_rotates_customers_and_reports_what_it_counted(tmp_path: Path) -> None:
+    fixtures = tmp_path / "crowd.txt"
+    fixtures.write_text("tok-a 10.0.0.1\ntok-b 10.0.0.2\n")
+    with loadgen.canned_server() as port:
+        measured = wrk_booking.run(port, fixtures, [5, 6], connections=4, duration=1, key_prefix="k-", start=7)
+    assert measured.statuses and set(measured.statuses) == {200} and measured.codes == Counter()
+    assert measured.successes == measured.answered > 0 and measured.sent >= measured.answered
+    assert measured.turn_end == 7 + measured.sent and measured.p99_ms is not None and measured.p99_ms > 0
+    assert measured.distinct_ids == 0 and measured.duplicate_ids == 0  # the canned answer has no id
+
+
+def test_wrk_booking_json_counts_refusals_by_code() -> None:
+    line = ('BENCH_JSON {"statuses":{"201":5,"409":2,"429":1},"codes":{"sold_out":2,"rate_limited":1},'
+            '"sent":10,"answered":8,"distinct_ids":5,"duplicate_ids":0,"turn_end":10,"duration_us":2000000,'
+            '"socket_errors":{"connect":0,"read":1},"latency_us":{"p50":1500,"p99":42000,"max":90000}}')
+    r = wrk_booking.parse("Running 2s test\n" + line + "\n", connections=4)
+    assert r.successes == 5 and r.unanswered == 2 and r.statuses[429] == 1 and r.codes["sold_out"] == 2
+    assert (r.p50_ms, r.p99_ms, r.max_ms) == (1.5, 42.0, 90.0) and r.socket_errors == {"read": 1}
+    assert r.duration_s == 2.0
+
+
+def test_crowd_is_sized_so_the_per_customer_limit_never_refuses() -> None:
+    # 1,000 bookings/s for 60 s: each customer may take 20 at once and 20 more per 60 s.
+    assert wrk_crowd.crowd_size(1000, 60, "20/60") == 1500
+    assert wrk_crowd.customer_address(0) == "10.0.0.1" and wrk_crowd.customer_address(256) == "10.0.1.1"
+    assert len({wrk_crowd.customer_address(i) for i in range(70_000)}) == 70_000
+    assert wrk_crowd.contiguous_ids([9, 3, 4, 5, 7, 8]) == (3, 5)
+
+
 def test_pgbench_script_is_the_booking_statement_with_variables() -> None:
     script = pgbench_booking.translate(
         pgbench_booking.book_sql(),
@@ -128,3 +170,14 @@ def test_percentile_is_nearest_rank() -> None:
     assert loadgen.percentile(values, 50) == 50.0
     assert loadgen.percentile(values, 99) == 99.0
     assert loadgen.percentile([], 99) is None
+
+
+def test_the_open_file_limit_is_raised_for_1024_connections() -> None:
+    # In a child: lower the soft limit as a default shell has it, then raise it as the rush does.
+    code = ("import resource; from bench import environment; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            "note = environment.raise_fd_limit(512); "
+            "print(note, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert proc.stdout.split() == ["None", "512"]
