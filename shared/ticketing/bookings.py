@@ -87,8 +87,8 @@ def book(
             with unknown_user_is_401():
                 return conn.execute(statement, params).fetchone()
 
-        exact = _BOOK_EXACT_SQL[idempotency is not None]
-        row = grant(conn, run, exact=lambda: run(exact), params=params, user_id=user_id)
+        exact_sql = _BOOK_EXACT_SQL[idempotency is not None]
+        row = grant(conn, run, exact=lambda: run(exact_sql), params=params, user_id=user_id)
         if idempotency is not None:
             idempotency.completed = True  # by the completion CTE, in the same statement
         publish_committed(conn, [row["outbox_id"]])

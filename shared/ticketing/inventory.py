@@ -460,7 +460,7 @@ def rule_params(
 def read_gate(
     conn: Connection, params: Mapping[str, Any], lock: str = "", *, expired_held: bool = True
 ) -> dict[str, Any] | None:
-    """The event's row as the rules read it (``lock``: e.g. ``FOR UPDATE``), with the
+    """The event's row as the rules read it (``lock``: e.g. ``FOR NO KEY UPDATE``), with the
     tickets of its expired holds not reclaimed yet unless ``expired_held`` is False."""
     expired = f", {EXPIRED_HELD_SQL.format(event='events')} AS expired_held" if expired_held else ""
     return conn.execute(
