@@ -44,10 +44,12 @@ def seed(database_url: str, users: int) -> tuple[int, int]:
             (f"{tag}-org@bench.test",),
         ).fetchone()[0]  # type: ignore[index]
         event = conn.execute(
-            """INSERT INTO events (organizer_id, title, venue, total_tickets, available_tickets)
-               VALUES (%s, 'Fan-out benchmark', 'Main hall', %s, 0) RETURNING id""",
+            """INSERT INTO events (organizer_id, title, venue, total_tickets)
+               VALUES (%s, 'Fan-out benchmark', 'Main hall', %s) RETURNING id""",
             (organizer, users),
         ).fetchone()[0]  # type: ignore[index]
+        # Sold out: its one stock row (shared/ticketing/inventory.py) holds no ticket.
+        conn.execute("INSERT INTO event_stock (event_id, shard, available_tickets) VALUES (%s, 0, 0)", (event,))
         conn.execute(
             """WITH fans AS (
                    INSERT INTO users (email, name, password_hash, role, email_verified_at)

@@ -324,7 +324,9 @@ def ticket_check(
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         per_event = conn.execute(
-            """SELECT e.id, e.total_tickets, e.available_tickets,
+            """SELECT e.id, e.total_tickets,
+                      (SELECT sum(st.available_tickets) FROM event_stock st WHERE st.event_id = e.id)
+                          AS available_tickets,
                       coalesce(sum(b.quantity), 0)::bigint AS booked, count(b.id) AS rows
                  FROM events e LEFT JOIN bookings b ON b.event_id = e.id AND b.status = 'confirmed'
                 WHERE e.id = ANY(%s) GROUP BY e.id""",

@@ -193,6 +193,13 @@ class Settings(BaseSettings):
     # event's per-booking maximum); events may override. Twice a full booking: room for a
     # group and a second purchase, while one account cannot take a sale.
     max_tickets_per_customer: int = Field(default=20, ge=1, le=1_000_000)
+    # An event's available tickets are spread over this many rows (shared/ticketing/inventory.py),
+    # fixed when it is created: concurrent grants each take an unlocked row instead of queueing
+    # on one row's lock (the Lambda path cannot coalesce). Small events get fewer rows, none
+    # with fewer than INVENTORY_SHARD_MIN_TICKETS (an event of 10 tickets has one row), so a
+    # sale does not end in many near-empty rows that send requests to the exact, all-rows path.
+    inventory_shards: int = Field(default=16, ge=1, le=256, description="rows per event, at most")
+    inventory_shard_min_tickets: int = Field(default=20, ge=1, description="tickets per row, at least")
     # Long-running servers coalesce concurrent bookings of one event into one transaction
     # (shared/ticketing/coalescing.py); Lambda (one request per environment) never does.
     booking_coalesce: bool = True

@@ -1,9 +1,11 @@
 """Bookings: the atomic ticket decrement, cancellation, and lookups of a customer's bookings.
 
-A booking is ONE autocommit statement: the guarded decrement, the booking row, the
-outbox row (and, with an Idempotency-Key, the stored answer) are chained through
-RETURNING, so the hot event row is locked for a single round trip and nothing is
-inserted unless tickets were really taken.
+A booking is ONE autocommit statement: the guarded decrement of one of the event's stock
+rows, the booking row, the outbox row (and, with an Idempotency-Key, the stored answer) are
+chained through RETURNING, so a stock row is locked for a single round trip and nothing is
+inserted unless tickets were really taken. When no single row can serve it, the same
+statement built on the exact grant runs under the lock of every row
+(:func:`shared.ticketing.inventory.grant`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from shared.ticketing.inventory import (
     CUSTOMER_MAX_SQL,
     EVENT_RULES,
     GRANT_CTE,
+    GRANT_EXACT_CTE,
     Ask,
     count_cte,
     first_failed,
     give_back,
     grant,
+    lock_return_shard,
+    lock_stock,
     read_gate,
     rule_params,
+    take_cte,
 )
 
 BOOKING_COLUMNS = "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at"
@@ -41,9 +47,9 @@ CONFIRMATION_CTE = f"""notification AS (
 )"""
 
 
-def _book_sql(idempotent: bool) -> str:
+def _book_sql(idempotent: bool, exact: bool = False) -> str:
     return f"""
-WITH {GRANT_CTE}, {COUNT_CTE}, booking AS (
+WITH {GRANT_EXACT_CTE if exact else GRANT_CTE}, {COUNT_CTE}, booking AS (
     INSERT INTO bookings (event_id, user_id, quantity)
     SELECT event_id, %(user_id)s, %(quantity)s FROM counted
     RETURNING {BOOKING_COLUMNS}
@@ -54,6 +60,8 @@ SELECT booking.*, notification.id AS outbox_id FROM booking, notification
 
 BOOK_SQL = _book_sql(idempotent=False)
 BOOK_IDEMPOTENT_SQL = _book_sql(idempotent=True)
+# The exact path's statements (every stock row locked): {idempotent: sql}.
+_BOOK_EXACT_SQL = {idem: _book_sql(idem, exact=True) for idem in (False, True)}
 
 
 def book(
@@ -75,11 +83,12 @@ def book(
         sql = BOOK_IDEMPOTENT_SQL
     with connection() as conn:
 
-        def run() -> dict[str, Any] | None:
+        def run(statement: str = sql) -> dict[str, Any] | None:
             with unknown_user_is_401():
-                return conn.execute(sql, params).fetchone()
+                return conn.execute(statement, params).fetchone()
 
-        row = grant(conn, run, params=params, user_id=user_id)
+        exact_sql = _BOOK_EXACT_SQL[idempotency is not None]
+        row = grant(conn, run, exact=lambda: run(exact_sql), params=params, user_id=user_id)
         if idempotency is not None:
             idempotency.completed = True  # by the completion CTE, in the same statement
         publish_committed(conn, [row["outbox_id"]])
@@ -100,18 +109,17 @@ _BATCH_COUNT_CTE = count_cte(
      GROUP BY granted.id, req.user_id, granted.customer_max"""
 )
 
-# Many bookings of one event in one statement, for a transaction that already holds the
-# event row's lock. Booking ids are drawn up front so each answer maps back to its request.
+# Many bookings of one event in one statement, for a transaction that already holds every
+# stock row's lock (the total is taken across rows). Booking ids are drawn up front so each
+# answer maps back to its request.
 BOOK_BATCH_SQL = f"""
 WITH req AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('bookings', 'id')) AS id, r.*
       FROM unnest(%(seq)s::int[], %(user_ids)s::bigint[], %(quantities)s::int[],
                   %(idem_user_ids)s::bigint[], %(idem_keys)s::text[], %(idem_owners)s::uuid[])
            AS r(seq, user_id, quantity, idem_user_id, idem_key, idem_owner)
-), granted AS (
-    UPDATE events SET available_tickets = available_tickets - %(total)s
-     WHERE id = %(event_id)s
-    RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max
+), {take_cte("%(total)s::int")}, granted AS (
+    SELECT id, {CUSTOMER_MAX_SQL} AS customer_max FROM events WHERE id = %(event_id)s
 ), {_BATCH_COUNT_CTE}, booking AS (
     INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
     SELECT req.id, granted.id, req.user_id, req.quantity FROM req, granted ORDER BY req.seq
@@ -131,7 +139,7 @@ def book_batch(
 ) -> list[dict[str, Any] | None]:
     """Book many requests for one event in one transaction; ``None`` where not granted here.
 
-    The event row is locked first, then requests are granted in order while the grant
+    Every stock row of the event is locked first, then requests are granted in order while the grant
     rules allow (first fit: a later, smaller request may still fit). A request not granted
     (no tickets left for it, above the per-booking maximum or its customer's limit), or a
     whole batch on an event that is missing, cancelled or ended, gets ``None``: the caller
@@ -166,7 +174,7 @@ def book_batch(
 def _write_batch(
     conn: Connection, event_id: int, items: list[BatchItem], default_max: int | None
 ) -> list[dict[str, Any]]:
-    """Grant what the rules (:data:`shared.ticketing.inventory.RULES`) allow, under the event row's lock.
+    """Grant what the rules (:data:`shared.ticketing.inventory.RULES`) allow, under the stock rows' locks.
 
     The rules' checks decide here, on what the lock makes exact; the statement then relies
     on the database for the customer limit too (its CHECK would abort the batch rather
@@ -174,12 +182,13 @@ def _write_batch(
     they stand in the way of is left to the one-request path, which reclaims them.
     """
     params = rule_params(event_id=event_id, quantity=0, default_max=default_max, now=clock.now())
-    event = read_gate(conn, params, "FOR NO KEY UPDATE", expired_held=False)
+    lock_stock(conn, event_id)  # every writer of the gate or the stock takes these too
+    event = read_gate(conn, params, expired_held=False)
     if first_failed(event, Ask(event_id, 0, params["now"]), EVENT_RULES) is not None:
         return []  # the event grants nobody now: each request hears why on the one-request path
     assert event is not None
-    # A new statement after the lock: it sees every committed counter of this event, and
-    # nobody changes them while the lock is held (every writer takes it first).
+    # A new statement after the locks: it sees every committed counter of this event, and
+    # nobody changes them while the locks are held (every writer takes a stock row first).
     has: dict[int, int] = {
         row["user_id"]: row["tickets"]
         for row in conn.execute(
@@ -219,7 +228,8 @@ def _write_batch(
 def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> dict[str, Any]:
     """Give back all (``quantity`` None) or some tickets of a booking; repeating is harmless.
 
-    Locks the event row before the booking row, the order every writer uses.
+    Locks the event row, then the stock row the tickets go back to, then the booking row:
+    the order every writer uses.
     """
     with connection() as conn:
         with conn.transaction():
@@ -230,6 +240,7 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
             if current is None:
                 raise NotFound("booking_not_found", f"Booking {booking_id} does not exist")
             conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (current["event_id"],))
+            shard = lock_return_shard(conn, current["event_id"])
             current = conn.execute(
                 f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)
             ).fetchone()
@@ -255,7 +266,7 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                 {"n": returned, "id": booking_id},
             ).fetchone()
             assert row is not None
-            give_back(conn, row["event_id"], user_id, returned)
+            give_back(conn, row["event_id"], shard, user_id, returned)
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
                 quantity=returned, remaining=row["quantity"]))

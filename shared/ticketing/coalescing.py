@@ -1,9 +1,9 @@
 """Coalescing concurrent bookings of one event into one transaction (long-running servers).
 
-During an on-sale rush every booking updates the same event row, so transactions queue
-on its row lock and each pays its own commit. Here a server process keeps at most one
+During an on-sale rush every booking updates one of the event's few stock rows, so
+transactions contend for them and each pays its own commit. Here a server process keeps at most one
 transaction per event in flight: bookings that arrive while it runs wait in the event's
-lane (cheap, in memory) and go together in the next one, which locks the row once,
+lane (cheap, in memory) and go together in the next one, which locks the stock rows once,
 inserts every booking with its outbox row and idempotent answer in one statement, and
 commits once (:func:`shared.ticketing.bookings.book_batch`). An idle lane starts at once, so a
 lone booking waits for nothing.

@@ -1,4 +1,10 @@
-"""Events: creation, updates (with atomic capacity changes), cancellation, lookups, listings."""
+"""Events: creation, updates (with atomic capacity changes), cancellation, lookups, listings.
+
+An event's available tickets live in its stock rows (shared/ticketing/inventory.py): readers
+see their sum; creation makes the rows; every change of what the grant rules read (times,
+limits, capacity, cancellation) locks the event row, then every stock row (bumping the gate
+sequence, :func:`shared.ticketing.inventory.touch_gate`) before it writes anything.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
 from shared.ticketing.inventory import (
+    AVAILABLE_SQL,
     EVENT_ACTIVE,
     EXPIRED_HELD_SQL,
     SALES_END_SQL,
@@ -18,6 +25,11 @@ from shared.ticketing.inventory import (
     live_hold_sql,
     reclaim_expired_holds,
     refusal,
+    set_stock,
+    shards_for,
+    shift_stock,
+    stock_event,
+    touch_gate,
 )
 
 _COLUMNS = (
@@ -25,10 +37,12 @@ _COLUMNS = (
     "available_tickets", "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
     "status", "created_at", "updated_at",
 )
-EVENT_COLUMNS = ", ".join(_COLUMNS)
-# What readers see: expired holds count as available even before anything reclaims them.
+# The event row's own columns (available tickets are not one of them).
+EVENT_COLUMNS = ", ".join(c for c in _COLUMNS if c != "available_tickets")
+# What readers see: the sum of the stock rows, in the statement's one snapshot, with expired
+# holds counted as available even before anything reclaims them.
 EVENT_READ_COLUMNS = ", ".join(
-    f"available_tickets + {EXPIRED_HELD_SQL.format(event='events')} AS available_tickets"
+    f"{AVAILABLE_SQL.format(event='events')} + {EXPIRED_HELD_SQL.format(event='events')} AS available_tickets"
     if c == "available_tickets"
     else c
     for c in _COLUMNS
@@ -42,19 +56,23 @@ _OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_p
 
 
 def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """A new event with all its tickets available, spread over its stock rows (:func:`shards_for`)."""
+    values = {"organizer_id": organizer_id, **_OPTIONAL, **fields}
     with connection() as conn, unknown_user_is_401():
-        row = conn.execute(
-            f"""INSERT INTO events (organizer_id, title, venue, start_time, end_time,
-                                    total_tickets, available_tickets, max_tickets_per_booking,
-                                    max_tickets_per_customer, max_hold_seconds)
-                VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
-                        %(total_tickets)s, %(total_tickets)s, %(max_tickets_per_booking)s,
-                        %(max_tickets_per_customer)s, %(max_hold_seconds)s)
-                RETURNING {EVENT_COLUMNS}""",
-            {"organizer_id": organizer_id, **_OPTIONAL, **fields},
-        ).fetchone()
-    assert row is not None
-    return row
+        with conn.transaction():
+            row = conn.execute(
+                """INSERT INTO events (organizer_id, title, venue, start_time, end_time,
+                                        total_tickets, shards, max_tickets_per_booking,
+                                        max_tickets_per_customer, max_hold_seconds)
+                    VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
+                            %(total_tickets)s, %(shards)s, %(max_tickets_per_booking)s,
+                            %(max_tickets_per_customer)s, %(max_hold_seconds)s)
+                    RETURNING id""",
+                {**values, "shards": shards_for(values["total_tickets"])},
+            ).fetchone()
+            assert row is not None
+            stock_event(conn, row["id"])
+        return read_event(conn, row["id"])
 
 
 def get_event(event_id: int) -> dict[str, Any]:
@@ -101,7 +119,7 @@ def list_events(
 
 def _lock_own_event(conn: Connection, event_id: int, organizer_id: int) -> dict[str, Any]:
     current = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE id = %s FOR UPDATE", (event_id,)
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE id = %s FOR NO KEY UPDATE", (event_id,)
     ).fetchone()
     if current is None:
         raise NotFound("event_not_found", f"Event {event_id} does not exist")
@@ -142,15 +160,17 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             changed = {k: v for k, v in changes.items() if current[k] != v}
             if not changed:
                 return read_event(conn, event_id)
+            touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
 
             assignments = [f"{column} = %({column})s" for column in changed]
             if "total_tickets" in changed:
                 reclaim_expired_holds(conn, event_id, now)
                 counter = conn.execute(
-                    "SELECT available_tickets FROM events WHERE id = %s", (event_id,)
+                    f"SELECT {AVAILABLE_SQL.format(event='events')} AS available FROM events WHERE id = %s",
+                    (event_id,),
                 ).fetchone()
-                assert counter is not None  # the row is locked by this transaction
-                available = counter["available_tickets"]
+                assert counter is not None  # the rows are locked by this transaction
+                available = counter["available"]
                 held = _held_now(conn, event_id, now)
                 sold = current["total_tickets"] - available - held
                 if changed["total_tickets"] < sold + held:
@@ -162,9 +182,7 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
                         held=held,
                         requested=changed["total_tickets"],
                     )
-                assignments.append(
-                    "available_tickets = available_tickets + (%(total_tickets)s - total_tickets)"
-                )
+                shift_stock(conn, event_id, changed["total_tickets"] - current["total_tickets"])
             row = conn.execute(
                 f"""UPDATE events SET {", ".join(assignments)}, updated_at = now()
                     WHERE id = %(id)s RETURNING {EVENT_COLUMNS}""",
@@ -200,6 +218,7 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
             current = _lock_own_event(conn, event_id, organizer_id)
             if current["status"] == "cancelled":
                 return read_event(conn, event_id)
+            touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
             cancelled = conn.execute(
                 """WITH c AS (
                        UPDATE bookings
@@ -219,14 +238,14 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
                 (event_id,),
             )
             conn.execute(
-                """UPDATE events
-                      SET status = 'cancelled', updated_at = now(),
-                          available_tickets = total_tickets - coalesce((
-                              SELECT sum(quantity) FROM holds
-                               WHERE event_id = %(id)s AND status = 'active'), 0)
-                    WHERE id = %(id)s""",
-                {"id": event_id},
+                "UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = %s", (event_id,)
             )
+            held = conn.execute(
+                "SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %s AND status = 'active'",
+                (event_id,),
+            ).fetchone()
+            assert held is not None
+            set_stock(conn, event_id, current["total_tickets"] - held["n"])
             outbox_id = outbox.write(conn, EventCancelled(
                 event_id=event_id, bookings_cancelled=cancelled["bookings"] if cancelled else 0))
         outbox.publish_committed(conn, [outbox_id])

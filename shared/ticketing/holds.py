@@ -29,6 +29,7 @@ from shared.ticketing.inventory import (
     COUNT_CTE,
     EVENT_RULES,
     GRANT_CTE,
+    GRANT_EXACT_CTE,
     OPEN_SQL,
     TICKETS_LEFT,
     Ask,
@@ -38,6 +39,8 @@ from shared.ticketing.inventory import (
     grant,
     is_live,
     live_hold_sql,
+    lock_return_shard,
+    lock_stock,
     read_gate,
     reclaim_expired_holds,
     refusal,
@@ -47,9 +50,9 @@ from shared.ticketing.inventory import (
 HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at"
 
 
-def _hold_sql(idempotent: bool) -> str:
+def _hold_sql(idempotent: bool, exact: bool = False) -> str:
     return f"""
-WITH {GRANT_CTE}, {COUNT_CTE}, hold AS (
+WITH {GRANT_EXACT_CTE if exact else GRANT_CTE}, {COUNT_CTE}, hold AS (
     INSERT INTO holds (event_id, user_id, quantity, expires_at)
     SELECT g.id, %(user_id)s, %(quantity)s,
            least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
@@ -59,6 +62,9 @@ WITH {GRANT_CTE}, {COUNT_CTE}, hold AS (
 ){completion_cte("hold") if idempotent else ""}
 SELECT * FROM hold
 """
+
+
+_HOLD_SQL = {(idem, exact): _hold_sql(idem, exact) for idem in (False, True) for exact in (False, True)}
 
 
 def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") -> str:
@@ -114,9 +120,15 @@ def create_hold(
     )
     if idempotency is not None:
         params.update(idempotency.params())
-    sql = _hold_sql(idempotency is not None)
     with connection() as conn, unknown_user_is_401():
-        row = grant(conn, lambda: conn.execute(sql, params).fetchone(), params=params, user_id=user_id)
+        idem = idempotency is not None
+        row = grant(
+            conn,
+            lambda: conn.execute(_HOLD_SQL[idem, False], params).fetchone(),
+            exact=lambda: conn.execute(_HOLD_SQL[idem, True], params).fetchone(),
+            params=params,
+            user_id=user_id,
+        )
     if idempotency is not None:
         idempotency.completed = True  # by the completion CTE, in the same statement
     return row
@@ -170,8 +182,8 @@ def confirm_hold(
     return row, True
 
 
-# An expired hold's tickets granted again, to the same customer.
-_REGRANT_SQL = f"WITH {GRANT_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
+# An expired hold's tickets granted again, to the same customer, under every stock row's lock.
+_REGRANT_SQL = f"WITH {GRANT_EXACT_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
 
 
 def _confirm_expired(
@@ -182,11 +194,12 @@ def _confirm_expired(
     A hold that expired gets its tickets back and is booked again *as this hold* if the
     grant rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
-    One transaction, event row locked first like every writer.
+    One transaction, event row locked first, then every stock row, like every writer.
     """
     hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
-        event = read_gate(conn, params, "FOR UPDATE")
+        event = read_gate(conn, params, "FOR NO KEY UPDATE")
+        lock_stock(conn, event_id)
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()
@@ -200,12 +213,8 @@ def _confirm_expired(
             raise closed
         if not is_live(current, now):
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
-
-            def regrant() -> dict[str, Any] | None:
-                with conn.transaction():  # a savepoint: a refused limit CHECK undoes only this
-                    return conn.execute(_REGRANT_SQL, params).fetchone()
-
-            grant(conn, regrant, params=params, user_id=params["user_id"],
+            grant(conn, lambda: conn.execute(_REGRANT_SQL, params).fetchone(),
+                  params=params, user_id=params["user_id"], locked=True,
                   wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
         row = conn.execute(
             _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None),
@@ -218,7 +227,7 @@ def _confirm_expired(
 
 
 def _hold_expired(hold_id: int, event: Gate, ask: Ask) -> AppError:
-    """An expired hold's wording of a shortage: its tickets are gone (the event row is locked)."""
+    """An expired hold's wording of a shortage: its tickets are gone (every stock row is locked)."""
     return Conflict(
         "hold_expired",
         f"Hold {hold_id} expired and its tickets are no longer available",
@@ -232,6 +241,7 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     hold = get_hold(hold_id=hold_id, user_id=user_id)
     with connection() as conn, conn.transaction():
         conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (hold["event_id"],))
+        shard = lock_return_shard(conn, hold["event_id"])  # before the hold: the lock order
         row = conn.execute(
             f"""UPDATE holds SET status = 'released', closed_at = %s
                  WHERE id = %s AND status = 'active' RETURNING {HOLD_COLUMNS}""",
@@ -241,7 +251,7 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
             current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
             assert current is not None
             return current
-        give_back(conn, row["event_id"], row["user_id"], row["quantity"])
+        give_back(conn, row["event_id"], shard, row["user_id"], row["quantity"])
     return row
 
 

@@ -19,13 +19,34 @@ A rule is a SQL predicate, a check on the event's row as the rules read it (its 
   (:data:`GRANT_CTE`); the customer limit is a CHECK on the customer's counter raised in the
   same statement (:data:`COUNT_CTE`), so concurrent requests of one customer cannot pass it
   together. A refused statement is explained by walking the checks (:func:`grant`);
-* under the event row's lock (a coalesced batch, the confirmation of an expired hold): the
-  checks decide (:func:`first_failed`);
+* under the lock of every stock row (the exact path, a coalesced batch, the confirmation of
+  an expired hold): the checks decide (:func:`first_failed`), or the same predicates on the
+  summed rows (:data:`GRANT_EXACT_CTE`);
 * a live hold's tickets were granted when it was made: confirming it re-checks only the
   event's own rules (:data:`EVENT_RULES`, :data:`OPEN_SQL`).
 
-Lock order everywhere: the event row first, then its holds, bookings or customer counters.
-The hot path (a grant) locks only the event row and one counter row, for one statement.
+Stock rows. An event's available tickets are spread over ``events.shards`` rows of
+``event_stock`` (fixed at creation, :func:`shards_for`); the available count is their sum in
+one snapshot (:data:`AVAILABLE_SQL`), read by every reader, and no other copy exists. A grant
+takes one row that has enough, chosen without waiting (``FOR UPDATE SKIP LOCKED``, starting
+at a random row so clients spread); when every such row is locked it waits for its random
+row; if that row cannot serve it either, the exact path locks every row in shard order and
+takes across rows if their sum suffices, else refuses with the exact sum. So a request is
+refused for lack of tickets only when the total is short, decided under the lock of every
+row. An event with one row is the one-row design: the same statement waits on that row.
+
+Staleness. Grants do not lock the event row; they compare ``gate_seq`` of the stock row they
+write with the event's. Every writer of what the rules read on the event (cancellation,
+times, limits, capacity) locks every stock row and bumps both (:func:`touch_gate`) before it
+changes anything, so a grant re-checked by PostgreSQL (READ COMMITTED) against a stock row
+that writer committed, but still holding the old event row, matches nothing and goes to the
+exact path, which locks and re-reads.
+
+Lock order everywhere: the event row (only writers other than grants take it), then stock
+rows in shard order (a grant takes one), then holds, bookings, customer counters. A grant
+locks one stock row and one counter row, for one statement. Writers lock the event row
+``FOR NO KEY UPDATE``, never ``FOR UPDATE``: a grant's inserts take ``FOR KEY SHARE`` on it
+(their foreign keys) while it holds its stock row, and ``FOR UPDATE`` would wait for that.
 The counter's ``limit_at_claim`` column keeps its first name: the limit at the last grant.
 """
 
@@ -52,8 +73,12 @@ BOOKING_MAX_SQL = "coalesce(max_tickets_per_booking, %(default_max)s)"
 # maximum in force (who allows 30 in one booking allows 30).
 CUSTOMER_MAX_SQL = f"coalesce(max_tickets_per_customer, greatest(%(customer_max)s, {BOOKING_MAX_SQL}))"
 
+# An event's available tickets, exact: the sum of its stock rows (``{event}``: the events alias).
+AVAILABLE_SQL = """(SELECT coalesce(sum(st.available_tickets), 0) FROM event_stock st
+     WHERE st.event_id = {event}.id)::int"""
+
 # What the rules read from an event row (a diagnosis, a batch, a hold confirmation).
-GATE_COLUMNS = f"""status, available_tickets, {SALES_END_SQL} AS sales_end,
+GATE_COLUMNS = f"""status, {AVAILABLE_SQL.format(event="events")} AS available_tickets, {SALES_END_SQL} AS sales_end,
        {BOOKING_MAX_SQL} AS max_quantity,
        {CUSTOMER_MAX_SQL} AS customer_max"""
 
@@ -160,7 +185,7 @@ WITHIN_BOOKING_MAX = Rule(
 )
 TICKETS_LEFT = Rule(
     "enough tickets left",
-    "available_tickets >= %(quantity)s",
+    "available_tickets >= %(quantity)s",  # one stock row's, or the sum's (GRANT_EXACT_CTE)
     lambda event, ask: ask.quantity <= ask.free(event),
     _shortage,
     ("sold_out", "insufficient_tickets"),
@@ -191,14 +216,129 @@ def _where(rules: Sequence[Rule]) -> str:
 # The event %(event_id)s exists and can grant tickets at the application's time %(now)s.
 OPEN_SQL = _where(EVENT_RULES)
 
-# The guarded decrement, shared by bookings, holds and expired-hold confirmations: a CTE named
-# ``granted``. Its WHERE is every rule's predicate; no row means a rule refused.
-GRANT_CTE = f"""granted AS (
-    UPDATE events
-       SET available_tickets = available_tickets - %(quantity)s
-     WHERE {_where(RULES)}
-    RETURNING id, {CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end, max_hold_seconds
+# What a grant hands on (the CTE ``granted``): the event, its limit, when sales close, its hold cap.
+_GRANTED = f"{CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end, max_hold_seconds"
+
+# The guarded decrement of one stock row, shared by bookings and holds: CTEs ending in one
+# named ``granted``. ``pick`` takes the first unlocked row with enough from a random start
+# without waiting; none: the statement waits for the random row. Its WHERE is every rule's
+# predicate (on the event and that row) and the gate check; no row means a rule refused, or
+# no single row could serve it, or the event changed meanwhile: :func:`grant` then takes
+# the exact path.
+GRANT_CTE = f"""spread AS MATERIALIZED (
+    SELECT floor(random() * shards)::int AS home FROM events WHERE id = %(event_id)s
+), pick AS MATERIALIZED (
+    SELECT s.shard FROM event_stock s, spread
+     WHERE s.event_id = %(event_id)s AND s.available_tickets >= %(quantity)s
+     ORDER BY s.shard < spread.home, s.shard
+     LIMIT 1
+       FOR UPDATE OF s SKIP LOCKED
+), granted AS (
+    UPDATE event_stock s
+       SET available_tickets = s.available_tickets - %(quantity)s
+      FROM events
+     WHERE s.event_id = %(event_id)s
+       AND s.shard = coalesce((SELECT shard FROM pick), (SELECT home FROM spread))
+       AND s.gate_seq = events.gate_seq
+       AND {_where(RULES)}
+    RETURNING events.id, {_GRANTED}
 )"""
+
+
+def take_cte(total: str) -> str:
+    """A CTE named ``taken`` that takes ``total`` (SQL; NULL: nothing) tickets off the event's
+    stock rows in shard order, several rows if need be. Only for a transaction that holds
+    every row's lock (:func:`lock_stock`) and has checked the sum suffices."""
+    return f"""taken AS (
+    UPDATE event_stock s SET available_tickets = s.available_tickets - t.take
+      FROM (SELECT shard, least(available_tickets, greatest(0, {total}
+                       - (sum(available_tickets) OVER (ORDER BY shard) - available_tickets)))::int AS take
+              FROM event_stock WHERE event_id = %(event_id)s) AS t
+     WHERE s.event_id = %(event_id)s AND s.shard = t.shard AND t.take > 0
+    RETURNING s.shard
+)"""
+
+
+# The exact path's grant, for a transaction that holds every stock row's lock: the same
+# rules on the event with the sum of its rows, then the tickets taken across rows.
+GRANT_EXACT_CTE = f"""granted AS MATERIALIZED (
+    SELECT id, {_GRANTED}
+      FROM (SELECT e.*, {AVAILABLE_SQL.format(event="e")} AS available_tickets FROM events e) AS events
+     WHERE {_where(RULES)}
+), {take_cte("(SELECT %(quantity)s::int FROM granted)")}"""
+
+_LOCK_STOCK_SQL = "SELECT shard FROM event_stock WHERE event_id = %s ORDER BY shard FOR UPDATE"
+
+
+def lock_stock(conn: Connection, event_id: int) -> None:
+    """Lock every stock row of the event, in shard order (the lock order), until the transaction ends."""
+    conn.execute(_LOCK_STOCK_SQL, (event_id,))
+
+
+def touch_gate(conn: Connection, event_id: int) -> None:
+    """Lock every stock row and bump the event's gate sequence on it and on the event: call it
+    first in any transaction that changes what the rules read on the event (after the event
+    row's lock), so no grant can act on the event as it was (module docstring, Staleness)."""
+    lock_stock(conn, event_id)
+    conn.execute(
+        """WITH e AS (UPDATE events SET gate_seq = gate_seq + 1 WHERE id = %(id)s RETURNING gate_seq)
+           UPDATE event_stock SET gate_seq = (SELECT gate_seq FROM e) WHERE event_id = %(id)s""",
+        {"id": event_id},
+    )
+
+
+def shards_for(total: int) -> int:
+    """How many stock rows a new event of ``total`` tickets gets (settings: INVENTORY_SHARDS,
+    INVENTORY_SHARD_MIN_TICKETS): never a row below the minimum, at least one."""
+    settings = get_settings()
+    return max(1, min(settings.inventory_shards, total // settings.inventory_shard_min_tickets))
+
+
+# ``n`` tickets spread evenly over the event's rows: row s gets n / shards, the first n % shards one more.
+_EVEN_SQL = "{n} / e.shards + (s.shard < {n} %% e.shards)::int"
+
+
+def stock_event(conn: Connection, event_id: int) -> None:
+    """A new event's stock rows: ``events.shards`` of them sharing its ``total_tickets``."""
+    conn.execute(
+        f"""INSERT INTO event_stock (event_id, shard, available_tickets)
+            SELECT e.id, s.shard, {_EVEN_SQL.format(n="e.total_tickets")}
+              FROM events e, generate_series(0, e.shards - 1) AS s(shard) WHERE e.id = %(id)s""",
+        {"id": event_id},
+    )
+
+
+def set_stock(conn: Connection, event_id: int, available: int) -> None:
+    """Make the event's available tickets ``available``, spread evenly (every row locked)."""
+    conn.execute(
+        f"""UPDATE event_stock s SET available_tickets = {_EVEN_SQL.format(n="%(n)s")}
+              FROM events e WHERE e.id = %(id)s AND s.event_id = e.id""",
+        {"id": event_id, "n": available},
+    )
+
+
+def shift_stock(conn: Connection, event_id: int, delta: int) -> None:
+    """Add ``delta`` tickets (spread evenly) or take ``-delta`` (in shard order; the caller
+    checked there are enough), every row locked (a capacity change)."""
+    if delta >= 0:
+        conn.execute(
+            f"""UPDATE event_stock s SET available_tickets = s.available_tickets + {_EVEN_SQL.format(n="%(n)s")}
+                  FROM events e WHERE e.id = %(event_id)s AND s.event_id = e.id""",
+            {"event_id": event_id, "n": delta},
+        )
+    else:
+        conn.execute(f"WITH {take_cte('%(n)s::int')} SELECT count(*) FROM taken", {"event_id": event_id, "n": -delta})
+
+
+def lock_return_shard(conn: Connection, event_id: int) -> int:
+    """Lock the stock row that gets tickets back: the emptiest, so a drained row refills."""
+    row = conn.execute(
+        """SELECT shard FROM event_stock WHERE event_id = %s
+            ORDER BY available_tickets, shard LIMIT 1 FOR UPDATE""",
+        (event_id,),
+    ).fetchone()
+    assert row is not None, f"event {event_id} has no stock rows"
+    return int(row["shard"])
 
 
 def first_failed(event: Gate | None, ask: Ask, rules: Sequence[Rule] = RULES) -> Rule | None:
@@ -233,16 +373,18 @@ def count_cte(rows: str) -> str:
 # event row is locked first).
 COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM granted")
 
-_RETURN_SQL = "UPDATE events SET available_tickets = available_tickets + %(n)s WHERE id = %(event_id)s"
+_RETURN_SQL = """UPDATE event_stock SET available_tickets = available_tickets + %(n)s
+ WHERE event_id = %(event_id)s AND shard = %(shard)s"""
 _UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
  WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
 
 
-def give_back(conn: Connection, event_id: int, user_id: int, n: int) -> None:
-    """Return ``n`` of a customer's tickets to the event's pool and take them off the
-    customer's counter (a cancelled booking, a released hold). Call it inside the
-    transaction that holds the event row's lock: pool first, then counter, like every writer."""
-    params = {"n": n, "event_id": event_id, "user_id": user_id}
+def give_back(conn: Connection, event_id: int, shard: int, user_id: int, n: int) -> None:
+    """Return ``n`` of a customer's tickets to the event's stock row ``shard`` and take them
+    off the customer's counter (a cancelled booking, a released hold). Call it inside the
+    transaction that holds the event row's lock and that row's (:func:`lock_return_shard`,
+    taken before the booking's or hold's lock, the lock order)."""
+    params = {"n": n, "event_id": event_id, "user_id": user_id, "shard": shard}
     conn.execute(_RETURN_SQL, params)
     conn.execute(_UNCOUNT_SQL, params)
 
@@ -277,8 +419,8 @@ WITH expired AS (
       FROM (SELECT user_id, sum(quantity)::int AS quantity FROM expired GROUP BY user_id) e
      WHERE ct.event_id = %(event_id)s AND ct.user_id = e.user_id
 )
-UPDATE events SET available_tickets = available_tickets + (SELECT coalesce(sum(quantity), 0) FROM expired)
- WHERE id = %(event_id)s
+UPDATE event_stock SET available_tickets = available_tickets + (SELECT coalesce(sum(quantity), 0) FROM expired)
+ WHERE event_id = %(event_id)s AND shard = %(shard)s
 RETURNING (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed
 """
 
@@ -318,7 +460,7 @@ def rule_params(
 def read_gate(
     conn: Connection, params: Mapping[str, Any], lock: str = "", *, expired_held: bool = True
 ) -> dict[str, Any] | None:
-    """The event's row as the rules read it (``lock``: e.g. ``FOR UPDATE``), with the
+    """The event's row as the rules read it (``lock``: e.g. ``FOR NO KEY UPDATE``), with the
     tickets of its expired holds not reclaimed yet unless ``expired_held`` is False."""
     expired = f", {EXPIRED_HELD_SQL.format(event='events')} AS expired_held" if expired_held else ""
     return conn.execute(
@@ -337,9 +479,10 @@ def is_customer_limit(exc: BaseException) -> bool:
 def reclaim_expired_holds(conn: Connection, event_id: int, now: datetime) -> int:
     """Mark the event's expired holds expired and return their tickets; returns how many."""
     with conn.transaction():
-        if conn.execute("SELECT 1 FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone() is None:
+        if conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (event_id,)).fetchone() is None:
             return 0
-        row = conn.execute(_RECLAIM_SQL, {"event_id": event_id, "now": now}).fetchone()
+        shard = lock_return_shard(conn, event_id)
+        row = conn.execute(_RECLAIM_SQL, {"event_id": event_id, "now": now, "shard": shard}).fetchone()
     return int(row["freed"]) if row else 0
 
 
@@ -348,44 +491,98 @@ def contention() -> ServiceUnavailable:
     return ServiceUnavailable("contention", "The event is too busy right now; retry", retry_after=1)
 
 
+# A granting statement, run on the caller's connection.
+Run = Callable[[], dict[str, Any] | None]
+
+
 def grant(
     conn: Connection,
-    run: Callable[[], dict[str, Any] | None],
+    run: Run,
     *,
     params: Mapping[str, Any],
     user_id: int,
     wording: Wording | None = None,
+    exact: Run | None = None,
+    locked: bool = False,
 ) -> dict[str, Any]:
-    """Run a granting statement (:data:`GRANT_CTE`); on refusal, raise why or retry.
+    """Run a granting statement; on refusal, take the exact path, then raise why or retry.
 
-    The statement is a single autocommit round trip (or a savepoint, inside a transaction).
-    Only a refusal pays for the diagnosis, and only expired holds in the way pay for
-    reclaiming them.
+    The one-row statement (:data:`GRANT_CTE`) is a single autocommit round trip. When it
+    grants nothing, a refusal the stock does not decide (the event, the per-booking maximum)
+    is raised from a plain read, as before; otherwise the exact path locks every stock row
+    (shard order) and runs :data:`GRANT_EXACT_CTE` in a savepoint: it takes across rows if
+    their sum suffices, else the rules say why under that lock. ``locked``: the caller's
+    transaction already holds every stock row (and the event row): the exact path only.
+    Only expired holds in the way pay for reclaiming them (after the locks are released).
+    ``run``: the statement on :data:`GRANT_CTE`; ``exact``: the same on :data:`GRANT_EXACT_CTE`
+    (None: ``run`` is that one, as with ``locked``).
     """
+    exact = exact or run
+    wording = wording or {}
     for _ in range(_ATTEMPTS):
-        try:
-            row = run()
-        except _RETRYABLE:
-            continue
-        except psycopg.errors.CheckViolation as exc:
-            if not is_customer_limit(exc):
-                raise
-            row = None
-        if row is not None:
-            return row
-        refused = _why_refused(conn, params, user_id, wording or {})
+        if not locked:
+            try:
+                row = _attempt(run)
+            except _RETRYABLE:
+                continue
+            if row is not None:
+                return row
+            closed = _gate_refusal(conn, params, wording)
+            if closed is not None:
+                raise closed
+        with conn.transaction():
+            if not locked:
+                lock_stock(conn, params["event_id"])
+            try:
+                row = _attempt(exact, conn)
+            except _RETRYABLE:
+                row = None
+            if row is not None:
+                return row
+            refused, reclaim = _why_refused(conn, params, user_id, wording)
         if refused is not None:
             raise refused from None
+        if reclaim:
+            reclaim_expired_holds(conn, params["event_id"], params["now"])
     raise contention()
 
 
-def _why_refused(conn: Connection, params: Mapping[str, Any], user_id: int, wording: Wording) -> AppError | None:
-    """After a granting statement refused: the rule's refusal, or None once a retry may pass.
+def _attempt(run: Run, savepoint: Connection | None = None) -> dict[str, Any] | None:
+    """One granting statement; a refused customer-limit CHECK is a refusal (None).
+    ``savepoint``: run it in one on that connection, so a refusal undoes only the statement."""
+    try:
+        if savepoint is None:
+            return run()
+        with savepoint.transaction():
+            return run()
+    except psycopg.errors.CheckViolation as exc:
+        if not is_customer_limit(exc):
+            raise
+        return None
+
+
+# The rules a read of the event decides without the stock rows' locks.
+_GATE_RULES = (*EVENT_RULES, WITHIN_BOOKING_MAX)
+
+
+def _gate_refusal(conn: Connection, params: Mapping[str, Any], wording: Wording) -> AppError | None:
+    """Why the event refuses the request whatever its stock (missing, cancelled, ended, too many)."""
+    event = read_gate(conn, params, expired_held=False)
+    ask = Ask.of(params)
+    failed = first_failed(event, ask, _GATE_RULES)
+    return None if failed is None else wording.get(failed, failed.refusal)(event or {}, ask)
+
+
+def _why_refused(
+    conn: Connection, params: Mapping[str, Any], user_id: int, wording: Wording
+) -> tuple[AppError | None, bool]:
+    """After the exact path refused, under the lock of every stock row: the rule's refusal,
+    or None once a retry may pass, and whether expired holds must be reclaimed first.
 
     The rules are walked in order on the event's row, the customer's tickets counted only
     once the row's own rules pass. Expired holds still sit in the pool's and the counters' counts
-    until reclaimed: when they alone stand in the way, reclaim them (the whole event's, one
-    transaction) and say retry; so does a race (tickets given back meanwhile).
+    until reclaimed: when they alone stand in the way, say reclaim them (the whole event's, one
+    transaction) and retry.
     """
     event = read_gate(conn, params)
     ask = Ask.of(params)
@@ -399,11 +596,9 @@ def _why_refused(conn: Connection, params: Mapping[str, Any], user_id: int, word
         ask = replace(ask, booked=mine["booked"], held=mine["held"])
         failed = first_failed(event, ask, (WITHIN_CUSTOMER_LIMIT,))
     if failed is not None:
-        return wording.get(failed, failed.refusal)(event or {}, ask)
+        return wording.get(failed, failed.refusal)(event or {}, ask), False
     assert event is not None and mine is not None
-    if mine["expired_held"] or (event["expired_held"] and event["available_tickets"] < ask.quantity):
-        reclaim_expired_holds(conn, ask.event_id, ask.now)
-    return None
+    return None, bool(mine["expired_held"] or (event["expired_held"] and event["available_tickets"] < ask.quantity))
 
 
 def _json_time(value: datetime) -> str:

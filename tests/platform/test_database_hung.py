@@ -37,7 +37,7 @@ from tests.support.databases import throwaway_postgres
 from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import PASSWORD, account, create_event, login, register
 from tests.support.settings_env import restore_env, set_env
-from tests.support.tickets import pool_adds_up, ticket_pool
+from tests.support.tickets import lock_stock, pool_adds_up, ticket_pool
 
 DEADLINE = 1.0  # DB_REQUEST_DEADLINE_SECONDS in these tests
 LANE_WAIT = 0.5  # BOOKING_LANE_WAIT_SECONDS
@@ -318,7 +318,7 @@ def test_under_lambda_a_frozen_database_answers_503_and_the_one_connection_recov
 
 
 class _RowLock:
-    """Holds an event's row lock from another connection: its bookings get no answer.
+    """Holds an event's stock rows' locks from another connection: its bookings get no answer.
 
     Released after FREEZE seconds at the latest, so code without a deadline fails the
     test's timing instead of hanging it.
@@ -326,7 +326,7 @@ class _RowLock:
 
     def __init__(self, database: str, event_id: int) -> None:
         self.conn = psycopg.connect(database)
-        self.conn.execute("UPDATE events SET available_tickets = available_tickets WHERE id = %s", (event_id,))
+        lock_stock(self.conn, event_id)
         self._once = threading.Lock()
         self._timer = threading.Timer(FREEZE, self.release)
         self._timer.start()

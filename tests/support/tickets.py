@@ -2,7 +2,8 @@
 
 Every ticket of an event is in exactly one place: sold (a confirmed booking), held (an
 active hold, expired or not: an expired hold's tickets go back to the counter only when
-reclaimed) or available (``events.available_tickets``). :func:`pool_adds_up` checks it.
+reclaimed) or available (the sum of the event's ``event_stock`` rows, :data:`AVAILABLE_SQL`).
+:func:`pool_adds_up` checks it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 
 from tests.support.clients import Client, Response
 
-POOL_SQL = """
-SELECT e.id, e.total_tickets AS total, e.available_tickets AS available,
+# An event's available tickets straight from PostgreSQL: the sum of its stock rows (``e``: events).
+AVAILABLE_SQL = "(SELECT coalesce(sum(st.available_tickets), 0) FROM event_stock st WHERE st.event_id = e.id)"
+
+POOL_SQL = f"""
+SELECT e.id, e.total_tickets AS total, {AVAILABLE_SQL} AS available,
        (SELECT coalesce(sum(quantity), 0) FROM bookings b
          WHERE b.event_id = e.id AND b.status = 'confirmed') AS sold,
        (SELECT coalesce(sum(quantity), 0) FROM holds h
@@ -23,6 +27,24 @@ SELECT e.id, e.total_tickets AS total, e.available_tickets AS available,
          WHERE h.event_id = e.id AND h.status = 'active' AND h.expires_at <= %(now)s) AS expired_held
   FROM events e WHERE e.id = ANY(%(ids)s) ORDER BY e.id
 """
+
+
+def stored_available(sql: Any, event_id: int) -> int:
+    """The event's available tickets as stored (expired holds not reclaimed yet not counted)."""
+    row = sql.execute(f"SELECT {AVAILABLE_SQL} AS n FROM events e WHERE e.id = %s", (event_id,)).fetchone()
+    return int(row["n"] if isinstance(row, dict) else row[0])
+
+
+def lock_stock(conn: Any, event_id: int, take: int = 0) -> None:
+    """From ``conn``, in its open transaction: write every stock row of the event (so every
+    grant of it waits), taking ``take`` tickets off the first row that has them."""
+    conn.execute(
+        """UPDATE event_stock SET available_tickets = available_tickets - CASE WHEN shard = (
+               SELECT min(shard) FROM event_stock WHERE event_id = %(id)s AND available_tickets >= %(take)s)
+               THEN %(take)s ELSE 0 END
+            WHERE event_id = %(id)s""",
+        {"id": event_id, "take": take},
+    )
 
 
 def place_hold(client: Client, token: str, event_id: int, quantity: int = 1, **extra: Any) -> Response:

@@ -22,6 +22,7 @@ from tests.support.clients import HttpClient
 from tests.support.event_loop import run_on_new_loop
 from tests.support.factories import account, create_event
 from tests.support.race import race
+from tests.support.tickets import AVAILABLE_SQL, lock_stock
 
 
 def _batches_over_one() -> float:
@@ -33,7 +34,7 @@ def _batches_over_one() -> float:
 
 def _event_totals(sql: Any, event_id: int) -> dict[str, Any]:
     row = sql.execute(
-        """SELECT e.total_tickets - e.available_tickets AS taken,
+        f"""SELECT e.total_tickets - {AVAILABLE_SQL} AS taken,
                   (SELECT coalesce(sum(quantity), 0) FROM bookings b WHERE b.event_id = e.id) AS booked,
                   (SELECT count(*) FROM bookings b WHERE b.event_id = e.id) AS rows,
                   (SELECT count(*) FROM outbox o WHERE o.task = 'booking_confirmation'
@@ -334,7 +335,7 @@ def test_a_request_gone_while_booking_alone_still_gets_its_refusal_stored(
 
 
 class _RowLock:
-    """Holds an event's row lock from another connection, so its lane's first booking blocks."""
+    """Holds an event's stock rows' locks from another connection, so its lane's first booking blocks."""
 
     def __init__(self, database: str, event_id: int, take: int = 0) -> None:
         import psycopg
@@ -342,9 +343,7 @@ class _RowLock:
         self.conn = psycopg.connect(database)
         # An UPDATE, not SELECT FOR UPDATE: it is what makes a grant that still sees enough
         # tickets wait, and ``take`` tickets are gone when it commits.
-        self.conn.execute(
-            "UPDATE events SET available_tickets = available_tickets - %s WHERE id = %s", (take, event_id)
-        )
+        lock_stock(self.conn, event_id, take)
 
     def release(self) -> None:
         self.conn.commit()

@@ -7,7 +7,7 @@ from typing import Any
 from tests.support.clients import Client
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
-from tests.support.tickets import available_tickets, place_hold
+from tests.support.tickets import available_tickets, place_hold, stored_available
 
 
 def test_hold_then_confirm_makes_one_booking(client: Client, sql: Any) -> None:
@@ -125,12 +125,7 @@ def test_tidy_marks_expired_holds_and_keeps_counts(client: Client, fake_clock: F
     assert tidy_expired_holds() >= 5
     row = sql.execute("SELECT status FROM holds WHERE id = %s", (hold["id"],)).fetchone()
     assert row["status"] == "expired"
-    assert (
-        sql.execute("SELECT available_tickets FROM events WHERE id = %s", (event["id"],)).fetchone()[
-            "available_tickets"
-        ]
-        == 5
-    )
+    assert stored_available(sql, event["id"]) == 5
     assert available_tickets(client, event["id"]) == 5
 
 

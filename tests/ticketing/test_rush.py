@@ -15,6 +15,7 @@ from shared.ticketing import holds, inventory
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
 from tests.support.race import race
+from tests.support.tickets import AVAILABLE_SQL
 
 ATTEMPTS = 200
 TICKETS = 50
@@ -26,7 +27,7 @@ def _assert_exact_sellout(sql: Any, event_id: int, statuses: Counter[int], codes
     assert codes == Counter({"sold_out": ATTEMPTS - TICKETS})
     assert not any(s >= 500 for s in statuses)
     row = sql.execute(
-        "SELECT available_tickets, (SELECT count(*) FROM bookings WHERE event_id = e.id) AS booked "
+        f"SELECT {AVAILABLE_SQL} AS available_tickets, (SELECT count(*) FROM bookings WHERE event_id = e.id) AS booked "
         "FROM events e WHERE id = %s",
         (event_id,),
     ).fetchone()

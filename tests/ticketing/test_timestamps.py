@@ -222,7 +222,7 @@ def test_a_path_that_skips_validation_still_stores_nothing_and_gets_422(v2: Clie
     client = TestClient(create_app("probe", [router]))
     r = client.post("/set/start_time/infinity")
     assert (r.status_code, r.json()["code"]) == (422, "invalid_value")
-    r = client.post("/set/available_tickets/-1")
+    r = client.post("/set/total_tickets/-1")
     assert (r.status_code, r.json()["code"]) == (500, "internal_error")
-    stored = sql.execute("SELECT start_time, available_tickets FROM events WHERE id = %s", (event["id"],)).fetchone()
-    assert stored == {"start_time": None, "available_tickets": 50}
+    stored = sql.execute("SELECT start_time, total_tickets FROM events WHERE id = %s", (event["id"],)).fetchone()
+    assert stored == {"start_time": None, "total_tickets": 50}
