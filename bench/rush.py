@@ -442,12 +442,26 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
     }
 
 
-def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int, spread: list[int],
-                 opts: Options, workdir: Path) -> dict[str, Any]:
+def one_row(database_url: str, event_id: int, sharded_event: int) -> int:
+    """Fold ``event_id``'s stock into one row (the baseline's design); return ``sharded_event``'s row count."""
+    from shared.ticketing.inventory import stock_event
+
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("DELETE FROM event_stock WHERE event_id = %s", (event_id,))
+        conn.execute("UPDATE events SET shards = 1 WHERE id = %s", (event_id,))
+        stock_event(conn, event_id)  # type: ignore[arg-type]
+        row = conn.execute("SELECT count(*) FROM event_stock WHERE event_id = %s", (sharded_event,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int, sharded_event: int,
+                 spread: list[int], opts: Options, workdir: Path) -> dict[str, Any]:
     """pgbench on the one-row booking (the baseline) and over ``spread`` events.
 
-    The hot event is one event as the API creates it: should the statement gain shards of
-    an event's inventory, this is a one-shard event's, as the baseline wants.
+    The baseline is the issue's: the booking statement on ONE stock row, the design every
+    event had before its tickets were spread over rows. So the hot event's stock is folded
+    into one row first; then the same statement runs on an event as the API creates it
+    (``INVENTORY_SHARDS`` rows), at the peak's client count and at 64, for the record.
     """
     from shared.platform.settings import get_settings
 
@@ -462,6 +476,7 @@ def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int
               "customer_max": str(settings.max_tickets_per_customer), **opts.pg_vars}
     defines = {"now": datetime.now(UTC).isoformat()}  # the application's clock, a constant here
     sql = pgbench_booking.book_sql()
+    sharded_rows = one_row(env.database_url, hot_event, sharded_event)
     hot_script = pgbench_booking.translate(sql, {**common, "event_id": str(hot_event)}, defines)
     before = max_booking_id(env.database_url)
     hot = []
@@ -474,6 +489,18 @@ def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int
     hot_check["pgbench_transactions"] = sum(r["transactions"] for r in hot)
     hot_check["ok"] = hot_check["ok"] and hot_check["pgbench_transactions"] == hot_check["bookings_rows"]
     peak = max(hot, key=lambda r: r["tps"])
+    sharded = []
+    before = max_booking_id(env.database_url)
+    sharded_script = pgbench_booking.translate(sql, {**common, "event_id": str(sharded_event)}, defines)
+    for clients in sorted({peak["clients"], 64} & set(opts.pg_clients) or {max(opts.pg_clients)}):
+        run = pgbench_booking.run(env, sharded_script, clients=clients, duration=opts.pg_duration, workdir=workdir,
+                                  label="sharded", defines=defines)
+        print(f"  pgbench hot event on {sharded_rows} stock rows, {clients:>3} clients: {run.tps:>8.1f} bookings/s",
+              flush=True)
+        sharded.append(run.as_dict())
+    sharded_check = ticket_check(env.database_url, [sharded_event], after_booking_id=before, client_successes=None)
+    hot_check["ok"] = hot_check["ok"] and sharded_check["ok"] and sum(
+        r["transactions"] for r in sharded) == sharded_check["bookings_rows"]
     spread_runs = []
     spread_check = None
     if spread:
@@ -495,6 +522,7 @@ def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int
         "script": hot_script,
         "hot": hot,
         "peak": peak,
+        "sharded": {"rows": sharded_rows, "runs": sharded, "check": sharded_check},
         "at_64": at_64,
         "hot_check": hot_check,
         "spread": spread_runs,
@@ -555,7 +583,7 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
         first = create_customers(server.base_url, 0, max(2, opts.pg_clients[-1] if opts.pg_clients else 2))
         with httpx.Client(base_url=server.base_url, timeout=30) as api:
             unlimited = {"tickets": TICKETS_NOT_SELLING_OUT, "per_customer": NO_CUSTOMER_LIMIT}
-            pg_hot = create_events(api, org, 1, title="pgbench hot", **unlimited)[0]
+            pg_hot, pg_sharded = create_events(api, org, 2, title="pgbench hot", **unlimited)
             spread = create_events(api, org, opts.spread_events, title="spread", **unlimited)
             hot_events = create_events(api, org, len(opts.clients) + int(opts.idempotent) + len(opts.workers),
                                        title="hot", **unlimited)
@@ -567,8 +595,8 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
             server.stop()
             print("pgbench: the booking statement alone (the API server stopped meanwhile)", flush=True)
             try:
-                report["pgbench"] = pgbench_part(env, contiguous_ids([c.id for c in first]), pg_hot, spread, opts,
-                                                 out_dir)
+                report["pgbench"] = pgbench_part(env, contiguous_ids([c.id for c in first]), pg_hot, pg_sharded,
+                                                 spread, opts, out_dir)
             except pgbench_booking.ScriptError as exc:  # say why, and still measure the full stack
                 report["pgbench_skipped"] = f"{exc} (give values with --pg-var NAME=EXPR)"
                 print(f"  pgbench skipped: {report['pgbench_skipped']}", flush=True)
@@ -861,6 +889,10 @@ def table(report: dict[str, Any]) -> str:
         if pg.get("at_64"):
             row("pgbench, the one-row booking statement, 64 clients", 64, pg["at_64"]["tps"],
                 pg["at_64"]["latency_avg_ms"])
+        sharded = pg.get("sharded") or {}
+        for r in sharded.get("runs", []):
+            row(f"pgbench, the same statement, event on {sharded['rows']} stock rows (as the API makes it)",
+                r["clients"], r["tps"], r["latency_avg_ms"])
     elif report.get("pgbench_skipped"):
         lines.append(f"pgbench skipped: {report['pgbench_skipped']}")
     ref = report.get("reference") or {}
