@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, Request
 
@@ -41,6 +41,7 @@ from shared.web.deps import current_principal, customer_only, token_principal
 from shared.web.schemas import LoginForm, UserCreate
 
 log = logging.getLogger(__name__)
+_V = TypeVar("_V", int, float)
 
 # KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
 # and the period, in milliseconds. Returns {allowed, retry_ms, index}.
@@ -138,17 +139,19 @@ class LocalLimiter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._tats: OrderedDict[str, int] = OrderedDict()  # integer ms, like the script's
         self._flags: OrderedDict[str, float] = OrderedDict()
 
     def gcra(self, keys: list[str], timings: list[tuple[int, int]], mode: Mode) -> tuple[int, float, int]:
-        now = time.monotonic() * 1000
-        worst, denied = 0.0, 0
+        # Whole milliseconds, as in the script: with float ms, (now + interval) - period could
+        # round up past now near a power of two, refusing a fresh key (seen in tests).
+        now = _now_ms()
+        worst, denied = 0, 0
         with self._lock:
-            news: list[float] = []
+            news: list[int] = []
             oks: list[bool] = []
             for i, (key, (interval, period)) in enumerate(zip(keys, timings, strict=True), start=1):
-                tat = max(self._tats.get(key, 0.0), now)
+                tat = max(self._tats.get(key, 0), now)
                 allow_at = tat + interval - period
                 oks.append(allow_at <= now)
                 if allow_at > now and allow_at - now > worst:
@@ -157,11 +160,11 @@ class LocalLimiter:
             for key, new, ok in zip(keys, news, oks, strict=True):
                 if (mode == "all" and denied == 0) or (mode == "each" and ok):
                     _remember(self._tats, key, new)
-        return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
+        return (1, 0.0, 0) if denied == 0 else (0, float(worst), denied)
 
     def refund(self, keys: list[str], intervals: list[int]) -> None:
         """REFUND_LUA in this process: one unit back per key, never below now."""
-        now = time.monotonic() * 1000
+        now = _now_ms()
         with self._lock:
             for key, interval in zip(keys, intervals, strict=True):
                 if key in self._tats:
@@ -176,8 +179,11 @@ class LocalLimiter:
             return self._flags.get(key, 0.0) > time.monotonic()
 
 
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
-def _remember(store: OrderedDict[str, float], key: str, value: float) -> None:
+
+def _remember(store: OrderedDict[str, _V], key: str, value: _V) -> None:
     """Set a key as the most recently used; drop the least recently used past the bound."""
     store[key] = value
     store.move_to_end(key)

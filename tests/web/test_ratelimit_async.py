@@ -151,3 +151,20 @@ def test_mangum_invocations_on_changing_loops_share_one_budget_and_keep_no_dead_
         assert sum(ref() is not None for ref in loops) <= 1  # only the last, until a new loop sweeps it
     finally:
         restore_env(saved)
+
+
+def test_the_local_fallback_lets_a_fresh_key_through_at_any_clock_reading(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float milliseconds once refused a fresh key of a 1/60 limit when now + 60000 crossed a
+    power of two (the sum rounded up): the per-process fallback tests failed at such uptimes."""
+    from shared.web.ratelimit import LocalLimiter
+
+    timing = RateRule.parse("t", "k", "1/60").timing_ms
+    for power in (21, 30, 40):
+        for before in range(1, 60_000, 1_237):
+            ns = ((1 << power) - before) * 1_000_000 + before * 7_919 % 1_000_000  # some fraction of a ms
+            monkeypatch.setattr(time, "monotonic_ns", lambda ns=ns: ns)
+            local = LocalLimiter()
+            assert local.gcra(["fresh"], [timing], "all") == (1, 0.0, 0), (power, before)
+            assert local.gcra(["fresh"], [timing], "all") == (0, 60_000.0, 1)
