@@ -168,3 +168,21 @@ def test_the_local_fallback_lets_a_fresh_key_through_at_any_clock_reading(
             local = LocalLimiter()
             assert local.gcra(["fresh"], [timing], "all") == (1, 0.0, 0), (power, before)
             assert local.gcra(["fresh"], [timing], "all") == (0, 60_000.0, 1)
+
+
+def test_a_script_the_server_does_not_know_is_loaded_on_first_use(prefix: str) -> None:
+    """Both transports run scripts by SHA; a server that never saw one (or restarted) gets it loaded."""
+    from shared.platform.redis_breaker import Script
+
+    script = Script(f"return {{KEYS[1], ARGV[1]}} -- {uuid.uuid4()}")
+    client = limiter._breaker.client()
+    assert client is not None
+    assert script(client, ["k"], [1]) == [b"k", b"1"]
+
+    async def twice() -> list[Any]:
+        fresh = Script(f"return ARGV[1] -- {uuid.uuid4()}")
+        async_client = limiter._breaker.async_client()
+        assert async_client is not None
+        return [await fresh.run_async(async_client, [], [n]) for n in (1, 2)]
+
+    assert run_on_new_loop(twice()) == [b"1", b"2"]
