@@ -15,6 +15,7 @@ from shared.web.deps import (
     HoldId,
     Lanes,
     Limit,
+    Offloaded,
     Offset,
     Organizer,
     UserId,
@@ -42,22 +43,25 @@ _GRANTING = errors(*_CUSTOMERS, *GRANT_REFUSALS, *KEYED, "rate_limited")
 
 @router.post("/bookings", status_code=201, response_model=BookingOut, responses=_GRANTING)
 async def create_booking(
-    body: BookingCreate, customer: BookingCustomer, lanes: Lanes, once: Idempotent
+    body: BookingCreate, customer: BookingCustomer, lanes: Lanes, offload: Offloaded, once: Idempotent
 ) -> dict[str, Any]:
     """Book tickets as the calling customer."""
     return await once.run_async(
-        body, coalescing.book, user_id=customer.user_id, event_id=body.event_id, quantity=body.quantity, lanes=lanes
+        body, coalescing.book, user_id=customer.user_id, event_id=body.event_id, quantity=body.quantity,
+        lanes=lanes, offload=offload,
     )
 
 
 @router.post("/book/{user_id}", status_code=201, response_model=BookingOut, responses=_GRANTING)
 async def book_for(
-    user_id: UserId, body: BookingCreate, customer: BookingCustomer, lanes: Lanes, once: Idempotent
+    user_id: UserId, body: BookingCreate, customer: BookingCustomer, lanes: Lanes, offload: Offloaded,
+    once: Idempotent,
 ) -> dict[str, Any]:
     """Book tickets; the path names the customer, who must be the caller."""
     require_self(customer, user_id)
     return await once.run_async(
-        body, coalescing.book, user_id=user_id, event_id=body.event_id, quantity=body.quantity, lanes=lanes
+        body, coalescing.book, user_id=user_id, event_id=body.event_id, quantity=body.quantity,
+        lanes=lanes, offload=offload,
     )
 
 

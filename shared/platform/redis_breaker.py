@@ -5,6 +5,13 @@ never fail a request because Redis is down or slow: short socket timeouts, no re
 after a failure the breaker skips Redis for a few seconds (the caller falls back), so a
 rush does not pay a timeout per request.
 
+A concern called from async code (the booking routes) gets an asyncio client too, so its
+call costs no thread-pool hop. An asyncio client's connections belong to the event loop
+that opened them, and under Mangum (Lambda, the emulator, handler tests) requests may come
+on several loops, one after another or at once: each running loop gets a client of its own,
+at most :data:`MAX_LOOP_CLIENTS` kept (closed loops dropped first). The breaker's state
+(open for a few seconds after any failure, sync or async) is one per concern.
+
 What a call can raise when the server or the connection under it goes away: redis-py's own
 errors, and, for a connection closed under a concurrent caller, ``ValueError`` ("I/O
 operation on closed file") or ``OSError``. Every caller that degrades catches all of
@@ -13,10 +20,14 @@ operation on closed file") or ``OSError``. Every caller that degrades catches al
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -24,9 +35,18 @@ from redis.retry import Retry
 
 from shared.platform.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    import redis.asyncio
+
 REDIS_FAILURES: tuple[type[Exception], ...] = (redis.RedisError, OSError, ValueError)
 
 BREAKER_SECONDS = 5.0
+# Event loops with an asyncio client at once. A server has one loop per worker and Lambda one
+# per environment; the emulator runs one per invocation thread (16), tests a few more.
+MAX_LOOP_CLIENTS = 32
+# Connections per loop's client: a call holds one for a round trip; more callers wait for one,
+# at most the call's timeout (then it counts as Redis trouble).
+LOOP_CLIENT_CONNECTIONS = 64
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +54,125 @@ log = logging.getLogger(__name__)
 class RedisBreaker:
     """A lazily made client for ``REDIS_URL``, or None while the breaker is open."""
 
-    def __init__(
-        self,
-        name: str,
-        timeout: Callable[[Settings], float],
-        on_connect: Callable[[redis.Redis], None] | None = None,
-    ) -> None:
+    def __init__(self, name: str, timeout: Callable[[Settings], float]) -> None:
         self.name = name  # what degrades, for the log line
         self._timeout = timeout
-        self._on_connect = on_connect  # e.g. register Lua scripts on a new client
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
+        self._loop_clients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
         self._url = ""
         self._down_until = 0.0
 
     def client(self) -> redis.Redis | None:
         settings = get_settings()
         with self._lock:
-            if self._client is None or settings.redis_url != self._url:
-                # The old client is dropped, not closed: another thread may be mid-call on it.
+            self._follow(settings.redis_url)
+            if self._client is None:
                 timeout = self._timeout(settings)
-                client = redis.Redis.from_url(
+                self._client = redis.Redis.from_url(
                     settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
                     retry=Retry(NoBackoff(), 0), health_check_interval=30,
                 )
-                if self._on_connect is not None:
-                    self._on_connect(client)
-                self._client, self._url, self._down_until = client, settings.redis_url, 0.0
             if time.monotonic() < self._down_until:
                 return None
             return self._client
 
+    def async_client(self) -> redis.asyncio.Redis | None:
+        """The running event loop's asyncio client (same settings as :meth:`client`), or None while open."""
+        settings = get_settings()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._follow(settings.redis_url)
+            if time.monotonic() < self._down_until:
+                return None
+            client = self._loop_clients.get(loop)
+            if client is None:
+                self._make_room()
+                client = self._loop_clients[loop] = _async_client(settings.redis_url, self._timeout(settings))
+            return client
+
+    def _follow(self, url: str) -> None:
+        """A new REDIS_URL (tests change it): new clients, the breaker closed. Under the lock."""
+        if url == self._url:
+            return
+        # The old sync client is dropped, not closed: another thread may be mid-call on it.
+        self._client, self._url, self._down_until = None, url, 0.0
+        for loop, client in self._loop_clients.items():
+            _close_on(loop, client)
+        self._loop_clients.clear()
+
+    def _make_room(self) -> None:
+        """Room for one more loop's client: closed loops' go first, then the oldest. Under the lock."""
+        for loop in [loop for loop in self._loop_clients if loop.is_closed()]:
+            # Its sockets close with its transports, which nothing else holds once this goes.
+            del self._loop_clients[loop]
+        while len(self._loop_clients) >= MAX_LOOP_CLIENTS:
+            loop = next(iter(self._loop_clients))
+            _close_on(loop, self._loop_clients.pop(loop))
+
     def trip(self, exc: Exception, fallback: str) -> None:
-        """Skip Redis for a few seconds after a failure; ``fallback`` says what happens meanwhile."""
-        self._down_until = time.monotonic() + BREAKER_SECONDS
-        log.warning("%s: Redis unavailable (%s); %s for %.0fs", self.name, type(exc).__name__, fallback,
-                    BREAKER_SECONDS)
+        """Skip Redis for a few seconds after a failure; ``fallback`` says what happens meanwhile.
+
+        Logged when the breaker opens, not by every call that was in flight when Redis went away.
+        """
+        now = time.monotonic()
+        was_closed, self._down_until = now >= self._down_until, now + BREAKER_SECONDS
+        if was_closed:
+            log.warning("%s: Redis unavailable (%s); %s for %.0fs", self.name, type(exc).__name__, fallback,
+                        BREAKER_SECONDS)
 
     def reset(self) -> None:
         """Forget a past failure: the next call asks Redis again (tests use it)."""
         self._down_until = 0.0
+
+
+def _async_client(url: str, timeout: float) -> redis.asyncio.Redis:
+    """An asyncio client like the sync one: short timeouts, no retries, a bounded pool."""
+    import redis.asyncio  # here: the relay's Lambda never needs it
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=LOOP_CLIENT_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout, retry=AsyncRetry(NoBackoff(), 0), health_check_interval=30,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+_closing: set[asyncio.Future[Any]] = set()  # closes in flight, referenced until done
+
+
+def _close_on(loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+    """Close a dropped client on its own loop, where its connections live; a call in flight
+    on it (it holds the client) finishes first or fails like Redis trouble."""
+
+    def close() -> None:
+        task = asyncio.ensure_future(client.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    with contextlib.suppress(RuntimeError):  # closed: its sockets close when its transports are collected
+        loop.call_soon_threadsafe(close)
+
+
+class Script:
+    """A Lua script run by SHA on a sync or an asyncio client, loaded on first use per server."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.text)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_async(
+        self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[int | str]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self.text)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)

@@ -21,7 +21,9 @@ its requests hear 503 unbooked (never retried one by one against a database that
 failed to answer), at COMMIT the unknown-outcome 503 (its key stays leased).
 
 Lanes live on the server's event loop; the batch runs on a worker thread. Under Lambda
-(one request per environment) nothing is coalesced. :func:`book` is the entry that chooses.
+(one request per environment) nothing is coalesced, and the booking runs where the request's
+``offload`` says (on Mangum's loop itself: :mod:`shared.platform.threads`). :func:`book` is
+the entry that chooses.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from shared.platform import metrics
 from shared.platform.db import OutcomeUnknown
 from shared.platform.errors import ServiceUnavailable
 from shared.platform.settings import get_settings, running_in_lambda
-from shared.platform.threads import in_thread
+from shared.platform.threads import Offload, in_thread, serves_one_request
 from shared.ticketing import bookings
 from shared.ticketing.idempotency import KeyLease, release, settle_failure
 from shared.ticketing.inventory import TICKETS_LEFT, contention
@@ -59,13 +61,20 @@ def enabled(scope: Mapping[str, Any] | None = None) -> bool:
     """
     if not get_settings().booking_coalesce or running_in_lambda():
         return False
-    return scope is None or "aws.event" not in scope
+    return not serves_one_request(scope)
 
 
 async def book(
-    *, user_id: int, event_id: int, quantity: int, lanes: bool, idempotency: KeyLease | None = None
+    *,
+    user_id: int,
+    event_id: int,
+    quantity: int,
+    lanes: bool,
+    offload: Offload = in_thread,
+    idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
-    """Book through the event's lane (``lanes``: see :func:`enabled`) or alone on a worker thread.
+    """Book through the event's lane (``lanes``: see :func:`enabled`) or alone through ``offload``
+    (a worker thread; under Mangum the loop itself, :func:`shared.platform.threads.offload_for`).
 
     The entry of every booking request, counted in the booking metrics. Async, so a booking
     in a lane costs no thread-pool hop and a keyed one holds no thread while it waits.
@@ -75,7 +84,7 @@ async def book(
             return await coalescer().book(
                 user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
             )
-        return await in_thread(
+        return await offload(
             bookings.book, user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
         )
 

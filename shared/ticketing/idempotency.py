@@ -27,7 +27,7 @@ from shared.platform import clock
 from shared.platform.db import connection, outcome_unknown
 from shared.platform.errors import AppError, Conflict, Unprocessable
 from shared.platform.settings import get_settings
-from shared.platform.threads import in_thread
+from shared.platform.threads import Offload, in_thread
 
 REPLAY_HEADER = "Idempotent-Replayed"
 
@@ -219,12 +219,14 @@ async def run_async(
     request_fingerprint: str,
     action: Callable[[KeyLease | None], Awaitable[dict[str, Any]]],
     success_status: Callable[[], int] = lambda: 201,
+    offload: Offload = in_thread,
 ) -> tuple[dict[str, Any], int | None]:
-    """:func:`run` for an async action: the key's SQL runs on worker threads, the action
-    on the event loop, so no thread is held while the action waits (a coalescing lane)."""
+    """:func:`run` for an async action: the key's SQL runs through ``offload`` (worker threads;
+    under Mangum the loop itself), the action on the event loop, so no thread is held while
+    the action waits (a coalescing lane)."""
     if key is None:
         return await action(None), None
-    lease = await in_thread(_begin, user_id, key, request_fingerprint)
+    lease = await offload(_begin, user_id, key, request_fingerprint)
     if not isinstance(lease, KeyLease):  # a stored answer: replay it
         return lease[0], lease[1]
     try:
@@ -234,10 +236,10 @@ async def run_async(
         # leased (that booking's statement completes it) until locked_until frees it.
         raise
     except BaseException as err:
-        await in_thread(settle_failure, lease, err)
+        await offload(settle_failure, lease, err)
         raise
     if not lease.completed:
-        await in_thread(_finish, lease, success_status(), body)
+        await offload(_finish, lease, success_status(), body)
     return body, None
 
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.accounts import sessions
 from shared.accounts.tokens import Principal, decode_token
 from shared.platform.errors import Forbidden, Unauthorized
+from shared.platform.threads import Offload, offload_for
 from shared.ticketing import coalescing
 from shared.web.schemas import ID_MAX
 
@@ -64,10 +65,16 @@ async def _lanes(request: Request) -> bool:
     return coalescing.enabled(request.scope)
 
 
+async def _offload(request: Request) -> Offload:
+    """Where the request's blocking calls run: a worker thread, or Mangum's loop itself."""
+    return offload_for(request.scope)
+
+
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 Organizer = Annotated[Principal, Depends(_organizer)]
 Customer = Annotated[Principal, Depends(_customer)]
 Lanes = Annotated[bool, Depends(_lanes)]
+Offloaded = Annotated[Offload, Depends(_offload)]
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 

@@ -19,8 +19,9 @@ from pydantic import BaseModel
 
 from shared.accounts.tokens import Principal
 from shared.platform import metrics
+from shared.platform.threads import Offload
 from shared.ticketing import idempotency
-from shared.web.deps import token_principal
+from shared.web.deps import Offloaded, token_principal
 
 P = ParamSpec("P")
 # What a creating service returns: the resource, or (resource, created) when it may hand
@@ -52,11 +53,14 @@ def _replays_counted() -> Iterator[None]:
 class Idempotency:
     """One request's key, the fingerprint of what it asks, and its response (status, header)."""
 
-    def __init__(self, request: Request, response: Response, user_id: int, key: str | None) -> None:
+    def __init__(
+        self, request: Request, response: Response, user_id: int, key: str | None, offload: Offload
+    ) -> None:
         self._request = request
         self._response = response
         self._user_id = user_id
         self._key = key
+        self._offload = offload
 
     def run(
         self, body: BaseModel | None, service: Callable[P, Answer], /, *args: P.args, **kwargs: P.kwargs
@@ -77,14 +81,15 @@ class Idempotency:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> dict[str, Any]:
-        """:meth:`run` for an async service: the key's SQL on worker threads, no thread held meanwhile."""
+        """:meth:`run` for an async service: the key's SQL offloaded (the request's ``Offloaded``),
+        no thread held meanwhile."""
         call: Callable[..., Awaitable[Answer]] = functools.partial(service, *args, **kwargs)  # plus idempotency=
 
         async def action(lease: idempotency.KeyLease | None) -> dict[str, Any]:
             return self._answer(await call(idempotency=lease))
 
         with _replays_counted():
-            result, replayed = await idempotency.run_async(action=action, **self._keyed(body))
+            result, replayed = await idempotency.run_async(action=action, offload=self._offload, **self._keyed(body))
         return self._replayed(result, replayed)
 
     def _keyed(self, body: BaseModel | None) -> dict[str, Any]:
@@ -119,11 +124,12 @@ async def _idempotency(
     request: Request,
     response: Response,
     principal: Annotated[Principal, Depends(token_principal)],
+    offload: Offloaded,
     key: IdempotencyKey = None,
 ) -> Idempotency:
     # token_principal is the one the route's BookingCustomer resolved (FastAPI caches it
     # per request): a key belongs to the caller.
-    return Idempotency(request, response, principal.user_id, key)
+    return Idempotency(request, response, principal.user_id, key, offload)
 
 
 # Creating routes take ``once: Idempotent`` and return ``once.run(body, service, ...)``.

@@ -15,7 +15,6 @@ seconds, so a rush does not pay a timeout per request.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -25,19 +24,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-import redis
 from fastapi import Depends, Request
-from redis.commands.core import Script
-from starlette.concurrency import run_in_threadpool
 
 from shared.accounts import sessions
 from shared.accounts.emails import normalize_email
 from shared.accounts.tokens import Principal
 from shared.platform import metrics
 from shared.platform.errors import AppError, TooManyRequests
-from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker
+from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker, Script
 from shared.platform.settings import get_settings
 from shared.web.client_ip import client_ip as resolved_client_ip
 from shared.web.client_ip import limit_key
@@ -45,6 +41,7 @@ from shared.web.deps import current_principal, customer_only, token_principal
 from shared.web.schemas import LoginForm, UserCreate
 
 log = logging.getLogger(__name__)
+_V = TypeVar("_V", int, float)
 
 # KEYS: one per limit. ARGV[1]: the mode (see Mode); then per key the emission interval
 # and the period, in milliseconds. Returns {allowed, retry_ms, index}.
@@ -142,17 +139,19 @@ class LocalLimiter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._tats: OrderedDict[str, int] = OrderedDict()  # integer ms, like the script's
         self._flags: OrderedDict[str, float] = OrderedDict()
 
     def gcra(self, keys: list[str], timings: list[tuple[int, int]], mode: Mode) -> tuple[int, float, int]:
-        now = time.monotonic() * 1000
-        worst, denied = 0.0, 0
+        # Whole milliseconds, as in the script: with float ms, (now + interval) - period could
+        # round up past now near a power of two, refusing a fresh key (seen in tests).
+        now = _now_ms()
+        worst, denied = 0, 0
         with self._lock:
-            news: list[float] = []
+            news: list[int] = []
             oks: list[bool] = []
             for i, (key, (interval, period)) in enumerate(zip(keys, timings, strict=True), start=1):
-                tat = max(self._tats.get(key, 0.0), now)
+                tat = max(self._tats.get(key, 0), now)
                 allow_at = tat + interval - period
                 oks.append(allow_at <= now)
                 if allow_at > now and allow_at - now > worst:
@@ -161,11 +160,11 @@ class LocalLimiter:
             for key, new, ok in zip(keys, news, oks, strict=True):
                 if (mode == "all" and denied == 0) or (mode == "each" and ok):
                     _remember(self._tats, key, new)
-        return (1, 0.0, 0) if denied == 0 else (0, worst, denied)
+        return (1, 0.0, 0) if denied == 0 else (0, float(worst), denied)
 
     def refund(self, keys: list[str], intervals: list[int]) -> None:
         """REFUND_LUA in this process: one unit back per key, never below now."""
-        now = time.monotonic() * 1000
+        now = _now_ms()
         with self._lock:
             for key, interval in zip(keys, intervals, strict=True):
                 if key in self._tats:
@@ -180,8 +179,11 @@ class LocalLimiter:
             return self._flags.get(key, 0.0) > time.monotonic()
 
 
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
-def _remember(store: OrderedDict[str, float], key: str, value: float) -> None:
+
+def _remember(store: OrderedDict[str, _V], key: str, value: _V) -> None:
     """Set a key as the most recently used; drop the least recently used past the bound."""
     store[key] = value
     store.move_to_end(key)
@@ -190,18 +192,66 @@ def _remember(store: OrderedDict[str, float], key: str, value: float) -> None:
         store.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class _Check:
+    """One check as the GCRA script takes it: what both transports send, and how to read the answer."""
+
+    rules: list[RateRule]
+    keys: list[str]
+    timings: list[tuple[int, int]]
+    mode: Mode
+    script_keys: list[str]
+    args: list[int | str]
+
+    @classmethod
+    def of(cls, rules: list[RateRule], consume: bool, mode: Mode | None, session: Principal | None) -> _Check | None:
+        """None when there is nothing to ask (limits off, no session to check)."""
+        settings = get_settings()
+        if not settings.rate_limit_enabled:
+            rules = []
+        if not rules and session is None:
+            return None
+        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
+        timings = [rule.timing_ms for rule in rules]
+        mode = mode or ("all" if consume else "look")
+        args: list[int | str] = [mode]
+        for interval, period in timings:
+            args += [interval, period]
+        script_keys = keys
+        if session is not None:
+            script_keys = [*keys, sessions.session_key(session.session_id)]
+            args.append(sessions.SESSION_ARG)
+        return cls(rules, keys, timings, mode, script_keys, args)
+
+    def decide(self, answer: tuple[int, float, int]) -> Decision:
+        allowed, retry_ms, index = answer
+        if allowed == -1:
+            return Decision(False, revoked=True)
+        if allowed:
+            return Decision(True)
+        return Decision(False, max(1, math.ceil(retry_ms / 1000)), self.rules[index - 1])
+
+
+def _answer(reply: list[int | bytes]) -> tuple[int, float, int]:
+    allowed, retry_ms, index = reply
+    return int(allowed), float(retry_ms), int(index)
+
+
+_GCRA = Script(GCRA_LUA)
+_REFUND = Script(REFUND_LUA)
+
+
 class RateLimiter:
-    """Talks to Redis; applies the same rules in this process when it cannot."""
+    """Talks to Redis; applies the same rules in this process when it cannot.
+
+    :meth:`check` and :meth:`check_async` are one rule over two transports (redis-py's sync
+    client for sync routes, its asyncio client for the booking routes): the same script,
+    the same breaker, the same fallback; only how the round trip is awaited differs.
+    """
 
     def __init__(self) -> None:
-        self._gcra: Script | None = None
-        self._refund: Script | None = None
-        self._breaker = RedisBreaker("rate limiter", lambda s: s.rate_limit_redis_timeout, self._register)
+        self._breaker = RedisBreaker("rate limiter", lambda s: s.rate_limit_redis_timeout)
         self.local = LocalLimiter()
-
-    def _register(self, client: redis.Redis) -> None:
-        self._gcra = client.register_script(GCRA_LUA)
-        self._refund = client.register_script(REFUND_LUA)
 
     def _trip(self, exc: Exception) -> None:
         self._breaker.trip(exc, "limits apply per process")
@@ -225,37 +275,36 @@ class RateLimiter:
         without Redis that check fails open (shared/accounts/sessions.py says why) while the rules
         apply per process.
         """
-        settings = get_settings()
-        if not settings.rate_limit_enabled:
-            rules = []
-        if not rules and session is None:
+        check = _Check.of(rules, consume, mode, session)
+        if check is None:
             return Decision(True)
-        mode = mode or ("all" if consume else "look")
-        keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
-        timings = [rule.timing_ms for rule in rules]
-        result: tuple[int, float, int] | None = None
         client = self._breaker.client()
-        if client is not None and self._gcra is not None:
-            args: list[int | str] = [mode]
-            for interval, period in timings:
-                args += [interval, period]
-            script_keys = keys
-            if session is not None:
-                script_keys = [*keys, sessions.session_key(session.session_id)]
-                args.append(sessions.SESSION_ARG)
+        if client is not None:
             try:
-                allowed, retry_ms, index = self._gcra(keys=script_keys, args=args, client=client)
-                result = (int(allowed), float(retry_ms), int(index))
+                return check.decide(_answer(_GCRA(client, check.script_keys, check.args)))
             except REDIS_FAILURES as exc:
                 self._trip(exc)
-        if result is None:
-            result = self.local.gcra(keys, timings, mode)
-        allowed, retry_ms, index = result
-        if allowed == -1:
-            return Decision(False, revoked=True)
-        if allowed:
+        return check.decide(self.local.gcra(check.keys, check.timings, check.mode))
+
+    async def check_async(
+        self,
+        rules: list[RateRule],
+        *,
+        consume: bool = True,
+        mode: Mode | None = None,
+        session: Principal | None = None,
+    ) -> Decision:
+        """:meth:`check` on the event loop: the round trip awaited, no thread-pool hop."""
+        check = _Check.of(rules, consume, mode, session)
+        if check is None:
             return Decision(True)
-        return Decision(False, max(1, math.ceil(retry_ms / 1000)), rules[index - 1])
+        client = self._breaker.async_client()
+        if client is not None:
+            try:
+                return check.decide(_answer(await _GCRA.run_async(client, check.script_keys, check.args)))
+            except REDIS_FAILURES as exc:
+                self._trip(exc)
+        return check.decide(self.local.gcra(check.keys, check.timings, check.mode))
 
     def refund(self, rules: list[RateRule]) -> None:
         """Give back the unit a request took from each rule (a reservation not needed)."""
@@ -265,9 +314,9 @@ class RateLimiter:
         keys = [f"{settings.rate_limit_key_prefix}:{rule.key}" for rule in rules]
         intervals = [rule.timing_ms[0] for rule in rules]
         client = self._breaker.client()
-        if client is not None and self._refund is not None:
+        if client is not None:
             try:
-                self._refund(keys=keys, args=intervals, client=client)
+                _REFUND(client, keys, intervals)
                 return
             except REDIS_FAILURES as exc:
                 self._trip(exc)
@@ -307,7 +356,15 @@ limiter = RateLimiter()
 
 def enforce(rules: list[RateRule], *, consume: bool = True, session: Principal | None = None) -> None:
     """Raise 429 ``rate_limited`` with ``Retry-After`` when a rule refuses (401 if revoked)."""
-    decision = limiter.check(rules, consume=consume, session=session)
+    _refuse(limiter.check(rules, consume=consume, session=session))
+
+
+async def enforce_async(rules: list[RateRule], *, session: Principal | None = None) -> None:
+    """:func:`enforce` for async dependencies: the Redis round trip on the event loop."""
+    _refuse(await limiter.check_async(rules, session=session))
+
+
+def _refuse(decision: Decision) -> None:
     if decision.revoked:
         raise sessions.revoked_error()
     if not decision.allowed:
@@ -413,14 +470,14 @@ async def limit_booking(
     request: Request, principal: Annotated[Principal, Depends(token_principal)]
 ) -> Principal:
     """Booking creation per customer and per IP, and the token's revocation check, in one
-    Redis round trip (run off the event loop). Returns the still-active principal."""
+    Redis round trip (awaited on the event loop). Returns the still-active principal."""
     settings = get_settings()
-    await run_in_threadpool(functools.partial(enforce, [
+    await enforce_async([
         RateRule.parse("booking_per_user", f"book-user:{principal.user_id}",
                    settings.rate_limit_booking_per_user),
         RateRule.parse("booking_per_ip", f"book-ip:{client_key(request)}",
                    settings.rate_limit_booking_per_ip),
-    ], session=principal))
+    ], session=principal)
     return principal
 
 
