@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -89,16 +89,21 @@ class BodyLimit(HttpMiddleware):
         self.too_large = too_large  # builds the 413 response for a limit
         self.too_slow = too_slow  # builds the 408 response
 
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A request whose framing proves it bodiless (every probe and GET) goes straight to
+        # the app: no coroutine of this layer stays in the chain for the request's lifetime.
+        if scope["type"] == "http":
+            declared, limit = _declared_length(scope), get_settings().max_body_bytes
+            if declared is not None and declared > limit:
+                return self.too_large(limit)(scope, receive, send)  # nothing of the body is read
+            if _has_no_body(scope, declared):
+                return self.app(scope, receive, send)
+        return super().__call__(scope, receive, send)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request that may carry a body within the limit: read it, bounded and timed."""
         settings = get_settings()
         limit = settings.max_body_bytes
-        declared = _declared_length(scope)
-        if declared is not None and declared > limit:
-            await self.too_large(limit)(scope, receive, send)
-            return
-        if _has_no_body(scope, declared):
-            await self.app(scope, receive, send)
-            return
         try:
             message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)
         except _TooSlow:
