@@ -21,6 +21,7 @@ from shared.platform.logging import configure_logging
 from shared.platform.settings import get_settings, require_safe_start
 from shared.web.body_limit import BodyLimit
 from shared.web.error_docs import document_errors
+from shared.web.route_index import index_routes
 from shared.web.schemas import RULE_CODES
 from shared.web.telemetry import RequestTelemetry
 
@@ -199,6 +200,7 @@ def create_app(title: str, routers: Iterable[APIRouter], description: str = "") 
     )
     for router in routers:
         app.include_router(router)
+    index_routes(app)  # a request walks only the routes of its first path segment
     app.openapi = _documented_openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

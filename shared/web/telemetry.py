@@ -71,9 +71,13 @@ def _with_id(headers: Iterable[tuple[bytes, bytes]] | None, value: bytes) -> lis
 
     The usual list without the header gets it appended in place: no copy per response.
     """
-    if type(headers) is list and not any(name.lower() == HEADER for name, _ in headers):
-        headers.append((HEADER, value))
-        return headers
+    if type(headers) is list:
+        for name, _ in headers:  # a loop, not any(): no generator per response
+            if name.lower() == HEADER:
+                break
+        else:
+            headers.append((HEADER, value))
+            return headers
     rebuilt = [(k, v) for k, v in headers or () if k.lower() != HEADER]
     rebuilt.append((HEADER, value))
     return rebuilt
