@@ -189,18 +189,20 @@ def _documented_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-def _reads_no_body(router: APIRouter) -> bool:
+def _plain_router(router: APIRouter) -> bool:
     """Its routes can be the app's own: FastAPI's bookkeeping for an included router (about
     5 us per request, in process) buys nothing for them.
 
-    An included route is served under the settings of the app that includes it, and the only
-    one ``create_app`` sets for routes, ``strict_content_type``, concerns request bodies; the
-    rest (tags, responses, ids) are the route's own from its definition. So a router of plain
-    routes none of which reads a body, with no startup or shutdown hooks, answers and is
-    documented the same either way (the probes, the scrape route).
+    An included route is served under settings of the app that includes it: of those
+    ``create_app`` leaves at FastAPI's defaults but two, ``strict_content_type`` (bodies) and
+    the app as the provider of ``dependency_overrides`` (dependencies). So a router of plain
+    routes that read no body and depend on nothing, with no startup or shutdown hooks,
+    answers and is documented the same either way (the probes, the scrape route); the tags,
+    responses and operation ids are the route's own from its definition.
     """
     return not router.on_startup and not router.on_shutdown and all(
-        type(route) is APIRoute and route.body_field is None for route in router.routes
+        type(route) is APIRoute and route.body_field is None and not route.dependant.dependencies
+        for route in router.routes
     )
 
 
@@ -215,7 +217,7 @@ def create_app(title: str, routers: Iterable[APIRouter], description: str = "") 
         title=title, description=description, version="0.1.0", redirect_slashes=False, strict_content_type=False
     )
     for router in routers:
-        if _reads_no_body(router):
+        if _plain_router(router):
             app.router.routes.extend(router.routes)  # the app's own routes, as in hello-world
         else:
             app.include_router(router)

@@ -8,6 +8,8 @@ across groups.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
@@ -92,3 +94,22 @@ def test_first_segment() -> None:
     assert first_segment("/{anything}") is None
     assert first_segment("/x{id}") is None
     assert first_segment("/") == ""
+
+
+def test_plain_routers_become_the_apps_own_routes_with_the_same_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes and the scrape route skip FastAPI's included-router bookkeeping; the
+    OpenAPI document stays byte for byte the one of the app that includes every router."""
+    from functions.booking.routes import router as booking_router
+    from functions.events.routes import router as events_router
+    from functions.users.routes import router as users_router
+    from shared.web import app as app_module
+    from shared.web.health import router as health_router
+    from shared.web.metrics_route import router as metrics_router
+
+    routers = [health_router, metrics_router, users_router, events_router, booking_router]
+    flat = create_app("doc", routers)
+    assert {"/health/live", "/health/ready", "/metrics"} <= {getattr(r, "path", None) for r in flat.router.routes}
+    monkeypatch.setattr(app_module, "_plain_router", lambda router: False)
+    included = create_app("doc", routers)
+    assert not {"/health/live", "/metrics"} & {getattr(r, "path", None) for r in included.router.routes}
+    assert json.dumps(flat.openapi()) == json.dumps(included.openapi())
