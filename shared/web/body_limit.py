@@ -34,31 +34,42 @@ _TRANSFER_ENCODING = b"transfer-encoding"
 _BODILESS_METHODS = frozenset({"GET", "HEAD"})
 
 
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """(The first Content-Length as a number, None when absent or not a number; whether a
+    Transfer-Encoding is named), in one pass over the headers."""
+    declared: int | None = None
+    seen = encoded = False
+    for name, value in scope.get("headers") or ():
+        if name == _CONTENT_LENGTH and not seen:
+            seen = True
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = None
+        elif name == _TRANSFER_ENCODING:
+            encoded = True
+    return declared, encoded
+
+
 def _declared_length(scope: Scope) -> int | None:
     """The Content-Length header as a number; None when absent or not a number."""
-    for name, value in scope.get("headers") or ():
-        if name == _CONTENT_LENGTH:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    return _framing(scope)[0]
 
 
-def _has_no_body(scope: Scope, declared: int | None) -> bool:
+def _has_no_body(scope: Scope, declared: int | None, encoded: bool | None = None) -> bool:
     """The server's framing proves the body empty, so there is nothing to bound or time.
 
     Skipping the read saves a timed ``receive`` (a task and a timer per request) on every
     probe and GET. Only an HTTP server's framing counts: under Mangum the body comes from
     the event whatever the headers say, so an ``aws.event`` scope is always read. A POST
     without framing headers is read too (an ASGI caller may stream one without them), and
-    so is any request that names a ``Transfer-Encoding``.
+    so is any request that names a ``Transfer-Encoding`` (``encoded``: already known).
     """
     if "aws.event" in scope:
         return False
     if declared != 0 and (declared is not None or scope.get("method") not in _BODILESS_METHODS):
         return False
-    return not any(name == _TRANSFER_ENCODING for name, _ in scope.get("headers") or ())
+    return not (_framing(scope)[1] if encoded is None else encoded)
 
 
 def _replay(message: Message, receive: Receive) -> Receive:
@@ -88,10 +99,10 @@ class BodyLimit(HttpMiddleware):
         # A request whose framing proves it bodiless (every probe and GET) goes straight to
         # the app: no coroutine of this layer stays in the chain for the request's lifetime.
         if scope["type"] == "http":
-            declared, limit = _declared_length(scope), get_settings().max_body_bytes
+            (declared, encoded), limit = _framing(scope), get_settings().max_body_bytes
             if declared is not None and declared > limit:
                 return self.too_large(limit)(scope, receive, send)  # nothing of the body is read
-            if _has_no_body(scope, declared):
+            if _has_no_body(scope, declared, encoded):
                 return self.app(scope, receive, send)
         return super().__call__(scope, receive, send)
 
