@@ -14,6 +14,11 @@ a generated ``JWT_SECRET``, ``LOG_LEVEL=INFO``, rate limits on. The apps:
 The load comes from ``wrk -t1 -c64 --latency`` when wrk is on PATH (a C generator: it leaves
 the other cores to the server), else from bench/loadgen.py, which the table then names. The
 generator's own ceiling (a canned-response server) is measured first, in the same run.
+
+Each row also gives the server's CPU time per answer (its process tree's CPU seconds over
+the answers) and hello-world's over it: when other work shares the cores the rates and their
+ratio move with it, the CPU spent per answer less so. ``python -m bench.floor_inprocess``
+measures the same apps without a server (CPU us per raw ASGI call), steadier still.
 """
 
 from __future__ import annotations
@@ -199,8 +204,10 @@ def server_env(database_url: str | None, redis_url: str | None) -> dict[str, str
     return env
 
 
-def _row(key: str, label: str, target: str, measured: Measured, server_cores: float | None) -> dict[str, Any]:
-    return {"key": key, "label": label, "app": target, **asdict(measured), "server_cores": server_cores}
+def _row(key: str, label: str, target: str, measured: Measured, server_cores: float | None,
+         cpu_us: float | None = None) -> dict[str, Any]:
+    return {"key": key, "label": label, "app": target, **asdict(measured), "server_cores": server_cores,
+            "cpu_us_per_request": cpu_us}
 
 
 def serve_and_measure(app: App, generator: str, opts: Options, env: dict[str, str], log_path: Path) -> dict[str, Any]:
@@ -217,8 +224,12 @@ def serve_and_measure(app: App, generator: str, opts: Options, env: dict[str, st
         cpu1, wall = tree_cpu_seconds(pid), time.monotonic() - t0
     finally:
         child.stop()
-    cores = round((cpu1 - cpu0) / wall, 2) if cpu0 is not None and cpu1 is not None and wall > 0 else None
-    return _row(app.key, app.label, app.target, measured, cores)
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    cores = round(cpu / wall, 2) if cpu is not None and wall > 0 else None
+    # The server's CPU time per answer: unlike the rate, it barely moves when other work
+    # shares the cores, so its ratio still compares the apps on a busy machine.
+    cpu_us = round(cpu / measured.requests * 1e6, 1) if cpu is not None and measured.requests else None
+    return _row(app.key, app.label, app.target, measured, cores, cpu_us)
 
 
 def run(opts: Options, out_dir: Path, *, database_url: str | None = None,
@@ -239,9 +250,13 @@ def run(opts: Options, out_dir: Path, *, database_url: str | None = None,
     for app in APPS:
         rows.append(serve_and_measure(app, generator, opts, env, log_path))
         _say(rows[-1])
-    hello = next(r for r in rows if r["key"] == HELLO)["requests_per_s"]
+    hello_row = next(r for r in rows if r["key"] == HELLO)
+    hello, hello_cpu = hello_row["requests_per_s"], hello_row["cpu_us_per_request"]
     for r in rows:
         r["ratio"] = round(r["requests_per_s"] / hello, 3) if hello and r["key"] != CEILING else None
+        # hello-world's CPU per answer over this app's: 1.0 as cheap, 0.8 a quarter dearer.
+        cpu = r["cpu_us_per_request"]
+        r["cpu_ratio"] = round(hello_cpu / cpu, 3) if hello_cpu and cpu else None
     local = next(r for r in rows if r["key"] == "local")
     return {
         "path": f"GET {PATH}",
@@ -267,14 +282,17 @@ def table(report: dict[str, Any]) -> str:
     """The floor's rows: rate, p99 and the ratio to hello-world."""
     lines = [f"framework floor: {report['path']}, {report['options']['connections']} connections, "
              f"{report['options']['duration']:g} s per app, one uvicorn worker, production settings",
-             f"{'app':<40} {'generator':<9} {'req/s':>9} {'p99 ms':>8} {'ratio':>6}"]
+             f"{'app':<40} {'generator':<9} {'req/s':>9} {'p99 ms':>8} {'ratio':>6} {'cpu us/req':>10} "
+             f"{'cpu ratio':>9}"]
     for r in report["rows"]:
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        cpu = "-" if r.get("cpu_us_per_request") is None else f"{r['cpu_us_per_request']:.1f}"
+        cpu_ratio = "-" if r.get("cpu_ratio") is None else f"{r['cpu_ratio']:.2f}"
         goal = f"  goal >= {GOAL}" if r["key"] == "local" else ""
         errors = f"  errors {r['errors']}" if r["errors"] else ""
-        lines.append(f"{r['label']:<40} {r['generator']:<9} {r['requests_per_s']:>9.0f} {p99:>8} {ratio:>6}"
-                     f"{goal}{errors}")
+        lines.append(f"{r['label']:<40} {r['generator']:<9} {r['requests_per_s']:>9.0f} {p99:>8} {ratio:>6} "
+                     f"{cpu:>10} {cpu_ratio:>9}{goal}{errors}")
     if report["generator_note"]:
         lines.append(f"generator: {report['generator_note']}")
     return "\n".join(lines)

@@ -22,8 +22,7 @@ large. Every route reads its whole body before running anyway, so buffering up t
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,31 +34,42 @@ _TRANSFER_ENCODING = b"transfer-encoding"
 _BODILESS_METHODS = frozenset({"GET", "HEAD"})
 
 
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """(The first Content-Length as a number, None when absent or not a number; whether a
+    Transfer-Encoding is named), in one pass over the headers."""
+    declared: int | None = None
+    seen = encoded = False
+    for name, value in scope.get("headers") or ():
+        if name == _CONTENT_LENGTH and not seen:
+            seen = True
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = None
+        elif name == _TRANSFER_ENCODING:
+            encoded = True
+    return declared, encoded
+
+
 def _declared_length(scope: Scope) -> int | None:
     """The Content-Length header as a number; None when absent or not a number."""
-    for name, value in scope.get("headers") or ():
-        if name == _CONTENT_LENGTH:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    return _framing(scope)[0]
 
 
-def _has_no_body(scope: Scope, declared: int | None) -> bool:
+def _has_no_body(scope: Scope, declared: int | None, encoded: bool | None = None) -> bool:
     """The server's framing proves the body empty, so there is nothing to bound or time.
 
     Skipping the read saves a timed ``receive`` (a task and a timer per request) on every
     probe and GET. Only an HTTP server's framing counts: under Mangum the body comes from
     the event whatever the headers say, so an ``aws.event`` scope is always read. A POST
     without framing headers is read too (an ASGI caller may stream one without them), and
-    so is any request that names a ``Transfer-Encoding``.
+    so is any request that names a ``Transfer-Encoding`` (``encoded``: already known).
     """
     if "aws.event" in scope:
         return False
     if declared != 0 and (declared is not None or scope.get("method") not in _BODILESS_METHODS):
         return False
-    return not any(name == _TRANSFER_ENCODING for name, _ in scope.get("headers") or ())
+    return not (_framing(scope)[1] if encoded is None else encoded)
 
 
 def _replay(message: Message, receive: Receive) -> Receive:
@@ -76,10 +86,6 @@ def _replay(message: Message, receive: Receive) -> Receive:
     return replay
 
 
-class _TooSlow(Exception):
-    """The body did not arrive within its deadline."""
-
-
 class BodyLimit(HttpMiddleware):
     """Refuse request bodies larger than ``MAX_BODY_BYTES`` (413) or slower than
     ``BODY_READ_TIMEOUT_SECONDS`` (408) with the app's JSON errors."""
@@ -89,19 +95,28 @@ class BodyLimit(HttpMiddleware):
         self.too_large = too_large  # builds the 413 response for a limit
         self.too_slow = too_slow  # builds the 408 response
 
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A request whose framing proves it bodiless (every probe and GET) goes straight to
+        # the app: no coroutine of this layer stays in the chain for the request's lifetime.
+        if scope["type"] == "http":
+            (declared, encoded), limit = _framing(scope), get_settings().max_body_bytes
+            if declared is not None and declared > limit:
+                return self.too_large(limit)(scope, receive, send)  # nothing of the body is read
+            if _has_no_body(scope, declared, encoded):
+                return self.app(scope, receive, send)
+        return super().__call__(scope, receive, send)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request that may carry a body within the limit: read it, bounded and timed."""
         settings = get_settings()
         limit = settings.max_body_bytes
-        declared = _declared_length(scope)
-        if declared is not None and declared > limit:
-            await self.too_large(limit)(scope, receive, send)
-            return
-        if _has_no_body(scope, declared):
-            await self.app(scope, receive, send)
-            return
+        # One deadline for the whole body, as one timer: ``asyncio.wait_for`` on each receive
+        # made a task and a timer per chunk (12 us against 4 us per request, in process).
+        deadline = asyncio.get_running_loop().time() + settings.body_read_timeout_seconds
         try:
-            message = await self._read(_bounded(receive, settings.body_read_timeout_seconds), limit)
-        except _TooSlow:
+            async with asyncio.timeout_at(deadline):
+                message = await self._read(receive, limit)
+        except TimeoutError:
             await self.too_slow()(scope, receive, send)
             return
         if message is None:
@@ -132,19 +147,3 @@ class BodyLimit(HttpMiddleware):
             chunks.append(chunk)
         return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-
-def _bounded(receive: Receive, seconds: float) -> Receive:
-    """A receive that raises :class:`_TooSlow` once ``seconds`` have passed since the first call."""
-    deadline: float | None = None
-
-    async def bounded() -> Message:
-        nonlocal deadline
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + seconds
-        try:
-            return await asyncio.wait_for(receive(), max(deadline - now, 0.0))
-        except TimeoutError as exc:
-            raise _TooSlow from exc
-
-    return bounded
