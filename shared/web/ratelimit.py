@@ -37,7 +37,7 @@ from shared.platform.redis_breaker import REDIS_FAILURES, RedisBreaker, Script
 from shared.platform.settings import get_settings
 from shared.web.client_ip import client_ip as resolved_client_ip
 from shared.web.client_ip import limit_key
-from shared.web.deps import current_principal, customer_only, token_principal
+from shared.web.deps import current_principal, token_principal
 from shared.web.schemas import LoginForm, UserCreate
 
 log = logging.getLogger(__name__)
@@ -481,10 +481,6 @@ async def limit_booking(
     return principal
 
 
-async def _booking_customer(principal: Annotated[Principal, Depends(limit_booking)]) -> Principal:
-    return customer_only(principal)
-
-
 def _per_ip(request: Request, name: str, spec: str) -> None:
     enforce([RateRule.parse(f"{name}_per_ip", f"{name}-ip:{client_key(request)}", spec)])
 
@@ -530,6 +526,3 @@ VerifyRateLimit = Depends(limit_verify)
 VerificationResendRateLimit = Depends(limit_verification_resend)
 # The registration route takes its body as ``Registration`` (limited, address remembered).
 Registration = Annotated[UserCreate, Depends(_registration, scope="function")]
-# Booking-creating routes take the caller as ``BookingCustomer``: rate limits and the
-# session check share one Redis round trip (never ``Customer`` plus a limit: two trips).
-BookingCustomer = Annotated[Principal, Depends(_booking_customer)]
