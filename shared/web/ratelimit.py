@@ -294,14 +294,15 @@ class RateLimiter:
         mode: Mode | None = None,
         session: Principal | None = None,
     ) -> Decision:
-        """:meth:`check` on the event loop: the round trip awaited, no thread-pool hop."""
+        """:meth:`check` on the event loop: the round trip awaited, no thread-pool hop, and
+        shared with the other checks of the same loop iteration (one pipeline)."""
         check = _Check.of(rules, consume, mode, session)
         if check is None:
             return Decision(True)
         client = self._breaker.async_client()
         if client is not None:
             try:
-                return check.decide(_answer(await _GCRA.run_async(client, check.script_keys, check.args)))
+                return check.decide(_answer(await _GCRA.run_batched(client, check.script_keys, check.args)))
             except REDIS_FAILURES as exc:
                 self._trip(exc)
         return check.decide(self.local.gcra(check.keys, check.timings, check.mode))
