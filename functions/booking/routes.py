@@ -13,17 +13,14 @@ from shared.web.deps import (
     Customer,
     EventId,
     HoldId,
-    Lanes,
     Limit,
-    Offloaded,
     Offset,
     Organizer,
     UserId,
     require_self,
 )
 from shared.web.error_docs import GRANT_REFUSALS, KEYED, errors
-from shared.web.idempotent import Idempotent
-from shared.web.ratelimit import BookingCustomer
+from shared.web.granting import Granting
 from shared.web.schemas import (
     BookingCancel,
     BookingCreate,
@@ -37,31 +34,26 @@ from shared.web.schemas import (
 router = APIRouter(tags=["booking"])
 
 _CUSTOMERS = ("customer_only", "not_your_account")
-# Ticket-granting routes take the caller as BookingCustomer (rate limited) and an Idempotency-Key.
+# Ticket-granting routes take ``grant: Granting``: the caller rate limited, and an Idempotency-Key.
 _GRANTING = errors(*_CUSTOMERS, *GRANT_REFUSALS, *KEYED, "rate_limited")
 
 
 @router.post("/bookings", status_code=201, response_model=BookingOut, responses=_GRANTING)
-async def create_booking(
-    body: BookingCreate, customer: BookingCustomer, lanes: Lanes, offload: Offloaded, once: Idempotent
-) -> dict[str, Any]:
+async def create_booking(body: BookingCreate, grant: Granting) -> dict[str, Any]:
     """Book tickets as the calling customer."""
-    return await once.run_async(
-        body, coalescing.book, user_id=customer.user_id, event_id=body.event_id, quantity=body.quantity,
-        lanes=lanes, offload=offload,
+    return await grant.once.run_async(
+        body, coalescing.book, user_id=grant.customer.user_id, event_id=body.event_id, quantity=body.quantity,
+        lanes=grant.lanes, offload=grant.offload,
     )
 
 
 @router.post("/book/{user_id}", status_code=201, response_model=BookingOut, responses=_GRANTING)
-async def book_for(
-    user_id: UserId, body: BookingCreate, customer: BookingCustomer, lanes: Lanes, offload: Offloaded,
-    once: Idempotent,
-) -> dict[str, Any]:
+async def book_for(user_id: UserId, body: BookingCreate, grant: Granting) -> dict[str, Any]:
     """Book tickets; the path names the customer, who must be the caller."""
-    require_self(customer, user_id)
-    return await once.run_async(
+    require_self(grant.customer, user_id)
+    return await grant.once.run_async(
         body, coalescing.book, user_id=user_id, event_id=body.event_id, quantity=body.quantity,
-        lanes=lanes, offload=offload,
+        lanes=grant.lanes, offload=grant.offload,
     )
 
 
@@ -106,9 +98,7 @@ def cancel_booking(booking_id: BookingId, customer: Customer, body: BookingCance
 
 
 @router.post("/events/{event_id}/holds", status_code=201, response_model=HoldOut, responses=_GRANTING)
-def create_hold(
-    event_id: EventId, customer: BookingCustomer, once: Idempotent, body: HoldCreate | None = None
-) -> dict[str, Any]:
+def create_hold(event_id: EventId, grant: Granting, body: HoldCreate | None = None) -> dict[str, Any]:
     """Set tickets aside for the caller until `expires_at`; confirm or release them before then.
 
     The hold lasts `ttl_seconds` (default `HOLD_TTL_SECONDS`), at most the event's
@@ -117,10 +107,10 @@ def create_hold(
     Held tickets count against the customer's per-event limit until the hold ends.
     """
     body = body or HoldCreate()
-    return once.run(
+    return grant.once.run(
         body,
         holds.create_hold,
-        user_id=customer.user_id,
+        user_id=grant.customer.user_id,
         event_id=event_id,
         quantity=body.quantity,
         ttl_seconds=body.ttl_seconds,
@@ -151,9 +141,9 @@ def get_hold(hold_id: HoldId, customer: Customer) -> dict[str, Any]:
         200: {"model": BookingOut, "description": "Already confirmed: the same booking"},
     },
 )
-def confirm_hold(hold_id: HoldId, customer: BookingCustomer, once: Idempotent) -> dict[str, Any]:
+def confirm_hold(hold_id: HoldId, grant: Granting) -> dict[str, Any]:
     """Turn a hold into a booking. A hold past its expiry still confirms if its tickets are free."""
-    return once.run(None, confirmations.confirm_hold, hold_id=hold_id, user_id=customer.user_id)
+    return grant.once.run(None, confirmations.confirm_hold, hold_id=hold_id, user_id=grant.customer.user_id)
 
 
 @router.delete("/holds/{hold_id}", response_model=HoldOut, responses=errors(*_CUSTOMERS, "hold_not_found"))

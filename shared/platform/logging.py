@@ -150,10 +150,21 @@ def reset_context(token: contextvars.Token[Mapping[str, Any]]) -> None:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, context, extras."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        # Lines come many per second (one per request): format each second once.
+        # Threads share the formatter: one read of the pair, one write of a new pair.
+        second, cached = int(record.created), self._second
+        if second != cached[0]:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
@@ -13,19 +13,17 @@ from starlette.concurrency import run_in_threadpool
 from shared.accounts import sessions
 from shared.accounts.tokens import Principal, decode_token
 from shared.platform.errors import Forbidden, Unauthorized
-from shared.platform.threads import Offload, offload_for
-from shared.ticketing import coalescing
 from shared.web.schemas import ID_MAX
 
-_bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+bearer_token = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
 # Dependencies that only compute are ``async``: a sync one costs a thread-pool hop each.
-async def token_principal(token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+async def token_principal(token: Annotated[str | None, Depends(bearer_token)]) -> Principal:
     """The token's principal, signature and lifetime checked; revocation NOT checked.
 
     Only for routes that check revocation themselves in the same Redis round trip as
-    their rate limit (shared/web/ratelimit.py ``BookingCustomer``).
+    their rate limit (shared/web/granting.py ``Granting``).
     """
     if not token:
         raise Unauthorized("not_authenticated", "A bearer token is required")
@@ -60,21 +58,9 @@ def require_self(principal: Principal, user_id: int) -> None:
         raise Forbidden("not_your_account", "You can only act as yourself")
 
 
-async def _lanes(request: Request) -> bool:
-    """Whether a booking may wait in its event's coalescing lane: on a server, not as a Lambda event."""
-    return coalescing.enabled(request.scope)
-
-
-async def _offload(request: Request) -> Offload:
-    """Where the request's blocking calls run: a worker thread, or Mangum's loop itself."""
-    return offload_for(request.scope)
-
-
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 Organizer = Annotated[Principal, Depends(_organizer)]
 Customer = Annotated[Principal, Depends(_customer)]
-Lanes = Annotated[bool, Depends(_lanes)]
-Offloaded = Annotated[Offload, Depends(_offload)]
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 

@@ -1,4 +1,4 @@
-"""The Idempotency-Key of a creating route, as one dependency: a route's one service call runs through it.
+"""The Idempotency-Key of a creating route: a route's one service call runs through it.
 
 ``once.run(body, holds.create_hold, user_id=...)`` calls the service with
 ``idempotency=`` the request's :class:`~shared.ticketing.idempotency.KeyLease` (None
@@ -14,14 +14,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, ParamSpec
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
-from shared.accounts.tokens import Principal
 from shared.platform import metrics
 from shared.platform.threads import Offload
 from shared.ticketing import idempotency
-from shared.web.deps import Offloaded, token_principal
 
 P = ParamSpec("P")
 # What a creating service returns: the resource, or (resource, created) when it may hand
@@ -81,7 +79,7 @@ class Idempotency:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> dict[str, Any]:
-        """:meth:`run` for an async service: the key's SQL offloaded (the request's ``Offloaded``),
+        """:meth:`run` for an async service: the key's SQL offloaded (the request's ``offload``),
         no thread held meanwhile."""
         call: Callable[..., Awaitable[Answer]] = functools.partial(service, *args, **kwargs)  # plus idempotency=
 
@@ -118,19 +116,3 @@ class Idempotency:
             self._response.status_code = replayed_status
             self._response.headers[idempotency.REPLAY_HEADER] = "true"
         return result
-
-
-async def _idempotency(
-    request: Request,
-    response: Response,
-    principal: Annotated[Principal, Depends(token_principal)],
-    offload: Offloaded,
-    key: IdempotencyKey = None,
-) -> Idempotency:
-    # token_principal is the one the route's BookingCustomer resolved (FastAPI caches it
-    # per request): a key belongs to the caller.
-    return Idempotency(request, response, principal.user_id, key, offload)
-
-
-# Creating routes take ``once: Idempotent`` and return ``once.run(body, service, ...)``.
-Idempotent = Annotated[Idempotency, Depends(_idempotency)]

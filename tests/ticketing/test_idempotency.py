@@ -190,3 +190,18 @@ def test_a_completed_key_is_never_freed(sql: Any, client: Client) -> None:
         "SELECT state FROM idempotency_keys WHERE user_id = %s AND key = 'k-done'", (user["id"],)
     ).fetchone()
     assert row is not None and row["state"] == "done"
+
+
+def test_a_malformed_key_is_refused_only_after_the_caller_passed(client: Client) -> None:
+    """The caller's refusals (401, 403) come before a malformed key's 422, which lists the body's errors too."""
+    _, cust = account(client, "customer")
+    _, org = account(client, "organizer")
+    bad_key = {"Idempotency-Key": "k" * 300}
+    for path in ("/bookings", "/book/1"):
+        anonymous = client.request("POST", path, json_body={"event_id": 1}, headers=bad_key)
+        assert (anonymous.status_code, anonymous.json()["code"]) == (401, "not_authenticated")
+        organizer = client.request("POST", path, json_body={"event_id": 1}, token=org, headers=bad_key)
+        assert (organizer.status_code, organizer.json()["code"]) == (403, "customer_only")
+    both = client.request("POST", "/bookings", json_body={"event_id": "x"}, token=cust, headers=bad_key)
+    assert (both.status_code, both.json()["code"]) == (422, "validation_error")
+    assert "Idempotency-Key" in both.text and "event_id" in both.text, both.text

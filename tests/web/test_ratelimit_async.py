@@ -186,3 +186,37 @@ def test_a_script_the_server_does_not_know_is_loaded_on_first_use(prefix: str) -
         return [await fresh.run_async(async_client, [], [n]) for n in (1, 2)]
 
     assert run_on_new_loop(twice()) == [b"1", b"2"]
+
+
+def test_a_burst_of_checks_shares_one_round_trip_and_each_gets_its_own_decision(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks made in the same loop iteration go as one pipeline; every caller reads its own reply."""
+    burst = 24
+    fresh = [_rule(5, 60) for _ in range(burst // 2)]
+    spent = [_rule(1, 60 + i) for i in range(burst // 2)]  # exhausted first: refused, each its own Retry-After
+
+    async def go() -> tuple[list[Any], int]:
+        client = limiter._breaker.async_client()
+        assert client is not None
+        for rule in spent:
+            assert (await limiter.check_async([rule])).allowed
+        lent = 0
+        original = client.connection_pool.get_connection
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal lent
+            lent += 1
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(client.connection_pool, "get_connection", counted)
+        answers = await asyncio.gather(*(limiter.check_async([rule]) for rule in [*fresh, *spent]))
+        return answers, lent
+
+    answers, lent = run_on_new_loop(go())
+    assert lent < burst / 4, lent  # one pipeline (not one connection lent per check)
+    assert all(answer.allowed for answer in answers[: burst // 2])
+    refused = answers[burst // 2:]
+    assert [(a.allowed, a.rule, a.retry_after) for a in refused] == [
+        (False, rule, rule.seconds) for rule in spent
+    ]
