@@ -27,8 +27,8 @@ log and metric lines go to a file, as the runtime ships stdout), calling
 A default PostgreSQL accepts 100 connections: when ``pgbouncer`` is on PATH the
 environments connect through one in transaction mode (a stand-in for RDS Proxy), with
 ``DB_PREPARE_THRESHOLD=none`` (server-side prepared statements do not survive transaction
-pooling in PgBouncer before 1.21) and the ``options`` startup parameter (the pool's
-``statement_timeout``) ignored by PgBouncer and set by its ``connect_query`` instead.
+pooling in PgBouncer before 1.21) and ``DB_STARTUP_OPTIONS=false`` (PgBouncer before 1.20
+refuses the ``statement_timeout`` startup option; its ``connect_query`` sets it instead).
 Without it, scenarios that would not fit the server's connections are skipped and said so.
 """
 
@@ -191,8 +191,8 @@ class Pooler:
         (self.dir / "users.txt").write_text(f'"{info["user"]}" ""\n')
         (self.dir / "pgbouncer.ini").write_text("\n".join([
             "[databases]",
-            # The pool's statement_timeout: PgBouncer 1.18 refuses the startup ``options``
-            # psycopg sends (ignored below), so each server connection sets it once.
+            # The pool's statement_timeout: PgBouncer before 1.20 refuses a startup
+            # ``options`` (DB_STARTUP_OPTIONS=false), so each server connection sets it once.
             f"{info['dbname']} = {server} connect_query='SET statement_timeout = {statement_timeout_ms}'",
             "[pgbouncer]",
             "listen_addr = 127.0.0.1",
@@ -204,7 +204,7 @@ class Pooler:
             f"max_client_conn = {max_clients + 50}",
             f"default_pool_size = {pool_size}",
             "min_pool_size = 0",
-            "ignore_startup_parameters = options,extra_float_digits",
+            "ignore_startup_parameters = extra_float_digits",
             f"logfile = {self.dir / 'pgbouncer.log'}",
             "log_connections = 0",
             "log_disconnections = 0",
@@ -399,7 +399,8 @@ def envs_part(env: Any, opts: Options, base: dict[str, str], fixtures: dict[str,
             pooler = Pooler(env, max(opts.envs), opts.pooler_size, Settings().db_statement_timeout_ms)
             pooler.start()
             out["pooler"] = {"kind": "pgbouncer", "version": pooler.version(), "pool_mode": "transaction",
-                             "server_connections": opts.pooler_size, "DB_PREPARE_THRESHOLD": "none"}
+                             "server_connections": opts.pooler_size, "DB_PREPARE_THRESHOLD": "none",
+                             "DB_STARTUP_OPTIONS": "false"}
         else:
             why = "--no-pooler" if not opts.pooler else "pgbouncer is not on PATH"
             notes.append(f"no pooler ({why}): environments connect directly to PostgreSQL")
@@ -420,7 +421,7 @@ def envs_part(env: Any, opts: Options, base: dict[str, str], fixtures: dict[str,
                 continue
             env_vars = dict(base)
             if pooler is not None:
-                env_vars.update(DATABASE_URL=pooler.url, DB_PREPARE_THRESHOLD="none")
+                env_vars.update(DATABASE_URL=pooler.url, DB_PREPARE_THRESHOLD="none", DB_STARTUP_OPTIONS="false")
             s = env_scenario(env, opts, n, group, env_vars, fixtures["envs"][str(n)], workdir)
             s["name"] = name
             s["via"] = "pgbouncer (transaction mode)" if pooler is not None else "direct"
@@ -502,8 +503,8 @@ def table(report: dict[str, Any]) -> str:
         rows.append(f"| Lambda: booking handler, CPU per invocation (production settings, limits on) | "
                     f"{booking['cpu_us']:.0f} us | **{cpu['ratio']:.2f}** | - | goal <= {cpu['goal']:.0f}x {goal}; "
                     f"statuses {_statuses(booking['statuses'])}; {booking['wall_us']:.0f} us wall |")
-    pg = report.get("pgbench")
-    peak = ((pg or {}).get("peak") or {}).get("tps")
+    pg = report.get("pgbench") or {}
+    peak = (pg.get("peak") or {}).get("tps")
     if peak:
         clients = pg["peak"].get("clients")
         rows.append(f"| pgbench, booking SQL, one hot row, peak | {peak:,.0f} tps | 1.00 | - | "
@@ -521,7 +522,7 @@ def table(report: dict[str, Any]) -> str:
     pooler = envs.get("pooler")
     if pooler:
         rows.append(f"| pooler | {pooler['version']} | - | - | transaction mode, {pooler['server_connections']} "
-                    "server connections, DB_PREPARE_THRESHOLD=none |")
+                    "server connections, DB_PREPARE_THRESHOLD=none, DB_STARTUP_OPTIONS=false |")
     for note in report.get("notes", []):
         rows.append(f"| note | - | - | - | {note} |")
     profile = (cpu or {}).get("profile")
@@ -658,7 +659,7 @@ def _profile_every_thread() -> list[Any]:
     profilers: list[cProfile.Profile] = []
 
     def in_new_thread(*_: Any) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         sys.setprofile(None)
         profiler = cProfile.Profile()
         profilers.append(profiler)
@@ -827,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     opts = options_from(args)
     with environment.prepared(args.database_url, args.redis_url) as env:
-        report = {"machine": environment.machine(), "loadavg_at_start": list(os.getloadavg()),
+        report: dict[str, Any] = {"machine": environment.machine(), "loadavg_at_start": list(os.getloadavg()),
                   "lambda_path": run(env, opts, args.out)}
     report["loadavg_at_end"] = list(os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)

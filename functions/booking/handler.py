@@ -22,7 +22,7 @@ from mangum import Mangum
 from functions.booking.app import app
 
 _mangum = Mangum(app, lifespan="off")
-_owners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_owners: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = {}
 
 
 def keep_worker_threads(loop: asyncio.AbstractEventLoop) -> None:
