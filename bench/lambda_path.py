@@ -625,13 +625,13 @@ def _child_cpu(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import gc
 
-    profilers = _profile_every_thread() if spec.get("profile") else None
     handler = _load(spec["handler"])
     tokens, ips = spec["tokens"], spec["ips"]
     total = spec["warmup"] + spec["invocations"]
     # Built up front: building an event is the caller's cost, not the function's.
     requests = [(_booking_event(tokens[i % len(tokens)], ips[i % len(ips)], spec["event_id"]), _context(i))
                 for i in range(total)]
+    profilers = _profile_every_thread() if spec.get("profile") else None  # before any worker thread starts
     statuses: Counter[str] = Counter()
     for event, context in requests[: spec["warmup"]]:
         statuses[str(handler(event, context)["statusCode"])] += 1
@@ -681,11 +681,22 @@ def _profile_lines(profilers: list[Any], top: int) -> list[str]:
     import io
     import pstats
 
+    class Snapshot:
+        """A profiler's completed calls. Not ``disable()``: from this thread it would close a
+        worker thread's open calls (its idle wait) on this thread's clock."""
+
+        def __init__(self, profiler: Any) -> None:
+            profiler.snapshot_stats()
+            self.stats = profiler.stats
+
+        def create_stats(self) -> None:
+            pass
+
     profilers[0].disable()
     stream = io.StringIO()
-    stats = pstats.Stats(profilers[0], stream=stream)
+    stats = pstats.Stats(Snapshot(profilers[0]), stream=stream)  # type: ignore[arg-type]  # duck-typed
     for profiler in profilers[1:]:
-        stats.add(profiler)  # a worker thread's, still running: its figures so far
+        stats.add(Snapshot(profiler))  # type: ignore[arg-type]  # a worker thread's, still running
     stats.sort_stats("tottime").print_stats(top)
     return [line.rstrip() for line in stream.getvalue().splitlines() if line.strip()]
 
