@@ -6,7 +6,7 @@ invocation. The connection pool opens lazily on first use and stays warm instead
 Worker threads stay warm too. Mangum runs each invocation as a new task on the
 process's event loop, and anyio stops the worker threads it starts when the task that
 started them ends: every invocation started and tore down a thread for its blocking calls
-(the rate-limit round trip, the booking), about a sixth of its CPU time (issue 13,
+(the rate-limit round trip, the booking): 10-20% of its CPU time in paired runs (issue 13,
 ``python -m bench.lambda_path``). :func:`keep_worker_threads` names a task that never
 ends as their owner instead, so they are reused (anyio still retires one idle for 10 s).
 """
@@ -54,7 +54,11 @@ def keep_worker_threads(loop: asyncio.AbstractEventLoop) -> None:
 def _release() -> None:
     """End the owner tasks, so anyio stops their worker threads (done-callbacks, run on each loop)."""
     for loop, owner in list(_owners.items()):
-        if not loop.is_closed() and not loop.is_running():
+        if loop.is_closed():
+            continue
+        if loop.is_running():  # an invocation still in flight on another thread (the emulator)
+            loop.call_soon_threadsafe(owner.cancel)
+        else:
             owner.cancel()
             loop.run_until_complete(asyncio.wait([owner]))
     _owners.clear()
