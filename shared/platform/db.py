@@ -255,11 +255,15 @@ def _connect_kwargs() -> dict[str, object]:
     stopped server process on a live host: the request deadline does.
     """
     settings = get_settings()
+    # Behind PgBouncer (DB_STARTUP_OPTIONS=false) the role or the pooler sets statement_timeout.
+    options = {"options": f"-c statement_timeout={settings.db_statement_timeout_ms}"}
+    if not settings.db_startup_options:
+        options = {}
     return {
         "autocommit": True,
         "row_factory": dict_row,
         "connect_timeout": settings.db_connect_timeout,
-        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        **options,
         "application_name": "ticketing",
         "keepalives": 1,
         "keepalives_idle": settings.db_keepalives_idle,

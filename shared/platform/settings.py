@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     # psycopg prepares after N runs; empty or "none" disables it (PgBouncer transaction
     # pooling, RDS Proxy connection sharing).
     db_prepare_threshold: int | None = 5
+    # Send statement_timeout as a startup option of each connection. PgBouncer before 1.20
+    # refuses any connection carrying one ("unsupported startup parameter: options"):
+    # behind it set this false and give the role the timeout instead
+    # (ALTER ROLE ... SET statement_timeout = '10s'), or let the pooler set it.
+    db_startup_options: bool = True
 
     # No default: JWT_SECRET, or JWT_SECRET_FILE (a mounted file), or JWT_SECRET_SSM_PARAM /
     # JWT_SECRET_SECRET_ARN (shared/platform/aws_config.py). Read it through signing_secret().

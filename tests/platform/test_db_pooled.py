@@ -1,0 +1,35 @@
+"""Behind a transaction pooler (PgBouncer, RDS Proxy): the settings that let connections work there.
+
+``python -m bench.lambda_path`` runs the booking through PgBouncer with both (tests/bench).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shared.platform import db
+from shared.platform.settings import get_settings
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    get_settings.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_statement_timeout_goes_as_a_startup_option_by_default(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.delenv("DB_STARTUP_OPTIONS", raising=False)
+    settings_env.setenv("DB_STATEMENT_TIMEOUT_MS", "7000")
+    assert db._connect_kwargs()["options"] == "-c statement_timeout=7000"
+
+
+def test_no_startup_option_for_a_pooler_that_refuses_them(settings_env: pytest.MonkeyPatch) -> None:
+    """PgBouncer before 1.20 refuses a connection carrying ``options``; the role sets the timeout."""
+    settings_env.setenv("DB_STARTUP_OPTIONS", "false")
+    kwargs = db._connect_kwargs()
+    assert "options" not in kwargs
+    assert kwargs["autocommit"] is True and kwargs["connect_timeout"] == get_settings().db_connect_timeout
