@@ -8,6 +8,10 @@ frees the key for a retry. A lease left ``in_progress`` by a crashed process may
 over after ``locked_until``,
 which is well past the pool and statement timeouts, so the first attempt can no longer
 commit by then.
+
+On a server, the leases of concurrent requests are taken together (:class:`_Leaser`): one
+statement and one worker-thread hop for the keys of a loop iteration, as the lanes share a
+booking transaction. Under Mangum each request takes its own, on its loop.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from shared.platform import clock
 from shared.platform.db import connection, outcome_unknown
-from shared.platform.errors import AppError, Conflict, Unprocessable
+from shared.platform.errors import AppError, Conflict, ServiceUnavailable, Unprocessable
 from shared.platform.settings import get_settings
 from shared.platform.threads import Offload, in_thread
 
@@ -215,7 +219,7 @@ def _capture(func: Callable[..., KeyLease | tuple[int, dict[str, Any]]], *args: 
         return err
 
 
-_BATCH_MAX = 256
+_BATCH_MAX = 1024  # keys per statement; more wait for the next
 
 
 class _Leaser:
@@ -223,8 +227,8 @@ class _Leaser:
     the requests that arrive wait for the next, which takes them all in one statement.
 
     An idle leaser sends at the next loop iteration, so the acquisitions of one iteration go
-    together. Each wait is bounded by the batch in flight and its own, each bounded by the
-    database deadline (:func:`shared.platform.db.connection`).
+    together. Every wait is bounded by the database deadline (:func:`shared.platform.db.connection`):
+    a batch that ends without an answer ends the wait of those queued behind it too (503).
     """
 
     def __init__(self) -> None:
@@ -274,6 +278,15 @@ class _Leaser:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+            if isinstance(exc, ServiceUnavailable):
+                # The database did not answer (deadline, pool timeout): those that queued
+                # meanwhile hear 503 now, unsent, rather than wait a deadline of their own.
+                for _, future in self._pending:
+                    if not future.done():
+                        future.set_exception(
+                            ServiceUnavailable("database_unavailable", "The database did not answer in time")
+                        )
+                self._pending = []
         else:
             for (_, future), acquired in zip(batch, work.result(), strict=True):
                 if not future.done():

@@ -49,8 +49,11 @@ def event(http_client: HttpClient) -> tuple[int, int]:
     return customer["id"], create_event(http_client, org, total_tickets=500)["id"]
 
 
-def _burst(user_id: int, event_id: int, asks: list[tuple[str, str]]) -> list[Outcome]:
-    """Run keyed bookings (key, fingerprint) all at once on one loop; each one's status and id or code."""
+def _burst(
+    user_id: int, event_id: int, asks: list[tuple[str, str]], later: tuple[tuple[str, str], ...] = ()
+) -> list[Outcome]:
+    """Run keyed bookings (key, fingerprint) all at once on one loop, then ``later`` 0.1 s on;
+    each one's status and id or code."""
 
     async def scenario() -> list[Outcome]:
         lanes = coalescing.Coalescer()
@@ -69,7 +72,11 @@ def _burst(user_id: int, event_id: int, asks: list[tuple[str, str]]) -> list[Out
                 return err.status_code, (err.code, dict(err.headers or {}))
             return replayed or 201, body["id"]
 
-        return list(await asyncio.gather(*(one(key, print_) for key, print_ in asks)))
+        first = asyncio.gather(*(one(key, print_) for key, print_ in asks))
+        if later:
+            await asyncio.sleep(0.1)
+        second = asyncio.gather(*(one(key, print_) for key, print_ in later))
+        return list(await first) + list(await second)
 
     return run_on_new_loop(scenario())
 
@@ -185,12 +192,15 @@ def test_a_failing_batch_answers_each_request_in_time(
     blocker.execute("SELECT 1 FROM idempotency_keys WHERE user_id = %s AND key = %s FOR UPDATE", (user_id, held))
     try:
         started = time.monotonic()
-        results = _burst(user_id, event_id, [(held, "fp")] + [(f"f-{uuid.uuid4().hex}", "fp") for _ in range(5)])
+        asks = [(held, "fp")] + [(f"f-{uuid.uuid4().hex}", "fp") for _ in range(5)]
+        # ...and three more come while that batch waits
+        results = _burst(user_id, event_id, asks, later=tuple((f"late-{uuid.uuid4().hex}", "fp") for _ in range(3)))
         took = time.monotonic() - started
     finally:
         blocker.close()
-    # THEN each request hears the 503 it would have heard from its own statement, at the deadline
-    assert batches == [6]
+    # THEN each request hears the 503 it would have heard from its own statement, at the deadline,
+    # those queued behind the batch too, without a deadline of their own (never sent)
+    assert batches == [6] and len(results) == 9
     assert all(status == 503 and code == "database_unavailable" for status, (code, _) in results)
     assert took < 0.5 + 1.5
     assert _bookings(sql, event_id) == []
