@@ -154,7 +154,8 @@ INSERT INTO idempotency_keys AS k
        (user_id, key, fingerprint, owner, state, locked_until, expires_at)
 SELECT a.user_id, a.key, a.fingerprint, a.owner, 'in_progress', %(locked_until)s, %(expires_at)s
   FROM unnest(%(user_ids)s::bigint[], %(keys)s::text[], %(fingerprints)s::text[], %(owners)s::uuid[])
-       AS a(user_id, key, fingerprint, owner)
+       WITH ORDINALITY AS a(user_id, key, fingerprint, owner, n)
+ ORDER BY a.n
 ON CONFLICT (user_id, key) DO UPDATE
    SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner, state = 'in_progress',
        response_status = NULL, response_body = NULL, created_at = now(),
