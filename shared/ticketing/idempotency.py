@@ -8,14 +8,21 @@ frees the key for a retry. A lease left ``in_progress`` by a crashed process may
 over after ``locked_until``,
 which is well past the pool and statement timeouts, so the first attempt can no longer
 commit by then.
+
+On a server, the leases of concurrent requests are taken together (:class:`_Leaser`): one
+statement and one worker-thread hop for the keys of a loop iteration, as the lanes share a
+booking transaction. Under Mangum each request takes its own, on its loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
+import logging
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,11 +32,13 @@ from psycopg.types.json import Jsonb
 
 from shared.platform import clock
 from shared.platform.db import connection, outcome_unknown
-from shared.platform.errors import AppError, Conflict, Unprocessable
+from shared.platform.errors import AppError, Conflict, ServiceUnavailable, Unprocessable
 from shared.platform.settings import get_settings
 from shared.platform.threads import Offload, in_thread
 
 REPLAY_HEADER = "Idempotent-Replayed"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +129,11 @@ def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[
         ).fetchone()
     if row is None:  # expired and deleted between the two statements: try once more
         return _acquire(user_id, key, print_)
+    return _stored(row, print_)
+
+
+def _stored(row: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
+    """A key someone else holds: its stored (status, body) to replay; raise on misuse or while in progress."""
     if row["fingerprint"] != print_:
         raise Unprocessable(
             "idempotency_key_reused",
@@ -130,6 +144,181 @@ def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[
         err.headers = {"Retry-After": "1"}
         raise err
     return row["response_status"], row["response_body"]
+
+
+# Many keys in one statement: the same rule as _ACQUIRE_SQL, row by row. A batch never holds one
+# (user, key) twice (ON CONFLICT DO UPDATE may not touch a row twice in one statement), and its
+# rows come in key order, so two processes' batches lock the keys they share in the same order.
+_ACQUIRE_MANY_SQL = """
+INSERT INTO idempotency_keys AS k
+       (user_id, key, fingerprint, owner, state, locked_until, expires_at)
+SELECT a.user_id, a.key, a.fingerprint, a.owner, 'in_progress', %(locked_until)s, %(expires_at)s
+  FROM unnest(%(user_ids)s::bigint[], %(keys)s::text[], %(fingerprints)s::text[], %(owners)s::uuid[])
+       WITH ORDINALITY AS a(user_id, key, fingerprint, owner, n)
+ ORDER BY a.n
+ON CONFLICT (user_id, key) DO UPDATE
+   SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner, state = 'in_progress',
+       response_status = NULL, response_body = NULL, created_at = now(),
+       locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at
+ WHERE k.expires_at <= %(now)s
+    OR (k.state = 'in_progress' AND k.locked_until <= %(now)s AND k.fingerprint = EXCLUDED.fingerprint)
+RETURNING user_id, key
+"""
+
+_HELD_SQL = """
+SELECT user_id, key, fingerprint, state, response_status, response_body FROM idempotency_keys
+ WHERE (user_id, key) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))
+"""
+
+_Ask = tuple[int, str, str]  # user_id, key, fingerprint
+_Acquired = KeyLease | tuple[int, dict[str, Any]] | AppError
+
+
+def _acquire_many(asks: list[_Ask]) -> list[_Acquired]:
+    """:func:`_acquire` for keys all distinct, in one statement (and one SELECT for those not taken).
+
+    Each ask gets what it would have got alone: its lease, the stored answer, or the error
+    (422 reuse, 409 in progress) as a value. Trouble with the database is raised, for all.
+    """
+    if len(asks) == 1:  # alone: the one-row statement is cheaper
+        return [_capture(_acquire, *asks[0])]
+    settings = get_settings()
+    now = clock.now()
+    ordered = sorted(asks)
+    owners = {(u, k): uuid.uuid4() for u, k, _ in ordered}
+    params = {
+        "user_ids": [u for u, _, _ in ordered],
+        "keys": [k for _, k, _ in ordered],
+        "fingerprints": [f for _, _, f in ordered],
+        "owners": list(owners.values()),
+        "now": now,
+        "locked_until": now + timedelta(seconds=settings.idempotency_lock_seconds),
+        "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
+    }
+    with connection() as conn:
+        taken = {(r["user_id"], r["key"]) for r in conn.execute(_ACQUIRE_MANY_SQL, params).fetchall()}
+        rest = [(u, k) for u, k, _ in ordered if (u, k) not in taken]
+        held = {}
+        if rest:
+            rows = conn.execute(_HELD_SQL, ([u for u, _ in rest], [k for _, k in rest])).fetchall()
+            held = {(r["user_id"], r["key"]): r for r in rows}
+    out: list[_Acquired] = []
+    for user_id, key, print_ in asks:
+        if (user_id, key) in taken:
+            out.append(KeyLease(user_id, key, owners[user_id, key]))
+        elif (row := held.get((user_id, key))) is None:  # expired and deleted meanwhile: alone, again
+            out.append(_capture(_acquire, user_id, key, print_))
+        else:
+            out.append(_capture(_stored, row, print_))
+    return out
+
+
+def _capture(func: Callable[..., KeyLease | tuple[int, dict[str, Any]]], *args: Any) -> _Acquired:
+    try:
+        return func(*args)
+    except (Unprocessable, Conflict) as err:
+        return err
+
+
+_BATCH_MAX = 1024  # keys per statement; more wait for the next
+
+
+class _Leaser:
+    """The key acquisitions of one event loop, batched: while one batch is on a worker thread,
+    the requests that arrive wait for the next, which takes them all in one statement.
+
+    An idle leaser sends at the next loop iteration, so the acquisitions of one iteration go
+    together. Every wait is bounded by the database deadline (:func:`shared.platform.db.connection`):
+    a batch that ends without an answer ends the wait of those queued behind it too (503).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[_Ask, asyncio.Future[_Acquired]]] = []
+        self._busy = False
+        self._tasks: set[asyncio.Future[Any]] = set()  # referenced until done
+
+    async def acquire(self, user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Acquired] = loop.create_future()
+        self._pending.append(((user_id, key, print_), future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._send)
+        acquired = await future
+        if isinstance(acquired, AppError):
+            raise acquired
+        return acquired
+
+    def _send(self) -> None:
+        """Start the next batch: the waiting asks, a key at most once (a repeat waits for the next)."""
+        batch: list[tuple[_Ask, asyncio.Future[_Acquired]]] = []
+        later: list[tuple[_Ask, asyncio.Future[_Acquired]]] = []
+        seen: set[tuple[int, str]] = set()
+        for ask, future in self._pending:
+            if future.done():  # its request went away before it was sent: nothing to undo
+                continue
+            if len(batch) >= _BATCH_MAX or ask[:2] in seen:
+                later.append((ask, future))
+            else:
+                seen.add(ask[:2])
+                batch.append((ask, future))
+        self._pending = later
+        if not batch:
+            self._busy = False
+            return
+        self._start(functools.partial(_acquire_many, [ask for ask, _ in batch]), functools.partial(self._answer, batch))
+
+    def _answer(self, batch: list[tuple[_Ask, asyncio.Future[_Acquired]]], work: asyncio.Future[Any]) -> None:
+        if work.cancelled():  # the loop is stopping
+            for _, future in batch + self._pending:
+                future.cancel()
+            self._pending, self._busy = [], False
+            return
+        exc = work.exception()
+        if exc is not None:  # each request gets the failure, as from its own statement
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, ServiceUnavailable):
+                # The database did not answer (deadline, pool timeout): those that queued
+                # meanwhile hear 503 now, unsent, rather than wait a deadline of their own.
+                for _, future in self._pending:
+                    if not future.done():
+                        future.set_exception(
+                            ServiceUnavailable("database_unavailable", "The database did not answer in time")
+                        )
+                self._pending = []
+        else:
+            for (_, future), acquired in zip(batch, work.result(), strict=True):
+                if not future.done():
+                    future.set_result(acquired)
+                elif isinstance(acquired, KeyLease):  # its request went away: free the key it never used
+                    self._start(functools.partial(release, acquired), _log_failure)
+        self._send()
+
+    def _start(self, call: Callable[[], Any], answer: Callable[[asyncio.Future[Any]], None]) -> None:
+        """Run ``call`` on a worker thread; ``answer`` takes its outcome when it ends."""
+        work = asyncio.ensure_future(in_thread(call))
+        self._tasks.add(work)  # a task nobody references may be collected mid-run
+        work.add_done_callback(self._tasks.discard)
+        work.add_done_callback(answer)
+
+
+def _log_failure(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled() and work.exception() is not None:
+        log.error("freeing an unused idempotency key failed", exc_info=work.exception())
+
+
+_leasers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Leaser] = weakref.WeakKeyDictionary()
+
+
+async def _begin_batched(user_id: int, key: str, request_fingerprint: str) -> KeyLease | tuple[dict[str, Any], int]:
+    """:func:`_begin` through the running loop's :class:`_Leaser`: one thread hop per batch."""
+    loop = asyncio.get_running_loop()
+    leaser = _leasers.get(loop)
+    if leaser is None:
+        leaser = _leasers[loop] = _Leaser()
+    return _replay_or_lease(await leaser.acquire(user_id, key, request_fingerprint))
 
 
 def _finish(lease: KeyLease, status: int | None, body: dict[str, Any] | None) -> None:
@@ -160,7 +349,10 @@ def _dumps(value: Any) -> str:
 
 def _begin(user_id: int, key: str, request_fingerprint: str) -> KeyLease | tuple[dict[str, Any], int]:
     """Own the key, or return the stored (body, status) of a success; raise a stored refusal."""
-    acquired = _acquire(user_id, key, request_fingerprint)
+    return _replay_or_lease(_acquire(user_id, key, request_fingerprint))
+
+
+def _replay_or_lease(acquired: KeyLease | tuple[int, dict[str, Any]]) -> KeyLease | tuple[dict[str, Any], int]:
     if isinstance(acquired, KeyLease):
         return acquired
     status, body = acquired
@@ -226,7 +418,10 @@ async def run_async(
     the action waits (a coalescing lane)."""
     if key is None:
         return await action(None), None
-    lease = await offload(_begin, user_id, key, request_fingerprint)
+    if offload is in_thread:  # a server's loop: acquired with the other requests' keys
+        lease = await _begin_batched(user_id, key, request_fingerprint)
+    else:
+        lease = await offload(_begin, user_id, key, request_fingerprint)
     if not isinstance(lease, KeyLease):  # a stored answer: replay it
         return lease[0], lease[1]
     try:
