@@ -1,8 +1,9 @@
 """One command for the benchmarks.
 
-    python -m bench                 framework floor, rush (pgbench + full stack) and fan-out, one PostgreSQL
+    python -m bench                 framework floor, rush, Lambda path and fan-out, one PostgreSQL
     python -m bench floor [...]     the framework floor only: /health/live vs hello-world (bench/floor.py)
     python -m bench rush [...]      the ticket rush only: pgbench vs the full stack under production defaults
+    python -m bench lambda [...]    the Lambda path only: CPU per invocation, N environments (bench/lambda_path.py)
     python -m bench fanout [...]    the notification fan-out only
     python -m bench coldstart [...] handler import times (bench/coldstart.py)
 
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import environment, fanout, floor, rush
+from bench import environment, fanout, floor, lambda_path, rush
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FANOUT_USERS = 100_000
@@ -32,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
-    for name, parts in (("all", ("floor", "rush", "fanout")), ("floor", ("floor",)), ("rush", ("rush",)),
-                        ("fanout", ("fanout",))):
+    for name, parts in (("all", ("floor", "rush", "lambda", "fanout")), ("floor", ("floor",)), ("rush", ("rush",)),
+                        ("lambda", ("lambda",)), ("fanout", ("fanout",))):
         p = sub.add_parser(name, help=f"{', '.join(parts)} on one PostgreSQL" if name != "floor"
                            else "/health/live of the API vs a hello-world FastAPI app, same server")
         p.add_argument("--database-url", help="an existing server (a fresh database is created on it)")
@@ -42,8 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-data", action="store_true", help="keep the bench database and server data")
         if "rush" in parts:
             rush.add_arguments(p, generator="floor" not in parts)  # one --generator for both
+        elif parts == ("lambda",):
+            lambda_path.add_arguments(p)
         else:
             p.add_argument("--quick", action="store_true", help="tiny correctness run")
+        if "lambda" in parts and "rush" in parts:
+            p.add_argument("--lambda-envs", type=lambda text: [int(x) for x in text.split(",") if x],
+                           help="Lambda environments (default 64,256)")
+            p.add_argument("--skip-lambda", action="store_true", help="no Lambda-path scenarios")
         if "fanout" in parts:
             fanout.add_arguments(p)
         if "floor" in parts:
@@ -86,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         if env is not None and "rush" in args.parts:
             report["rush"] = rush.run(env, rush.options_from(args), args.out, floor_report=report.get("floor"))
             ok = ok and report["rush"].get("ok", True)
-        # The Lambda path (issue 13, goal 3) goes here, beside the container path:
-        # bench/lambda_path.py's ``run(env, opts, out) -> dict`` into report["lambda"] (with its
-        # options added in _parser), and its ``table(report)`` into ``tables`` below.
+        if env is not None and "lambda" in args.parts and not getattr(args, "skip_lambda", False):
+            report["lambda"] = lambda_path.run(env, _lambda_options(args, report), args.out)
+            ok = ok and report["lambda"].get("ok", True)
         if env is not None and "fanout" in args.parts:
             users = args.users or (QUICK_FANOUT_USERS if args.quick else FANOUT_USERS)
             report["fanout"] = fanout.run(env, users, args.out, timeout=args.fanout_timeout)
@@ -105,12 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {report['machine']['nproc']} x {report['machine']['cpu_model']}; "
           f"{_servers_line(env)}load average "
           f"{report['loadavg_at_start'][0]:.1f} at start, {report['loadavg_at_end'][0]:.1f} at end")
-    # The rush leads: its headline rows are issue 13's container path; the Lambda path's table
-    # (bench/lambda_path.py, "lambda") belongs right after it.
-    tables = {"rush": rush.table, "floor": floor.table, "fanout": fanout.table}
+    # The rush leads: its headline rows are issue 13's container path; the Lambda path follows.
+    tables = {"rush": rush.table, "lambda": lambda_path.table, "floor": floor.table, "fanout": fanout.table}
     print("\n\n".join(table(report[part]) for part, table in tables.items() if part in report))
     print(f"\nreport: {path}  ({report['seconds']} s){'' if ok else '  CHECKS FAILED'}")
     return 0 if ok else 1
+
+
+def _lambda_options(args: argparse.Namespace, report: dict[str, Any]) -> lambda_path.Options:
+    """The Lambda path's options; inside a full run it shares the rush's one-row pgbench peak."""
+    if args.parts == ("lambda",):
+        return lambda_path.options_from(args)
+    opts = lambda_path.Options.quick() if args.quick else lambda_path.Options()
+    if args.lambda_envs:
+        opts.envs = args.lambda_envs
+    peak = (((report.get("rush") or {}).get("pgbench") or {}).get("peak") or {}).get("tps")
+    if peak:
+        opts.pgbench_peak = peak
+    return opts
 
 
 def _servers_line(env: environment.Environment | None) -> str:

@@ -442,7 +442,7 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
     }
 
 
-def one_row(database_url: str, event_id: int, sharded_event: int) -> int:
+def one_row(database_url: str, event_id: int, sharded_event: int | None) -> int:
     """Fold ``event_id``'s stock into one row (the baseline's design); return ``sharded_event``'s row count."""
     from shared.ticketing.inventory import stock_event
 
@@ -450,11 +450,13 @@ def one_row(database_url: str, event_id: int, sharded_event: int) -> int:
         conn.execute("DELETE FROM event_stock WHERE event_id = %s", (event_id,))
         conn.execute("UPDATE events SET shards = 1 WHERE id = %s", (event_id,))
         stock_event(conn, event_id)  # type: ignore[arg-type]
+        if sharded_event is None:
+            return 0
         row = conn.execute("SELECT count(*) FROM event_stock WHERE event_id = %s", (sharded_event,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int, sharded_event: int,
+def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int, sharded_event: int | None,
                  spread: list[int], opts: Options, workdir: Path) -> dict[str, Any]:
     """pgbench on the one-row booking (the baseline) and over ``spread`` events.
 
@@ -489,18 +491,21 @@ def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int
     hot_check["pgbench_transactions"] = sum(r["transactions"] for r in hot)
     hot_check["ok"] = hot_check["ok"] and hot_check["pgbench_transactions"] == hot_check["bookings_rows"]
     peak = max(hot, key=lambda r: r["tps"])
-    sharded = []
-    before = max_booking_id(env.database_url)
-    sharded_script = pgbench_booking.translate(sql, {**common, "event_id": str(sharded_event)}, defines)
-    for clients in sorted({peak["clients"], 64} & set(opts.pg_clients) or {max(opts.pg_clients)}):
-        run = pgbench_booking.run(env, sharded_script, clients=clients, duration=opts.pg_duration, workdir=workdir,
-                                  label="sharded", defines=defines)
-        print(f"  pgbench hot event on {sharded_rows} stock rows, {clients:>3} clients: {run.tps:>8.1f} bookings/s",
-              flush=True)
-        sharded.append(run.as_dict())
-    sharded_check = ticket_check(env.database_url, [sharded_event], after_booking_id=before, client_successes=None)
-    hot_check["ok"] = hot_check["ok"] and sharded_check["ok"] and sum(
-        r["transactions"] for r in sharded) == sharded_check["bookings_rows"]
+    sharded: list[dict[str, Any]] = []
+    sharded_check = None
+    if sharded_event is not None:
+        before = max_booking_id(env.database_url)
+        sharded_script = pgbench_booking.translate(sql, {**common, "event_id": str(sharded_event)}, defines)
+        for clients in sorted({peak["clients"], 64} & set(opts.pg_clients) or {max(opts.pg_clients)}):
+            run = pgbench_booking.run(env, sharded_script, clients=clients, duration=opts.pg_duration,
+                                      workdir=workdir, label="sharded", defines=defines)
+            print(f"  pgbench hot event on {sharded_rows} stock rows, {clients:>3} clients: "
+                  f"{run.tps:>8.1f} bookings/s", flush=True)
+            sharded.append(run.as_dict())
+        sharded_check = ticket_check(env.database_url, [sharded_event], after_booking_id=before,
+                                     client_successes=None)
+        hot_check["ok"] = hot_check["ok"] and sharded_check["ok"] and sum(
+            r["transactions"] for r in sharded) == sharded_check["bookings_rows"]
     spread_runs = []
     spread_check = None
     if spread:
