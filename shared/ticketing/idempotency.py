@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.platform import clock
@@ -105,8 +106,14 @@ RETURNING owner
 """
 
 
-def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[str, Any]]:
-    """Own the key, or return the stored (status, body) to replay; raise on misuse."""
+def _acquire(
+    user_id: int, key: str, print_: str, *, lock_wait_ms: int | None = None
+) -> KeyLease | tuple[int, dict[str, Any]]:
+    """Own the key, or return the stored (status, body) to replay; raise on misuse.
+
+    ``lock_wait_ms``: wait at most that long for the key's row while another statement
+    holds it (a request with this key is being written), then answer 409 in progress.
+    """
     settings = get_settings()
     now = clock.now()
     owner = uuid.uuid4()
@@ -120,7 +127,16 @@ def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[
         "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
     }
     with connection() as conn:
-        if conn.execute(_ACQUIRE_SQL, params).fetchone() is not None:
+        if lock_wait_ms is None:
+            acquired = conn.execute(_ACQUIRE_SQL, params).fetchone() is not None
+        else:
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait_ms)}ms'")
+                    acquired = conn.execute(_ACQUIRE_SQL, params).fetchone() is not None
+            except _CONTENDED as exc:
+                raise _in_progress() from exc
+        if acquired:
             return KeyLease(user_id, key, owner)
         row = conn.execute(
             "SELECT fingerprint, state, response_status, response_body FROM idempotency_keys "
@@ -128,8 +144,14 @@ def _acquire(user_id: int, key: str, print_: str) -> KeyLease | tuple[int, dict[
             (user_id, key),
         ).fetchone()
     if row is None:  # expired and deleted between the two statements: try once more
-        return _acquire(user_id, key, print_)
+        return _acquire(user_id, key, print_, lock_wait_ms=lock_wait_ms)
     return _stored(row, print_)
+
+
+def _in_progress() -> Conflict:
+    err = Conflict("request_in_progress", "A request with this Idempotency-Key is still being processed")
+    err.headers = {"Retry-After": "1"}
+    return err
 
 
 def _stored(row: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
@@ -140,9 +162,7 @@ def _stored(row: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
             "This Idempotency-Key was used with a different request",
         )
     if row["state"] != "done":
-        err = Conflict("request_in_progress", "A request with this Idempotency-Key is still being processed")
-        err.headers = {"Retry-After": "1"}
-        raise err
+        raise _in_progress()
     return row["response_status"], row["response_body"]
 
 
@@ -174,6 +194,14 @@ _Ask = tuple[int, str, str]  # user_id, key, fingerprint
 _Acquired = KeyLease | tuple[int, dict[str, Any]] | AppError
 
 
+# How long a batch of keys may wait for a row another statement holds before it takes its
+# keys one by one instead, each waiting as long again at most (then 409 in progress): a batch
+# locking several keys must not wait in a cycle with another multi-key writer (the purge, a
+# booking batch's completion), nor let one busy key strand the others for the deadline.
+_BATCH_LOCK_WAIT_MS = 100
+_CONTENDED = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
+
+
 def _acquire_many(asks: list[_Ask]) -> list[_Acquired]:
     """:func:`_acquire` for keys all distinct, in one statement (and one SELECT for those not taken).
 
@@ -196,12 +224,21 @@ def _acquire_many(asks: list[_Ask]) -> list[_Acquired]:
         "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
     }
     with connection() as conn:
-        taken = {(r["user_id"], r["key"]) for r in conn.execute(_ACQUIRE_MANY_SQL, params).fetchall()}
-        rest = [(u, k) for u, k, _ in ordered if (u, k) not in taken]
-        held = {}
-        if rest:
-            rows = conn.execute(_HELD_SQL, ([u for u, _ in rest], [k for _, k in rest])).fetchall()
-            held = {(r["user_id"], r["key"]): r for r in rows}
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{_BATCH_LOCK_WAIT_MS}ms'")
+                taken = {(r["user_id"], r["key"]) for r in conn.execute(_ACQUIRE_MANY_SQL, params).fetchall()}
+        except _CONTENDED:
+            contended = True
+        else:
+            contended = False
+            rest = [(u, k) for u, k, _ in ordered if (u, k) not in taken]
+            held = {}
+            if rest:
+                rows = conn.execute(_HELD_SQL, ([u for u, _ in rest], [k for _, k in rest])).fetchall()
+                held = {(r["user_id"], r["key"]): r for r in rows}
+    if contended:
+        return [_capture(functools.partial(_acquire, lock_wait_ms=_BATCH_LOCK_WAIT_MS), *ask) for ask in asks]
     out: list[_Acquired] = []
     for user_id, key, print_ in asks:
         if (user_id, key) in taken:
