@@ -31,7 +31,7 @@ from typing import Any, cast
 import psycopg
 from psycopg.adapt import Buffer, Loader
 from psycopg.pq import Format
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.platform.errors import ServiceUnavailable
@@ -222,9 +222,33 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def _configure(conn: psycopg.Connection) -> None:
-    conn.prepare_threshold = get_settings().db_prepare_threshold
+    settings = get_settings()
+    conn.prepare_threshold = settings.db_prepare_threshold
     conn.adapters.register_loader(_TIMESTAMPTZ, _SafeTimestamptzLoader)
     conn.adapters.register_loader(_TIMESTAMPTZ, _SafeTimestamptzBinaryLoader)
+    if not settings.db_startup_options and not _timeout_checked.is_set():
+        _check_statement_timeout(conn, settings.db_statement_timeout_ms)
+
+
+_timeout_checked = threading.Event()
+
+
+def _check_statement_timeout(conn: psycopg.Connection, wanted_ms: int) -> None:
+    """Without the startup option the role or the pooler must set ``statement_timeout``: say
+    loudly (once per process) when it does not, since a cut-off write could then still commit
+    long after its idempotency key's lock ran out."""
+    _timeout_checked.set()
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
+    found = int(row[0]) if row else 0
+    if found == 0 or found > wanted_ms:
+        log.error(
+            "DB_STARTUP_OPTIONS=false but the server's statement_timeout is %s ms (wanted at most %s): "
+            "set it on the role (ALTER ROLE ... SET statement_timeout) or in the pooler",
+            found or "no limit,", wanted_ms,
+        )
 
 
 def _check(conn: psycopg.Connection) -> None:

@@ -33,3 +33,17 @@ def test_no_startup_option_for_a_pooler_that_refuses_them(settings_env: pytest.M
     kwargs = db._connect_kwargs()
     assert "options" not in kwargs
     assert kwargs["autocommit"] is True and kwargs["connect_timeout"] == get_settings().db_connect_timeout
+
+
+@pytest.mark.parametrize(("server_ms", "complains"), [(0, True), (60_000, True), (5_000, False)])
+def test_without_the_startup_option_a_missing_server_timeout_is_logged(
+    database: str, caplog: pytest.LogCaptureFixture, server_ms: int, complains: bool
+) -> None:
+    """With DB_STARTUP_OPTIONS=false nothing else bounds a statement on the server: say so."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"SET statement_timeout = {server_ms}")
+        with caplog.at_level("ERROR", logger="shared.platform.db"):
+            db._check_statement_timeout(conn, 10_000)
+    assert any("statement_timeout" in r.getMessage() for r in caplog.records) is complains
