@@ -5,7 +5,9 @@ A change and its notification row commit together: producers write a contract of
 inside their statement), never a task name of their own. Right after the commit the handler
 calls :func:`publish_committed` (bounded by a short Redis timeout, never raising); any row
 it could not publish stays ``published_at IS NULL`` and :func:`relay_pending` publishes it
-later (relays lock rows ``FOR UPDATE SKIP LOCKED``, so several can run at once). Pushing
+later (relays lock rows ``FOR UPDATE SKIP LOCKED``, so several can run at once); a caller
+whose statement returned the row's content calls :func:`publish_written`, which skips the
+read back. Pushing
 comes before marking, so a crash in between publishes a row twice rather than never:
 delivery is at-least-once and the worker's delivery keys make the effects exactly-once.
 
@@ -226,6 +228,28 @@ def publish_committed(conn: Connection, outbox_ids: Sequence[int]) -> bool:
         return _publish_rows(conn, rows) if rows else False
     except Exception:  # the change is committed: a publish problem must not fail the request
         log.exception("publishing outbox rows %s failed; the relay will retry", outbox_ids)
+        return False
+
+
+def publish_written(conn: Connection, written: Sequence[tuple[int, Notification]]) -> bool:
+    """:func:`publish_committed` for rows whose content the caller holds: ``(outbox_id,
+    notification)`` as the statement that wrote them returned it.
+
+    Two round trips instead of three (no read back), which is a quarter of a booking's CPU
+    under Lambda. The read back's ``published_at IS NULL`` only guarded against a relay
+    that already published the row, which the relay's grace period makes rare, and a
+    double publish is harmless (delivery keys); a Redis failure still leaves the row pending.
+    """
+    if not written or time.monotonic() < _paused_until:
+        return False
+    if get_settings().outbox_publish == "background" and not running_in_lambda():
+        return publish_committed(conn, [outbox_id for outbox_id, _ in written])
+    try:
+        rows = [{"id": outbox_id, "task": notification.published_as, "payload": notification.payload()}
+                for outbox_id, notification in written]
+        return _publish_rows(conn, rows)
+    except Exception:  # the change is committed: a publish problem must not fail the request
+        log.exception("publishing outbox rows %s failed; the relay will retry", [i for i, _ in written])
         return False
 
 

@@ -91,8 +91,13 @@ def book(
         row = grant(conn, run, exact=lambda: run(exact_sql), params=params, user_id=user_id)
         if idempotency is not None:
             idempotency.completed = True  # by the completion CTE, in the same statement
-        publish_committed(conn, [row["outbox_id"]])
+        outbox.publish_written(conn, [(row["outbox_id"], confirmation(row))])
     return row
+
+
+def confirmation(row: dict[str, Any]) -> BookingConfirmation:
+    """The confirmation :data:`CONFIRMATION_CTE` wrote for a booking row (no read back)."""
+    return BookingConfirmation.parse({**row, "booking_id": row["id"]})
 
 
 @dataclass

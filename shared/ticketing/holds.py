@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from shared.notifications.outbox import publish_committed
+from shared.notifications.outbox import publish_written
 from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import AppError, Conflict, NotFound, unknown_user_is_401
 from shared.platform.settings import get_settings
-from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE
+from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE, confirmation
 from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     COUNT_CTE,
@@ -178,7 +178,7 @@ def confirm_hold(
                 return existing, False
         elif idempotency is not None:
             idempotency.completed = True
-        publish_committed(conn, [row["outbox_id"]])
+        publish_written(conn, [(row["outbox_id"], confirmation(row))])
     return row, True
 
 

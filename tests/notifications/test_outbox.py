@@ -156,3 +156,28 @@ def test_publish_is_inline_under_lambda_and_batched_in_containers(
         (str(r.json()["id"]),),
     ).fetchone()
     assert row is not None and row["published_at"] is not None
+
+
+def test_a_booking_publishes_what_its_outbox_row_holds_without_reading_it_back(
+    fresh_outbox: None, sql: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.ticketing import bookings
+    from tests.support.clients import LambdaClient
+    from tests.support.factories import account, create_event
+
+    client = LambdaClient("v2")
+    _, organizer = account(client, "organizer")
+    event = create_event(client, organizer, total_tickets=5)
+    user, _ = account(client, "customer")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "booking")
+    redis, queue = outbox.redis_client(), get_settings().notify_queue
+    redis.delete(queue)
+    booking = bookings.book(user_id=user["id"], event_id=event["id"], quantity=2)
+    [message] = [json.loads(m) for m in redis.lrange(queue, 0, -1)]
+    stored = sql.execute("SELECT * FROM outbox WHERE id = %s", (booking["outbox_id"],)).fetchone()
+    assert stored is not None and stored["published_at"] is not None
+    import base64
+    _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert message["headers"]["task"] == stored["task"]
+    assert kwargs == outbox.row_kwargs(stored)
+    redis.delete(queue)
