@@ -7,9 +7,9 @@ calls :func:`publish_committed` (bounded by a short Redis timeout, never raising
 it could not publish stays ``published_at IS NULL`` and :func:`relay_pending` publishes it
 later (relays lock rows ``FOR UPDATE SKIP LOCKED``, so several can run at once); a caller
 whose statement returned the row's content calls :func:`publish_written`, which skips the
-read back. Pushing
-comes before marking, so a crash in between publishes a row twice rather than never:
-delivery is at-least-once and the worker's delivery keys make the effects exactly-once.
+read back. Pushing comes before marking, so a crash in between publishes a row twice rather
+than never: delivery is at-least-once and the worker's delivery keys make the effects
+exactly-once.
 
 Messages are Celery protocol v2 envelopes (:mod:`shared.notifications.envelope`) written to
 the Redis list with redis-py: the HTTP functions never import celery or kombu.
@@ -235,10 +235,11 @@ def publish_written(conn: Connection, written: Sequence[tuple[int, Notification]
     """:func:`publish_committed` for rows whose content the caller holds: ``(outbox_id,
     notification)`` as the statement that wrote them returned it.
 
-    Two round trips instead of three (no read back), which is a quarter of a booking's CPU
-    under Lambda. The read back's ``published_at IS NULL`` only guarded against a relay
-    that already published the row, which the relay's grace period makes rare, and a
-    double publish is harmless (delivery keys); a Redis failure still leaves the row pending.
+    Two round trips instead of three (no read back): ~85 us of CPU less per publish under
+    Lambda (348 -> 265 us, medians of 4 alternating rounds of 1,000). The read back's
+    ``published_at IS NULL`` only guarded against a relay that already published the row,
+    which the relay's grace period makes rare, and a double publish is harmless (delivery
+    keys); a Redis failure still leaves the row pending.
     """
     if not written or time.monotonic() < _paused_until:
         return False
