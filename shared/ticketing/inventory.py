@@ -530,16 +530,23 @@ def grant(
             closed = _gate_refusal(conn, params, wording)
             if closed is not None:
                 raise closed
-        with conn.transaction():
-            if not locked:
-                lock_stock(conn, params["event_id"])
-            try:
-                row = _attempt(exact, conn)
-            except _RETRYABLE:
-                row = None
-            if row is not None:
-                return row
-            refused, reclaim = _why_refused(conn, params, user_id, wording)
+        try:
+            with conn.transaction():
+                if not locked:
+                    lock_stock(conn, params["event_id"])
+                try:
+                    row = _attempt(exact, conn)
+                except _RETRYABLE:
+                    row = None
+                if row is not None:
+                    return row
+                refused, reclaim = _why_refused(conn, params, user_id, wording)
+        except _RETRYABLE:
+            # Chosen as a deadlock's victim while taking the rows' locks (the transaction is
+            # rolled back, nothing was taken): try again, as the one-row statement does.
+            if locked:
+                raise
+            continue
         if refused is not None:
             raise refused from None
         if reclaim:
