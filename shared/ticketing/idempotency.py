@@ -23,16 +23,17 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.platform import clock
-from shared.platform.db import connection, outcome_unknown
+from shared.platform.db import Connection, connection, outcome_unknown
 from shared.platform.errors import AppError, Conflict, ServiceUnavailable, Unprocessable
 from shared.platform.settings import get_settings
 from shared.platform.threads import Offload, in_thread
@@ -114,25 +115,14 @@ def _acquire(
     ``lock_wait_ms``: wait at most that long for the key's row while another statement
     holds it (a request with this key is being written), then answer 409 in progress.
     """
-    settings = get_settings()
-    now = clock.now()
     owner = uuid.uuid4()
-    params = {
-        "user_id": user_id,
-        "key": key,
-        "fingerprint": print_,
-        "owner": owner,
-        "now": now,
-        "locked_until": now + timedelta(seconds=settings.idempotency_lock_seconds),
-        "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
-    }
+    params = {"user_id": user_id, "key": key, "fingerprint": print_, "owner": owner, **_lease_window()}
     with connection() as conn:
         if lock_wait_ms is None:
             acquired = conn.execute(_ACQUIRE_SQL, params).fetchone() is not None
         else:
             try:
-                with conn.transaction():
-                    conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait_ms)}ms'")
+                with _waiting_at_most(conn, lock_wait_ms):
                     acquired = conn.execute(_ACQUIRE_SQL, params).fetchone() is not None
             except _CONTENDED as exc:
                 raise _in_progress() from exc
@@ -146,6 +136,25 @@ def _acquire(
     if row is None:  # expired and deleted between the two statements: try once more
         return _acquire(user_id, key, print_, lock_wait_ms=lock_wait_ms)
     return _stored(row, print_)
+
+
+def _lease_window() -> dict[str, datetime]:
+    """``now`` and the ends of a lease taken now: its lock and the key's life."""
+    settings = get_settings()
+    now = clock.now()
+    return {
+        "now": now,
+        "locked_until": now + timedelta(seconds=settings.idempotency_lock_seconds),
+        "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
+    }
+
+
+@contextmanager
+def _waiting_at_most(conn: Connection, ms: int) -> Iterator[None]:
+    """A transaction whose statements wait at most ``ms`` for a row lock (then LockNotAvailable)."""
+    with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{int(ms)}ms'")
+        yield
 
 
 def _in_progress() -> Conflict:
@@ -210,8 +219,6 @@ def _acquire_many(asks: list[_Ask]) -> list[_Acquired]:
     """
     if len(asks) == 1:  # alone: the one-row statement is cheaper
         return [_capture(_acquire, *asks[0])]
-    settings = get_settings()
-    now = clock.now()
     ordered = sorted(asks)
     owners = {(u, k): uuid.uuid4() for u, k, _ in ordered}
     params = {
@@ -219,14 +226,11 @@ def _acquire_many(asks: list[_Ask]) -> list[_Acquired]:
         "keys": [k for _, k, _ in ordered],
         "fingerprints": [f for _, _, f in ordered],
         "owners": list(owners.values()),
-        "now": now,
-        "locked_until": now + timedelta(seconds=settings.idempotency_lock_seconds),
-        "expires_at": now + timedelta(seconds=settings.idempotency_ttl_seconds),
+        **_lease_window(),
     }
     with connection() as conn:
         try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{_BATCH_LOCK_WAIT_MS}ms'")
+            with _waiting_at_most(conn, _BATCH_LOCK_WAIT_MS):
                 taken = {(r["user_id"], r["key"]) for r in conn.execute(_ACQUIRE_MANY_SQL, params).fetchall()}
         except _CONTENDED:
             contended = True
