@@ -93,17 +93,21 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
-_ACQUIRE_SQL = """
-INSERT INTO idempotency_keys AS k
-       (user_id, key, fingerprint, owner, state, locked_until, expires_at)
-VALUES (%(user_id)s, %(key)s, %(fingerprint)s, %(owner)s, 'in_progress', %(locked_until)s, %(expires_at)s)
+# When an existing key is taken over: it expired, or its holder's lock ran out on the same request.
+_TAKE_OVER_SQL = """
 ON CONFLICT (user_id, key) DO UPDATE
    SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner, state = 'in_progress',
        response_status = NULL, response_body = NULL, created_at = now(),
        locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at
  WHERE k.expires_at <= %(now)s
     OR (k.state = 'in_progress' AND k.locked_until <= %(now)s AND k.fingerprint = EXCLUDED.fingerprint)
-RETURNING owner
+"""
+
+_ACQUIRE_SQL = f"""
+INSERT INTO idempotency_keys AS k
+       (user_id, key, fingerprint, owner, state, locked_until, expires_at)
+VALUES (%(user_id)s, %(key)s, %(fingerprint)s, %(owner)s, 'in_progress', %(locked_until)s, %(expires_at)s)
+{_TAKE_OVER_SQL}RETURNING owner
 """
 
 
@@ -178,20 +182,14 @@ def _stored(row: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
 # Many keys in one statement: the same rule as _ACQUIRE_SQL, row by row. A batch never holds one
 # (user, key) twice (ON CONFLICT DO UPDATE may not touch a row twice in one statement), and its
 # rows come in key order, so two processes' batches lock the keys they share in the same order.
-_ACQUIRE_MANY_SQL = """
+_ACQUIRE_MANY_SQL = f"""
 INSERT INTO idempotency_keys AS k
        (user_id, key, fingerprint, owner, state, locked_until, expires_at)
 SELECT a.user_id, a.key, a.fingerprint, a.owner, 'in_progress', %(locked_until)s, %(expires_at)s
   FROM unnest(%(user_ids)s::bigint[], %(keys)s::text[], %(fingerprints)s::text[], %(owners)s::uuid[])
        WITH ORDINALITY AS a(user_id, key, fingerprint, owner, n)
  ORDER BY a.n
-ON CONFLICT (user_id, key) DO UPDATE
-   SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner, state = 'in_progress',
-       response_status = NULL, response_body = NULL, created_at = now(),
-       locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at
- WHERE k.expires_at <= %(now)s
-    OR (k.state = 'in_progress' AND k.locked_until <= %(now)s AND k.fingerprint = EXCLUDED.fingerprint)
-RETURNING user_id, key
+{_TAKE_OVER_SQL}RETURNING user_id, key
 """
 
 _HELD_SQL = """
