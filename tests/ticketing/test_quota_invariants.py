@@ -35,6 +35,7 @@ from tests.support.quota_pool import (
 
 WORKERS = 8
 OPS_PER_WORKER = 120
+SECONDS = 25  # a slow machine stops here instead of running long
 EVENT_LIMIT = 6
 # name -> (max_per_customer, max_per_order); the default type has no limits of its own.
 TYPES = {"Premium": (3, None), "Backstage": (2, 2)}
@@ -102,7 +103,10 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
         tokens = customers[seed * 2: seed * 2 + 2]
         mine: list[tuple[str, int]] = []  # (token, booking id)
         my_holds: list[tuple[str, int, dict[str, Any]]] = []
+        stop = time.monotonic() + SECONDS
         for _ in range(OPS_PER_WORKER):
+            if time.monotonic() > stop:
+                break
             token, event = rng.choice(tokens), rng.choice(events)
             op = rng.choices(["order", "seed", "hold", "confirm", "release", "cancel", "resize", "expire"],
                              weights=[30, 6, 20, 14, 5, 14, 7, 6])[0]
