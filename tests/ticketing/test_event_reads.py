@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from tests.support.catalog import add_quota, add_type, ok, refused
 from tests.support.clients import Client, LambdaClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
+from tests.support.settings_env import restore_env, set_env
 
 
 def _code(client: Client, token: str, event_id: int, type_ids: list[int], **extra: Any) -> str:
@@ -79,3 +81,22 @@ def test_a_code_not_yet_valid_is_invalid(v2: LambdaClient) -> None:
     code = _code(v2, org, event["id"], [event["ticket_types"][0]["id"]], valid_from="2999-01-01T00:00:00Z")
     refused(v2.request("GET", f"/events/{event['id']}", params={"access_code": code}), 400, "access_code_invalid")
     refused(v2.request("GET", f"/events/{event['id']}", params={"access_code": "short"}), 422, "validation_error")
+
+
+def test_guessing_codes_is_rate_limited_per_address(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    code = _code(v2, org, event["id"], [event["ticket_types"][0]["id"]])
+    saved = set_env({"ACCESS_CODE_ATTEMPTS": "3", "RATE_LIMIT_KEY_PREFIX": f"rl-test-{uuid.uuid4().hex[:8]}"})
+    try:
+        for _ in range(5):  # valid codes are not guesses
+            ok(v2.request("GET", f"/events/{event['id']}", params={"access_code": code}))
+        for i in range(3):
+            refused(v2.request("GET", f"/events/{event['id']}", params={"access_code": f"GUESS-{i:04d}"}), 400,
+                    "access_code_invalid")
+        body = refused(v2.request("GET", f"/events/{event['id']}", params={"access_code": "GUESS-9999"}), 429,
+                       "rate_limited")
+        assert body["details"]["limit"] == "access_code_per_ip"
+        ok(v2.request("GET", f"/events/{event['id']}"))  # reading without a code is never limited
+    finally:
+        restore_env(saved)

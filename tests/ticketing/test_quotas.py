@@ -207,7 +207,7 @@ def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: 
 
     def organizer() -> None:
         size = 40
-        while not done.is_set() and size > 0:
+        while not done.is_set() and size > 10:  # leave room: some orders must pass
             size -= 2
             r = v2.request("PATCH", _quota(event, area["id"]), json_body={"size": size}, token=org)
             cuts.append((size, r))
@@ -238,3 +238,4 @@ def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: 
     inv = assert_counts_add_up(v2, org, event["id"])
     final = next(q for q in inv["quotas"] if q["id"] == area["id"])
     assert final["sold"] == booked <= final["size"]
+    assert booked > 0
