@@ -145,8 +145,8 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
                 elif op == "resize":
                     quota, (low, high) = rng.choice(list(event["quotas"].items()))
                     size = rng.randint(low, high)
-                    if quota == event["event_quota"] and rng.random() < 0.5:  # the event quota moves with the event
-                        r = http_client.request("PATCH", f"/events/{event['id']}", token=org,
+                    if quota == event["event_quota"]:  # its size is the event's total_tickets
+                        r = http_client.request("PUT", f"/events/{event['id']}", token=org,
                                                 json_body={"total_tickets": size})
                     else:
                         r = http_client.request("PATCH", f"/events/{event['id']}/quotas/{quota}", token=org,
