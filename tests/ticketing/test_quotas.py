@@ -185,7 +185,7 @@ def test_membership_of_a_type_with_sales_is_locked(v2: LambdaClient) -> None:
 def test_held_only_locks_membership_too(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
     _, cust = account(v2, "customer")
-    event, default, area = _sold_event(v2, org, 100, 10)
+    event, _, area = _sold_event(v2, org, 100, 10)
     ok(_hold(v2, cust, event["id"], 1), 201)
     refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"ticket_type_ids": []}, token=org),
             409, "quota_membership_locked")
