@@ -13,6 +13,7 @@ from tests.support.clients import Client, HttpClient, LambdaClient
 from tests.support.clock import FakeClock
 from tests.support.factories import account, create_event
 from tests.support.race import race
+from tests.support.settings_env import restore_env, set_env
 
 
 def _quota(event: dict[str, Any], quota_id: int | None = None) -> str:
@@ -226,12 +227,20 @@ def test_inventory_per_quota_and_per_type(v2: LambdaClient) -> None:
     assert inventory(v2, org, event["id"]) == inv
 
 
-@_CORE_PHASE_1
-def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: HttpClient) -> None:
+@pytest.mark.parametrize("coalesce", [pytest.param(True, marks=_CORE_PHASE_1), False], ids=["batched", "one-by-one"])
+def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: HttpClient, coalesce: bool) -> None:
     """Customers order while the organizer cuts the quota step by step: every cut either passes
-    with sold + held within the new size or is refused with numbers that say so; orders are
-    refused naming the quota; at the end sold + held + free == size for every quota."""
+    with sold + held within the new size or is refused with numbers that say so; at the end
+    sold + held + free == size for every quota and nothing is sold past it."""
     client = http_client  # real HTTP: requests from many threads at once
+    saved = set_env({"BOOKING_COALESCE": str(coalesce).lower()})
+    try:
+        _race_a_cut(client)
+    finally:
+        restore_env(saved)
+
+
+def _race_a_cut(client: HttpClient) -> None:
     _, org = account(client, "organizer")
     customers = [account(client, "customer")[1] for _ in range(24)]
     event, _, area = _sold_event(client, org, 200, 40)
