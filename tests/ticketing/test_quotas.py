@@ -279,3 +279,30 @@ def _race_a_cut(client: HttpClient) -> None:
     final = next(q for q in inv["quotas"] if q["id"] == area["id"])
     assert final["sold"] == booked <= final["size"]
     assert booked > 0
+
+
+def test_every_change_bumps_the_gate_on_every_stock_row(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    """Grants compare their stock row's gate_seq with the event's: each catalog change bumps
+    both, on every row of every quota of the event (inventory.touch_gate)."""
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=1000)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 300, [vip["id"]])
+
+    def gates() -> tuple[int, set[int]]:
+        seq = sql.execute("SELECT gate_seq FROM events WHERE id = %s", (event["id"],)).fetchone()["gate_seq"]
+        rows = sql.execute(
+            "SELECT DISTINCT s.gate_seq FROM quota_stock s JOIN quotas q ON q.id = s.quota_id WHERE q.event_id = %s",
+            (event["id"],)).fetchall()
+        return seq, {r["gate_seq"] for r in rows}
+
+    before, rows = gates()
+    assert rows == {before}
+    changes = [("PATCH", _quota(event, area["id"]), {"size": 200}),
+               ("PATCH", f"/events/{event['id']}/ticket-types/{vip['id']}", {"active": False}),
+               ("POST", f"/events/{event['id']}/ticket-types", {"name": "Late"})]
+    for method, path, body in changes:
+        ok(v2.request(method, path, json_body=body, token=org), 201 if method == "POST" else 200)
+        after, rows = gates()
+        assert after > before and rows == {after}, (method, path)
+        before = after
