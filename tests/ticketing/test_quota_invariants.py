@@ -34,7 +34,7 @@ from tests.support.quota_pool import (
 )
 
 WORKERS = 8
-OPS_PER_WORKER = 120
+OPS_PER_WORKER = 250
 SECONDS = 25  # a slow machine stops here instead of running long
 EVENT_LIMIT = 6
 # name -> (max_per_customer, max_per_order); the default type has no limits of its own.
@@ -110,7 +110,7 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
             token, event = rng.choice(tokens), rng.choice(events)
             op = rng.choices(["order", "seed", "hold", "confirm", "release", "cancel", "resize", "expire"],
                              weights=[30, 6, 20, 14, 5, 14, 7, 6])[0]
-            asked = {t: rng.randint(1, 3) for t in rng.sample(event["types"], rng.randint(1, 3))}
+            asked = {t: rng.choice([1, 1, 2, 2, 3]) for t in rng.sample(event["types"], rng.randint(1, 3))}
             try:
                 if op == "order":
                     r = order(http_client, token, event["id"], asked)
@@ -199,7 +199,7 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
     # THEN nothing crashed, every invariant held in every snapshot, and every line is accounted for
     assert not failures, failures[:10]
     assert (
-        outcomes["order"] > 100 and outcomes["confirm"] > 20 and outcomes["cancel"] > 20
+        outcomes["order"] > 40 and outcomes["confirm"] > 20 and outcomes["cancel"] > 20
         and outcomes["sold_out"] + outcomes["insufficient_tickets"] > 0
         and outcomes["type_limit_exceeded"] + outcomes["customer_limit_exceeded"] > 0
         and outcomes["snapshots"] > 20
