@@ -102,7 +102,7 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
         rng = random.Random(seed)
         tokens = customers[seed * 2: seed * 2 + 2]
         mine: list[tuple[str, int]] = []  # (token, booking id)
-        my_holds: list[tuple[str, int, dict[str, Any]]] = []
+        my_holds: list[tuple[str, int, dict[str, Any], dict[int, int]]] = []  # token, id, event, its lines
         stop = time.monotonic() + SECONDS
         for _ in range(OPS_PER_WORKER):
             if time.monotonic() > stop:
@@ -123,14 +123,15 @@ def test_overlapping_quotas_keep_every_invariant_under_a_random_workload(
                     r = http_client.request("POST", f"/events/{event['id']}/holds", token=token,
                                             json_body={"lines": lines, "ttl_seconds": rng.randint(1, 20)})
                     if r.status_code == 201:
-                        my_holds.append((token, r.json()["id"], event))
+                        my_holds.append((token, r.json()["id"], event, asked))
                 elif op == "confirm" and my_holds:
-                    token, hold_id, event = rng.choice(my_holds)
+                    # An expired hold is granted again under every rule: the limits may refuse it.
+                    token, hold_id, event, asked = rng.choice(my_holds)
                     r = http_client.request("POST", f"/holds/{hold_id}/confirm", token=token)
                     if r.status_code == 201:
                         mine.append((token, r.json()["id"]))
                 elif op == "release" and my_holds:
-                    token, hold_id, event = rng.choice(my_holds)
+                    token, hold_id, event, asked = rng.choice(my_holds)
                     r = http_client.request("DELETE", f"/holds/{hold_id}", token=token)
                 elif op == "cancel" and mine:
                     token, booking_id = rng.choice(mine)
