@@ -165,3 +165,17 @@ def order(client: Client, token: str, event_id: int, lines: dict[int, int], **ex
     """``POST /bookings`` with ``lines`` (type id -> quantity); the answer is the caller's to check."""
     body = {"event_id": event_id, "lines": [{"ticket_type_id": t, "quantity": q} for t, q in lines.items()], **extra}
     return client.request("POST", "/bookings", json_body=body, token=token)
+
+
+def quick_customers(conn: Any, count: int) -> list[str]:
+    """``count`` customers written straight to ``users`` (no password hashing, no HTTP), each
+    with an access token: for races whose subject is the orders, not the sign-up."""
+    from shared.accounts.tokens import issue_token
+
+    rows = conn.execute(
+        """INSERT INTO users (email, password_hash, role)
+           SELECT 'quick-' || gen_random_uuid() || '@test.com', 'not-a-hash', 'customer'
+             FROM generate_series(1, %s) RETURNING id""",
+        (count,),
+    ).fetchall()
+    return [issue_token(int(row["id"] if isinstance(row, dict) else row[0]), "customer")[0] for row in rows]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 from tests.support.clients import HttpClient
 from tests.support.factories import account, create_event
@@ -27,11 +28,13 @@ from tests.support.quota_pool import (
     default_type_id,
     event_quota_id,
     order,
+    quick_customers,
     quota_adds_up,
     quota_pools,
     quota_problems,
 )
 from tests.support.race import race
+from tests.support.settings_env import restore_env, set_env
 
 CUSTOMERS = 300
 SEED = 14
@@ -92,12 +95,20 @@ def _expected(limits: dict[str, Any], lines: dict[int, int], has: Counter[int]) 
     return "", []
 
 
-def test_300_customers_take_every_quota_exactly(http_client: HttpClient, sql: Any) -> None:
+@pytest.mark.parametrize("coalesce", [True, False], ids=["batched", "one-statement"])
+def test_300_customers_take_every_quota_exactly(http_client: HttpClient, sql: Any, coalesce: bool) -> None:
+    saved = set_env({"BOOKING_COALESCE": str(coalesce).lower()})
+    try:
+        _race(http_client, sql)
+    finally:
+        restore_env(saved)
+
+
+def _race(http_client: HttpClient, sql: Any) -> None:
     # GIVEN two events and 300 customers with their orders drawn in advance
     _, org = account(http_client, "organizer")
     rush, limits = _rush_event(http_client, org, sql), _limits_event(http_client, org, sql)
-    with ThreadPoolExecutor(8) as workers:
-        tokens = list(workers.map(lambda _: account(http_client, "customer")[1], range(CUSTOMERS)))
+    tokens = quick_customers(sql, CUSTOMERS)
     rng = random.Random(SEED)
 
     def mix(types: list[int], most: int) -> dict[int, int]:
