@@ -5,6 +5,7 @@ one-type Backstage quota inside VIP, a one-type Student quota): far more is aske
 exists, so each runs out in its turn. Every customer also orders, one order after the
 other, on event "limits", which has room for everyone and per-type, per-order and
 per-customer limits: there each answer is known in advance from the customer's own orders.
+A third of the customers hold, then confirm, instead of ordering.
 
 Afterwards every quota holds exactly what the granted orders took, none is past its size,
 each ends full or with less room than any order refused in its name asked of it, and every
@@ -39,6 +40,11 @@ from tests.support.settings_env import restore_env, set_env
 CUSTOMERS = 300
 SEED = 14
 ROOM_CODES = {"sold_out", "insufficient_tickets"}
+
+
+def hold(client: HttpClient, token: str, event_id: int, lines: dict[int, int]) -> Any:
+    body = {"lines": [{"ticket_type_id": t, "quantity": q} for t, q in lines.items()]}
+    return client.request("POST", f"/events/{event_id}/holds", json_body=body, token=token)
 
 # Event "limits": per order at most 5 in all, per customer at most 6.
 BOOKING_MAX, CUSTOMER_MAX = 5, 6
@@ -122,7 +128,12 @@ def _race(http_client: HttpClient, sql: Any) -> None:
         rush_lines, limit_orders = plans[i]
         answers = []
         for event_id, lines in [(rush["id"], rush_lines)] + [(limits["id"], lines) for lines in limit_orders]:
-            r = order(http_client, tokens[i], event_id, lines)
+            if i % 3 == 0:  # a third hold first, then confirm: the grant is the hold's
+                r = hold(http_client, tokens[i], event_id, lines)
+                if r.status_code == 201:
+                    r = http_client.request("POST", f"/holds/{r.json()['id']}/confirm", token=tokens[i])
+            else:
+                r = order(http_client, tokens[i], event_id, lines)
             answers.append((event_id, lines, r.status_code, r.json()))
         return answers
 
