@@ -62,7 +62,7 @@ def _fixtures(url: str, shards: list[int], customers: int) -> tuple[list[int], t
                SELECT 'c' || g || '@bench.test', 'x', 'customer' FROM generate_series(1, %s) g RETURNING id""",
             (customers,),
         ).fetchall()
-        events = [bench_event(conn, org["id"], f"{n} rows", TICKETS, n, TICKETS) for n in shards]  # type: ignore[arg-type]
+        events = [bench_event(conn, org["id"], f"{n} rows", TICKETS, n, TICKETS) for n in shards]
         conn.execute("ANALYZE")
     return events, (min(r["id"] for r in ids), max(r["id"] for r in ids))
 
