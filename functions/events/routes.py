@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from shared.ticketing import events
+from functions.events import catalog_routes
+from shared.ticketing import events, ticket_types
+from shared.web.catalog_schemas import CODE_PATTERN
 from shared.web.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
 from shared.web.error_docs import errors
 from shared.web.schemas import ID_MAX, EventCreate, EventOut, EventPage, EventUpdate
@@ -22,7 +24,7 @@ _OWNING = ("organizer_only", "not_event_owner", "event_not_found")
 @router.post("/events", status_code=201, response_model=EventOut, responses=_PUBLISHING)
 def create_event(body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event as the calling organizer."""
-    return events.create_event(organizer_id=organizer.user_id, fields=body.model_dump())
+    return ticket_types.attach_types(events.create_event(organizer_id=organizer.user_id, fields=body.model_dump()))
 
 
 # One variable name per path position (OpenAPI treats /events/{a} and /events/{b} as the same
@@ -44,7 +46,7 @@ SeedOrganizerId = Annotated[
 def create_event_for(organizer_id: SeedOrganizerId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event; the path names the organizer, who must be the caller."""
     require_self(organizer, organizer_id)
-    return events.create_event(organizer_id=organizer_id, fields=body.model_dump())
+    return ticket_types.attach_types(events.create_event(organizer_id=organizer_id, fields=body.model_dump()))
 
 
 @router.get("/events", response_model=EventPage)
@@ -63,10 +65,19 @@ def list_events(
     )
 
 
-@router.get("/events/{event_id}", response_model=EventOut, responses=errors("event_not_found"))
-def get_event(event_id: EventId) -> dict[str, Any]:
-    """One event with its exact availability."""
-    return events.get_event(event_id)
+@router.get("/events/{event_id}", response_model=EventOut, responses=errors("event_not_found", "access_code_invalid"))
+def get_event(
+    event_id: EventId,
+    access_code: Annotated[
+        str | None,
+        Query(
+            pattern=CODE_PATTERN,
+            description="shows the hidden ticket types this code unlocks (and opens their presale)",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """One event with its exact availability and its ticket types on offer."""
+    return ticket_types.event_for_customers(event_id, access_code)
 
 
 @router.put(
@@ -82,11 +93,11 @@ def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> 
     holds and refuses them more until they are back under it; `max_hold_seconds` bounds
     holds made from now on. Sales close at `end_time` (or `start_time` without one).
     """
-    return events.update_event(
+    return ticket_types.attach_types(events.update_event(
         event_id=event_id,
         organizer_id=organizer.user_id,
         changes=body.model_dump(include=body.model_fields_set),
-    )
+    ))
 
 
 @router.post(
@@ -96,4 +107,7 @@ def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> 
 )
 def cancel_event(event_id: EventId, organizer: Organizer) -> dict[str, Any]:
     """Cancel an event: every booking is cancelled and every booked customer notified."""
-    return events.cancel_event(event_id=event_id, organizer_id=organizer.user_id)
+    return ticket_types.attach_types(events.cancel_event(event_id=event_id, organizer_id=organizer.user_id))
+
+
+router.include_router(catalog_routes.router)

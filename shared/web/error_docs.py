@@ -68,8 +68,29 @@ CATALOGUE: dict[str, ErrorCode] = {
     ),
     "invalid_time_range": ErrorCode(422, "end_time is before start_time"),
     "capacity_below_sold": ErrorCode(
-        409, "`total_tickets` below what is sold plus held (details: `sold`, `held`, `requested`)"
+        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`)"
     ),
+    # -- the catalog: ticket types, quotas, access codes ------------------------------------
+    "ticket_type_not_found": ErrorCode(404, "no such ticket type of this event (details: `ticket_type_id`)"),
+    "ticket_type_has_sales": ErrorCode(409, "the ticket type was ordered or held: deactivate it instead"),
+    "default_ticket_type": ErrorCode(409, "the default ticket type (what `{event_id, quantity}` books) stays"),
+    "duplicate_ticket_type": ErrorCode(400, "a ticket type is listed more than once"),
+    "invalid_sales_window": ErrorCode(422, "sales_end is not after sales_start (as stored, for a field not sent)"),
+    "invalid_order_bounds": ErrorCode(422, "max_per_order is below min_per_order (as stored, for a field not sent)"),
+    "quota_not_found": ErrorCode(404, "no such quota of this event (details: `quota_id`)"),
+    "quota_membership_locked": ErrorCode(
+        409, "a ticket type with sold or held tickets cannot join or leave a quota (details: `ticket_type_ids`)"
+    ),
+    "event_quota": ErrorCode(
+        409, "the event quota follows the event (size: `total_tickets` via PUT /events; every type); never deleted"
+    ),
+    "access_code_invalid": ErrorCode(
+        400, "no usable access code of this event by that name (unknown, inactive, outside its window: one answer)"
+    ),
+    "access_code_taken": ErrorCode(409, "the event already has this access code (codes ignore case)"),
+    "access_code_not_found": ErrorCode(404, "no such access code of this event"),
+    "max_uses_below_uses": ErrorCode(409, "max_uses below the code's uses so far (details: `uses`, `requested`)"),
+    "invalid_validity_window": ErrorCode(422, "valid_until is not after valid_from"),
     # -- tickets: bookings and holds ----------------------------------------------------------
     "sold_out": ErrorCode(400, "no tickets left"),
     "insufficient_tickets": ErrorCode(400, "fewer tickets left than asked (details say how many remain)"),

@@ -297,6 +297,7 @@ class EventCreate(_EventTimes):
     )
     max_tickets_per_customer: PerCustomerMax | None = Field(default=None, description=_PER_CUSTOMER)
     max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
+    currency: Currency = "EUR"
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -322,7 +323,41 @@ class EventUpdate(_EventTimes):
     max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
 
 
+CURRENCY_PATTERN = "^[A-Z]{3}$"
+Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN, description="ISO 4217 code, e.g. EUR")]
+
+
+class TicketTypeOnSale(BaseModel):
+    """A ticket type as customers see it on the event (the organizer's view: TicketTypeOut)."""
+
+    id: int
+    name: str
+    description: str | None
+    price_minor: int = Field(description="price in minor units of `currency` (cents); 0 is free")
+    currency: str
+    sales_start: datetime | None = Field(description="null: on sale from publication")
+    sales_end: datetime | None = Field(description="null: until the event's sales close")
+    min_per_order: int
+    max_per_order: int | None = Field(description="null: the event's per-booking maximum")
+    max_per_customer: int | None = Field(description="null: only the event's per-customer limit applies")
+    available: int = Field(description="exact: the least room over the type's quotas, expired holds as free")
+    on_sale: bool = Field(description="within its sales window now (an access code may open a presale)")
+
+
 class EventOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 1, "organizer_id": 1, "title": "Music Concert", "venue": "Arena",
+        "start_time": "2030-06-01T18:00:00Z", "end_time": None, "total_tickets": 50,
+        "available_tickets": 48, "max_tickets_per_booking": None, "max_tickets_per_customer": None,
+        "max_hold_seconds": None, "status": "active", "currency": "EUR",
+        "created_at": "2030-01-01T10:00:00Z", "updated_at": "2030-01-01T10:00:00Z",
+        "ticket_types": [{
+            "id": 1, "name": "General admission", "description": None, "price_minor": 2500,
+            "currency": "EUR", "sales_start": None, "sales_end": None, "min_per_order": 1,
+            "max_per_order": None, "max_per_customer": None, "available": 48, "on_sale": True,
+        }],
+    }]})
+
     id: int
     organizer_id: int
     title: str
@@ -335,8 +370,14 @@ class EventOut(BaseModel):
     max_tickets_per_customer: int | None = Field(description="null: the server default")
     max_hold_seconds: int | None = Field(description="null: the server default")
     status: Literal["active", "cancelled"]
+    currency: str = Field(description="ISO 4217: every ticket type of the event is priced in it")
     created_at: datetime
     updated_at: datetime
+    ticket_types: list[TicketTypeOnSale] | None = Field(
+        default=None,
+        description="visible active types by position (hidden ones only with a valid `access_code`); "
+        "null in listings (GET /events), which stay cheap: read the event for them",
+    )
 
 
 class _Page(BaseModel):

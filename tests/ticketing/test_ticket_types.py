@@ -1,0 +1,162 @@
+"""Ticket types: create, change (PATCH), reorder, deactivate, delete, and who may."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.support.catalog import add_quota, add_type, ok, refused, types_of
+from tests.support.clients import LambdaClient
+from tests.support.factories import account, create_event
+
+
+def _path(event: dict[str, Any], type_id: int | None = None) -> str:
+    return f"/events/{event['id']}/ticket-types" + (f"/{type_id}" if type_id else "")
+
+
+def test_create_joins_the_event_quota_and_the_given_quotas(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=100, currency="SEK")
+    assert event["currency"] == "SEK"
+    [default] = event["ticket_types"]
+    assert (default["name"], default["price_minor"], default["available"], default["on_sale"]) == (
+        "General admission", 0, 100, True)
+    vip_area = add_quota(v2, org, event["id"], 10, [])
+    vip = add_type(v2, org, event["id"], name="VIP", price_minor=9900, max_per_order=4, description="Front rows",
+                   quota_ids=[vip_area["id"]])
+    assert vip["currency"] == "SEK" and vip["price_minor"] == 9900 and vip["max_per_order"] == 4
+    assert vip["position"] == 1 and vip["active"] and not vip["hidden"] and not vip["is_default"]
+    event_quota = next(q for q in ok(v2.request("GET", f"/events/{event['id']}/quotas", token=org))["items"]
+                       if q["is_event"])
+    assert vip["quota_ids"] == [event_quota["id"], vip_area["id"]]
+    assert (vip["sold"], vip["held"], vip["available"]) == (0, 0, 10)  # the least room over its quotas
+    shown = ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]
+    assert [(t["name"], t["available"]) for t in shown] == [("General admission", 100), ("VIP", 10)]
+
+
+def test_currency_must_be_three_capital_letters(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    r = v2.request("POST", "/events", json_body={"title": "x", "total_tickets": 1, "currency": "eur"}, token=org)
+    refused(r, 422, "validation_error")
+    assert create_event(v2, org)["currency"] == "EUR"
+
+
+def test_validation_answers_4xx_codes(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    for body in ({"name": ""}, {"name": "x" * 201}, {"name": "a", "price_minor": -1},
+                 {"name": "a", "price_minor": 1.5}, {"name": "a", "min_per_order": 0}, {"name": "a", "quota_ids": [0]}):
+        refused(v2.request("POST", _path(event), json_body=body, token=org), 422, "validation_error")
+    window = {"name": "a", "sales_start": "2030-01-02T00:00:00Z", "sales_end": "2030-01-01T00:00:00Z"}
+    refused(v2.request("POST", _path(event), json_body=window, token=org), 422, "invalid_sales_window")
+    bounds = {"name": "a", "min_per_order": 5, "max_per_order": 2}
+    body = refused(v2.request("POST", _path(event), json_body=bounds, token=org), 422, "invalid_order_bounds")
+    assert body["details"] == {"min_per_order": 5, "max_per_order": 2}
+    refused(v2.request("POST", _path(event), json_body={"name": "a", "quota_ids": [987654321]}, token=org),
+            404, "quota_not_found")
+
+
+def test_patch_changes_only_sent_fields_and_checks_the_merged_values(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = add_type(v2, org, event["id"], name="Early", price_minor=1000, sales_start="2030-01-01T00:00:00Z",
+                 min_per_order=2)
+    gate = sql.execute("SELECT gate_seq FROM events WHERE id = %s", (event["id"],)).fetchone()
+    r = ok(v2.request("PATCH", _path(event, t["id"]), json_body={"price_minor": 1500, "max_per_customer": 6},
+                      token=org))
+    assert (r["name"], r["price_minor"], r["max_per_customer"], r["min_per_order"]) == ("Early", 1500, 6, 2)
+    assert r["sales_start"].startswith("2030-01-01")
+    after = sql.execute("SELECT gate_seq FROM events WHERE id = %s", (event["id"],)).fetchone()
+    assert after["gate_seq"] > gate["gate_seq"]  # concurrent grants re-read the type
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"sales_end": "2029-12-31T00:00:00Z"}, token=org),
+            422, "invalid_sales_window")
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"max_per_order": 1}, token=org),
+            422, "invalid_order_bounds")
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"name": None}, token=org), 422, "validation_error")
+    cleared = ok(v2.request("PATCH", _path(event, t["id"]), json_body={"sales_start": None}, token=org))
+    assert cleared["sales_start"] is None and cleared["price_minor"] == 1500
+
+
+def test_deactivated_and_hidden_types_leave_the_public_read(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    a = add_type(v2, org, event["id"], name="A")
+    b = add_type(v2, org, event["id"], name="B", hidden=True)
+    ok(v2.request("PATCH", _path(event, a["id"]), json_body={"active": False}, token=org))
+    shown = [t["name"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]]
+    assert shown == ["General admission"]
+    listed = {t["id"]: t for t in types_of(v2, org, event["id"])}  # the organizer sees all
+    assert not listed[a["id"]]["active"] and listed[b["id"]]["hidden"]
+
+
+def test_sales_window_shows_as_on_sale(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    add_type(v2, org, event["id"], name="Later", sales_start="2999-01-01T00:00:00Z")
+    add_type(v2, org, event["id"], name="Over", sales_start="2000-01-01T00:00:00Z", sales_end="2001-01-01T00:00:00Z")
+    shown = {t["name"]: t["on_sale"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]}
+    assert shown == {"General admission": True, "Later": False, "Over": False}
+
+
+def test_reorder_puts_the_listed_first(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    default = event["ticket_types"][0]["id"]
+    a = add_type(v2, org, event["id"], name="A")["id"]
+    b = add_type(v2, org, event["id"], name="B")["id"]
+    items = ok(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [b, a]}, token=org))["items"]
+    assert [t["id"] for t in items] == [b, a, default]
+    assert [t["position"] for t in items] == [0, 1, 2]
+    assert [t["id"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]] == [b, a, default]
+    refused(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [a, a]}, token=org),
+            400, "duplicate_ticket_type")
+    refused(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [987654321]}, token=org),
+            404, "ticket_type_not_found")
+
+
+def test_delete_only_without_sales_and_never_the_default(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    customer, _ = account(v2, "customer")
+    event = create_event(v2, org)
+    spare = add_type(v2, org, event["id"], name="Spare")
+    assert v2.request("DELETE", _path(event, spare["id"]), token=org).status_code == 204
+    refused(v2.request("DELETE", _path(event, spare["id"]), token=org), 404, "ticket_type_not_found")
+    refused(v2.request("PATCH", _path(event, spare["id"]), json_body={"active": False}, token=org),
+            404, "ticket_type_not_found")
+    refused(v2.request("DELETE", _path(event, event["ticket_types"][0]["id"]), token=org), 409, "default_ticket_type")
+    sold = add_type(v2, org, event["id"], name="Sold")
+    # A line naming the type (how it got there is the booking path's business; tested there).
+    booking = sql.execute(
+        """INSERT INTO bookings (event_id, user_id, quantity, status) VALUES (%s, %s, 1, 'cancelled')
+           RETURNING id""", (event["id"], customer["id"])).fetchone()
+    sql.execute("""INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, cancelled_quantity, unit_price_minor)
+                   VALUES (%s, %s, 0, 1, 0)""", (booking["id"], sold["id"]))
+    refused(v2.request("DELETE", _path(event, sold["id"]), token=org), 409, "ticket_type_has_sales")
+    assert ok(v2.request("PATCH", _path(event, sold["id"]), json_body={"active": False}, token=org))["active"] is False
+
+
+def test_only_the_organizer_of_an_existing_event(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, other = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    calls = [("POST", _path(event), {"name": "x"}), ("GET", _path(event), None),
+             ("PATCH", _path(event, t), {"name": "y"}), ("DELETE", _path(event, t), None),
+             ("POST", _path(event) + "/order", {"ticket_type_ids": [t]})]
+    for method, path, body in calls:
+        refused(v2.request(method, path, json_body=body, token=other), 403, "not_event_owner")
+        refused(v2.request(method, path, json_body=body, token=cust), 403, "organizer_only")
+        missing = path.replace(f"/events/{event['id']}", "/events/987654321")
+        refused(v2.request(method, missing, json_body=body, token=org), 404, "event_not_found")
+    refused(v2.request("PATCH", _path(event, 987654321), json_body={"name": "y"}, token=org), 404,
+            "ticket_type_not_found")
+
+
+def test_a_cancelled_events_catalog_is_frozen(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
+    refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=org), 409, "event_cancelled")
+    assert ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"][0]["on_sale"] is False
