@@ -88,12 +88,15 @@ def get_booking(booking_id: BookingId, principal: CurrentUser) -> dict[str, Any]
 @router.post(
     "/bookings/{booking_id}/cancel",
     response_model=BookingOut,
-    responses=errors(*_CUSTOMERS, "booking_not_found", "cancel_exceeds_booking"),
+    responses=errors(*_CUSTOMERS, "booking_not_found", "cancel_exceeds_booking", "line_required",
+                     "booking_line_not_found"),
 )
 def cancel_booking(booking_id: BookingId, customer: Customer, body: BookingCancel | None = None) -> dict[str, Any]:
-    """Give back all tickets of a booking, or `quantity` of them. Cancelling twice is harmless."""
+    """Give back all tickets of a booking, or `quantity` of them (of its line `line_id`; a
+    line's tickets go back to every quota of its type). Cancelling twice is harmless."""
+    body = body or BookingCancel()
     return bookings.cancel_booking(
-        booking_id=booking_id, user_id=customer.user_id, quantity=body.quantity if body else None
+        booking_id=booking_id, user_id=customer.user_id, quantity=body.quantity, line_id=body.line_id
     )
 
 

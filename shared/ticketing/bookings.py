@@ -18,7 +18,7 @@ from shared.notifications.contracts import BookingCancelled, BookingConfirmation
 from shared.notifications.outbox import publish_committed
 from shared.platform import clock
 from shared.platform.db import Connection, connection
-from shared.platform.errors import Conflict, Forbidden, NotFound, unknown_user_is_401
+from shared.platform.errors import BadRequest, Conflict, Forbidden, NotFound, unknown_user_is_401
 from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     COUNT_CTE,
@@ -26,19 +26,24 @@ from shared.ticketing.inventory import (
     EVENT_RULES,
     GRANT_CTE,
     GRANT_EXACT_CTE,
+    NO_TYPE_LIMIT,
     Ask,
     count_cte,
     first_failed,
     give_back,
     grant,
-    lock_return_shard,
+    lock_return_rows,
     lock_stock,
     read_gate,
     rule_params,
     take_cte,
+    type_count_cte,
 )
 
-BOOKING_COLUMNS = "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at"
+BOOKING_COLUMNS = (
+    "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at, "
+    "total_minor, currency"
+)
 
 # The booking's confirmation, written by the statement that writes the booking.
 CONFIRMATION_CTE = f"""notification AS (
@@ -47,13 +52,23 @@ CONFIRMATION_CTE = f"""notification AS (
 )"""
 
 
+# The order's lines, written with the booking (``lines``: ticket_type_id, quantity, price_minor).
+BOOKED_LINES_CTE = """booked_lines AS (
+    INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, unit_price_minor)
+    SELECT booking.id, l.ticket_type_id, l.quantity, l.price_minor FROM booking, lines l
+     ORDER BY l.ticket_type_id
+    RETURNING id
+)"""
+
+
 def _book_sql(idempotent: bool, exact: bool = False) -> str:
     return f"""
 WITH {GRANT_EXACT_CTE if exact else GRANT_CTE}, {COUNT_CTE}, booking AS (
-    INSERT INTO bookings (event_id, user_id, quantity)
-    SELECT event_id, %(user_id)s, %(quantity)s FROM counted
+    INSERT INTO bookings (event_id, user_id, quantity, total_minor, currency)
+    SELECT g.id, %(user_id)s, g.quantity, g.total_minor, g.currency
+      FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {BOOKING_COLUMNS}
-), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
+), {BOOKED_LINES_CTE}, {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
 SELECT booking.*, notification.id AS outbox_id FROM booking, notification
 """
 
@@ -113,22 +128,43 @@ _BATCH_COUNT_CTE = count_cte(
     """SELECT granted.id, req.user_id, sum(req.quantity), granted.customer_max FROM req, granted
      GROUP BY granted.id, req.user_id, granted.customer_max"""
 )
+_BATCH_TYPE_COUNT_CTE = type_count_cte(
+    """SELECT l.ticket_type_id, req.user_id, sum(l.quantity), max(l.type_max)
+      FROM req_lines l JOIN req ON req.seq = l.seq, (SELECT count(*) FROM counted) AS after_event
+     GROUP BY l.ticket_type_id, req.user_id ORDER BY l.ticket_type_id, req.user_id"""
+)
+
+# What a batch takes of each quota: every request's lines, one unit per ticket of each type's quotas.
+_BATCH_DEMAND_SQL = """SELECT qt.quota_id, sum(l.quantity)::int FROM req_lines l
+                 JOIN quota_types qt ON qt.ticket_type_id = l.ticket_type_id GROUP BY qt.quota_id"""
 
 # Many bookings of one event in one statement, for a transaction that already holds every
-# stock row's lock (the total is taken across rows). Booking ids are drawn up front so each
-# answer maps back to its request.
+# stock row's lock and has decided every request (each quota's total is taken across its
+# rows). Booking ids are drawn up front so each answer maps back to its request.
 BOOK_BATCH_SQL = f"""
 WITH req AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('bookings', 'id')) AS id, r.*
-      FROM unnest(%(seq)s::int[], %(user_ids)s::bigint[], %(quantities)s::int[],
+      FROM unnest(%(seq)s::int[], %(user_ids)s::bigint[], %(quantities)s::int[], %(totals)s::bigint[],
                   %(idem_user_ids)s::bigint[], %(idem_keys)s::text[], %(idem_owners)s::uuid[])
-           AS r(seq, user_id, quantity, idem_user_id, idem_key, idem_owner)
-), {take_cte("%(total)s::int")}, granted AS (
-    SELECT id, {CUSTOMER_MAX_SQL} AS customer_max FROM events WHERE id = %(event_id)s
-), {_BATCH_COUNT_CTE}, booking AS (
-    INSERT INTO bookings (id, event_id, user_id, quantity) OVERRIDING SYSTEM VALUE
-    SELECT req.id, granted.id, req.user_id, req.quantity FROM req, granted ORDER BY req.seq
+           AS r(seq, user_id, quantity, total_minor, idem_user_id, idem_key, idem_owner)
+), req_lines AS MATERIALIZED (
+    SELECT * FROM unnest(%(line_seqs)s::int[], %(line_types)s::bigint[], %(line_quantities)s::int[],
+                         %(line_prices)s::bigint[], %(line_limits)s::int[])
+           AS l(seq, ticket_type_id, quantity, price_minor, type_max)
+), {take_cte(_BATCH_DEMAND_SQL)},
+granted AS (
+    SELECT id, currency, {CUSTOMER_MAX_SQL} AS customer_max FROM events WHERE id = %(event_id)s
+), {_BATCH_COUNT_CTE}, {_BATCH_TYPE_COUNT_CTE}, booking AS (
+    INSERT INTO bookings (id, event_id, user_id, quantity, total_minor, currency) OVERRIDING SYSTEM VALUE
+    SELECT req.id, granted.id, req.user_id, req.quantity, req.total_minor, granted.currency
+      FROM req, granted, (SELECT count(*) FROM type_counted) AS counters ORDER BY req.seq
     RETURNING {BOOKING_COLUMNS}
+), booked_lines AS (
+    INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, unit_price_minor)
+    SELECT booking.id, l.ticket_type_id, l.quantity, l.price_minor
+      FROM booking JOIN req ON req.id = booking.id JOIN req_lines l ON l.seq = req.seq
+     ORDER BY booking.id, l.ticket_type_id
+    RETURNING id
 ), {CONFIRMATION_CTE}{completion_cte("booking", keys_from="req")}
 SELECT req.seq, booking.*, notification.id AS outbox_id
   FROM req JOIN booking ON booking.id = req.id JOIN notification ON notification.booking_id = booking.id
@@ -176,6 +212,10 @@ def book_batch(
     return results
 
 
+_DEFAULT_TYPE_SQL = f"""SELECT id, price_minor, coalesce(max_per_customer, {NO_TYPE_LIMIT}) AS type_max
+  FROM ticket_types WHERE event_id = %s AND is_default"""
+
+
 def _write_batch(
     conn: Connection, event_id: int, items: list[BatchItem], default_max: int | None
 ) -> list[dict[str, Any]]:
@@ -201,6 +241,8 @@ def _write_batch(
             (event_id, sorted({i.user_id for i in items})),
         ).fetchall()
     }
+    default = conn.execute(_DEFAULT_TYPE_SQL, (event_id,)).fetchone()
+    assert default is not None, f"event {event_id} has no default ticket type"
     left = event["available_tickets"]
     granted: list[int] = []
     for seq, item in enumerate(items):
@@ -219,10 +261,15 @@ def _write_batch(
             "event_id": event_id,
             "customer_max": params["customer_max"],
             "default_max": params["default_max"],
-            "total": event["available_tickets"] - left,
             "seq": granted,
             "user_ids": [i.user_id for i in chosen],
             "quantities": [i.quantity for i in chosen],
+            "totals": [i.quantity * default["price_minor"] for i in chosen],
+            "line_seqs": granted,
+            "line_types": [default["id"]] * len(chosen),
+            "line_quantities": [i.quantity for i in chosen],
+            "line_prices": [default["price_minor"]] * len(chosen),
+            "line_limits": [default["type_max"]] * len(chosen),
             "idem_user_ids": [i.idempotency.user_id if i.idempotency else None for i in chosen],
             "idem_keys": [i.idempotency.key if i.idempotency else None for i in chosen],
             "idem_owners": [i.idempotency.owner if i.idempotency else None for i in chosen],
@@ -230,10 +277,13 @@ def _write_batch(
     ).fetchall()
 
 
-def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> dict[str, Any]:
-    """Give back all (``quantity`` None) or some tickets of a booking; repeating is harmless.
+def cancel_booking(
+    *, booking_id: int, user_id: int, quantity: int | None, line_id: int | None = None
+) -> dict[str, Any]:
+    """Give back all (``quantity`` None) or some tickets of a booking (of its line
+    ``line_id``); repeating is harmless. A line's tickets go back to every quota of its type.
 
-    Locks the event row, then the stock row the tickets go back to, then the booking row:
+    Locks the event row, then the stock rows the tickets go back to, then the booking row:
     the order every writer uses.
     """
     with connection() as conn:
@@ -245,21 +295,23 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
             if current is None:
                 raise NotFound("booking_not_found", f"Booking {booking_id} does not exist")
             conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (current["event_id"],))
-            shard = lock_return_shard(conn, current["event_id"])
+            lines = conn.execute(_LINES_SQL, (booking_id,)).fetchall()
+            rows = lock_return_rows(conn, current["event_id"], [line["ticket_type_id"] for line in lines])
             current = conn.execute(
                 f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)
             ).fetchone()
             assert current is not None
             if current["status"] == "cancelled":
-                return current  # cancelling twice changes nothing
-            returned = current["quantity"] if quantity is None else quantity
-            if returned > current["quantity"]:
-                raise Conflict(
-                    "cancel_exceeds_booking",
-                    f"Booking {booking_id} holds only {current['quantity']} tickets",
-                    held=current["quantity"],
-                    requested=returned,
-                )
+                return with_lines(conn, current)  # cancelling twice changes nothing
+            lines = conn.execute(_LINES_SQL, (booking_id,)).fetchall()  # under the booking's lock
+            back = _cancelled_lines(booking_id, current, lines, quantity, line_id)
+            returned = sum(n for _, n in back)
+            conn.execute(
+                """UPDATE booking_lines l
+                       SET quantity = l.quantity - b.n, cancelled_quantity = l.cancelled_quantity + b.n
+                      FROM unnest(%s::bigint[], %s::int[]) AS b(id, n) WHERE l.id = b.id""",
+                ([line_id for line_id, _ in back], [n for _, n in back]),
+            )
             row = conn.execute(
                 f"""UPDATE bookings
                        SET quantity = quantity - %(n)s,
@@ -271,12 +323,52 @@ def cancel_booking(*, booking_id: int, user_id: int, quantity: int | None) -> di
                 {"n": returned, "id": booking_id},
             ).fetchone()
             assert row is not None
-            give_back(conn, row["event_id"], shard, user_id, returned)
+            by_id = {line["id"]: line["ticket_type_id"] for line in lines}
+            give_back(conn, row["event_id"], rows, user_id, [(by_id[i], n) for i, n in back])
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
                 quantity=returned, remaining=row["quantity"]))
+            row = with_lines(conn, row)
         publish_committed(conn, [outbox_id])
     return row
+
+
+_LINES_SQL = """SELECT id, ticket_type_id, quantity, cancelled_quantity, unit_price_minor
+  FROM booking_lines WHERE booking_id = %s ORDER BY ticket_type_id"""
+
+
+def _cancelled_lines(
+    booking_id: int, booking: dict[str, Any], lines: list[dict[str, Any]], quantity: int | None, line_id: int | None
+) -> list[tuple[int, int]]:
+    """What a cancellation gives back, as (line id, tickets): every line's remaining tickets,
+    or ``quantity`` of the line ``line_id`` (of the only line when the booking has one)."""
+    if line_id is None:
+        if quantity is None:
+            return [(line["id"], line["quantity"]) for line in lines]
+        if len(lines) > 1:
+            raise BadRequest(
+                "line_required",
+                f"Booking {booking_id} has {len(lines)} lines: say which one to cancel tickets of (line_id)",
+                line_ids=[line["id"] for line in lines],
+            )
+    line = next((x for x in lines if line_id is None or x["id"] == line_id), None)
+    if line is None:
+        raise NotFound("booking_line_not_found", f"Booking {booking_id} has no line {line_id}")
+    returned = line["quantity"] if quantity is None else quantity
+    if returned > line["quantity"]:
+        raise Conflict(
+            "cancel_exceeds_booking",
+            f"Booking {booking_id} holds only {line['quantity']} tickets"
+            + ("" if len(lines) == 1 else f" of line {line['id']}"),
+            held=line["quantity"],
+            requested=returned,
+        )
+    return [(line["id"], returned)]
+
+
+def with_lines(conn: Connection, booking: dict[str, Any]) -> dict[str, Any]:
+    """The booking with its ``lines`` (ticket type order)."""
+    return {**booking, "lines": conn.execute(_LINES_SQL, (booking["id"],)).fetchall()}
 
 
 def get_booking(*, booking_id: int, user_id: int) -> dict[str, Any]:

@@ -20,15 +20,15 @@ from shared.ticketing.inventory import (
     AVAILABLE_SQL,
     EVENT_ACTIVE,
     EXPIRED_HELD_SQL,
+    QUOTA_AVAILABLE_SQL,
     SALES_END_SQL,
     Ask,
     live_hold_sql,
     reclaim_expired_holds,
     refusal,
-    set_stock,
     shards_for,
     shift_stock,
-    stock_event,
+    stock_quota,
     touch_gate,
 )
 
@@ -56,23 +56,39 @@ _OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_p
 
 
 def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]:
-    """A new event with all its tickets available, spread over its stock rows (:func:`shards_for`)."""
+    """A new event with all its tickets available: its default type ('General admission',
+    free) in its event quota, spread over the quota's stock rows (:func:`shards_for`)."""
     values = {"organizer_id": organizer_id, **_OPTIONAL, **fields}
     with connection() as conn, unknown_user_is_401():
         with conn.transaction():
-            row = conn.execute(
-                """INSERT INTO events (organizer_id, title, venue, start_time, end_time,
-                                        total_tickets, shards, max_tickets_per_booking,
-                                        max_tickets_per_customer, max_hold_seconds)
-                    VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
-                            %(total_tickets)s, %(shards)s, %(max_tickets_per_booking)s,
-                            %(max_tickets_per_customer)s, %(max_hold_seconds)s)
-                    RETURNING id""",
-                {**values, "shards": shards_for(values["total_tickets"])},
-            ).fetchone()
+            row = conn.execute(_CREATE_SQL, {**values, "shards": shards_for(values["total_tickets"])}).fetchone()
             assert row is not None
-            stock_event(conn, row["id"])
+            stock_quota(conn, row["quota_id"])
         return read_event(conn, row["id"])
+
+
+# The event, its default type and its event quota listing it, in one statement.
+_CREATE_SQL = """
+WITH event AS (
+    INSERT INTO events (organizer_id, title, venue, start_time, end_time, total_tickets,
+                        max_tickets_per_booking, max_tickets_per_customer, max_hold_seconds)
+    VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s, %(total_tickets)s,
+            %(max_tickets_per_booking)s, %(max_tickets_per_customer)s, %(max_hold_seconds)s)
+    RETURNING id, total_tickets
+), type AS (
+    INSERT INTO ticket_types (event_id, name, price_minor, is_default)
+    SELECT id, 'General admission', 0, true FROM event
+    RETURNING id, event_id
+), quota AS (
+    INSERT INTO quotas (event_id, name, size, shards, is_event)
+    SELECT id, 'Event capacity', total_tickets, %(shards)s, true FROM event
+    RETURNING id, event_id
+), listed AS (
+    INSERT INTO quota_types (quota_id, ticket_type_id, event_id)
+    SELECT quota.id, type.id, quota.event_id FROM quota, type
+)
+SELECT quota.event_id AS id, quota.id AS quota_id FROM quota
+"""
 
 
 def get_event(event_id: int) -> dict[str, Any]:
@@ -166,7 +182,8 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             if "total_tickets" in changed:
                 reclaim_expired_holds(conn, event_id, now)
                 counter = conn.execute(
-                    f"SELECT {AVAILABLE_SQL.format(event='events')} AS available FROM events WHERE id = %s",
+                    f"""SELECT q.id, {QUOTA_AVAILABLE_SQL.format(quota="q")} AS available
+                          FROM quotas q WHERE q.event_id = %s AND q.is_event""",
                     (event_id,),
                 ).fetchone()
                 assert counter is not None  # the rows are locked by this transaction
@@ -182,7 +199,11 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
                         held=held,
                         requested=changed["total_tickets"],
                     )
-                shift_stock(conn, event_id, changed["total_tickets"] - current["total_tickets"])
+                shift_stock(conn, counter["id"], changed["total_tickets"] - current["total_tickets"])
+                conn.execute(
+                    "UPDATE quotas SET size = %s, updated_at = now() WHERE id = %s",
+                    (changed["total_tickets"], counter["id"]),
+                )
             row = conn.execute(
                 f"""UPDATE events SET {", ".join(assignments)}, updated_at = now()
                     WHERE id = %(id)s RETURNING {EVENT_COLUMNS}""",
@@ -225,31 +246,55 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
                           SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
                               quantity = 0, cancelled_at = now()
                         WHERE event_id = %s AND status = 'confirmed'
-                       RETURNING cancelled_quantity
+                       RETURNING id
+                   ), lines AS (
+                       UPDATE booking_lines l
+                          SET cancelled_quantity = l.cancelled_quantity + l.quantity, quantity = 0
+                         FROM c WHERE l.booking_id = c.id
                    ) SELECT count(*)::int AS bookings FROM c""",
                 (event_id,),
             ).fetchone()
-            conn.execute(
-                """UPDATE customer_tickets ct
-                      SET tickets = coalesce((SELECT sum(quantity) FROM holds h
-                                               WHERE h.event_id = ct.event_id AND h.user_id = ct.user_id
-                                                 AND h.status = 'active'), 0)
-                    WHERE ct.event_id = %s""",
-                (event_id,),
-            )
+            conn.execute(_RECOUNT_HOLDS_SQL, {"id": event_id})
             conn.execute(
                 "UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = %s", (event_id,)
             )
-            held = conn.execute(
-                "SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %s AND status = 'active'",
-                (event_id,),
-            ).fetchone()
-            assert held is not None
-            set_stock(conn, event_id, current["total_tickets"] - held["n"])
+            conn.execute(_RESTOCK_SQL, {"id": event_id})
             outbox_id = outbox.write(conn, EventCancelled(
                 event_id=event_id, bookings_cancelled=cancelled["bookings"] if cancelled else 0))
         outbox.publish_committed(conn, [outbox_id])
         return read_event(conn, event_id)
+
+
+# An event cancelled: customers' counters keep only their active holds (event and types).
+_RECOUNT_HOLDS_SQL = """
+WITH held AS MATERIALIZED (
+    SELECT h.user_id, hl.ticket_type_id, hl.quantity FROM holds h JOIN hold_lines hl ON hl.hold_id = h.id
+     WHERE h.event_id = %(id)s AND h.status = 'active'
+), events_counted AS (
+    UPDATE customer_tickets ct
+       SET tickets = coalesce((SELECT sum(quantity) FROM held WHERE held.user_id = ct.user_id), 0)
+     WHERE ct.event_id = %(id)s
+    RETURNING ct.user_id
+)
+UPDATE customer_type_tickets ct
+   SET tickets = coalesce((SELECT sum(quantity) FROM held
+                            WHERE held.user_id = ct.user_id AND held.ticket_type_id = ct.ticket_type_id), 0)
+  FROM (SELECT count(*) FROM events_counted) AS after_event
+ WHERE ct.ticket_type_id IN (SELECT id FROM ticket_types WHERE event_id = %(id)s)
+"""
+
+# An event cancelled: every quota holds all its units but its active holds' (every row locked).
+_RESTOCK_SQL = """
+UPDATE quota_stock s SET available_tickets = r.n / r.shards + (s.shard < r.n %% r.shards)::int
+  FROM (SELECT q.id, q.shards,
+               (q.size - coalesce((SELECT sum(hl.quantity) FROM holds h
+                                     JOIN hold_lines hl ON hl.hold_id = h.id
+                                     JOIN quota_types qt ON qt.ticket_type_id = hl.ticket_type_id
+                                    WHERE h.event_id = %(id)s AND h.status = 'active' AND qt.quota_id = q.id),
+                                  0))::int AS n
+          FROM quotas q WHERE q.event_id = %(id)s) AS r
+ WHERE s.quota_id = r.id
+"""
 
 
 def _jsonable(value: Any) -> Any:

@@ -23,7 +23,7 @@ from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import AppError, Conflict, NotFound, unknown_user_is_401
 from shared.platform.settings import get_settings
-from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE, confirmation
+from shared.ticketing.bookings import BOOKED_LINES_CTE, BOOKING_COLUMNS, CONFIRMATION_CTE, confirmation
 from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
     COUNT_CTE,
@@ -39,7 +39,7 @@ from shared.ticketing.inventory import (
     grant,
     is_live,
     live_hold_sql,
-    lock_return_shard,
+    lock_return_rows,
     lock_stock,
     read_gate,
     reclaim_expired_holds,
@@ -54,11 +54,15 @@ def _hold_sql(idempotent: bool, exact: bool = False) -> str:
     return f"""
 WITH {GRANT_EXACT_CTE if exact else GRANT_CTE}, {COUNT_CTE}, hold AS (
     INSERT INTO holds (event_id, user_id, quantity, expires_at)
-    SELECT g.id, %(user_id)s, %(quantity)s,
+    SELECT g.id, %(user_id)s, g.quantity,
            least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
                  g.sales_end)
-      FROM granted g, counted
+      FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {HOLD_COLUMNS}
+), held_lines AS (
+    INSERT INTO hold_lines (hold_id, ticket_type_id, quantity)
+    SELECT hold.id, l.ticket_type_id, l.quantity FROM hold, lines l ORDER BY l.ticket_type_id
+    RETURNING ticket_type_id
 ){completion_cte("hold") if idempotent else ""}
 SELECT * FROM hold
 """
@@ -75,12 +79,17 @@ def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") ->
 WITH {before}held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
      WHERE {which}
-    RETURNING id, event_id, user_id, quantity
+    RETURNING id, event_id, user_id, quantity, access_code_id
+), lines AS MATERIALIZED (
+    SELECT hl.ticket_type_id, hl.quantity, t.price_minor
+      FROM held JOIN hold_lines hl ON hl.hold_id = held.id JOIN ticket_types t ON t.id = hl.ticket_type_id
 ), booking AS (
-    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
-    SELECT event_id, user_id, quantity, id FROM held
+    INSERT INTO bookings (event_id, user_id, quantity, hold_id, total_minor, currency, access_code_id)
+    SELECT held.event_id, held.user_id, held.quantity, held.id,
+           (SELECT coalesce(sum(quantity * price_minor), 0) FROM lines), e.currency, held.access_code_id
+      FROM held JOIN events e ON e.id = held.event_id
     RETURNING {BOOKING_COLUMNS}
-), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
+), {BOOKED_LINES_CTE}, {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
 SELECT booking.*, notification.id AS outbox_id FROM booking, notification
 """
 
@@ -241,7 +250,9 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     hold = get_hold(hold_id=hold_id, user_id=user_id)
     with connection() as conn, conn.transaction():
         conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (hold["event_id"],))
-        shard = lock_return_shard(conn, hold["event_id"])  # before the hold: the lock order
+        lines = conn.execute(_HOLD_LINES_SQL, (hold_id,)).fetchall()
+        # Before the hold: the lock order.
+        rows = lock_return_rows(conn, hold["event_id"], [line["ticket_type_id"] for line in lines])
         row = conn.execute(
             f"""UPDATE holds SET status = 'released', closed_at = %s
                  WHERE id = %s AND status = 'active' RETURNING {HOLD_COLUMNS}""",
@@ -251,8 +262,12 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
             current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
             assert current is not None
             return current
-        give_back(conn, row["event_id"], shard, row["user_id"], row["quantity"])
+        give_back(conn, row["event_id"], rows, row["user_id"],
+                  [(line["ticket_type_id"], line["quantity"]) for line in lines])
     return row
+
+
+_HOLD_LINES_SQL = "SELECT ticket_type_id, quantity FROM hold_lines WHERE hold_id = %s ORDER BY ticket_type_id"
 
 
 def list_holds(*, user_id: int, limit: int, offset: int) -> list[dict[str, Any]]:

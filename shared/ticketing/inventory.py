@@ -25,15 +25,19 @@ A rule is a SQL predicate, a check on the event's row as the rules read it (its 
 * a live hold's tickets were granted when it was made: confirming it re-checks only the
   event's own rules (:data:`EVENT_RULES`, :data:`OPEN_SQL`).
 
-Stock rows. An event's available tickets are spread over ``events.shards`` rows of
-``event_stock`` (fixed at creation, :func:`shards_for`); the available count is their sum in
-one snapshot (:data:`AVAILABLE_SQL`), read by every reader, and no other copy exists. A grant
-takes one row that has enough, chosen without waiting (``FOR UPDATE SKIP LOCKED``, starting
-at a random row so clients spread); when every such row is locked it waits for its random
-row; if that row cannot serve it either, the exact path locks every row in shard order and
-takes across rows if their sum suffices, else refuses with the exact sum. So a request is
-refused for lack of tickets only when the total is short, decided under the lock of every
-row. An event with one row is the one-row design: the same statement waits on that row.
+Quotas and stock rows. An event sells ticket types; a quota is a capacity over some of them
+(the event quota, ``is_event``, lists every type: its size is ``events.total_tickets``). A
+ticket of a type takes one unit of every quota the type belongs to. A quota's available
+units are spread over ``quotas.shards`` rows of ``quota_stock`` (fixed at creation,
+:func:`shards_for`); the available count is their sum in one snapshot
+(:data:`QUOTA_AVAILABLE_SQL`; the event's :data:`AVAILABLE_SQL` is its event quota's), and no
+other copy exists. A grant takes, in each quota it needs, one row that has enough, chosen
+without waiting (``FOR UPDATE SKIP LOCKED``, starting at a random row so clients spread);
+when every such row is locked it waits for its random row; if a quota's row cannot serve it
+either, the exact path locks every row of the event's quotas in (quota_id, shard) order and
+takes across rows if each quota's sum suffices, else refuses with the exact sum. So a
+request is refused for lack of tickets only when a quota's total is short, decided under
+the lock of every row. A quota with one row is the one-row design: the statement waits on it.
 
 Staleness. Grants do not lock the event row; they compare ``gate_seq`` of the stock row they
 write with the event's. Every writer of what the rules read on the event (cancellation,
@@ -43,8 +47,9 @@ that writer committed, but still holding the old event row, matches nothing and 
 exact path, which locks and re-reads.
 
 Lock order everywhere: the event row (only writers other than grants take it), then stock
-rows in shard order (a grant takes one), then holds, bookings, customer counters. A grant
-locks one stock row and one counter row, for one statement. Writers lock the event row
+rows in (quota_id, shard) order (a grant takes one per quota), then access codes, holds,
+bookings, customer counters (the event's, then the types' in type id order). A grant locks
+one stock row per quota and its counter rows, for one statement. Writers lock the event row
 ``FOR NO KEY UPDATE``, never ``FOR UPDATE``: a grant's inserts take ``FOR KEY SHARE`` on it
 (their foreign keys) while it holds its stock row, and ``FOR UPDATE`` would wait for that.
 The counter's ``limit_at_claim`` column keeps its first name: the limit at the last grant.
@@ -64,6 +69,9 @@ from shared.platform.errors import AppError, BadRequest, Conflict, NotFound, Ser
 from shared.platform.settings import get_settings
 
 CUSTOMER_LIMIT_CONSTRAINT = "customer_tickets_within_limit"
+TYPE_LIMIT_CONSTRAINT = "customer_type_tickets_within_limit"
+# A type's per-customer limit when it has none (its counter's limit_at_claim).
+NO_TYPE_LIMIT = 2147483647
 
 # When sales close: the end, or the start of an event without an end; NULL: never.
 SALES_END_SQL = "coalesce(end_time, start_time)"
@@ -73,9 +81,14 @@ BOOKING_MAX_SQL = "coalesce(max_tickets_per_booking, %(default_max)s)"
 # maximum in force (who allows 30 in one booking allows 30).
 CUSTOMER_MAX_SQL = f"coalesce(max_tickets_per_customer, greatest(%(customer_max)s, {BOOKING_MAX_SQL}))"
 
-# An event's available tickets, exact: the sum of its stock rows (``{event}``: the events alias).
-AVAILABLE_SQL = """(SELECT coalesce(sum(st.available_tickets), 0) FROM event_stock st
-     WHERE st.event_id = {event}.id)::int"""
+# A quota's available tickets, exact: the sum of its stock rows (``{quota}``: a quotas alias).
+QUOTA_AVAILABLE_SQL = """(SELECT coalesce(sum(st.available_tickets), 0) FROM quota_stock st
+     WHERE st.quota_id = {quota}.id)::int"""
+
+# An event's available tickets, exact: its event quota's (``{event}``: the events alias).
+AVAILABLE_SQL = """(SELECT coalesce(sum(st.available_tickets), 0)
+      FROM quotas q JOIN quota_stock st ON st.quota_id = q.id
+     WHERE q.event_id = {event}.id AND q.is_event)::int"""
 
 # What the rules read from an event row (a diagnosis, a batch, a hold confirmation).
 GATE_COLUMNS = f"""status, {AVAILABLE_SQL.format(event="events")} AS available_tickets, {SALES_END_SQL} AS sales_end,
@@ -111,8 +124,9 @@ class Rule:
     """One condition for granting tickets, and the refusal when it fails."""
 
     name: str
-    # Its predicate in the guarded decrement's WHERE (on ``events``, with rule_params);
-    # None: the customer's counter enforces it (CUSTOMER_LIMIT_CONSTRAINT).
+    # Its predicate on ``events`` (with rule_params) in the granting statement's ``gate``;
+    # None: the statement enforces it otherwise (room: per quota, by the stock rows it
+    # takes; the customer limit: CUSTOMER_LIMIT_CONSTRAINT on the counter).
     sql: str | None
     passes: Callable[[Gate, Ask], bool]
     refusal: Callable[[Gate, Ask], AppError]
@@ -185,7 +199,7 @@ WITHIN_BOOKING_MAX = Rule(
 )
 TICKETS_LEFT = Rule(
     "enough tickets left",
-    "available_tickets >= %(quantity)s",  # one stock row's, or the sum's (GRANT_EXACT_CTE)
+    None,  # per quota: the stock row taken has enough (``pick``), or the quota's sum (exact)
     lambda event, ask: ask.quantity <= ask.free(event),
     _shortage,
     ("sold_out", "insufficient_tickets"),
@@ -200,8 +214,10 @@ WITHIN_CUSTOMER_LIMIT = Rule(
 
 # Whether the event can grant anything now: all a live hold's confirmation re-checks.
 EVENT_RULES = (EVENT_EXISTS, EVENT_ACTIVE, EVENT_NOT_ENDED)
-# The rules the event's row decides alone: a refused statement returns no row.
-ROW_RULES = (*EVENT_RULES, WITHIN_BOOKING_MAX, TICKETS_LEFT)
+# The rules the event's row decides alone, before any stock is read.
+GATE_RULES = (*EVENT_RULES, WITHIN_BOOKING_MAX)
+# The rules the event's row and its stock decide: a refused statement returns no row.
+ROW_RULES = (*GATE_RULES, TICKETS_LEFT)
 # Every rule, in the order refusals name them. The limit comes last, as in the statement:
 # its CHECK runs on the counter written from the decrement's row.
 RULES = (*ROW_RULES, WITHIN_CUSTOMER_LIMIT)
@@ -216,129 +232,217 @@ def _where(rules: Sequence[Rule]) -> str:
 # The event %(event_id)s exists and can grant tickets at the application's time %(now)s.
 OPEN_SQL = _where(EVENT_RULES)
 
-# What a grant hands on (the CTE ``granted``): the event, its limit, when sales close, its hold cap.
-_GRANTED = f"{CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end, max_hold_seconds"
-
-# The guarded decrement of one stock row, shared by bookings and holds: CTEs ending in one
-# named ``granted``. ``pick`` takes the first unlocked row with enough from a random start
-# without waiting; none: the statement waits for the random row. Its WHERE is every rule's
-# predicate (on the event and that row) and the gate check; no row means a rule refused, or
-# no single row could serve it, or the event changed meanwhile: :func:`grant` then takes
-# the exact path.
-GRANT_CTE = f"""spread AS MATERIALIZED (
-    SELECT floor(random() * shards)::int AS home FROM events WHERE id = %(event_id)s
-), pick AS MATERIALIZED (
-    SELECT s.shard FROM event_stock s, spread
-     WHERE s.event_id = %(event_id)s AND s.available_tickets >= %(quantity)s
-     ORDER BY s.shard < spread.home, s.shard
-     LIMIT 1
-       FOR UPDATE OF s SKIP LOCKED
-), granted AS (
-    UPDATE event_stock s
-       SET available_tickets = s.available_tickets - %(quantity)s
+# The event as a grant reads it, when its own rules pass: ``gate`` (one row or none).
+_GATE_CTE = f"""gate AS MATERIALIZED (
+    SELECT id, gate_seq, currency, {CUSTOMER_MAX_SQL} AS customer_max, {SALES_END_SQL} AS sales_end,
+           max_hold_seconds
       FROM events
-     WHERE s.event_id = %(event_id)s
-       AND s.shard = coalesce((SELECT shard FROM pick), (SELECT home FROM spread))
-       AND s.gate_seq = events.gate_seq
-       AND {_where(RULES)}
-    RETURNING events.id, {_GRANTED}
+     WHERE {_where(GATE_RULES)}
+)"""
+
+# The order's lines (``lines``: ticket_type_id, quantity, price_minor, type_max): the seed's
+# request, %(quantity)s of the event's default type.
+_DEFAULT_LINES_CTE = f"""lines AS MATERIALIZED (
+    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor,
+           coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
+      FROM gate JOIN ticket_types t ON t.event_id = gate.id AND t.is_default
+)"""
+
+# What the order takes of each quota (``demand``): one unit per ticket of every type it lists.
+_DEMAND_CTE = """demand AS MATERIALIZED (
+    SELECT qt.quota_id, q.shards, sum(l.quantity)::int AS quantity
+      FROM lines l
+      JOIN quota_types qt ON qt.ticket_type_id = l.ticket_type_id
+      JOIN quotas q ON q.id = qt.quota_id
+     GROUP BY qt.quota_id, q.shards
+     ORDER BY qt.quota_id
+)"""
+
+# The granted order (``granted``): the event's row as the gate read it, with the order's
+# ticket count and total. ``{when}``: the condition that every quota's take was made.
+_GRANTED_CTE = """granted AS MATERIALIZED (
+    SELECT gate.id, gate.customer_max, gate.sales_end, gate.max_hold_seconds, gate.currency,
+           (SELECT sum(quantity) FROM lines)::int AS quantity,
+           (SELECT sum(quantity * price_minor) FROM lines)::bigint AS total_minor
+      FROM gate
+     WHERE {when}
 )"""
 
 
-def take_cte(total: str) -> str:
-    """A CTE named ``taken`` that takes ``total`` (SQL; NULL: nothing) tickets off the event's
-    stock rows in shard order, several rows if need be. Only for a transaction that holds
-    every row's lock (:func:`lock_stock`) and has checked the sum suffices."""
-    return f"""taken AS (
-    UPDATE event_stock s SET available_tickets = s.available_tickets - t.take
-      FROM (SELECT shard, least(available_tickets, greatest(0, {total}
-                       - (sum(available_tickets) OVER (ORDER BY shard) - available_tickets)))::int AS take
-              FROM event_stock WHERE event_id = %(event_id)s) AS t
-     WHERE s.event_id = %(event_id)s AND s.shard = t.shard AND t.take > 0
-    RETURNING s.shard
+def take_cte(demand: str, name: str = "taken") -> str:
+    """A CTE ``name`` that takes, of every quota in ``demand`` (SQL rows: quota_id,
+    quantity), that many tickets off its stock rows in shard order, several rows if need be.
+    Only for a transaction that holds every row's lock (:func:`lock_stock`) and has checked
+    each quota's sum suffices."""
+    return f"""{name} AS (
+    UPDATE quota_stock s SET available_tickets = s.available_tickets - t.take
+      FROM (SELECT st.quota_id, st.shard,
+                   least(st.available_tickets, greatest(0, d.quantity
+                       - (sum(st.available_tickets) OVER (PARTITION BY st.quota_id ORDER BY st.shard)
+                          - st.available_tickets)))::int AS take
+              FROM quota_stock st JOIN ({demand}) AS d(quota_id, quantity) ON d.quota_id = st.quota_id) AS t
+     WHERE s.quota_id = t.quota_id AND s.shard = t.shard AND t.take > 0
+    RETURNING s.quota_id
 )"""
 
 
-# The exact path's grant, for a transaction that holds every stock row's lock: the same
-# rules on the event with the sum of its rows, then the tickets taken across rows.
-GRANT_EXACT_CTE = f"""granted AS MATERIALIZED (
-    SELECT id, {_GRANTED}
-      FROM (SELECT e.*, {AVAILABLE_SQL.format(event="e")} AS available_tickets FROM events e) AS events
-     WHERE {_where(RULES)}
-), {take_cte("(SELECT %(quantity)s::int FROM granted)")}"""
+# The one-statement take: per quota of the demand (in quota_id order), the first unlocked
+# row with enough from a random start without waiting; none: the quota's random home row,
+# waited for (its latest version read under the lock). Every quota's row is then written
+# only if every one has enough and carries the event's gate sequence: all or nothing.
+# ``pick`` read each row's latest version under its lock, so the new count is written from
+# that (the UPDATE's own scan may meet an older version first, whose arithmetic PostgreSQL
+# would check against the CHECK before following the row to its latest version).
+_PICK_TAKE_CTES = f"""pick AS MATERIALIZED (
+    SELECT d.quota_id, d.quantity, coalesce(f.shard, h.shard) AS shard,
+           coalesce(f.available_tickets, h.available_tickets) AS available,
+           coalesce(f.gate_seq, h.gate_seq) AS gate_seq
+      FROM demand d
+     CROSS JOIN LATERAL (SELECT floor(random() * d.shards)::int AS home) AS spread
+      LEFT JOIN LATERAL (
+           SELECT s.shard, s.available_tickets, s.gate_seq FROM quota_stock s
+            WHERE s.quota_id = d.quota_id AND s.available_tickets >= d.quantity
+            ORDER BY s.shard < spread.home, s.shard
+            LIMIT 1
+              FOR UPDATE OF s SKIP LOCKED) AS f ON true
+      LEFT JOIN LATERAL (
+           SELECT s.shard, s.available_tickets, s.gate_seq FROM quota_stock s
+            WHERE f.shard IS NULL AND s.quota_id = d.quota_id AND s.shard = spread.home
+              FOR UPDATE OF s) AS h ON true
+), ready AS MATERIALIZED (
+    SELECT gate.id FROM gate
+     WHERE EXISTS (SELECT 1 FROM pick)
+       AND NOT EXISTS (SELECT 1 FROM pick
+                        WHERE pick.shard IS NULL OR pick.available < pick.quantity
+                           OR pick.gate_seq <> gate.gate_seq){{ready}}
+), taken AS (
+    UPDATE quota_stock s SET available_tickets = p.available - p.quantity
+      FROM pick p
+     WHERE s.quota_id = p.quota_id AND s.shard = p.shard AND EXISTS (SELECT 1 FROM ready)
+    RETURNING s.quota_id
+), {_GRANTED_CTE.format(when="EXISTS (SELECT 1 FROM taken)")}"""
 
-_LOCK_STOCK_SQL = "SELECT shard FROM event_stock WHERE event_id = %s ORDER BY shard FOR UPDATE"
+# The exact take, for a transaction that holds every stock row's lock: each quota's sum.
+_EXACT_TAKE_CTES = f"""sums AS MATERIALIZED (
+    SELECT d.quota_id, d.quantity,
+           (SELECT coalesce(sum(s.available_tickets), 0) FROM quota_stock s WHERE s.quota_id = d.quota_id)::int
+               AS available
+      FROM demand d
+), ready AS MATERIALIZED (
+    SELECT gate.id FROM gate
+     WHERE EXISTS (SELECT 1 FROM demand)
+       AND NOT EXISTS (SELECT 1 FROM sums WHERE sums.available < sums.quantity){{ready}}
+), {take_cte("SELECT quota_id, quantity FROM demand WHERE EXISTS (SELECT 1 FROM ready)")},
+{_GRANTED_CTE.format(when="EXISTS (SELECT 1 FROM ready)")}"""
+
+
+def grant_ctes(*, exact: bool) -> str:
+    """The granting CTEs, shared by bookings and holds, ending in ``granted`` (one row when
+    granted, none when refused), with the order's ``lines``.
+
+    ``exact`` False: the one-statement take (:data:`_PICK_TAKE_CTES`); no row means a rule
+    refused, or no single row of some quota could serve it, or the event changed
+    meanwhile: :func:`grant` then takes the exact path, ``exact`` True, under every stock
+    row's lock."""
+    take = _EXACT_TAKE_CTES if exact else _PICK_TAKE_CTES
+    return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEMAND_CTE, take.format(ready="")))
+
+
+GRANT_CTE = grant_ctes(exact=False)
+GRANT_EXACT_CTE = grant_ctes(exact=True)
+
+_LOCK_STOCK_SQL = """SELECT s.quota_id, s.shard FROM quota_stock s
+ WHERE s.quota_id IN (SELECT id FROM quotas WHERE event_id = %s)
+ ORDER BY s.quota_id, s.shard
+   FOR UPDATE OF s"""
 
 
 def lock_stock(conn: Connection, event_id: int) -> None:
-    """Lock every stock row of the event, in shard order (the lock order), until the transaction ends."""
+    """Lock every stock row of every quota of the event, in (quota_id, shard) order (the
+    lock order), until the transaction ends."""
     conn.execute(_LOCK_STOCK_SQL, (event_id,))
 
 
 def touch_gate(conn: Connection, event_id: int) -> None:
     """Lock every stock row and bump the event's gate sequence on it and on the event: call it
-    first in any transaction that changes what the rules read on the event (after the event
-    row's lock), so no grant can act on the event as it was (module docstring, Staleness)."""
+    first in any transaction that changes what the rules read on the event, its types, quotas
+    or codes (after the event row's lock), so no grant can act on them as they were (module
+    docstring, Staleness)."""
     lock_stock(conn, event_id)
     conn.execute(
         """WITH e AS (UPDATE events SET gate_seq = gate_seq + 1 WHERE id = %(id)s RETURNING gate_seq)
-           UPDATE event_stock SET gate_seq = (SELECT gate_seq FROM e) WHERE event_id = %(id)s""",
+           UPDATE quota_stock SET gate_seq = (SELECT gate_seq FROM e)
+            WHERE quota_id IN (SELECT id FROM quotas WHERE event_id = %(id)s)""",
         {"id": event_id},
     )
 
 
 def shards_for(total: int) -> int:
-    """How many stock rows a new event of ``total`` tickets gets (settings: INVENTORY_SHARDS,
+    """How many stock rows a new quota of ``total`` tickets gets (settings: INVENTORY_SHARDS,
     INVENTORY_SHARD_MIN_TICKETS): never a row below the minimum, at least one."""
     settings = get_settings()
     return max(1, min(settings.inventory_shards, total // settings.inventory_shard_min_tickets))
 
 
-# ``n`` tickets spread evenly over the event's rows: row s gets n / shards, the first n % shards one more.
-_EVEN_SQL = "{n} / e.shards + (s.shard < {n} %% e.shards)::int"
+# ``n`` tickets spread evenly over the quota's rows: row s gets n / shards, the first n % shards one more.
+_EVEN_SQL = "{n} / q.shards + (s.shard < {n} %% q.shards)::int"
 
 
-def stock_event(conn: Connection, event_id: int) -> None:
-    """A new event's stock rows: ``events.shards`` of them sharing its ``total_tickets``."""
+def stock_quota(conn: Connection, quota_id: int) -> None:
+    """A new quota's stock rows: ``quotas.shards`` of them sharing its ``size``, carrying
+    the event's gate sequence."""
     conn.execute(
-        f"""INSERT INTO event_stock (event_id, shard, available_tickets)
-            SELECT e.id, s.shard, {_EVEN_SQL.format(n="e.total_tickets")}
-              FROM events e, generate_series(0, e.shards - 1) AS s(shard) WHERE e.id = %(id)s""",
-        {"id": event_id},
+        f"""INSERT INTO quota_stock (quota_id, shard, available_tickets, gate_seq)
+            SELECT q.id, s.shard, {_EVEN_SQL.format(n="q.size")}, e.gate_seq
+              FROM quotas q JOIN events e ON e.id = q.event_id, generate_series(0, q.shards - 1) AS s(shard)
+             WHERE q.id = %(id)s""",
+        {"id": quota_id},
     )
 
 
-def set_stock(conn: Connection, event_id: int, available: int) -> None:
-    """Make the event's available tickets ``available``, spread evenly (every row locked)."""
+def set_stock(conn: Connection, quota_id: int, available: int) -> None:
+    """Make the quota's available tickets ``available``, spread evenly (every row locked)."""
     conn.execute(
-        f"""UPDATE event_stock s SET available_tickets = {_EVEN_SQL.format(n="%(n)s")}
-              FROM events e WHERE e.id = %(id)s AND s.event_id = e.id""",
-        {"id": event_id, "n": available},
+        f"""UPDATE quota_stock s SET available_tickets = {_EVEN_SQL.format(n="%(n)s")}
+              FROM quotas q WHERE q.id = %(id)s AND s.quota_id = q.id""",
+        {"id": quota_id, "n": available},
     )
 
 
-def shift_stock(conn: Connection, event_id: int, delta: int) -> None:
+def shift_stock(conn: Connection, quota_id: int, delta: int) -> None:
     """Add ``delta`` tickets (spread evenly) or take ``-delta`` (in shard order; the caller
-    checked there are enough), every row locked (a capacity change)."""
+    checked there are enough), every row of the quota locked (a capacity change)."""
     if delta >= 0:
         conn.execute(
-            f"""UPDATE event_stock s SET available_tickets = s.available_tickets + {_EVEN_SQL.format(n="%(n)s")}
-                  FROM events e WHERE e.id = %(event_id)s AND s.event_id = e.id""",
-            {"event_id": event_id, "n": delta},
+            f"""UPDATE quota_stock s SET available_tickets = s.available_tickets + {_EVEN_SQL.format(n="%(n)s")}
+                  FROM quotas q WHERE q.id = %(id)s AND s.quota_id = q.id""",
+            {"id": quota_id, "n": delta},
         )
     else:
-        conn.execute(f"WITH {take_cte('%(n)s::int')} SELECT count(*) FROM taken", {"event_id": event_id, "n": -delta})
+        conn.execute(
+            f"WITH {take_cte('SELECT %(id)s::bigint, %(n)s::int')} SELECT count(*) FROM taken",
+            {"id": quota_id, "n": -delta},
+        )
 
 
-def lock_return_shard(conn: Connection, event_id: int) -> int:
-    """Lock the stock row that gets tickets back: the emptiest, so a drained row refills."""
-    row = conn.execute(
-        """SELECT shard FROM event_stock WHERE event_id = %s
-            ORDER BY available_tickets, shard LIMIT 1 FOR UPDATE""",
-        (event_id,),
-    ).fetchone()
-    assert row is not None, f"event {event_id} has no stock rows"
-    return int(row["shard"])
+def lock_return_rows(conn: Connection, event_id: int, type_ids: Sequence[int] | None = None) -> dict[int, int]:
+    """Lock, in each quota of the event (only those of ``type_ids`` when given), the stock
+    row that gets tickets back: the emptiest, so a drained row refills. Quota id order (the
+    lock order); returns {quota_id: shard}."""
+    rows = conn.execute(
+        """SELECT q.id AS quota_id, r.shard
+             FROM (SELECT id FROM quotas
+                    WHERE event_id = %(event_id)s
+                      AND (%(types)s::bigint[] IS NULL OR id IN (
+                           SELECT quota_id FROM quota_types WHERE ticket_type_id = ANY(%(types)s::bigint[])))
+                    ORDER BY id) AS q
+            CROSS JOIN LATERAL (
+                  SELECT shard FROM quota_stock s WHERE s.quota_id = q.id
+                   ORDER BY available_tickets, shard LIMIT 1
+                     FOR UPDATE) AS r""",
+        {"event_id": event_id, "types": None if type_ids is None else list(type_ids)},
+    ).fetchall()
+    return {row["quota_id"]: row["shard"] for row in rows}
 
 
 def first_failed(event: Gate | None, ask: Ask, rules: Sequence[Rule] = RULES) -> Rule | None:
@@ -369,24 +473,66 @@ def count_cte(rows: str) -> str:
 )"""
 
 
-# One request's counter, raised in the same statement as the grant and after it (so the
-# event row is locked first).
-COUNT_CTE = count_cte("SELECT id, %(user_id)s, %(quantity)s, customer_max FROM granted")
+def type_count_cte(rows: str) -> str:
+    """A CTE named ``type_counted`` that adds ``rows`` (ticket_type_id, user_id, tickets,
+    limit; in type id order, the lock order) to customers' per-type counters. Passing the
+    limit violates TYPE_LIMIT_CONSTRAINT and aborts the whole statement."""
+    return f"""type_counted AS (
+    INSERT INTO customer_type_tickets AS ct (ticket_type_id, user_id, tickets, limit_at_claim)
+    {rows}
+    ON CONFLICT (ticket_type_id, user_id) DO UPDATE
+       SET tickets = ct.tickets + excluded.tickets, limit_at_claim = excluded.limit_at_claim
+    RETURNING ticket_type_id
+)"""
 
-_RETURN_SQL = """UPDATE event_stock SET available_tickets = available_tickets + %(n)s
- WHERE event_id = %(event_id)s AND shard = %(shard)s"""
-_UNCOUNT_SQL = """UPDATE customer_tickets SET tickets = tickets - %(n)s
- WHERE event_id = %(event_id)s AND user_id = %(user_id)s"""
+
+# One request's counters, raised in the same statement as the grant and after it (the
+# event's, then each type's, in type id order).
+COUNT_CTE = ",\n".join((
+    count_cte("SELECT id, %(user_id)s, quantity, customer_max FROM granted"),
+    type_count_cte("""SELECT l.ticket_type_id, %(user_id)s, l.quantity, l.type_max
+      FROM lines l, counted ORDER BY l.ticket_type_id"""),
+))
+
+# Tickets going back: per quota, the lines' units of every type in it, to the row locked for
+# it (:func:`lock_return_rows`); then off the customer's counters.
+_GIVE_BACK_SQL = """
+WITH back AS (
+    SELECT l.ticket_type_id, l.n FROM unnest(%(types)s::bigint[], %(ns)s::int[]) AS l(ticket_type_id, n)
+), returned AS (
+    UPDATE quota_stock s SET available_tickets = s.available_tickets + d.n
+      FROM (SELECT qt.quota_id, sum(back.n)::int AS n FROM back
+              JOIN quota_types qt ON qt.ticket_type_id = back.ticket_type_id GROUP BY qt.quota_id) AS d,
+           unnest(%(quota_ids)s::bigint[], %(shards)s::int[]) AS r(quota_id, shard)
+     WHERE s.quota_id = d.quota_id AND r.quota_id = d.quota_id AND s.shard = r.shard
+    RETURNING s.quota_id
+), uncounted AS (
+    UPDATE customer_tickets SET tickets = tickets - (SELECT sum(n) FROM back)
+     WHERE event_id = %(event_id)s AND user_id = %(user_id)s
+    RETURNING event_id
+)
+UPDATE customer_type_tickets ct SET tickets = ct.tickets - back.n
+  FROM back, (SELECT count(*) FROM uncounted) AS after_event
+ WHERE ct.ticket_type_id = back.ticket_type_id AND ct.user_id = %(user_id)s
+"""
 
 
-def give_back(conn: Connection, event_id: int, shard: int, user_id: int, n: int) -> None:
-    """Return ``n`` of a customer's tickets to the event's stock row ``shard`` and take them
-    off the customer's counter (a cancelled booking, a released hold). Call it inside the
-    transaction that holds the event row's lock and that row's (:func:`lock_return_shard`,
-    taken before the booking's or hold's lock, the lock order)."""
-    params = {"n": n, "event_id": event_id, "user_id": user_id, "shard": shard}
-    conn.execute(_RETURN_SQL, params)
-    conn.execute(_UNCOUNT_SQL, params)
+def give_back(
+    conn: Connection, event_id: int, rows: Mapping[int, int], user_id: int, lines: Sequence[tuple[int, int]]
+) -> None:
+    """Return a customer's ``lines`` ((ticket_type_id, n) each) to every quota of each type,
+    to the rows ``rows`` ({quota_id: shard}, :func:`lock_return_rows`), and take them off the
+    customer's counters (a cancelled booking, a released hold). Call it inside the
+    transaction that holds the event row's lock and those rows' (taken before the booking's
+    or hold's lock, the lock order)."""
+    lines = [line for line in lines if line[1] > 0]
+    if not lines:
+        return
+    conn.execute(_GIVE_BACK_SQL, {
+        "event_id": event_id, "user_id": user_id,
+        "types": [t for t, _ in lines], "ns": [n for _, n in lines],
+        "quota_ids": list(rows), "shards": list(rows.values()),
+    })
 
 
 def live_hold_sql(alias: str) -> str:
@@ -405,23 +551,49 @@ def is_live(hold: Mapping[str, Any], now: datetime) -> bool:
     return bool(hold["status"] == "active" and hold["expires_at"] > now)
 
 
-# Active holds past their expiry no longer count: readers add them back.
+# Active holds past their expiry no longer count: readers add them back (the event quota's
+# share: every held ticket, the event quota lists every type).
 EXPIRED_HELD_SQL = f"""coalesce((SELECT sum(h.quantity) FROM holds h
      WHERE h.event_id = {{event}}.id AND {expired_hold_sql("h")}), 0)::int"""
+
+
+def quota_expired_held_sql(alias: str) -> str:
+    """Tickets of active-but-expired holds (at %(now)s) whose lines' types are in the quota
+    ``alias`` (a quotas alias): free for readers, in the quota's rows once reclaimed."""
+    return f"""coalesce((SELECT sum(hl.quantity) FROM holds h
+      JOIN hold_lines hl ON hl.hold_id = h.id
+      JOIN quota_types qt ON qt.ticket_type_id = hl.ticket_type_id
+     WHERE qt.quota_id = {alias}.id AND h.event_id = {alias}.event_id AND {expired_hold_sql("h")}), 0)::int"""
+
 
 _RECLAIM_SQL = f"""
 WITH expired AS (
     UPDATE holds SET status = 'expired', closed_at = %(now)s
      WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")}
-    RETURNING user_id, quantity
+    RETURNING id, user_id, quantity
+), expired_lines AS MATERIALIZED (
+    SELECT e.user_id, hl.ticket_type_id, hl.quantity FROM expired e JOIN hold_lines hl ON hl.hold_id = e.id
+), returned AS (
+    UPDATE quota_stock s SET available_tickets = s.available_tickets + d.n
+      FROM (SELECT qt.quota_id, sum(x.quantity)::int AS n FROM expired_lines x
+              JOIN quota_types qt ON qt.ticket_type_id = x.ticket_type_id GROUP BY qt.quota_id) AS d,
+           unnest(%(quota_ids)s::bigint[], %(shards)s::int[]) AS r(quota_id, shard)
+     WHERE s.quota_id = d.quota_id AND r.quota_id = d.quota_id AND s.shard = r.shard
+    RETURNING s.quota_id
 ), uncounted AS (
     UPDATE customer_tickets ct SET tickets = ct.tickets - e.quantity
       FROM (SELECT user_id, sum(quantity)::int AS quantity FROM expired GROUP BY user_id) e
      WHERE ct.event_id = %(event_id)s AND ct.user_id = e.user_id
+    RETURNING ct.user_id
+), type_uncounted AS (
+    UPDATE customer_type_tickets ct SET tickets = ct.tickets - x.quantity
+      FROM (SELECT user_id, ticket_type_id, sum(quantity)::int AS quantity FROM expired_lines
+             GROUP BY user_id, ticket_type_id) x, (SELECT count(*) FROM uncounted) AS after_event
+     WHERE ct.ticket_type_id = x.ticket_type_id AND ct.user_id = x.user_id
+    RETURNING ct.user_id
 )
-UPDATE event_stock SET available_tickets = available_tickets + (SELECT coalesce(sum(quantity), 0) FROM expired)
- WHERE event_id = %(event_id)s AND shard = %(shard)s
-RETURNING (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed
+SELECT (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed,
+       (SELECT count(*) FROM returned) AS quotas, (SELECT count(*) FROM type_uncounted) AS counters
 """
 
 _CUSTOMER_SQL = f"""
@@ -469,10 +641,10 @@ def read_gate(
 
 
 def is_customer_limit(exc: BaseException) -> bool:
-    """The CHECK that keeps a customer's counter within the event's limit refused a grant."""
+    """A CHECK that keeps a customer's counters within a limit (the event's, a type's) refused a grant."""
     return (
         isinstance(exc, psycopg.errors.CheckViolation)
-        and exc.diag.constraint_name == CUSTOMER_LIMIT_CONSTRAINT
+        and exc.diag.constraint_name in (CUSTOMER_LIMIT_CONSTRAINT, TYPE_LIMIT_CONSTRAINT)
     )
 
 
@@ -481,8 +653,9 @@ def reclaim_expired_holds(conn: Connection, event_id: int, now: datetime) -> int
     with conn.transaction():
         if conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (event_id,)).fetchone() is None:
             return 0
-        shard = lock_return_shard(conn, event_id)
-        row = conn.execute(_RECLAIM_SQL, {"event_id": event_id, "now": now, "shard": shard}).fetchone()
+        rows = lock_return_rows(conn, event_id)
+        row = conn.execute(_RECLAIM_SQL, {
+            "event_id": event_id, "now": now, "quota_ids": list(rows), "shards": list(rows.values())}).fetchone()
     return int(row["freed"]) if row else 0
 
 
@@ -568,15 +741,11 @@ def _attempt(run: Run, savepoint: Connection | None = None) -> dict[str, Any] | 
         return None
 
 
-# The rules a read of the event decides without the stock rows' locks.
-_GATE_RULES = (*EVENT_RULES, WITHIN_BOOKING_MAX)
-
-
 def _gate_refusal(conn: Connection, params: Mapping[str, Any], wording: Wording) -> AppError | None:
     """Why the event refuses the request whatever its stock (missing, cancelled, ended, too many)."""
     event = read_gate(conn, params, expired_held=False)
     ask = Ask.of(params)
-    failed = first_failed(event, ask, _GATE_RULES)
+    failed = first_failed(event, ask, GATE_RULES)
     return None if failed is None else wording.get(failed, failed.refusal)(event or {}, ask)
 
 

@@ -51,25 +51,33 @@ TYPE_COUNTS_CTE = f"""type_counts AS (
       FROM ticket_types t WHERE t.event_id = %(event_id)s
 )"""
 
+# Per quota of event %(event_id)s: its free tickets, exact (the stock rows plus expired holds).
+# All a customer's read needs: no sums over orders.
+FREE_CTE = f"""WITH quota_free AS MATERIALIZED (
+    SELECT q.id, {QUOTA_AVAILABLE_SQL.format(quota="q")} + {quota_expired_held_sql("q")} AS free
+      FROM quotas q WHERE q.event_id = %(event_id)s
+)"""
+
 # Per quota of the event: its row, its types, sold, held and free (after TYPE_COUNTS_CTE).
-QUOTA_COUNTS_CTE = f"""quota_counts AS (
+QUOTA_COUNTS_CTE = """quota_counts AS (
     SELECT q.id, q.event_id, q.name, q.size, q.is_event, q.created_at, q.updated_at,
            coalesce(array_agg(qt.ticket_type_id ORDER BY qt.ticket_type_id)
-                    FILTER (WHERE qt.ticket_type_id IS NOT NULL), '{{}}') AS ticket_type_ids,
+                    FILTER (WHERE qt.ticket_type_id IS NOT NULL), '{}') AS ticket_type_ids,
            coalesce(sum(c.sold), 0)::int AS sold,
            coalesce(sum(c.held), 0)::int AS held,
-           {QUOTA_AVAILABLE_SQL.format(quota="q")} + {quota_expired_held_sql("q")} AS free
+           f.free
       FROM quotas q
+      JOIN quota_free f ON f.id = q.id
       LEFT JOIN quota_types qt ON qt.quota_id = q.id
       LEFT JOIN type_counts c ON c.id = qt.ticket_type_id
      WHERE q.event_id = %(event_id)s
-     GROUP BY q.id
+     GROUP BY q.id, f.free
 )"""
 
-COUNTS_CTE = f"WITH {TYPE_COUNTS_CTE}, {QUOTA_COUNTS_CTE}"
+COUNTS_CTE = f"{FREE_CTE}, {TYPE_COUNTS_CTE}, {QUOTA_COUNTS_CTE}"
 
 # A type's exact room: the least free over its quotas (every type is in the event quota).
-TYPE_AVAILABLE_SQL = """(SELECT min(qc.free) FROM quota_types qt JOIN quota_counts qc ON qc.id = qt.quota_id
+TYPE_AVAILABLE_SQL = """(SELECT min(qf.free) FROM quota_types qt JOIN quota_free qf ON qf.id = qt.quota_id
       WHERE qt.ticket_type_id = {type}.id)::int"""
 
 _QUOTA_ORDER = "ORDER BY NOT is_event, id"

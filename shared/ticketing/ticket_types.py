@@ -21,6 +21,7 @@ from shared.ticketing.access_codes import unlocked_types
 from shared.ticketing.inventory import SALES_END_SQL
 from shared.ticketing.quotas import (
     COUNTS_CTE,
+    FREE_CTE,
     TYPE_AVAILABLE_SQL,
     check_quotas,
     event_quota_id,
@@ -51,12 +52,12 @@ SELECT t.id, t.event_id, t.name, t.description, t.price_minor, e.currency, t.sal
  WHERE %(type_id)s::bigint IS NULL OR t.id = %(type_id)s
  ORDER BY t.position, t.id"""
 
-# What customers see (after COUNTS_CTE): active types, hidden ones only when %(unlocked)s lists
+# What customers see (after FREE_CTE): active types, hidden ones only when %(unlocked)s lists
 # them; on sale within their window and the event's sales, a presale opened by the code.
 _ON_SALE_SQL = f"""(t.active AND e.status = 'active'
         AND (t.sales_start IS NULL OR t.sales_start <= %(now)s OR t.id = ANY(%(unlocked)s))
         AND coalesce(t.sales_end, {SALES_END_SQL}, 'infinity') > %(now)s)"""
-_PUBLIC_SQL = f"""{COUNTS_CTE}
+_PUBLIC_SQL = f"""{FREE_CTE}
 SELECT t.id, t.name, t.description, t.price_minor, e.currency, t.sales_start, t.sales_end,
        t.min_per_order, t.max_per_order, t.max_per_customer,
        {TYPE_AVAILABLE_SQL.format(type="t")} AS available, {_ON_SALE_SQL} AS on_sale

@@ -109,6 +109,10 @@ CATALOGUE: dict[str, ErrorCode] = {
     "cancel_exceeds_booking": ErrorCode(
         409, "more tickets given back than the booking holds (details: `held`, `requested`)"
     ),
+    "line_required": ErrorCode(
+        400, "a quantity to cancel of a booking with several lines needs `line_id` (details: `line_ids`)"
+    ),
+    "booking_line_not_found": ErrorCode(404, "the booking has no line `line_id`"),
     "hold_not_found": ErrorCode(404, "no such hold of the caller's"),
     "hold_expired": ErrorCode(409, "the hold expired and its tickets are gone (details say how many are left)"),
     "hold_released": ErrorCode(409, "the hold was released"),

@@ -410,7 +410,13 @@ class BookingCreate(BaseModel):
 
 
 class BookingCancel(BaseModel):
-    quantity: Quantity | None = Field(default=None, description="tickets to give back; null or absent: all")
+    quantity: Quantity | None = Field(
+        default=None, description="tickets to give back (of the line `line_id`); null or absent: all of it"
+    )
+    line_id: Id | None = Field(
+        default=None,
+        description="the line to give tickets back of; needed with `quantity` when the booking has several",
+    )
 
 
 class BookingOut(BaseModel):

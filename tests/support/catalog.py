@@ -24,7 +24,9 @@ def add_type(client: Client, token: str, event_id: int, **fields: Any) -> dict[s
     return ok(client.request("POST", f"/events/{event_id}/ticket-types", json_body=body, token=token), 201)  # type: ignore[no-any-return]
 
 
-def add_quota(client: Client, token: str, event_id: int, size: int, type_ids: list[int], name: str = "VIP area") -> dict[str, Any]:
+def add_quota(
+    client: Client, token: str, event_id: int, size: int, type_ids: list[int], name: str = "VIP area"
+) -> dict[str, Any]:
     body = {"name": name, "size": size, "ticket_type_ids": type_ids}
     return ok(client.request("POST", f"/events/{event_id}/quotas", json_body=body, token=token), 201)  # type: ignore[no-any-return]
 

@@ -130,8 +130,9 @@ def test_delete_only_without_sales_and_never_the_default(v2: LambdaClient, sql: 
     booking = sql.execute(
         """INSERT INTO bookings (event_id, user_id, quantity, status) VALUES (%s, %s, 1, 'cancelled')
            RETURNING id""", (event["id"], customer["id"])).fetchone()
-    sql.execute("""INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, cancelled_quantity, unit_price_minor)
-                   VALUES (%s, %s, 0, 1, 0)""", (booking["id"], sold["id"]))
+    sql.execute(
+        """INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, cancelled_quantity, unit_price_minor)
+           VALUES (%s, %s, 0, 1, 0)""", (booking["id"], sold["id"]))
     refused(v2.request("DELETE", _path(event, sold["id"]), token=org), 409, "ticket_type_has_sales")
     assert ok(v2.request("PATCH", _path(event, sold["id"]), json_body={"active": False}, token=org))["active"] is False
 

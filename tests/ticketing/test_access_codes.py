@@ -1,0 +1,108 @@
+"""Access codes: created once in clear, stored as a digest, listed without it, changed safely."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+
+from shared.ticketing.access_codes import digest, generate
+from tests.support.catalog import add_type, ok, refused
+from tests.support.clients import LambdaClient
+from tests.support.factories import account, create_event
+
+
+def _codes(event: dict[str, Any], code_id: int | None = None) -> str:
+    return f"/events/{event['id']}/access-codes" + (f"/{code_id}" if code_id else "")
+
+
+def test_digest_ignores_case_and_blanks() -> None:
+    assert digest(" fanclub-2030 ") == digest("FANCLUB-2030") == hashlib.sha256(b"FANCLUB-2030").digest()
+    code = generate()
+    assert len(code) == 16 and code.isalnum() and code == code.upper()
+    assert generate() != code
+
+
+def test_create_returns_the_code_once_and_stores_its_digest(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    vip = add_type(v2, org, event["id"], name="VIP", hidden=True)
+    body = {"label": "Fan club", "ticket_type_ids": [vip["id"]], "max_uses": 5,
+            "valid_until": "2999-01-01T00:00:00Z"}
+    created = ok(v2.request("POST", _codes(event), json_body=body, token=org), 201)
+    assert len(created["code"]) == 16
+    assert (created["label"], created["uses"], created["max_uses"], created["active"]) == ("Fan club", 0, 5, True)
+    assert created["ticket_type_ids"] == [vip["id"]] and created["valid_until"].startswith("2999-01-01")
+    stored = sql.execute("SELECT code_digest FROM access_codes WHERE id = %s", (created["id"],)).fetchone()
+    assert bytes(stored["code_digest"]) == digest(created["code"])
+    listed = ok(v2.request("GET", _codes(event), token=org))["items"]
+    assert [c["id"] for c in listed] == [created["id"]] and "code" not in listed[0]
+    assert created["code"] not in str(listed)
+
+
+def test_a_chosen_code_is_unique_per_event_whatever_its_case(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    other = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    body = {"code": "Presale-2030", "ticket_type_ids": [t], "max_uses": 10}
+    assert ok(v2.request("POST", _codes(event), json_body=body, token=org), 201)["code"] == "PRESALE-2030"
+    refused(v2.request("POST", _codes(event), json_body={**body, "code": "presale-2030"}, token=org),
+            409, "access_code_taken")
+    body_other = {**body, "ticket_type_ids": [other["ticket_types"][0]["id"]]}
+    ok(v2.request("POST", _codes(other), json_body=body_other, token=org), 201)  # another event: fine
+
+
+def test_create_validation(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    for body in ({"code": "short", "ticket_type_ids": [t], "max_uses": 1},
+                 {"code": "has space 123", "ticket_type_ids": [t], "max_uses": 1},
+                 {"ticket_type_ids": [], "max_uses": 1},
+                 {"ticket_type_ids": [t], "max_uses": 0}):
+        refused(v2.request("POST", _codes(event), json_body=body, token=org), 422, "validation_error")
+    window = {"ticket_type_ids": [t], "max_uses": 1, "valid_from": "2030-01-02T00:00:00Z",
+              "valid_until": "2030-01-01T00:00:00Z"}
+    refused(v2.request("POST", _codes(event), json_body=window, token=org), 422, "invalid_validity_window")
+    other = create_event(v2, org)
+    foreign = {"ticket_type_ids": [other["ticket_types"][0]["id"]], "max_uses": 1}
+    refused(v2.request("POST", _codes(event), json_body=foreign, token=org), 404, "ticket_type_not_found")
+
+
+def test_update_active_window_and_max_uses(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 5,
+                                                           "valid_from": "2030-01-01T00:00:00Z"}, token=org), 201)
+    r = ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"active": False, "label": "off"}, token=org))
+    assert (r["active"], r["label"], r["max_uses"]) == (False, "off", 5)
+    sql.execute("UPDATE access_codes SET uses = 3 WHERE id = %s", (code["id"],))  # three orders used it
+    body = refused(v2.request("PATCH", _codes(event, code["id"]), json_body={"max_uses": 2}, token=org),
+                   409, "max_uses_below_uses")
+    assert body["details"] == {"uses": 3, "requested": 2}
+    assert ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"max_uses": 3}, token=org))["max_uses"] == 3
+    refused(v2.request("PATCH", _codes(event, code["id"]), json_body={"valid_until": "2029-01-01T00:00:00Z"},
+                       token=org), 422, "invalid_validity_window")
+    r = ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"valid_until": None}, token=org))
+    assert r["valid_until"] is None
+    refused(v2.request("PATCH", _codes(event, 987654321), json_body={"active": True}, token=org),
+            404, "access_code_not_found")
+
+
+def test_only_the_organizer(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, other = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 1}, token=org), 201)
+    calls = [("POST", _codes(event), {"ticket_type_ids": [t], "max_uses": 1}), ("GET", _codes(event), None),
+             ("PATCH", _codes(event, code["id"]), {"active": False})]
+    for method, path, body in calls:
+        refused(v2.request(method, path, json_body=body, token=other), 403, "not_event_owner")
+        refused(v2.request(method, path, json_body=body, token=cust), 403, "organizer_only")
+        missing = path.replace(f"/events/{event['id']}", "/events/987654321")
+        refused(v2.request(method, missing, json_body=body, token=org), 404, "event_not_found")

@@ -1,0 +1,241 @@
+"""Quotas: capacities shared by ticket types, their counts, and changes never below sold + held."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+
+from tests.support.catalog import add_quota, add_type, assert_counts_add_up, inventory, ok, quotas_of, refused, types_of
+from tests.support.clients import Client, HttpClient, LambdaClient
+from tests.support.clock import FakeClock
+from tests.support.factories import account, create_event
+from tests.support.race import race
+
+
+def _quota(event: dict[str, Any], quota_id: int | None = None) -> str:
+    return f"/events/{event['id']}/quotas" + (f"/{quota_id}" if quota_id else "")
+
+
+def _book(client: Client, token: str, event_id: int, type_id: int, quantity: int) -> Any:
+    body = {"event_id": event_id, "lines": [{"ticket_type_id": type_id, "quantity": quantity}]}
+    return client.request("POST", "/bookings", json_body=body, token=token)
+
+
+def _hold(client: LambdaClient, token: str, event_id: int, type_id: int, quantity: int, **extra: Any) -> Any:
+    body = {"lines": [{"ticket_type_id": type_id, "quantity": quantity}], **extra}
+    return client.request("POST", f"/events/{event_id}/holds", json_body=body, token=token)
+
+
+def _stock(sql: psycopg.Connection, quota_id: int) -> int:
+    row = sql.execute("SELECT sum(available_tickets)::int AS n FROM quota_stock WHERE quota_id = %s", (quota_id,))
+    return int(row.fetchone()["n"])  # type: ignore[index]
+
+
+def test_create_list_and_counts(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    box = add_type(v2, org, event["id"], name="Box")
+    area = add_quota(v2, org, event["id"], 30, [vip["id"], box["id"], vip["id"]])
+    assert (area["name"], area["size"], area["is_event"]) == ("VIP area", 30, False)
+    assert area["ticket_type_ids"] == sorted([vip["id"], box["id"]])
+    assert (area["sold"], area["held"], area["free"]) == (0, 0, 30)
+    assert _stock(sql, area["id"]) == 30
+    listed = quotas_of(v2, org, event["id"])
+    assert [q["is_event"] for q in listed] == [True, False]  # the event quota first
+    assert listed[0]["size"] == 100 and len(listed[0]["ticket_type_ids"]) == 3  # every type
+    assert {t["id"]: t["available"] for t in types_of(v2, org, event["id"])}[vip["id"]] == 30
+    assert_counts_add_up(v2, org, event["id"])
+
+
+def test_update_name_size_and_types(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    box = add_type(v2, org, event["id"], name="Box")
+    area = add_quota(v2, org, event["id"], 30, [vip["id"]])
+    r = ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 12, "ticket_type_ids": [box["id"]]},
+                      token=org))
+    assert (r["name"], r["size"], r["free"], r["ticket_type_ids"]) == ("VIP area", 12, 12, [box["id"]])
+    assert _stock(sql, area["id"]) == 12
+    r = ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"name": "Boxes", "size": 40}, token=org))
+    assert (r["name"], r["size"], r["free"]) == ("Boxes", 40, 40) and _stock(sql, area["id"]) == 40
+    available = {t["id"]: t["available"] for t in types_of(v2, org, event["id"])}
+    assert (available[vip["id"]], available[box["id"]]) == (100, 40)
+    refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": -1}, token=org), 422,
+            "validation_error")
+    refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"ticket_type_ids": [987654321]}, token=org),
+            404, "ticket_type_not_found")
+
+
+def test_the_event_quota_follows_the_event(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=100)
+    add_type(v2, org, event["id"], name="VIP")
+    event_quota = quotas_of(v2, org, event["id"])[0]
+    path = _quota(event, event_quota["id"])
+    refused(v2.request("PATCH", path, json_body={"size": 50}, token=org), 409, "event_quota")
+    refused(v2.request("PATCH", path, json_body={"ticket_type_ids": event_quota["ticket_type_ids"][:1]}, token=org),
+            409, "event_quota")
+    refused(v2.request("DELETE", path, token=org), 409, "event_quota")
+    renamed = ok(v2.request("PATCH", path, json_body={"name": "Hall", "size": 100}, token=org))
+    assert (renamed["name"], renamed["size"]) == ("Hall", 100)
+    ok(v2.request("PUT", f"/events/{event['id']}", json_body={"total_tickets": 80}, token=org))
+    assert quotas_of(v2, org, event["id"])[0]["size"] == 80  # PUT /events moves it
+    assert_counts_add_up(v2, org, event["id"])
+
+
+def test_delete_and_not_found(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 10, [vip["id"]])
+    assert v2.request("DELETE", _quota(event, area["id"]), token=org).status_code == 204
+    refused(v2.request("DELETE", _quota(event, area["id"]), token=org), 404, "quota_not_found")
+    refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"name": "x"}, token=org), 404, "quota_not_found")
+    assert {t["id"]: t["available"] for t in types_of(v2, org, event["id"])}[vip["id"]] == 100
+    refused(v2.request("POST", _quota(event), json_body={"name": "x", "size": 1, "ticket_type_ids": [987654321]},
+                       token=org), 404, "ticket_type_not_found")
+
+
+def test_only_the_organizer(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, other = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org)
+    q = quotas_of(v2, org, event["id"])[0]["id"]
+    calls = [("POST", _quota(event), {"name": "x", "size": 1, "ticket_type_ids": []}), ("GET", _quota(event), None),
+             ("PATCH", _quota(event, q), {"name": "y"}), ("DELETE", _quota(event, q), None),
+             ("GET", f"/events/{event['id']}/inventory", None)]
+    for method, path, body in calls:
+        refused(v2.request(method, path, json_body=body, token=other), 403, "not_event_owner")
+        refused(v2.request(method, path, json_body=body, token=cust), 403, "organizer_only")
+        missing = path.replace(f"/events/{event['id']}", "/events/987654321")
+        refused(v2.request(method, missing, json_body=body, token=org), 404, "event_not_found")
+
+
+# -- with sales (the booking paths: multi-line orders and holds) --------------------------------
+
+
+def test_capacity_below_sold_plus_held_is_refused_with_the_numbers(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 10, [vip["id"]])
+    ok(_book(v2, cust, event["id"], vip["id"], 3), 201)
+    ok(_hold(v2, cust, event["id"], vip["id"], 2), 201)
+    body = refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 4}, token=org),
+                   409, "capacity_below_sold")
+    assert body["details"] == {"sold": 3, "held": 2, "requested": 4}
+    r = ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 5}, token=org))
+    assert (r["size"], r["sold"], r["held"], r["free"]) == (5, 3, 2, 0)
+    inv = assert_counts_add_up(v2, org, event["id"])
+    assert {t["id"]: t["available"] for t in inv["ticket_types"]}[vip["id"]] == 0
+    refused(_book(v2, cust, event["id"], vip["id"], 1), 400, "sold_out")
+
+
+def test_expired_holds_count_as_free_and_are_reclaimed_by_a_cut(v2: LambdaClient, fake_clock: FakeClock) -> None:
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 10, [vip["id"]])
+    ok(_book(v2, cust, event["id"], vip["id"], 2), 201)
+    ok(_hold(v2, cust, event["id"], vip["id"], 3, ttl_seconds=60), 201)
+    fake_clock.advance(120)
+    counted = next(q for q in quotas_of(v2, org, event["id"]) if q["id"] == area["id"])
+    assert (counted["sold"], counted["held"], counted["free"]) == (2, 0, 8)
+    assert_counts_add_up(v2, org, event["id"])
+    r = ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 2}, token=org))
+    assert (r["size"], r["sold"], r["held"], r["free"]) == (2, 2, 0, 0)
+    assert_counts_add_up(v2, org, event["id"])
+
+
+def test_membership_of_a_type_with_sales_is_locked(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=100)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    free = add_type(v2, org, event["id"], name="Free")
+    area = add_quota(v2, org, event["id"], 10, [vip["id"]])
+    ok(_book(v2, cust, event["id"], vip["id"], 1), 201)
+    body = refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"ticket_type_ids": []}, token=org),
+                   409, "quota_membership_locked")
+    assert body["details"] == {"ticket_type_ids": [vip["id"]]}
+    refused(v2.request("POST", _quota(event), json_body={"name": "x", "size": 5, "ticket_type_ids": [vip["id"]]},
+                       token=org), 409, "quota_membership_locked")
+    refused(v2.request("PATCH", f"/events/{event['id']}/ticket-types/{vip['id']}", json_body={"quota_ids": []},
+                       token=org), 409, "quota_membership_locked")
+    both = ok(v2.request("PATCH", _quota(event, area["id"]),
+                         json_body={"ticket_type_ids": [vip["id"], free["id"]]}, token=org))
+    assert both["ticket_type_ids"] == sorted([vip["id"], free["id"]])  # a type without sales may join
+    assert_counts_add_up(v2, org, event["id"])
+
+
+def test_inventory_per_quota_and_per_type(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=20)
+    default = event["ticket_types"][0]["id"]
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 5, [vip["id"]])
+    ok(_book(v2, cust, event["id"], vip["id"], 2), 201)
+    ok(_hold(v2, cust, event["id"], default, 3), 201)
+    inv = assert_counts_add_up(v2, org, event["id"])
+    quotas = {q["id"]: (q["size"], q["sold"], q["held"], q["free"]) for q in inv["quotas"]}
+    assert quotas[area["id"]] == (5, 2, 0, 3)
+    assert quotas[inv["quotas"][0]["id"]] == (20, 2, 3, 15)
+    types = {t["id"]: (t["sold"], t["held"], t["available"]) for t in inv["ticket_types"]}
+    assert types == {default: (0, 3, 15), vip["id"]: (2, 0, 3)}
+    assert inventory(v2, org, event["id"]) == inv
+
+
+def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: HttpClient) -> None:
+    """Customers order VIP tickets while the organizer cuts the VIP quota step by step: every cut
+    either passes with sold + held within the new size or is refused with numbers that say so."""
+    v2 = http_client  # real HTTP: requests from many threads at once
+    _, org = account(v2, "organizer")
+    customers = [account(v2, "customer")[1] for _ in range(24)]
+    event = create_event(v2, org, total_tickets=200)
+    vip = add_type(v2, org, event["id"], name="VIP")
+    area = add_quota(v2, org, event["id"], 40, [vip["id"]])
+    cuts: list[tuple[int, Any]] = []
+    done = threading.Event()
+
+    def organizer() -> None:
+        size = 40
+        while not done.is_set() and size > 10:  # leave room: some orders must pass
+            size -= 2
+            r = v2.request("PATCH", _quota(event, area["id"]), json_body={"size": size}, token=org)
+            cuts.append((size, r))
+            if r.status_code == 409:
+                size += 2  # the next try cuts from the same size
+
+    cutter = threading.Thread(target=organizer)
+    cutter.start()
+    try:
+        answers = race(len(customers), lambda i: [_book(v2, customers[i], event["id"], vip["id"], 1) for _ in range(2)])
+    finally:
+        done.set()
+        cutter.join()
+    booked = sum(1 for rs in answers for r in rs if r.status_code == 201)
+    for r in (r for rs in answers for r in rs if r.status_code != 201):
+        assert r.json()["code"] in ("sold_out", "insufficient_tickets", "contention"), r.text
+        if r.json()["code"] != "contention":
+            assert r.json()["details"]["quota_id"] == area["id"], r.text
+    assert cuts, "the organizer never ran"
+    for size, r in cuts:
+        if r.status_code == 409:
+            body = r.json()
+            assert body["code"] == "capacity_below_sold" and body["details"]["requested"] == size
+            assert body["details"]["sold"] + body["details"]["held"] > size
+        else:
+            assert r.status_code == 200, r.text
+            assert r.json()["sold"] + r.json()["held"] <= size
+    inv = assert_counts_add_up(v2, org, event["id"])
+    final = next(q for q in inv["quotas"] if q["id"] == area["id"])
+    assert final["sold"] == booked <= final["size"]
+    assert booked > 0
