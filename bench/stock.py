@@ -46,7 +46,7 @@ def bench_event(conn: psycopg.Connection[Any], organizer: int, title: str, ticke
            VALUES (%s, 'Event capacity', %s, %s, true) RETURNING id""", (event, tickets, shards)).fetchone()[0]  # type: ignore[index]
     conn.execute("INSERT INTO quota_types (quota_id, ticket_type_id, event_id) VALUES (%s, %s, %s)",
                  (quota, ticket_type, event))
-    stock_quota(conn, quota)  # type: ignore[arg-type]
+    stock_quota(conn, quota)
     return int(event)
 
 
