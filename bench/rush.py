@@ -80,6 +80,9 @@ FD_HEADROOM = 256
 # (a booking waits at most BOOKING_LANE_WAIT_SECONDS, 5 s, for its batch; the bound covers it).
 SETTLE_QUIET_S = 0.5
 SETTLE_BOUND_S = 30.0
+# Successes from which every type of a mix must have been booked (the rarest, 20%, then
+# misses with a chance below 1e-9).
+MIX_MIN_SUCCESSES = 100
 
 
 @dataclass
@@ -468,11 +471,13 @@ def _cpu(cores: dict[str, float | None], loadgen_cpu_s: list[float], elapsed: fl
 
 
 def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_url: str, event_ids: list[int],
-             label: str = "", sellout: bool = False, workers: int = 1, changed: list[str] | None = None
-             ) -> dict[str, Any]:
+             label: str = "", sellout: bool = False, workers: int = 1, changed: list[str] | None = None,
+             mix: list[int] | None = None) -> dict[str, Any]:
     """Run one load (``run_load()``), then check the database against what the client saw.
 
     ``changed``: the production defaults this scenario's server does not keep (its row says so).
+    ``mix``: the ticket types the requests drew from: the answers must name each of them
+    (and no other), else the server booked something else than asked.
     """
     before_id = max_booking_id(database_url)
     cpu0 = probe.snapshot()
@@ -501,6 +506,8 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
         problems.append(f"unexpected refusals: {dict(load.codes)}")
     if load.transport_errors:
         problems.append(f"transport errors {load.transport_errors}")
+    if mix is not None and load.successes >= MIX_MIN_SUCCESSES and set(load.types) != set(mix):
+        problems.append(f"answers named the types {sorted(load.types)}, the requests drew from {sorted(mix)}")
     check["ok"] = not problems
     return {
         "name": name,
@@ -811,7 +818,7 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
                             lambda c=clients, t=typed_event: crowd.book(port, [t.event_id], connections=c,
                                                                        duration=opts.duration, ticket_types=t.weights),
                             probe=probe, database_url=db, event_ids=[typed_event.event_id], workers=workers,
-                            changed=changed))
+                            changed=changed, mix=list(typed_event.type_ids)))
         _say(out[-1])
     if opts.idempotent:
         event, prefix = hot_events[len(opts.clients)], key_prefix()
