@@ -98,8 +98,10 @@ def delete_ticket_type(event_id: EventId, ticket_type_id: TicketTypeId, organize
     return Response(status_code=204)
 
 
-@router.post(
-    "/events/{event_id}/ticket-types/order",
+# Not /ticket-types/order: that path would also match /ticket-types/{ticket_type_id}, so a
+# PATCH or DELETE there would answer 422 for a bad id instead of 405.
+@router.put(
+    "/events/{event_id}/ticket-type-order",
     response_model=TicketTypeList,
     responses=errors(*_CHANGING, "ticket_type_not_found", "duplicate_ticket_type"),
 )

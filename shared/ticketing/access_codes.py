@@ -15,7 +15,6 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, NotFound, Unprocessable
 from shared.ticketing.quotas import check_types, own_event
@@ -121,7 +120,6 @@ def update_code(*, event_id: int, organizer_id: int, code_id: int, changes: dict
     The code's row is locked for the check and the write: a grant counting a use waits or
     is counted first, so max_uses never passes below uses (the CHECK would refuse it too).
     """
-    now = clock.now()
     with connection() as conn:
         with conn.transaction():
             own_event(conn, event_id, organizer_id)
@@ -144,6 +142,6 @@ def update_code(*, event_id: int, organizer_id: int, code_id: int, changes: dict
             if sets:
                 conn.execute(
                     f"UPDATE access_codes SET {', '.join(f'{k} = %({k})s' for k in sets)} WHERE id = %(id)s",
-                    {**sets, "id": code_id, "now": now},
+                    {**sets, "id": code_id},
                 )
         return _read(conn, event_id, code_id)[0]

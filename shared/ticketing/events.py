@@ -35,7 +35,7 @@ from shared.ticketing.inventory import (
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
     "available_tickets", "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
-    "status", "created_at", "updated_at",
+    "status", "currency", "created_at", "updated_at",
 )
 # The event row's own columns (available tickets are not one of them).
 EVENT_COLUMNS = ", ".join(c for c in _COLUMNS if c != "available_tickets")
@@ -51,7 +51,7 @@ UPDATABLE = (
     "title", "venue", "start_time", "end_time", "total_tickets",
     "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
 )
-_OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
+_OPTIONAL = {"currency": "EUR", "venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
              "max_tickets_per_customer": None, "max_hold_seconds": None}
 
 
@@ -71,9 +71,9 @@ def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]
 _CREATE_SQL = """
 WITH event AS (
     INSERT INTO events (organizer_id, title, venue, start_time, end_time, total_tickets,
-                        max_tickets_per_booking, max_tickets_per_customer, max_hold_seconds)
+                        max_tickets_per_booking, max_tickets_per_customer, max_hold_seconds, currency)
     VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s, %(total_tickets)s,
-            %(max_tickets_per_booking)s, %(max_tickets_per_customer)s, %(max_hold_seconds)s)
+            %(max_tickets_per_booking)s, %(max_tickets_per_customer)s, %(max_hold_seconds)s, %(currency)s)
     RETURNING id, total_tickets
 ), type AS (
     INSERT INTO ticket_types (event_id, name, price_minor, is_default)

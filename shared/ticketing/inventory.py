@@ -57,6 +57,7 @@ The counter's ``limit_at_claim`` column keeps its first name: the limit at the l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -221,8 +222,160 @@ ROW_RULES = (*GATE_RULES, TICKETS_LEFT)
 # Every rule, in the order refusals name them. The limit comes last, as in the statement:
 # its CHECK runs on the counter written from the decrement's row.
 RULES = (*ROW_RULES, WITHIN_CUSTOMER_LIMIT)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of an order: how many tickets of which type."""
+
+    ticket_type_id: int
+    quantity: int
+
+
+# A ticket type's row as the line rules read it (:data:`TYPE_COLUMNS`); None: no such type
+# of the event.
+TicketType = Mapping[str, Any]
+TYPE_COLUMNS = """id, name, hidden, active, sales_start, sales_end, min_per_order, max_per_order,
+       max_per_customer, price_minor"""
+
+
+@dataclass(frozen=True)
+class LineRule:
+    """One condition a line of an order must meet, and the refusal when it fails."""
+
+    name: str
+    # Its predicate on the type ``t``, the line ``r`` and the order's ``code`` (``{unlocked}``:
+    # the code unlocks ``t``), at %(now)s, in the granting statement's ``lines``.
+    sql: str
+    # Whether the line passes on the type's row (None: not of this event), at ``now``, with
+    # the types the order's code unlocks.
+    passes: Callable[[TicketType | None, Line, datetime, frozenset[int]], bool]
+    refusal: Callable[[TicketType | None, Line], AppError]
+    codes: tuple[str, ...]
+
+
+def _line_too_large(t: TicketType | None, line: Line) -> AppError:
+    assert t is not None
+    return BadRequest(
+        "quantity_too_large",
+        f"At most {t['max_per_order']} tickets of {t['name']!r} can be ordered at once",
+        ticket_type_id=line.ticket_type_id,
+        max_quantity=t["max_per_order"],
+    )
+
+
+def _line_too_small(t: TicketType | None, line: Line) -> AppError:
+    assert t is not None
+    return BadRequest(
+        "quantity_below_minimum",
+        f"At least {t['min_per_order']} tickets of {t['name']!r} must be ordered at once",
+        ticket_type_id=line.ticket_type_id,
+        min_quantity=t["min_per_order"],
+    )
+
+
+def _not_started(t: TicketType | None, line: Line) -> AppError:
+    assert t is not None
+    return Conflict(
+        "sales_not_started",
+        f"Sales of {t['name']!r} start at {_json_time(t['sales_start'])}",
+        ticket_type_id=line.ticket_type_id,
+        sales_start=_json_time(t["sales_start"]),
+    )
+
+
+def _sales_ended(t: TicketType | None, line: Line) -> AppError:
+    assert t is not None
+    return Conflict(
+        "sales_ended",
+        f"Sales of {t['name']!r} ended at {_json_time(t['sales_end'])}",
+        ticket_type_id=line.ticket_type_id,
+        sales_end=_json_time(t["sales_end"]),
+    )
+
+
+LINE_RULES = (
+    LineRule(
+        "a line takes at most its type's per-order maximum",
+        "(t.max_per_order IS NULL OR r.quantity <= t.max_per_order)",
+        lambda t, line, now, unlocked: t is None or t["max_per_order"] is None or line.quantity <= t["max_per_order"],
+        _line_too_large,
+        ("quantity_too_large",),
+    ),
+    LineRule(
+        "a line takes at least its type's per-order minimum",
+        "r.quantity >= t.min_per_order",
+        lambda t, line, now, unlocked: t is None or line.quantity >= t["min_per_order"],
+        _line_too_small,
+        ("quantity_below_minimum",),
+    ),
+    LineRule(
+        "the type is the event's, and visible or unlocked by the order's code",
+        "(NOT t.hidden OR {unlocked})",
+        lambda t, line, now, unlocked: t is not None and (not t["hidden"] or t["id"] in unlocked),
+        lambda t, line: NotFound(
+            "ticket_type_not_found", f"Ticket type {line.ticket_type_id} does not exist",
+            ticket_type_id=line.ticket_type_id),
+        ("ticket_type_not_found",),
+    ),
+    LineRule(
+        "the type is on offer (active)",
+        "t.active",
+        lambda t, line, now, unlocked: t is not None and t["active"],
+        lambda t, line: Conflict(
+            "ticket_type_inactive", f"Ticket type {line.ticket_type_id} is no longer sold",
+            ticket_type_id=line.ticket_type_id),
+        ("ticket_type_inactive",),
+    ),
+    LineRule(
+        "its sales have started, or the order's code opens its presale",
+        "(t.sales_start IS NULL OR t.sales_start <= %(now)s OR {unlocked})",
+        lambda t, line, now, unlocked: t is not None and (
+            t["sales_start"] is None or t["sales_start"] <= now or t["id"] in unlocked),
+        _not_started,
+        ("sales_not_started",),
+    ),
+    LineRule(
+        "its sales have not ended",
+        "(t.sales_end IS NULL OR t.sales_end > %(now)s)",
+        lambda t, line, now, unlocked: t is not None and (t["sales_end"] is None or t["sales_end"] > now),
+        _sales_ended,
+        ("sales_ended",),
+    ),
+)
+
+# The code's refusals: unknown, inactive or outside its window say one thing (guessing
+# learns nothing), and are judged before any line (so every guess counts as one);
+# ``access_code_exhausted`` after the lines, from its CHECK.
+CODE_INVALID = "access_code_invalid"
+CODE_EXHAUSTED = "access_code_exhausted"
+CODE_USES_CONSTRAINT = "access_codes_within_max_uses"
+TYPE_LIMIT = "type_limit_exceeded"
+
+
+def _line_where() -> str:
+    unlocked = "t.id = ANY(coalesce((SELECT unlocks FROM code), '{}'))"
+    return "\n       AND ".join(rule.sql.replace("{unlocked}", unlocked) for rule in LINE_RULES)
+
+
+def line_refusal(
+    types: Mapping[int, TicketType], lines: Sequence[Line], now: datetime, unlocked: frozenset[int]
+) -> AppError | None:
+    """The first line rule an order's lines fail, in rule order then line order, or None."""
+    for rule in LINE_RULES:
+        for line in lines:
+            t = types.get(line.ticket_type_id)
+            if not rule.passes(t, line, now, unlocked):
+                return rule.refusal(t, line)
+    return None
+
+
 # Every error code a refused grant can give (for metrics, docs and tests).
-REFUSAL_CODES = tuple(code for rule in RULES for code in rule.codes)
+REFUSAL_CODES = tuple(dict.fromkeys((
+    *(code for rule in RULES for code in rule.codes),
+    *(code for rule in LINE_RULES for code in rule.codes),
+    CODE_INVALID, CODE_EXHAUSTED, TYPE_LIMIT,
+)))
 
 
 def _where(rules: Sequence[Rule]) -> str:
@@ -261,7 +414,7 @@ _DEMAND_CTE = """demand AS MATERIALIZED (
 # The granted order (``granted``): the event's row as the gate read it, with the order's
 # ticket count and total. ``{when}``: the condition that every quota's take was made.
 _GRANTED_CTE = """granted AS MATERIALIZED (
-    SELECT gate.id, gate.customer_max, gate.sales_end, gate.max_hold_seconds, gate.currency,
+    SELECT gate.id, gate.customer_max, gate.sales_end, gate.max_hold_seconds, gate.currency, {{code_id}},
            (SELECT sum(quantity) FROM lines)::int AS quantity,
            (SELECT sum(quantity * price_minor) FROM lines)::bigint AS total_minor
       FROM gate
@@ -336,20 +489,78 @@ _EXACT_TAKE_CTES = f"""sums AS MATERIALIZED (
 {_GRANTED_CTE.format(when="EXISTS (SELECT 1 FROM ready)")}"""
 
 
-def grant_ctes(*, exact: bool) -> str:
+# An order's own lines (``req``): the request's types and quantities, or %(quantity)s of the
+# default type when it names none (%(type_ids)s NULL).
+_REQ_CTE = """req AS MATERIALIZED (
+    SELECT r.ticket_type_id, r.quantity
+      FROM unnest(%(type_ids)s::bigint[], %(quantities)s::int[]) AS r(ticket_type_id, quantity)
+    UNION ALL
+    SELECT t.id, %(quantity)s::int FROM ticket_types t
+     WHERE %(type_ids)s::bigint[] IS NULL AND t.event_id = %(event_id)s AND t.is_default
+)"""
+
+
+def _code_cte() -> str:
+    """The access code the order names (``code``: id, unlocks), when usable at %(now)s: by
+    digest (%(code_digest)s, a request) or id (%(code_id)s, an expired hold's code)."""
+    from shared.ticketing.access_codes import usable_sql  # access_codes imports quotas, which imports this
+
+    return f"""code AS MATERIALIZED (
+    SELECT a.id, array(SELECT act.ticket_type_id FROM access_code_types act
+                        WHERE act.access_code_id = a.id) AS unlocks
+      FROM access_codes a
+     WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s)
+       AND {usable_sql("a")}
+)"""
+
+
+def _order_lines_cte() -> str:
+    """The order's lines that pass every line rule (:data:`LINE_RULES`) as ``lines``."""
+    return f"""lines AS MATERIALIZED (
+    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor,
+           coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
+      FROM gate JOIN req r ON true JOIN ticket_types t ON t.id = r.ticket_type_id AND t.event_id = gate.id
+     WHERE {_line_where()}
+)"""
+
+
+# An order is granted only if every line it asked passed, and its code (if any) is usable.
+_ORDER_READY = """
+       AND (SELECT count(*) FROM lines) = (SELECT count(*) FROM req)
+       AND (%(code_digest)s::bytea IS NULL AND %(code_id)s::bigint IS NULL OR EXISTS (SELECT 1 FROM code))"""
+
+# The code's use, counted after the stock rows are taken (the lock order): past max_uses,
+# the CHECK ``access_codes_within_max_uses`` aborts the statement.
+CODE_USED_CTE = """code_used AS (
+    UPDATE access_codes a SET uses = a.uses + 1 FROM code, granted WHERE a.id = code.id
+    RETURNING a.id
+)"""
+
+
+@functools.cache
+def grant_ctes(*, exact: bool, order: bool = False) -> str:
     """The granting CTEs, shared by bookings and holds, ending in ``granted`` (one row when
     granted, none when refused), with the order's ``lines``.
 
     ``exact`` False: the one-statement take (:data:`_PICK_TAKE_CTES`); no row means a rule
     refused, or no single row of some quota could serve it, or the event changed
     meanwhile: :func:`grant` then takes the exact path, ``exact`` True, under every stock
-    row's lock."""
+    row's lock. ``order`` False: the seed's request (%(quantity)s of the default type, the
+    hot path); True: any order (%(type_ids)s, %(quantities)s, a code), with its code's use
+    (``code_used``)."""
     take = _EXACT_TAKE_CTES if exact else _PICK_TAKE_CTES
-    return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEMAND_CTE, take.format(ready="")))
+    if not order:
+        return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEMAND_CTE,
+                            take.format(ready="", code_id="NULL::bigint AS access_code_id")))
+    return ",\n".join((
+        _GATE_CTE, _REQ_CTE, _code_cte(), _order_lines_cte(), _DEMAND_CTE,
+        take.format(ready=_ORDER_READY, code_id="(SELECT id FROM code) AS access_code_id"), CODE_USED_CTE,
+    ))
 
 
 GRANT_CTE = grant_ctes(exact=False)
 GRANT_EXACT_CTE = grant_ctes(exact=True)
+
 
 _LOCK_STOCK_SQL = """SELECT s.quota_id, s.shard FROM quota_stock s
  WHERE s.quota_id IN (SELECT id FROM quotas WHERE event_id = %s)
@@ -488,11 +699,17 @@ def type_count_cte(rows: str) -> str:
 
 # One request's counters, raised in the same statement as the grant and after it (the
 # event's, then each type's, in type id order).
-COUNT_CTE = ",\n".join((
-    count_cte("SELECT id, %(user_id)s, quantity, customer_max FROM granted"),
-    type_count_cte("""SELECT l.ticket_type_id, %(user_id)s, l.quantity, l.type_max
+def count_ctes(*, order: bool = False) -> str:
+    """One request's counters (``order``: after its code's use, :func:`grant_ctes`)."""
+    after = ", (SELECT count(*) FROM code_used) AS after_code" if order else ""
+    return ",\n".join((
+        count_cte(f"SELECT id, %(user_id)s, quantity, customer_max FROM granted{after}"),
+        type_count_cte("""SELECT l.ticket_type_id, %(user_id)s, l.quantity, l.type_max
       FROM lines l, counted ORDER BY l.ticket_type_id"""),
-))
+    ))
+
+
+COUNT_CTE = count_ctes()
 
 # Tickets going back: per quota, the lines' units of every type in it, to the row locked for
 # it (:func:`lock_return_rows`); then off the customer's counters.
@@ -570,7 +787,13 @@ _RECLAIM_SQL = f"""
 WITH expired AS (
     UPDATE holds SET status = 'expired', closed_at = %(now)s
      WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")}
-    RETURNING id, user_id, quantity
+    RETURNING id, user_id, quantity, access_code_id
+), codes_back AS (
+    UPDATE access_codes a SET uses = a.uses - x.n
+      FROM (SELECT access_code_id, count(*)::int AS n FROM expired
+             WHERE access_code_id IS NOT NULL GROUP BY access_code_id) AS x
+     WHERE a.id = x.access_code_id
+    RETURNING a.id
 ), expired_lines AS MATERIALIZED (
     SELECT e.user_id, hl.ticket_type_id, hl.quantity FROM expired e JOIN hold_lines hl ON hl.hold_id = e.id
 ), returned AS (
@@ -595,6 +818,11 @@ WITH expired AS (
 SELECT (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed,
        (SELECT count(*) FROM returned) AS quotas, (SELECT count(*) FROM type_uncounted) AS counters
 """
+
+# The codes of expired holds, whose uses go back with their tickets.
+_LOCK_EXPIRED_CODES_SQL = f"""SELECT id FROM access_codes
+ WHERE id IN (SELECT access_code_id FROM holds WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")})
+ ORDER BY id FOR NO KEY UPDATE"""
 
 _CUSTOMER_SQL = f"""
 SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
@@ -629,6 +857,32 @@ def rule_params(
     }
 
 
+def order_params(
+    params: dict[str, Any], lines: Sequence[tuple[int, int]] | None, access_code: str | None = None,
+    *, code_id: int | None = None,
+) -> dict[str, Any]:
+    """``params`` (:func:`rule_params`) for an order: its ``lines`` ((ticket_type_id,
+    quantity) each; None: ``quantity`` of the default type) and its code (in clear, or a
+    code's id), with ``order``: whether the statement must be the general one
+    (:func:`grant_ctes`). A type listed twice is refused (``duplicate_ticket_type``)."""
+    from shared.ticketing.access_codes import digest  # access_codes imports quotas, which imports this
+
+    if lines is not None:
+        ids = [t for t, _ in lines]
+        if len(set(ids)) != len(ids):
+            twice = sorted({t for t in ids if ids.count(t) > 1})
+            raise BadRequest("duplicate_ticket_type", "An order lists each ticket type once", ticket_type_ids=twice)
+        params["quantity"] = sum(n for _, n in lines)
+    params.update(
+        type_ids=None if lines is None else [t for t, _ in lines],
+        quantities=None if lines is None else [n for _, n in lines],
+        code_digest=None if access_code is None else digest(access_code),
+        code_id=code_id,
+        order=lines is not None or access_code is not None or code_id is not None,
+    )
+    return params
+
+
 def read_gate(
     conn: Connection, params: Mapping[str, Any], lock: str = "", *, expired_held: bool = True
 ) -> dict[str, Any] | None:
@@ -641,10 +895,11 @@ def read_gate(
 
 
 def is_customer_limit(exc: BaseException) -> bool:
-    """A CHECK that keeps a customer's counters within a limit (the event's, a type's) refused a grant."""
+    """A CHECK that keeps a count within a limit (a customer's of the event or of a type, a
+    code's uses) refused a grant: a refusal to explain, not a failure."""
     return (
         isinstance(exc, psycopg.errors.CheckViolation)
-        and exc.diag.constraint_name in (CUSTOMER_LIMIT_CONSTRAINT, TYPE_LIMIT_CONSTRAINT)
+        and exc.diag.constraint_name in (CUSTOMER_LIMIT_CONSTRAINT, TYPE_LIMIT_CONSTRAINT, CODE_USES_CONSTRAINT)
     )
 
 
@@ -654,6 +909,7 @@ def reclaim_expired_holds(conn: Connection, event_id: int, now: datetime) -> int
         if conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (event_id,)).fetchone() is None:
             return 0
         rows = lock_return_rows(conn, event_id)
+        conn.execute(_LOCK_EXPIRED_CODES_SQL, {"event_id": event_id, "now": now})  # before the holds: the lock order
         row = conn.execute(_RECLAIM_SQL, {
             "event_id": event_id, "now": now, "quota_ids": list(rows), "shards": list(rows.values())}).fetchone()
     return int(row["freed"]) if row else 0
@@ -755,26 +1011,151 @@ def _why_refused(
     """After the exact path refused, under the lock of every stock row: the rule's refusal,
     or None once a retry may pass, and whether expired holds must be reclaimed first.
 
-    The rules are walked in order on the event's row, the customer's tickets counted only
-    once the row's own rules pass. Expired holds still sit in the pool's and the counters' counts
-    until reclaimed: when they alone stand in the way, say reclaim them (the whole event's, one
-    transaction) and retry.
+    The rules are walked in order (:func:`judge`), the customer's tickets counted only once
+    the event's, the lines' and the quotas' rules pass. Expired holds still sit in the
+    quotas' and the counters' counts until reclaimed: when they alone stand in the way, say
+    reclaim them (the whole event's, one transaction) and retry.
     """
     event = read_gate(conn, params)
     ask = Ask.of(params)
-    if event is not None:
-        ask = replace(ask, available=event["available_tickets"] + event["expired_held"])
-    failed = first_failed(event, ask, ROW_RULES)
-    mine: dict[str, Any] | None = None
-    if failed is None:
-        mine = conn.execute(_CUSTOMER_SQL, {**params, "user_id": user_id}).fetchone()
-        assert mine is not None
-        ask = replace(ask, booked=mine["booked"], held=mine["held"])
-        failed = first_failed(event, ask, (WITHIN_CUSTOMER_LIMIT,))
+    failed = first_failed(event, ask, GATE_RULES)
     if failed is not None:
         return wording.get(failed, failed.refusal)(event or {}, ask), False
-    assert event is not None and mine is not None
-    return None, bool(mine["expired_held"] or (event["expired_held"] and event["available_tickets"] < ask.quantity))
+    assert event is not None
+    order = read_order(conn, params, user_id)
+    refused = judge(event, ask, order, wording)
+    if refused is not None:
+        return refused, False
+    expired_in_the_way = any(
+        q["available"] < order.demand(q) <= q["available"] + q["expired_held"] for q in order.quotas)
+    return None, bool(order.expired_held or expired_in_the_way)
+
+
+@dataclass
+class Order:
+    """An order as the rules judge it, read under the stock rows' locks (:func:`read_order`)."""
+
+    lines: list[Line]
+    types: dict[int, TicketType]  # the event's types the order names
+    code: dict[str, Any] | None  # its usable code (id, uses, max_uses, unlocks), if it names one
+    code_named: bool
+    quotas: list[dict[str, Any]]  # id, name, is_event, available, expired_held, type_ids
+    booked: int = 0  # the customer's tickets of the event: booked, held live, held expired
+    held: int = 0
+    expired_held: int = 0
+    per_type: dict[int, int] | None = None  # the customer's booked plus live held, per type
+
+    @property
+    def unlocked(self) -> frozenset[int]:
+        return frozenset(self.code["unlocks"]) if self.code else frozenset()
+
+    def demand(self, quota: Mapping[str, Any]) -> int:
+        return sum(line.quantity for line in self.lines if line.ticket_type_id in quota["type_ids"])
+
+
+_ORDER_TYPES_SQL = f"""SELECT {TYPE_COLUMNS}, is_default FROM ticket_types
+ WHERE event_id = %(event_id)s
+   AND (id = ANY(%(type_ids)s::bigint[]) OR (%(type_ids)s::bigint[] IS NULL AND is_default))"""
+
+_ORDER_CODE_SQL = """SELECT a.id, a.uses, a.max_uses,
+       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks
+  FROM access_codes a
+ WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s) AND {usable}"""
+
+_ORDER_QUOTAS_SQL = f"""SELECT q.id, q.name, q.is_event, {QUOTA_AVAILABLE_SQL.format(quota="q")} AS available,
+       {quota_expired_held_sql("q")} AS expired_held, array_agg(qt.ticket_type_id) AS type_ids
+  FROM quotas q JOIN quota_types qt ON qt.quota_id = q.id
+ WHERE q.event_id = %(event_id)s
+ GROUP BY q.id ORDER BY q.id"""
+
+_CUSTOMER_TYPES_SQL = f"""SELECT t.id,
+       (SELECT coalesce(sum(bl.quantity), 0) FROM booking_lines bl JOIN bookings b ON b.id = bl.booking_id
+         WHERE bl.ticket_type_id = t.id AND b.user_id = %(user_id)s AND b.status = 'confirmed')::int
+     + (SELECT coalesce(sum(hl.quantity), 0) FROM hold_lines hl JOIN holds h ON h.id = hl.hold_id
+         WHERE hl.ticket_type_id = t.id AND h.user_id = %(user_id)s AND {live_hold_sql("h")})::int AS has
+  FROM ticket_types t WHERE t.id = ANY(%(ids)s::bigint[])"""
+
+
+def read_order(conn: Connection, params: Mapping[str, Any], user_id: int | None) -> Order:
+    """The order of a granting statement's parameters, with what the rules read for it:
+    its types, its code, the event's quotas and (``user_id``) the customer's tickets."""
+    from shared.ticketing.access_codes import usable_sql  # access_codes imports quotas, which imports this
+
+    p = {"type_ids": None, "quantities": None, "code_digest": None, "code_id": None, **params}
+    types: dict[int, TicketType] = {t["id"]: t for t in conn.execute(_ORDER_TYPES_SQL, p).fetchall()}
+    if p["type_ids"] is None:
+        default = next((t for t in types.values() if t["is_default"]), None)
+        lines = [] if default is None else [Line(default["id"], p["quantity"])]
+    else:
+        lines = [Line(t, n) for t, n in zip(p["type_ids"], p["quantities"], strict=True)]
+    named = p["code_digest"] is not None or p["code_id"] is not None
+    code = conn.execute(_ORDER_CODE_SQL.format(usable=usable_sql("a")), p).fetchone() if named else None
+    quotas = [dict(q) for q in conn.execute(_ORDER_QUOTAS_SQL, p).fetchall()]
+    order = Order(lines, types, code, named, quotas)
+    if user_id is not None:
+        mine = conn.execute(_CUSTOMER_SQL, {**p, "user_id": user_id}).fetchone()
+        assert mine is not None
+        order.booked, order.held, order.expired_held = mine["booked"], mine["held"], mine["expired_held"]
+        ids = [line.ticket_type_id for line in lines]
+        order.per_type = {r["id"]: r["has"] for r in conn.execute(_CUSTOMER_TYPES_SQL, {**p, "user_id": user_id,
+                                                                                          "ids": ids}).fetchall()}
+    return order
+
+
+def judge(
+    event: Gate, ask: Ask, order: Order, wording: Wording | None = None, *, limits: bool = True
+) -> AppError | None:
+    """Why the rules after the event's own refuse ``order``, in their order, or None: its
+    code's validity, each line rule, the code's uses, each quota's room (its free tickets:
+    ``available``, plus ``expired_held`` when the caller counts those as free), then the
+    customer's limits (``limits``; read in ``order``)."""
+    from shared.ticketing.access_codes import invalid  # access_codes imports quotas, which imports this
+
+    wording = wording or {}
+    if order.code_named and order.code is None:
+        return invalid()
+    refused = line_refusal(order.types, order.lines, ask.now, order.unlocked)
+    if refused is not None:
+        return refused
+    if order.code is not None and order.code["uses"] >= order.code["max_uses"]:
+        return Conflict("access_code_exhausted", "This access code has been used as often as it may",
+                        max_uses=order.code["max_uses"])
+    for quota in order.quotas:
+        demand = order.demand(quota)
+        free = quota["available"] + quota["expired_held"]
+        if demand > free:
+            short = replace(ask, quantity=demand, available=free)
+            shortage = wording.get(TICKETS_LEFT, _shortage)(event, short)
+            shortage.details.update(
+                quota_id=quota["id"], quota=quota["name"],
+                ticket_type_id=next(line.ticket_type_id for line in order.lines
+                                    if line.ticket_type_id in quota["type_ids"]))
+            if not quota["is_event"]:
+                shortage.message = shortage.message.replace(f"for event {ask.event_id}", f"in {quota['name']!r}")
+            return shortage
+    if not limits:
+        return None
+    mine = replace(ask, booked=order.booked, held=order.held)
+    if not WITHIN_CUSTOMER_LIMIT.passes(event, mine):
+        return wording.get(WITHIN_CUSTOMER_LIMIT, WITHIN_CUSTOMER_LIMIT.refusal)(event, mine)
+    for line in order.lines:
+        limit = order.types[line.ticket_type_id]["max_per_customer"]
+        has = (order.per_type or {}).get(line.ticket_type_id, 0)
+        if limit is not None and has + line.quantity > limit:
+            return type_limit(line, limit, has)
+    return None
+
+
+def type_limit(line: Line, limit: int, has: int) -> AppError:
+    return BadRequest(
+        "type_limit_exceeded",
+        f"One customer may have at most {limit} tickets of ticket type {line.ticket_type_id} "
+        f"(booked and held); you have {has}",
+        ticket_type_id=line.ticket_type_id,
+        limit=limit,
+        has=has,
+        requested=line.quantity,
+    )
 
 
 def _json_time(value: datetime) -> str:

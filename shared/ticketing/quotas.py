@@ -109,8 +109,8 @@ def locked_for_change(conn: Connection, event_id: int, organizer_id: int) -> dic
     return event
 
 
-def types_with_sales(conn: Connection, type_ids: Iterable[int], now: datetime) -> list[int]:
-    """Which of ``type_ids`` have sold or held tickets (reclaim expired holds first)."""
+def types_with_sales(conn: Connection, type_ids: Iterable[int]) -> list[int]:
+    """Which of ``type_ids`` have sold or held tickets, expired holds too (reclaim them first)."""
     rows = conn.execute(
         f"""SELECT t.id FROM unnest(%(ids)s::bigint[]) AS t(id)
              WHERE EXISTS (SELECT 1 FROM booking_lines bl JOIN bookings b ON b.id = bl.booking_id
@@ -118,7 +118,7 @@ def types_with_sales(conn: Connection, type_ids: Iterable[int], now: datetime) -
                 OR EXISTS (SELECT 1 FROM hold_lines hl JOIN holds h ON h.id = hl.hold_id
                             WHERE hl.ticket_type_id = t.id AND h.status = 'active')
              ORDER BY t.id""",
-        {"ids": sorted(set(type_ids)), "now": now},
+        {"ids": sorted(set(type_ids))},
     ).fetchall()
     return [row["id"] for row in rows]
 
@@ -130,7 +130,7 @@ def refuse_membership_change(conn: Connection, event_id: int, type_ids: Iterable
     if not changed:
         return
     reclaim_expired_holds(conn, event_id, now)
-    locked = types_with_sales(conn, changed, now)
+    locked = types_with_sales(conn, changed)
     if locked:
         raise Conflict(
             "quota_membership_locked",

@@ -92,9 +92,29 @@ CATALOGUE: dict[str, ErrorCode] = {
     "max_uses_below_uses": ErrorCode(409, "max_uses below the code's uses so far (details: `uses`, `requested`)"),
     "invalid_validity_window": ErrorCode(422, "valid_until is not after valid_from"),
     # -- tickets: bookings and holds ----------------------------------------------------------
-    "sold_out": ErrorCode(400, "no tickets left"),
-    "insufficient_tickets": ErrorCode(400, "fewer tickets left than asked (details say how many remain)"),
-    "quantity_too_large": ErrorCode(400, "more than one booking may take (details: the event's `max_quantity`)"),
+    "sold_out": ErrorCode(400, "no tickets left in a quota the order needs (details: `quota_id`, `quota`)"),
+    "insufficient_tickets": ErrorCode(
+        400, "fewer tickets left in a quota than the order needs (details: `available`, `requested`, `quota_id`, "
+        "`quota`, `ticket_type_id`)"
+    ),
+    "quantity_too_large": ErrorCode(
+        400, "more than one booking may take (details: the event's `max_quantity`; for a line, its `ticket_type_id`)"
+    ),
+    "quantity_below_minimum": ErrorCode(
+        400, "a line below its type's per-order minimum (details: `ticket_type_id`, `min_quantity`)"
+    ),
+    "ticket_type_inactive": ErrorCode(409, "the ticket type is no longer sold (details: `ticket_type_id`)"),
+    "sales_not_started": ErrorCode(
+        409,
+        "the type's sales have not started and no code opens its presale (details: `ticket_type_id`, `sales_start`)",
+    ),
+    "sales_ended": ErrorCode(409, "the type's sales have ended (details: `ticket_type_id`, `sales_end`)"),
+    "access_code_exhausted": ErrorCode(409, "the access code was used as often as it may (details: `max_uses`)"),
+    "type_limit_exceeded": ErrorCode(
+        400,
+        "this customer's booked plus actively held tickets of the type would pass its per-customer limit "
+        "(details: `ticket_type_id`, `limit`, `has`, `requested`)",
+    ),
     "customer_limit_exceeded": ErrorCode(
         400,
         "this customer's booked plus actively held tickets of the event would pass its per-customer "

@@ -404,9 +404,42 @@ class EventPage(_Page):
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 
 
-class BookingCreate(BaseModel):
+AccessCode = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="unlocks hidden types and opens presales; an invalid one "
+          "counts as a guess (ACCESS_CODE_ATTEMPTS per ten minutes, then 429)"),
+]
+MAX_ORDER_LINES = 50
+
+
+class OrderLine(BaseModel):
+    ticket_type_id: Id = Field(examples=[1])
+    quantity: Quantity = Field(examples=[2])
+
+
+class _Order(BaseModel):
+    """An order: `quantity` tickets of the event's default type, or `lines` (not both)."""
+
+    quantity: Quantity = Field(default=1, description="tickets of the event's default type (not with `lines`)")
+    lines: list[OrderLine] | None = Field(
+        default=None, min_length=1, max_length=MAX_ORDER_LINES,
+        description="ticket types and quantities, each type once; all or nothing (not with `quantity`)",
+    )
+    access_code: AccessCode | None = None
+
+    @model_validator(mode="after")
+    def _lines_or_quantity(self) -> Self:
+        if self.lines is not None and "quantity" in self.model_fields_set:
+            raise ValueError("send `lines` or `quantity`, not both")
+        return self
+
+    def order_lines(self) -> list[tuple[int, int]] | None:
+        """(ticket_type_id, quantity) per line, or None for the default type."""
+        return None if self.lines is None else [(line.ticket_type_id, line.quantity) for line in self.lines]
+
+
+class BookingCreate(_Order):
     event_id: Id = Field(examples=[1])
-    quantity: Quantity = 1
 
 
 class BookingCancel(BaseModel):
@@ -419,20 +452,32 @@ class BookingCancel(BaseModel):
     )
 
 
+class BookingLineOut(BaseModel):
+    id: int
+    ticket_type_id: int
+    quantity: int = Field(description="tickets of the line the booking holds now")
+    cancelled_quantity: int = 0
+    unit_price_minor: int = Field(description="the type's price when ordered, in minor units of `currency`")
+
+
 class BookingOut(BaseModel):
     id: int
     event_id: int
     user_id: int
-    quantity: int = Field(description="tickets the booking holds now")
+    quantity: int = Field(description="tickets the booking holds now (the sum of its lines)")
     cancelled_quantity: int = 0
-    status: Literal["confirmed", "cancelled"]
+    status: Literal["pending_payment", "confirmed", "expired", "cancelled", "refunded"] = Field(
+        description="free orders are confirmed at once; the other states wait for the payment step"
+    )
     hold_id: int | None = None
     created_at: datetime
     cancelled_at: datetime | None = None
+    lines: list[BookingLineOut] = []
+    total_minor: int = Field(default=0, description="what the order costs, in minor units of `currency`")
+    currency: str = "EUR"
 
 
-class HoldCreate(BaseModel):
-    quantity: Quantity = 1
+class HoldCreate(_Order):
     ttl_seconds: HoldSeconds | None = Field(
         default=None,
         description="how long to hold; absent: HOLD_TTL_SECONDS. Capped by the event's max_hold_seconds "
@@ -441,15 +486,23 @@ class HoldCreate(BaseModel):
     )
 
 
+class HoldLineOut(BaseModel):
+    ticket_type_id: int
+    quantity: int
+
+
 class HoldOut(BaseModel):
     id: int
     event_id: int
     user_id: int
-    quantity: int
+    quantity: int = Field(description="tickets held (the sum of its lines)")
     status: Literal["active", "confirmed", "released", "expired"]
     expires_at: datetime
     created_at: datetime
     closed_at: datetime | None = None
+    lines: list[HoldLineOut] = []
+    total_minor: int = Field(default=0, description="what its lines cost at today's prices, minor units")
+    currency: str = "EUR"
 
 
 class HoldPage(_Page):

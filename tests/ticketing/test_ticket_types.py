@@ -15,6 +15,10 @@ def _path(event: dict[str, Any], type_id: int | None = None) -> str:
     return f"/events/{event['id']}/ticket-types" + (f"/{type_id}" if type_id else "")
 
 
+def _order(event: dict[str, Any]) -> str:
+    return f"/events/{event['id']}/ticket-type-order"
+
+
 def test_create_joins_the_event_quota_and_the_given_quotas(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
     event = create_event(v2, org, total_tickets=100, currency="SEK")
@@ -105,13 +109,13 @@ def test_reorder_puts_the_listed_first(v2: LambdaClient) -> None:
     default = event["ticket_types"][0]["id"]
     a = add_type(v2, org, event["id"], name="A")["id"]
     b = add_type(v2, org, event["id"], name="B")["id"]
-    items = ok(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [b, a]}, token=org))["items"]
+    items = ok(v2.request("PUT", _order(event), json_body={"ticket_type_ids": [b, a]}, token=org))["items"]
     assert [t["id"] for t in items] == [b, a, default]
     assert [t["position"] for t in items] == [0, 1, 2]
     assert [t["id"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]] == [b, a, default]
-    refused(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [a, a]}, token=org),
+    refused(v2.request("PUT", _order(event), json_body={"ticket_type_ids": [a, a]}, token=org),
             400, "duplicate_ticket_type")
-    refused(v2.request("POST", _path(event) + "/order", json_body={"ticket_type_ids": [987654321]}, token=org),
+    refused(v2.request("PUT", _order(event), json_body={"ticket_type_ids": [987654321]}, token=org),
             404, "ticket_type_not_found")
 
 
@@ -145,7 +149,7 @@ def test_only_the_organizer_of_an_existing_event(v2: LambdaClient) -> None:
     t = event["ticket_types"][0]["id"]
     calls = [("POST", _path(event), {"name": "x"}), ("GET", _path(event), None),
              ("PATCH", _path(event, t), {"name": "y"}), ("DELETE", _path(event, t), None),
-             ("POST", _path(event) + "/order", {"ticket_type_ids": [t]})]
+             ("PUT", _order(event), {"ticket_type_ids": [t]})]
     for method, path, body in calls:
         refused(v2.request(method, path, json_body=body, token=other), 403, "not_event_owner")
         refused(v2.request(method, path, json_body=body, token=cust), 403, "organizer_only")
