@@ -808,18 +808,28 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
     if opts.warmup > 0:
         crowd.book(port, [hot_events[-1]], connections=opts.base_clients, duration=opts.warmup)
     out = []
+    typed_at = dict(zip(opts.types_clients, typed, strict=True))
+
+    def three_type_row(clients: int) -> None:
+        t = typed_at.pop(clients)
+        out.append(scenario(f"three types, {clients} connections", "three_types",
+                            lambda: crowd.book(port, [t.event_id], connections=clients, duration=opts.duration,
+                                               ticket_types=t.weights),
+                            probe=probe, database_url=db, event_ids=[t.event_id], workers=workers,
+                            changed=changed, mix=list(t.type_ids)))
+        _say(out[-1])
+
+    # Each three-type row right after the one-type row of its connections: side by side in
+    # time too, so a drift of the machine's load moves both rather than the ratio.
     for clients, event in zip(opts.clients, hot_events, strict=False):
         out.append(scenario(f"hot event, {clients} connections", "hot",
                             lambda c=clients, e=event: crowd.book(port, [e], connections=c, duration=opts.duration),
                             probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
         _say(out[-1])
-    for clients, typed_event in zip(opts.types_clients, typed, strict=True):
-        out.append(scenario(f"three types, {clients} connections", "three_types",
-                            lambda c=clients, t=typed_event: crowd.book(port, [t.event_id], connections=c,
-                                                                       duration=opts.duration, ticket_types=t.weights),
-                            probe=probe, database_url=db, event_ids=[typed_event.event_id], workers=workers,
-                            changed=changed, mix=list(typed_event.type_ids)))
-        _say(out[-1])
+        if clients in typed_at:
+            three_type_row(clients)
+    for clients in list(typed_at):
+        three_type_row(clients)
     if opts.idempotent:
         event, prefix = hot_events[len(opts.clients)], key_prefix()
         out.append(scenario(f"hot event, {opts.base_clients} connections, Idempotency-Key", "idempotent",
