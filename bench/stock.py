@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from bench import pgbench_booking
 from bench.environment import Environment, with_database
@@ -35,17 +35,21 @@ def bench_event(conn: psycopg.Connection[Any], organizer: int, title: str, ticke
     of the rules)."""
     from shared.ticketing.inventory import stock_quota
 
-    event = conn.execute(
-        """INSERT INTO events (organizer_id, title, total_tickets, max_tickets_per_customer)
-           VALUES (%s, %s, %s, %s) RETURNING id""", (organizer, title, tickets, per_customer)).fetchone()[0]  # type: ignore[index]
-    ticket_type = conn.execute(
-        "INSERT INTO ticket_types (event_id, name, is_default) VALUES (%s, 'General admission', true) RETURNING id",
-        (event,)).fetchone()[0]  # type: ignore[index]
-    quota = conn.execute(
-        """INSERT INTO quotas (event_id, name, size, shards, is_event)
-           VALUES (%s, 'Event capacity', %s, %s, true) RETURNING id""", (event, tickets, shards)).fetchone()[0]  # type: ignore[index]
-    conn.execute("INSERT INTO quota_types (quota_id, ticket_type_id, event_id) VALUES (%s, %s, %s)",
-                 (quota, ticket_type, event))
+    cur = conn.cursor(row_factory=tuple_row)  # whatever rows the caller's connection makes
+
+    def one(query: str, params: tuple[Any, ...]) -> int:
+        row = cur.execute(query, params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    event = one("""INSERT INTO events (organizer_id, title, total_tickets, max_tickets_per_customer)
+                   VALUES (%s, %s, %s, %s) RETURNING id""", (organizer, title, tickets, per_customer))
+    ticket_type = one("INSERT INTO ticket_types (event_id, name, is_default) VALUES (%s, 'General admission', true) "
+                      "RETURNING id", (event,))
+    quota = one("""INSERT INTO quotas (event_id, name, size, shards, is_event)
+                   VALUES (%s, 'Event capacity', %s, %s, true) RETURNING id""", (event, tickets, shards))
+    cur.execute("INSERT INTO quota_types (quota_id, ticket_type_id, event_id) VALUES (%s, %s, %s)",
+                (quota, ticket_type, event))
     stock_quota(conn, quota)
     return int(event)
 
