@@ -397,9 +397,12 @@ def cancel_booking(
             assert row is not None
             by_id = {line["id"]: line["ticket_type_id"] for line in lines}
             give_back(conn, row["event_id"], rows, user_id, [(by_id[i], n) for i, n in back])
+            names = {t["id"]: t["name"] for t in conn.execute(
+                "SELECT id, name FROM ticket_types WHERE id = ANY(%s)", (list(by_id.values()),)).fetchall()}
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
-                quantity=returned, remaining=row["quantity"]))
+                quantity=returned, remaining=row["quantity"],
+                lines=[{"ticket_type_id": by_id[i], "name": names[by_id[i]], "quantity": n} for i, n in back if n]))
             row = with_lines(conn, row)
         publish_committed(conn, [outbox_id])
     return row

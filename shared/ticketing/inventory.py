@@ -1028,7 +1028,8 @@ def _why_refused(
         return refused, False
     expired_in_the_way = any(
         q["available"] < order.demand(q) <= q["available"] + q["expired_held"] for q in order.quotas)
-    return None, bool(order.expired_held or expired_in_the_way)
+    code_in_the_way = order.code is not None and order.code["uses"] >= order.code["max_uses"]
+    return None, bool(order.expired_held or expired_in_the_way or code_in_the_way)
 
 
 @dataclass
@@ -1058,7 +1059,9 @@ _ORDER_TYPES_SQL = f"""SELECT {TYPE_COLUMNS}, is_default FROM ticket_types
    AND (id = ANY(%(type_ids)s::bigint[]) OR (%(type_ids)s::bigint[] IS NULL AND is_default))"""
 
 _ORDER_CODE_SQL = """SELECT a.id, a.uses, a.max_uses,
-       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks
+       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks,
+       (SELECT count(*) FROM holds h
+         WHERE h.access_code_id = a.id AND h.status = 'active' AND h.expires_at <= %(now)s)::int AS expired_uses
   FROM access_codes a
  WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s) AND {usable}"""
 
@@ -1117,7 +1120,8 @@ def judge(
     refused = line_refusal(order.types, order.lines, ask.now, order.unlocked)
     if refused is not None:
         return refused
-    if order.code is not None and order.code["uses"] >= order.code["max_uses"]:
+    # Expired holds' uses come back when they are reclaimed: they count as free, like their tickets.
+    if order.code is not None and order.code["uses"] - order.code.get("expired_uses", 0) >= order.code["max_uses"]:
         return Conflict("access_code_exhausted", "This access code has been used as often as it may",
                         max_uses=order.code["max_uses"])
     for quota in order.quotas:

@@ -106,3 +106,24 @@ def test_only_the_organizer(v2: LambdaClient) -> None:
         refused(v2.request(method, path, json_body=body, token=cust), 403, "organizer_only")
         missing = path.replace(f"/events/{event['id']}", "/events/987654321")
         refused(v2.request(method, missing, json_body=body, token=org), 404, "event_not_found")
+
+
+def test_orders_with_a_code_show_in_its_uses(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org)
+    vip = add_type(v2, org, event["id"], name="VIP", hidden=True)
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [vip["id"]], "max_uses": 3}, token=org),
+              201)
+    order = {"event_id": event["id"], "lines": [{"ticket_type_id": vip["id"], "quantity": 1}]}
+    refused(v2.request("POST", "/bookings", json_body=order, token=cust), 404, "ticket_type_not_found")
+    for _ in range(2):
+        ok(v2.request("POST", "/bookings", json_body={**order, "access_code": code["code"].lower()}, token=cust), 201)
+    [listed] = ok(v2.request("GET", _codes(event), token=org))["items"]
+    assert (listed["uses"], listed["max_uses"]) == (2, 3)
+    body = refused(v2.request("PATCH", _codes(event, code["id"]), json_body={"max_uses": 1}, token=org),
+                   409, "max_uses_below_uses")
+    assert body["details"] == {"uses": 2, "requested": 1}
+    assert ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"max_uses": 2}, token=org))["max_uses"] == 2
+    refused(v2.request("POST", "/bookings", json_body={**order, "access_code": code["code"]}, token=cust),
+            409, "access_code_exhausted")

@@ -149,15 +149,6 @@ def test_capacity_below_sold_plus_held_is_refused_with_the_numbers(v2: LambdaCli
     assert_counts_add_up(v2, org, event["id"])
 
 
-# The grant paths are the core helper's: these two fail on its phase 1 (reported), where a
-# refusal by a quota other than the event's answers 503 contention, and a coalesced batch
-# checks only the event quota's room (and take_cte clamps what it takes of the others).
-_CORE_PHASE_1 = pytest.mark.xfail(
-    reason="grant paths (core): a non-event quota's refusal is 503 and batches oversell it", strict=False
-)
-
-
-@_CORE_PHASE_1
 def test_a_quota_cut_to_what_is_taken_refuses_more_naming_it(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
     _, cust = account(v2, "customer")
@@ -227,7 +218,7 @@ def test_inventory_per_quota_and_per_type(v2: LambdaClient) -> None:
     assert inventory(v2, org, event["id"]) == inv
 
 
-@pytest.mark.parametrize("coalesce", [pytest.param(True, marks=_CORE_PHASE_1), False], ids=["batched", "one-by-one"])
+@pytest.mark.parametrize("coalesce", [True, False], ids=["batched", "one-by-one"])
 def test_a_quota_cut_racing_orders_never_goes_below_sold_plus_held(http_client: HttpClient, coalesce: bool) -> None:
     """Customers order while the organizer cuts the quota step by step: every cut either passes
     with sold + held within the new size or is refused with numbers that say so; at the end
@@ -306,3 +297,39 @@ def test_every_change_bumps_the_gate_on_every_stock_row(v2: LambdaClient, sql: p
         after, rows = gates()
         assert after > before and rows == {after}, (method, path)
         before = after
+
+
+def _lines(client: Client, token: str, event_id: int, lines: dict[int, int], path: str = "/bookings") -> Any:
+    body: dict[str, Any] = {"lines": [{"ticket_type_id": t, "quantity": n} for t, n in lines.items()]}
+    if path == "/bookings":
+        body["event_id"] = event_id
+    return client.request("POST", path, json_body=body, token=token)
+
+
+def test_orders_of_several_types_count_in_every_quota_of_each(v2: LambdaClient) -> None:
+    """Two types share a VIP quota inside the event quota; a third is only in the event quota."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=30)
+    general = event["ticket_types"][0]["id"]
+    vip = add_type(v2, org, event["id"], name="VIP", price_minor=5000)["id"]
+    box = add_type(v2, org, event["id"], name="Box", price_minor=9000)["id"]
+    area = add_quota(v2, org, event["id"], 6, [vip, box])
+    order = ok(_lines(v2, cust, event["id"], {vip: 2, box: 1, general: 4}), 201)
+    assert order["total_minor"] == 2 * 5000 + 9000
+    ok(_lines(v2, cust, event["id"], {box: 2}, path=f"/events/{event['id']}/holds"), 201)
+    inv = assert_counts_add_up(v2, org, event["id"])
+    quotas = {q["id"]: (q["size"], q["sold"], q["held"], q["free"]) for q in inv["quotas"]}
+    assert quotas == {inv["quotas"][0]["id"]: (30, 7, 2, 21), area["id"]: (6, 3, 2, 1)}
+    types = {t["id"]: (t["sold"], t["held"], t["available"]) for t in inv["ticket_types"]}
+    assert types == {general: (4, 0, 21), vip: (2, 0, 1), box: (1, 2, 1)}
+    shown = {t["id"]: t["available"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]}
+    assert shown == {general: 21, vip: 1, box: 1}
+    body = refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 4}, token=org),
+                   409, "capacity_below_sold")
+    assert body["details"] == {"sold": 3, "held": 2, "requested": 4}
+    refused(_lines(v2, cust, event["id"], {vip: 2}), 400, "insufficient_tickets")
+    ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 5}, token=org))
+    refused(_lines(v2, cust, event["id"], {vip: 1}), 400, "sold_out")
+    ok(_lines(v2, cust, event["id"], {general: 1}), 201)  # the event quota still has room
+    assert_counts_add_up(v2, org, event["id"])

@@ -119,9 +119,9 @@ def test_reorder_puts_the_listed_first(v2: LambdaClient) -> None:
             404, "ticket_type_not_found")
 
 
-def test_delete_only_without_sales_and_never_the_default(v2: LambdaClient, sql: psycopg.Connection) -> None:
+def test_delete_only_without_sales_and_never_the_default(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
-    customer, _ = account(v2, "customer")
+    _, cust = account(v2, "customer")
     event = create_event(v2, org)
     spare = add_type(v2, org, event["id"], name="Spare")
     assert v2.request("DELETE", _path(event, spare["id"]), token=org).status_code == 204
@@ -130,13 +130,14 @@ def test_delete_only_without_sales_and_never_the_default(v2: LambdaClient, sql: 
             404, "ticket_type_not_found")
     refused(v2.request("DELETE", _path(event, event["ticket_types"][0]["id"]), token=org), 409, "default_ticket_type")
     sold = add_type(v2, org, event["id"], name="Sold")
-    # A line naming the type (how it got there is the booking path's business; tested there).
-    booking = sql.execute(
-        """INSERT INTO bookings (event_id, user_id, quantity, status) VALUES (%s, %s, 1, 'cancelled')
-           RETURNING id""", (event["id"], customer["id"])).fetchone()
-    sql.execute(
-        """INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, cancelled_quantity, unit_price_minor)
-           VALUES (%s, %s, 0, 1, 0)""", (booking["id"], sold["id"]))
+    held = add_type(v2, org, event["id"], name="Held")
+    lines = [{"ticket_type_id": sold["id"], "quantity": 1}]
+    order = ok(v2.request("POST", "/bookings", json_body={"event_id": event["id"], "lines": lines}, token=cust), 201)
+    ok(v2.request("POST", f"/bookings/{order['id']}/cancel", json_body={}, token=cust))  # all given back: still ordered
+    hold = ok(v2.request("POST", f"/events/{event['id']}/holds",
+                         json_body={"lines": [{"ticket_type_id": held["id"], "quantity": 1}]}, token=cust), 201)
+    ok(v2.request("DELETE", f"/holds/{hold['id']}", token=cust))  # released: still held once
+    refused(v2.request("DELETE", _path(event, held["id"]), token=org), 409, "ticket_type_has_sales")
     refused(v2.request("DELETE", _path(event, sold["id"]), token=org), 409, "ticket_type_has_sales")
     assert ok(v2.request("PATCH", _path(event, sold["id"]), json_body={"active": False}, token=org))["active"] is False
 
