@@ -393,10 +393,10 @@ _GATE_CTE = f"""gate AS MATERIALIZED (
      WHERE {_where(GATE_RULES)}
 )"""
 
-# The order's lines (``lines``: ticket_type_id, quantity, price_minor, type_max): the seed's
+# The order's lines (``lines``: ticket_type_id, quantity, price_minor, name, type_max): the seed's
 # request, %(quantity)s of the event's default type.
 _DEFAULT_LINES_CTE = f"""lines AS MATERIALIZED (
-    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor,
+    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor, t.name,
            coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
       FROM gate JOIN ticket_types t ON t.event_id = gate.id AND t.is_default
 )"""
@@ -517,7 +517,7 @@ def _code_cte() -> str:
 def _order_lines_cte() -> str:
     """The order's lines that pass every line rule (:data:`LINE_RULES`) as ``lines``."""
     return f"""lines AS MATERIALIZED (
-    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor,
+    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor, t.name,
            coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
       FROM gate JOIN req r ON true JOIN ticket_types t ON t.id = r.ticket_type_id AND t.event_id = gate.id
      WHERE {_line_where()}

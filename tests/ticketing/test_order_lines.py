@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import shared.platform.clock
+from functions.notify import messages
 from shared.platform.errors import AppError
 from shared.ticketing import bookings, coalescing, events, holds
 from tests.support.catalog import quota_left, sql_code, sql_quota, sql_touch, sql_type
@@ -297,6 +298,15 @@ def test_a_type_in_two_quotas_takes_one_unit_of_each_and_a_cancelled_line_return
     assert booking["total_minor"] == 2 * 5000 and booking["quantity"] == 5
     assert sorted((line["ticket_type_id"], line["quantity"]) for line in booking["lines"]) == sorted(
         [(shop.default, 3), (shop.vip, 2)])
+
+    # AND its confirmation lists the lines by name (the notify worker renders them)
+    payload = shop.sql.execute("SELECT payload FROM outbox WHERE payload->>'booking_id' = %s",
+                               (str(booking["id"]),)).fetchone()["payload"]
+    assert sorted((line["name"], line["quantity"]) for line in payload["lines"]) == [("General admission", 3),
+                                                                                      ("VIP", 2)]
+    email = messages.booking_confirmation({"email": "a@b.c", "name": None}, booking,
+                                          {"title": "Types", "venue": None, "start_time": None}, payload["lines"])
+    assert "  2 x VIP\n" in email.body and "  3 x General admission\n" in email.body
 
     # WHEN some of its VIP line is cancelled (a multi-line booking needs the line)
     vip_line = next(line for line in booking["lines"] if line["ticket_type_id"] == shop.vip)
