@@ -74,11 +74,22 @@ _NOTIFIED_LINES_SQL = """(SELECT coalesce(jsonb_agg(jsonb_build_object(
         'ticket_type_id', bl.ticket_type_id, 'name', t.name, 'quantity', bl.quantity) ORDER BY bl.ticket_type_id), '[]')
       FROM booked_lines bl JOIN ticket_types t ON t.id = bl.ticket_type_id WHERE bl.booking_id = booking.id)"""
 
-# The booking's confirmation, written by the statement that writes the booking (after its lines).
-CONFIRMATION_CTE = f"""notification AS (
-    {outbox.insert_select_sql(BookingConfirmation, "booking", booking_id="id", lines=_NOTIFIED_LINES_SQL)}
+# The same for a statement of one booking whose ``lines`` CTE names its types (no join).
+_ORDER_NOTIFIED_LINES_SQL = """(SELECT jsonb_agg(jsonb_build_object(
+        'ticket_type_id', l.ticket_type_id, 'name', l.name, 'quantity', l.quantity) ORDER BY l.ticket_type_id)
+      FROM lines l)"""
+
+
+def confirmation_cte(lines: str = _NOTIFIED_LINES_SQL) -> str:
+    """The booking's confirmation, written by the statement that writes the booking (after
+    its lines; ``lines``: the SQL of its lines as the notification lists them)."""
+    return f"""notification AS (
+    {outbox.insert_select_sql(BookingConfirmation, "booking", booking_id="id", lines=lines)}
     RETURNING id, (payload->>'booking_id')::bigint AS booking_id, payload
 )"""
+
+
+CONFIRMATION_CTE = confirmation_cte()
 
 # What a keyed booking statement stores as the key's answer: the booking with its lines.
 ANSWER_CTE = f""", answer AS (
@@ -109,7 +120,7 @@ WITH {grant_ctes(exact=exact, order=order)}, {count_ctes(order=order)}, booking 
     SELECT g.id, %(user_id)s, g.quantity, g.total_minor, g.currency, g.access_code_id
       FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {BOOKING_COLUMNS}
-), {BOOKED_LINES_CTE}, {CONFIRMATION_CTE}{keyed_answer(idempotent)}
+), {BOOKED_LINES_CTE}, {confirmation_cte(_ORDER_NOTIFIED_LINES_SQL)}{keyed_answer(idempotent)}
 {BOOKED_SQL} FROM booking, notification
 """
 
@@ -397,9 +408,12 @@ def cancel_booking(
             assert row is not None
             by_id = {line["id"]: line["ticket_type_id"] for line in lines}
             give_back(conn, row["event_id"], rows, user_id, [(by_id[i], n) for i, n in back])
+            names = {t["id"]: t["name"] for t in conn.execute(
+                "SELECT id, name FROM ticket_types WHERE id = ANY(%s)", (list(by_id.values()),)).fetchall()}
             outbox_id = outbox.write(conn, BookingCancelled(
                 booking_id=booking_id, event_id=row["event_id"], user_id=user_id,
-                quantity=returned, remaining=row["quantity"]))
+                quantity=returned, remaining=row["quantity"],
+                lines=[{"ticket_type_id": by_id[i], "name": names[by_id[i]], "quantity": n} for i, n in back if n]))
             row = with_lines(conn, row)
         publish_committed(conn, [outbox_id])
     return row

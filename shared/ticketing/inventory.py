@@ -393,10 +393,10 @@ _GATE_CTE = f"""gate AS MATERIALIZED (
      WHERE {_where(GATE_RULES)}
 )"""
 
-# The order's lines (``lines``: ticket_type_id, quantity, price_minor, type_max): the seed's
+# The order's lines (``lines``: ticket_type_id, quantity, price_minor, name, type_max): the seed's
 # request, %(quantity)s of the event's default type.
 _DEFAULT_LINES_CTE = f"""lines AS MATERIALIZED (
-    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor,
+    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor, t.name,
            coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
       FROM gate JOIN ticket_types t ON t.event_id = gate.id AND t.is_default
 )"""
@@ -517,7 +517,7 @@ def _code_cte() -> str:
 def _order_lines_cte() -> str:
     """The order's lines that pass every line rule (:data:`LINE_RULES`) as ``lines``."""
     return f"""lines AS MATERIALIZED (
-    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor,
+    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor, t.name,
            coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
       FROM gate JOIN req r ON true JOIN ticket_types t ON t.id = r.ticket_type_id AND t.event_id = gate.id
      WHERE {_line_where()}
@@ -1028,7 +1028,8 @@ def _why_refused(
         return refused, False
     expired_in_the_way = any(
         q["available"] < order.demand(q) <= q["available"] + q["expired_held"] for q in order.quotas)
-    return None, bool(order.expired_held or expired_in_the_way)
+    code_in_the_way = order.code is not None and order.code["uses"] >= order.code["max_uses"]
+    return None, bool(order.expired_held or expired_in_the_way or code_in_the_way)
 
 
 @dataclass
@@ -1058,7 +1059,9 @@ _ORDER_TYPES_SQL = f"""SELECT {TYPE_COLUMNS}, is_default FROM ticket_types
    AND (id = ANY(%(type_ids)s::bigint[]) OR (%(type_ids)s::bigint[] IS NULL AND is_default))"""
 
 _ORDER_CODE_SQL = """SELECT a.id, a.uses, a.max_uses,
-       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks
+       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks,
+       (SELECT count(*) FROM holds h
+         WHERE h.access_code_id = a.id AND h.status = 'active' AND h.expires_at <= %(now)s)::int AS expired_uses
   FROM access_codes a
  WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s) AND {usable}"""
 
@@ -1117,7 +1120,8 @@ def judge(
     refused = line_refusal(order.types, order.lines, ask.now, order.unlocked)
     if refused is not None:
         return refused
-    if order.code is not None and order.code["uses"] >= order.code["max_uses"]:
+    # Expired holds' uses come back when they are reclaimed: they count as free, like their tickets.
+    if order.code is not None and order.code["uses"] - order.code.get("expired_uses", 0) >= order.code["max_uses"]:
         return Conflict("access_code_exhausted", "This access code has been used as often as it may",
                         max_uses=order.code["max_uses"])
     for quota in order.quotas:

@@ -427,9 +427,12 @@ class _Order(BaseModel):
     )
     access_code: AccessCode | None = None
 
+    # The schema says it too, so clients (and schema-driven fuzzers) see the rule.
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["lines", "quantity"]}})
+
     @model_validator(mode="after")
     def _lines_or_quantity(self) -> Self:
-        if self.lines is not None and "quantity" in self.model_fields_set:
+        if {"lines", "quantity"} <= self.model_fields_set:
             raise ValueError("send `lines` or `quantity`, not both")
         return self
 
