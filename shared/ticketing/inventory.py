@@ -411,6 +411,15 @@ _DEMAND_CTE = """demand AS MATERIALIZED (
      ORDER BY qt.quota_id
 )"""
 
+# The seed's request has one line: its demand needs no grouping (the hot path).
+_DEFAULT_DEMAND_CTE = """demand AS MATERIALIZED (
+    SELECT qt.quota_id, q.shards, l.quantity
+      FROM lines l
+      JOIN quota_types qt ON qt.ticket_type_id = l.ticket_type_id
+      JOIN quotas q ON q.id = qt.quota_id
+     ORDER BY qt.quota_id
+)"""
+
 # The granted order (``granted``): the event's row as the gate read it, with the order's
 # ticket count and total. ``{when}``: the condition that every quota's take was made.
 _GRANTED_CTE = """granted AS MATERIALIZED (
@@ -550,7 +559,7 @@ def grant_ctes(*, exact: bool, order: bool = False) -> str:
     (``code_used``)."""
     take = _EXACT_TAKE_CTES if exact else _PICK_TAKE_CTES
     if not order:
-        return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEMAND_CTE,
+        return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEFAULT_DEMAND_CTE,
                             take.format(ready="", code_id="NULL::bigint AS access_code_id")))
     return ",\n".join((
         _GATE_CTE, _REQ_CTE, _code_cte(), _order_lines_cte(), _DEMAND_CTE,
