@@ -323,11 +323,6 @@ def test_the_upgraded_database_keeps_selling_exactly(
         assert mismatched == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the request fingerprint hashes BookingCreate.model_dump(), which now adds lines=None and "
-    "access_code=None, so a key answered before the upgrade is refused 422 idempotency_key_reused on its retry",
-)
 def test_a_key_answered_before_the_upgrade_replays_its_answer(
     upgraded: tuple[str, dict[str, Any], dict[str, Any]], api: _Api
 ) -> None:
