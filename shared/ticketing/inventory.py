@@ -134,6 +134,11 @@ class Rule:
     codes: tuple[str, ...]  # every code ``refusal`` may give
 
 
+def tickets(n: int) -> str:
+    """``n`` tickets in words: "1 ticket", "3 tickets"."""
+    return f"{n} {'ticket' if n == 1 else 'tickets'}"
+
+
 def _ended(event: Gate, ask: Ask) -> AppError:
     return Conflict("event_ended", f"Event {ask.event_id} has ended", ended_at=_json_time(event["sales_end"]))
 
@@ -141,7 +146,7 @@ def _ended(event: Gate, ask: Ask) -> AppError:
 def _too_large(event: Gate, ask: Ask) -> AppError:
     return BadRequest(
         "quantity_too_large",
-        f"At most {event['max_quantity']} tickets can be booked at once for this event",
+        f"At most {tickets(event['max_quantity'])} can be booked at once for this event",
         max_quantity=event["max_quantity"],
     )
 
@@ -152,7 +157,7 @@ def _shortage(event: Gate, ask: Ask) -> AppError:
         return BadRequest("sold_out", f"Event {ask.event_id} is sold out", available=0)
     return BadRequest(
         "insufficient_tickets",
-        f"Only {available} {'ticket' if available == 1 else 'tickets'} left for event {ask.event_id}",
+        f"Only {tickets(available)} left for event {ask.event_id}",
         available=available,
         requested=ask.quantity,
     )
@@ -161,7 +166,7 @@ def _shortage(event: Gate, ask: Ask) -> AppError:
 def _over_limit(event: Gate, ask: Ask) -> AppError:
     return BadRequest(
         "customer_limit_exceeded",
-        f"One customer may have at most {event['customer_max']} tickets of event {ask.event_id} "
+        f"One customer may have at most {tickets(event['customer_max'])} of event {ask.event_id} "
         f"(booked and held); you have {ask.booked + ask.held}",
         limit=event["customer_max"],
         booked=ask.booked,
@@ -258,7 +263,7 @@ def _line_too_large(t: TicketType | None, line: Line) -> AppError:
     assert t is not None
     return BadRequest(
         "quantity_too_large",
-        f"At most {t['max_per_order']} tickets of {t['name']!r} can be ordered at once",
+        f"At most {tickets(t['max_per_order'])} of {t['name']!r} can be ordered at once",
         ticket_type_id=line.ticket_type_id,
         max_quantity=t["max_per_order"],
     )
@@ -268,10 +273,16 @@ def _line_too_small(t: TicketType | None, line: Line) -> AppError:
     assert t is not None
     return BadRequest(
         "quantity_below_minimum",
-        f"At least {t['min_per_order']} tickets of {t['name']!r} must be ordered at once",
+        f"At least {tickets(t['min_per_order'])} of {t['name']!r} must be ordered at once",
         ticket_type_id=line.ticket_type_id,
         min_quantity=t["min_per_order"],
     )
+
+
+def _inactive(t: TicketType | None, line: Line) -> AppError:
+    assert t is not None
+    return Conflict("ticket_type_inactive", f"Ticket type {t['name']!r} is no longer sold",
+                    ticket_type_id=line.ticket_type_id)
 
 
 def _not_started(t: TicketType | None, line: Line) -> AppError:
@@ -294,7 +305,19 @@ def _sales_ended(t: TicketType | None, line: Line) -> AppError:
     )
 
 
+# In the order refusals name them. Visibility comes first: until the type is known to be
+# the event's and visible or unlocked by the order's code, no refusal may name it or tell
+# its bounds (a hidden type stays unknown to whoever has no code for it).
 LINE_RULES = (
+    LineRule(
+        "the type is the event's, and visible or unlocked by the order's code",
+        "(NOT t.hidden OR {unlocked})",
+        lambda t, line, now, unlocked: t is not None and (not t["hidden"] or t["id"] in unlocked),
+        lambda t, line: NotFound(
+            "ticket_type_not_found", f"Ticket type {line.ticket_type_id} does not exist",
+            ticket_type_id=line.ticket_type_id),
+        ("ticket_type_not_found",),
+    ),
     LineRule(
         "a line takes at most its type's per-order maximum",
         "(t.max_per_order IS NULL OR r.quantity <= t.max_per_order)",
@@ -310,21 +333,10 @@ LINE_RULES = (
         ("quantity_below_minimum",),
     ),
     LineRule(
-        "the type is the event's, and visible or unlocked by the order's code",
-        "(NOT t.hidden OR {unlocked})",
-        lambda t, line, now, unlocked: t is not None and (not t["hidden"] or t["id"] in unlocked),
-        lambda t, line: NotFound(
-            "ticket_type_not_found", f"Ticket type {line.ticket_type_id} does not exist",
-            ticket_type_id=line.ticket_type_id),
-        ("ticket_type_not_found",),
-    ),
-    LineRule(
         "the type is on offer (active)",
         "t.active",
         lambda t, line, now, unlocked: t is not None and t["active"],
-        lambda t, line: Conflict(
-            "ticket_type_inactive", f"Ticket type {line.ticket_type_id} is no longer sold",
-            ticket_type_id=line.ticket_type_id),
+        _inactive,
         ("ticket_type_inactive",),
     ),
     LineRule(
@@ -353,8 +365,12 @@ CODE_USES_CONSTRAINT = "access_codes_within_max_uses"
 TYPE_LIMIT = "type_limit_exceeded"
 
 
-def _line_where() -> str:
-    unlocked = "t.id = ANY(coalesce((SELECT unlocks FROM code), '{}'))"
+# ``{unlocked}`` in a statement with a ``code`` CTE; without one (the seed's request), nothing is.
+_UNLOCKED_BY_CODE = "t.id = ANY(coalesce((SELECT unlocks FROM code), '{}'))"
+
+
+def _line_where(unlocked: str = _UNLOCKED_BY_CODE) -> str:
+    """Every line rule's predicate, ANDed, with ``unlocked`` for ``{unlocked}``."""
     return "\n       AND ".join(rule.sql.replace("{unlocked}", unlocked) for rule in LINE_RULES)
 
 
@@ -394,12 +410,20 @@ _GATE_CTE = f"""gate AS MATERIALIZED (
 )"""
 
 # The order's lines (``lines``: ticket_type_id, quantity, price_minor, name, type_max): the seed's
-# request, %(quantity)s of the event's default type.
+# request, %(quantity)s of the event's default type, when it passes every line rule with no
+# code (nothing unlocked: a hidden default type is not found without one); else no line.
+# Cheap on the hot path: the same one-row read of the type, with its predicates.
 _DEFAULT_LINES_CTE = f"""lines AS MATERIALIZED (
-    SELECT t.id AS ticket_type_id, %(quantity)s::int AS quantity, t.price_minor, t.name,
+    SELECT t.id AS ticket_type_id, r.quantity, t.price_minor, t.name,
            coalesce(t.max_per_customer, {NO_TYPE_LIMIT}) AS type_max
-      FROM gate JOIN ticket_types t ON t.event_id = gate.id AND t.is_default
+      FROM gate JOIN ticket_types t ON t.event_id = gate.id AND t.is_default,
+           (SELECT %(quantity)s::int AS quantity) AS r
+     WHERE {_line_where("false")}
 )"""
+
+# The seed's request is granted only if its one line passed the line rules.
+_DEFAULT_READY = """
+       AND EXISTS (SELECT 1 FROM lines)"""
 
 # What the order takes of each quota (``demand``): one unit per ticket of every type it lists.
 _DEMAND_CTE = """demand AS MATERIALIZED (
@@ -538,10 +562,17 @@ _ORDER_READY = """
        AND (SELECT count(*) FROM lines) = (SELECT count(*) FROM req)
        AND (%(code_digest)s::bytea IS NULL AND %(code_id)s::bigint IS NULL OR EXISTS (SELECT 1 FROM code))"""
 
-# The code's use, counted after the stock rows are taken (the lock order): past max_uses,
-# the CHECK ``access_codes_within_max_uses`` aborts the statement.
+# The order's code when it is used: some line's type is among the types it unlocks. An
+# order naming a valid code that unlocks none of its types is granted without using it (no
+# use counted, none given back; the booking or hold records no code).
+_CODE_NEEDED = """(SELECT code.id FROM code
+        WHERE EXISTS (SELECT 1 FROM lines l WHERE l.ticket_type_id = ANY(code.unlocks))) AS access_code_id"""
+
+# The code's use, counted after the stock rows are taken (the lock order), only when the
+# order uses it (``granted.access_code_id``): past max_uses, the CHECK
+# ``access_codes_within_max_uses`` aborts the statement.
 CODE_USED_CTE = """code_used AS (
-    UPDATE access_codes a SET uses = a.uses + 1 FROM code, granted WHERE a.id = code.id
+    UPDATE access_codes a SET uses = a.uses + 1 FROM granted WHERE a.id = granted.access_code_id
     RETURNING a.id
 )"""
 
@@ -560,10 +591,10 @@ def grant_ctes(*, exact: bool, order: bool = False) -> str:
     take = _EXACT_TAKE_CTES if exact else _PICK_TAKE_CTES
     if not order:
         return ",\n".join((_GATE_CTE, _DEFAULT_LINES_CTE, _DEFAULT_DEMAND_CTE,
-                            take.format(ready="", code_id="NULL::bigint AS access_code_id")))
+                            take.format(ready=_DEFAULT_READY, code_id="NULL::bigint AS access_code_id")))
     return ",\n".join((
         _GATE_CTE, _REQ_CTE, _code_cte(), _order_lines_cte(), _DEMAND_CTE,
-        take.format(ready=_ORDER_READY, code_id="(SELECT id FROM code) AS access_code_id"), CODE_USED_CTE,
+        take.format(ready=_ORDER_READY, code_id=_CODE_NEEDED), CODE_USED_CTE,
     ))
 
 
@@ -1037,7 +1068,7 @@ def _why_refused(
         return refused, False
     expired_in_the_way = any(
         q["available"] < order.demand(q) <= q["available"] + q["expired_held"] for q in order.quotas)
-    code_in_the_way = order.code is not None and order.code["uses"] >= order.code["max_uses"]
+    code_in_the_way = order.uses_code and order.code is not None and order.code["uses"] >= order.code["max_uses"]
     return None, bool(order.expired_held or expired_in_the_way or code_in_the_way)
 
 
@@ -1058,6 +1089,11 @@ class Order:
     @property
     def unlocked(self) -> frozenset[int]:
         return frozenset(self.code["unlocks"]) if self.code else frozenset()
+
+    @property
+    def uses_code(self) -> bool:
+        """Whether the order uses its code: some line's type is one the code unlocks (:data:`_CODE_NEEDED`)."""
+        return any(line.ticket_type_id in self.unlocked for line in self.lines)
 
     def demand(self, quota: Mapping[str, Any]) -> int:
         return sum(line.quantity for line in self.lines if line.ticket_type_id in quota["type_ids"])
@@ -1130,7 +1166,8 @@ def judge(
     if refused is not None:
         return refused
     # Expired holds' uses come back when they are reclaimed: they count as free, like their tickets.
-    if order.code is not None and order.code["uses"] - order.code.get("expired_uses", 0) >= order.code["max_uses"]:
+    if (order.uses_code and order.code is not None
+            and order.code["uses"] - order.code.get("expired_uses", 0) >= order.code["max_uses"]):
         return Conflict("access_code_exhausted", "This access code has been used as often as it may",
                         max_uses=order.code["max_uses"])
     for quota in order.quotas:
@@ -1155,14 +1192,16 @@ def judge(
         limit = order.types[line.ticket_type_id]["max_per_customer"]
         has = (order.per_type or {}).get(line.ticket_type_id, 0)
         if limit is not None and has + line.quantity > limit:
-            return type_limit(line, limit, has)
+            return type_limit(order.types[line.ticket_type_id], line, limit, has)
     return None
 
 
-def type_limit(line: Line, limit: int, has: int) -> AppError:
+def type_limit(t: TicketType, line: Line, limit: int, has: int) -> AppError:
+    """A line past its type's per-customer limit (judged after the line rules: the type is
+    visible or unlocked by the order's code, so its name may be told)."""
     return BadRequest(
         "type_limit_exceeded",
-        f"One customer may have at most {limit} tickets of ticket type {line.ticket_type_id} "
+        f"One customer may have at most {tickets(limit)} of {t['name']!r} "
         f"(booked and held); you have {has}",
         ticket_type_id=line.ticket_type_id,
         limit=limit,
