@@ -9,8 +9,13 @@ Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
 the first grant that needs its tickets; :func:`tidy_expired_holds` only tidies.
 Confirming a live hold re-checks only that the event can still grant (its tickets were
-granted when it was made); confirming an expired one grants its tickets again under every
-rule, a shortage then saying ``hold_expired``.
+granted when it was made): it confirms even after its type was deactivated, its type's
+sales ended or its code was deactivated or used up meanwhile, at the prices stored on its
+lines when it was made (``hold_lines.unit_price_minor``). Safe: the hold already took
+its units of every quota, its counters and its code's use, so confirming takes nothing
+new; the rules were met when those were taken. Confirming an expired one grants its
+tickets again under every rule, at today's prices (a new grant), a shortage then saying
+``hold_expired``.
 """
 
 from __future__ import annotations
@@ -58,14 +63,16 @@ from shared.ticketing.inventory import (
 
 HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at, access_code_id"
 
-# A hold line as the API shows it (``hl``: hold_lines).
-_LINE_JSON = "json_build_object('ticket_type_id', hl.ticket_type_id, 'quantity', hl.quantity)"
-# A hold's columns with its lines, what they cost now and in which currency (``h``: holds).
+# A hold line as the API shows it (``hl``: hold_lines), with its type's price when held.
+_LINE_JSON = """json_build_object('ticket_type_id', hl.ticket_type_id, 'quantity', hl.quantity,
+                  'unit_price_minor', hl.unit_price_minor)"""
+# A hold's columns with its lines, what they cost (at the prices when held) and in which
+# currency (``h``: holds).
 HOLD_READ_COLUMNS = ", ".join(f"h.{c.strip()}" for c in HOLD_COLUMNS.split(",")) + f""",
        (SELECT coalesce(json_agg({_LINE_JSON} ORDER BY hl.ticket_type_id), '[]')
           FROM hold_lines hl WHERE hl.hold_id = h.id) AS lines,
-       (SELECT coalesce(sum(hl.quantity * t.price_minor), 0) FROM hold_lines hl
-          JOIN ticket_types t ON t.id = hl.ticket_type_id WHERE hl.hold_id = h.id)::bigint AS total_minor,
+       (SELECT coalesce(sum(hl.quantity * hl.unit_price_minor), 0) FROM hold_lines hl
+         WHERE hl.hold_id = h.id)::bigint AS total_minor,
        (SELECT currency FROM events e WHERE e.id = h.event_id) AS currency"""
 
 
@@ -81,9 +88,9 @@ WITH {grant_ctes(exact=exact, order=order)}, {count_ctes(order=order)}, hold AS 
       FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {HOLD_COLUMNS}
 ), held_lines AS (
-    INSERT INTO hold_lines (hold_id, ticket_type_id, quantity)
-    SELECT hold.id, l.ticket_type_id, l.quantity FROM hold, lines l ORDER BY l.ticket_type_id
-    RETURNING ticket_type_id, quantity
+    INSERT INTO hold_lines (hold_id, ticket_type_id, quantity, unit_price_minor)
+    SELECT hold.id, l.ticket_type_id, l.quantity, l.price_minor FROM hold, lines l ORDER BY l.ticket_type_id
+    RETURNING ticket_type_id, quantity, unit_price_minor
 ), answer AS (
     SELECT hold.*, g.total_minor, g.currency,
            (SELECT json_agg({_LINE_JSON} ORDER BY hl.ticket_type_id) FROM held_lines hl) AS lines
@@ -93,17 +100,25 @@ SELECT * FROM answer
 """
 
 
-def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") -> str:
+# What a confirmed hold's lines cost: a live hold's tickets were granted when it was made,
+# at the prices then (stored on its lines); an expired hold granted again is a new grant,
+# at today's prices.
+HELD_PRICE = "hl.unit_price_minor"
+TODAYS_PRICE = "t.price_minor"
+
+
+def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "", price: str = HELD_PRICE) -> str:
     """One statement that confirms the hold ``which`` selects (a predicate on ``holds h``)
     and writes its booking (carrying ``hold_id``), the confirmation and, if ``idempotent``,
-    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma."""
+    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma; ``price``:
+    each line's unit price (:data:`HELD_PRICE` or :data:`TODAYS_PRICE`)."""
     return f"""
 WITH {before}held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
      WHERE {which}
     RETURNING id, event_id, user_id, quantity, access_code_id
 ), lines AS MATERIALIZED (
-    SELECT hl.ticket_type_id, hl.quantity, t.price_minor
+    SELECT hl.ticket_type_id, hl.quantity, {price} AS price_minor
       FROM held JOIN hold_lines hl ON hl.hold_id = held.id JOIN ticket_types t ON t.id = hl.ticket_type_id
 ), booking AS (
     INSERT INTO bookings (event_id, user_id, quantity, hold_id, total_minor, currency, access_code_id)
@@ -252,13 +267,15 @@ def _confirm_expired(
         closed = refusal(event, Ask.of(params), EVENT_RULES)
         if closed is not None:
             raise closed
+        price = HELD_PRICE
         if not is_live(current, now):
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
             grant(conn, lambda: conn.execute(_REGRANT_SQL, params).fetchone(),
                   params=params, user_id=params["user_id"], locked=True,
                   wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
+            price = TODAYS_PRICE  # a new grant
         row = conn.execute(
-            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None),
+            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None, price=price),
             {**params, "hold_id": hold_id, **(idempotency.params() if idempotency else {})},
         ).fetchone()
     assert row is not None
@@ -303,7 +320,8 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     return {**row, "lines": lines, "total_minor": hold["total_minor"], "currency": hold["currency"]}
 
 
-_HOLD_LINES_SQL = "SELECT ticket_type_id, quantity FROM hold_lines WHERE hold_id = %s ORDER BY ticket_type_id"
+_HOLD_LINES_SQL = """SELECT ticket_type_id, quantity, unit_price_minor FROM hold_lines
+ WHERE hold_id = %s ORDER BY ticket_type_id"""
 
 
 def list_holds(*, user_id: int, limit: int, offset: int) -> list[dict[str, Any]]:

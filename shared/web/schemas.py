@@ -498,6 +498,10 @@ class HoldCreate(_Order):
 class HoldLineOut(BaseModel):
     ticket_type_id: int
     quantity: int
+    unit_price_minor: int = Field(
+        description="the type's price when the hold was made, in minor units of `currency`: what confirming "
+        "the hold while it is live charges (an expired hold confirmed is a new grant, at today's price)"
+    )
 
 
 class HoldOut(BaseModel):
@@ -510,7 +514,9 @@ class HoldOut(BaseModel):
     created_at: datetime
     closed_at: datetime | None = None
     lines: list[HoldLineOut] = []
-    total_minor: int = Field(default=0, description="what its lines cost at today's prices, minor units")
+    total_minor: int = Field(
+        default=0, description="what its lines cost at the prices when the hold was made, in minor units"
+    )
     currency: str = "EUR"
 
 

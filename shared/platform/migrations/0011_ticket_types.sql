@@ -129,6 +129,8 @@ CREATE TABLE hold_lines (
     hold_id        bigint  NOT NULL REFERENCES holds (id),
     ticket_type_id bigint  NOT NULL REFERENCES ticket_types (id),
     quantity       integer NOT NULL CHECK (quantity > 0),
+    -- The type's price when the hold was made: what confirming a live hold charges.
+    unit_price_minor bigint NOT NULL CHECK (unit_price_minor >= 0),
     PRIMARY KEY (hold_id, ticket_type_id)
 );
 CREATE INDEX hold_lines_type_idx ON hold_lines (ticket_type_id);
@@ -163,8 +165,8 @@ INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, cancelled_quant
 SELECT b.id, t.id, b.quantity, b.cancelled_quantity, 0
   FROM bookings b JOIN ticket_types t ON t.event_id = b.event_id AND t.is_default;
 
-INSERT INTO hold_lines (hold_id, ticket_type_id, quantity)
-SELECT h.id, t.id, h.quantity
+INSERT INTO hold_lines (hold_id, ticket_type_id, quantity, unit_price_minor)
+SELECT h.id, t.id, h.quantity, 0
   FROM holds h JOIN ticket_types t ON t.event_id = h.event_id AND t.is_default;
 
 INSERT INTO customer_type_tickets (ticket_type_id, user_id, tickets, limit_at_claim)
