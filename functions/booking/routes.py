@@ -20,7 +20,7 @@ from shared.web.deps import (
     UserId,
     require_self,
 )
-from shared.web.error_docs import GRANT_REFUSALS, KEYED, errors
+from shared.web.error_docs import GRANT_REFUSALS, KEYED, ORDER_REFUSALS, errors
 from shared.web.granting import Grant, Granting
 from shared.web.ratelimit import access_code_guesses
 from shared.web.schemas import (
@@ -37,7 +37,7 @@ router = APIRouter(tags=["booking"])
 
 _CUSTOMERS = ("customer_only", "not_your_account")
 # Ticket-granting routes take ``grant: Granting``: the caller rate limited, and an Idempotency-Key.
-_GRANTING = errors(*_CUSTOMERS, *GRANT_REFUSALS, *KEYED, "rate_limited")
+_GRANTING = errors(*_CUSTOMERS, *ORDER_REFUSALS, *KEYED, "rate_limited")
 
 
 async def _book(request: Request, body: BookingCreate, grant: Grant, user_id: int) -> dict[str, Any]:

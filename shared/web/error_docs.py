@@ -148,8 +148,12 @@ WITH_BODY = ("invalid_json", "unsupported_media_type")
 WITH_TOKEN = ("not_authenticated", "invalid_token", "token_expired", "token_revoked", "unknown_user")
 
 # Why a request for tickets (a booking, a hold, a hold's confirmation) can be refused:
-# the grant rules' codes, and losing every race for free tickets.
+# the grant rules' codes, and losing every race for free tickets. A hold's confirmation
+# can answer each: an expired hold is granted again under every rule, with its code
+# (``access_code_invalid`` once the code was deactivated or its window closed).
 GRANT_REFUSALS = (*REFUSAL_CODES, "contention")
+# What a request naming its own order (a booking, a hold) adds: a type listed twice.
+ORDER_REFUSALS = (*GRANT_REFUSALS, "duplicate_ticket_type")
 # What a route taking an Idempotency-Key adds (shared/web/idempotent.py).
 KEYED = ("request_in_progress", "idempotency_key_reused")
 
