@@ -54,6 +54,8 @@ class Shop:
     event_quota: int = 0
     vip_area: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    http: Any = None  # the HTTP paths' client and the buyer's token (set by the tests that use them)
+    token: str = ""
 
     def set_type(self, type_id: int, **changes: Any) -> None:
         assignments = ", ".join(f"{k} = %({k})s" for k in changes)
@@ -62,9 +64,16 @@ class Shop:
 
 
 @pytest.fixture(scope="module")
-def people(http_client: HttpClient) -> dict[str, int]:
-    return {role: account(http_client, "organizer" if role == "organizer" else "customer")[0]["id"]
+def logins(http_client: HttpClient) -> dict[str, tuple[int, str]]:
+    """Who buys, with a token each for the HTTP paths."""
+    made = {role: account(http_client, "organizer" if role == "organizer" else "customer")
             for role in ("organizer", "me", "rival")}
+    return {role: (user["id"], token) for role, (user, token) in made.items()}
+
+
+@pytest.fixture(scope="module")
+def people(logins: dict[str, tuple[int, str]]) -> dict[str, int]:
+    return {role: user_id for role, (user_id, _) in logins.items()}
 
 
 @pytest.fixture
@@ -193,6 +202,15 @@ SCENARIOS = [
     Scenario("above the type's per-customer limit", _vip(2), "type_limit_exceeded", before=_i_have_vip(1),
              change=lambda shop: shop.set_type(shop.vip, max_per_customer=2),
              details={"limit": 2, "has": 1, "requested": 2}),
+    # A hidden type's bounds are not told to whoever has no code for it: it does not exist for them.
+    Scenario("above a hidden type's maximum without a code", _vip(5), "ticket_type_not_found", change=_hidden),
+    Scenario("below a hidden type's minimum without a code", _vip(1), "ticket_type_not_found",
+             change=lambda shop: shop.set_type(shop.vip, hidden=True, min_per_order=2)),
+    Scenario("above a hidden type's per-customer limit without a code", _vip(2), "ticket_type_not_found",
+             before=_i_have_vip(1), change=lambda shop: shop.set_type(shop.vip, hidden=True, max_per_customer=2)),
+    # A code is used only by an order with a line of a type it unlocks: used up, it still books the others.
+    Scenario("an exhausted code no line needs", lambda shop: [(shop.default, 2)], None, CODE,
+             before=_code(max_uses=1), change=_exhaust_code),
 ]
 
 # What a confirmation of an expired hold says instead of a shortage.
@@ -283,6 +301,237 @@ def test_every_path_answers_each_order_alike(scenario: Scenario, path: str, shop
         assert outcome == ("hold_expired", {**expected, "requested": sum(n for _, n in lines)})
     else:
         assert outcome == (scenario.code, scenario.details)
+    _adds_up(shop)
+
+
+# -- the seed's request: {event_id, quantity} books the default type under the same line rules --------
+
+
+@dataclass(frozen=True)
+class SeedScenario:
+    """A change to the default type, and what the seed's request of ``quantity`` answers."""
+
+    name: str
+    change: dict[str, Any]
+    code: str
+    quantity: int = 1
+
+
+SEED_SCENARIOS = [
+    SeedScenario("its sales not started", {"sales_start": NOW + timedelta(hours=1)}, "sales_not_started"),
+    SeedScenario("its sales ended", {"sales_start": NOW - timedelta(hours=2), "sales_end": NOW - timedelta(hours=1)},
+                 "sales_ended"),
+    SeedScenario("hidden", {"hidden": True}, "ticket_type_not_found"),
+    SeedScenario("deactivated", {"active": False}, "ticket_type_inactive"),
+    SeedScenario("below its minimum", {"min_per_order": 2}, "quantity_below_minimum"),
+    SeedScenario("above its maximum", {"max_per_order": 1}, "quantity_too_large", quantity=2),
+    SeedScenario("hidden, above its maximum", {"hidden": True, "max_per_order": 1}, "ticket_type_not_found",
+                 quantity=2),
+]
+
+
+def _seed_http(shop: Shop, path: str, quantity: int) -> tuple[str, Any]:
+    """The seed's request over HTTP: ``{event_id}`` when one ticket (the default), else with quantity."""
+    body: dict[str, Any] = {"event_id": shop.event_id} if quantity == 1 else {"event_id": shop.event_id,
+                                                                              "quantity": quantity}
+    if path == "holds":
+        body = {} if quantity == 1 else {"quantity": quantity}
+        url = f"/events/{shop.event_id}/holds"
+    else:
+        url = "/bookings" if path == "bookings" else f"/book/{shop.me}"
+    r = shop.http.request("POST", url, json_body=body, token=shop.token)
+    if r.status_code == 201:
+        return "granted", r.json()["quantity"]
+    return r.json()["code"], None
+
+
+def _seed_lane(shop: Shop, quantity: int) -> tuple[str, Any]:
+    """The seed's request through a coalesced batch, beside another (then alone, for what the batch leaves)."""
+    lanes = coalescing.Coalescer()
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            lanes.book(user_id=shop.me, event_id=shop.event_id, quantity=quantity),
+            lanes.book(user_id=shop.rival, event_id=shop.event_id, quantity=10_000),
+            return_exceptions=True)
+
+    mine, _ = run_on_new_loop(both())
+    return _outcome(lambda: _raise(mine))
+
+
+SEED_PATHS: dict[str, Callable[[Shop, int], tuple[str, Any]]] = {
+    "book": lambda shop, n: _outcome(lambda: bookings.book(user_id=shop.me, event_id=shop.event_id, quantity=n)),
+    "batch": lambda shop, n: _outcome(lambda: _batch_or_alone(shop, n)),
+    "lane": _seed_lane,
+    "hold": lambda shop, n: _outcome(lambda: holds.create_hold(user_id=shop.me, event_id=shop.event_id, quantity=n,
+                                                                ttl_seconds=None)),
+    "confirm expired hold": lambda shop, n: _outcome(
+        lambda: holds.confirm_hold(hold_id=shop.extra["hold"], user_id=shop.me)[0]),
+    "POST /bookings": lambda shop, n: _seed_http(shop, "bookings", n),
+    "POST /book/{user_id}": lambda shop, n: _seed_http(shop, "book", n),
+    "POST /events/{id}/holds": lambda shop, n: _seed_http(shop, "holds", n),
+}
+
+
+def _batch_or_alone(shop: Shop, quantity: int) -> Any:
+    """A batch of the request alone: it must leave it (None), and the one-request path says why."""
+    [row] = bookings.book_batch(event_id=shop.event_id, items=[bookings.BatchItem(user_id=shop.me, quantity=quantity)])
+    if row is not None:
+        return row
+    return bookings.book(user_id=shop.me, event_id=shop.event_id, quantity=quantity)
+
+
+@pytest.mark.parametrize("path", list(SEED_PATHS))
+@pytest.mark.parametrize("scenario", SEED_SCENARIOS, ids=lambda s: s.name)
+def test_the_seed_request_meets_the_default_types_line_rules(
+    scenario: SeedScenario, path: str, shop: Shop, http_client: HttpClient, logins: dict[str, tuple[int, str]]
+) -> None:
+    # GIVEN the default type changed (on the confirmation path: after a hold of it was made, then expired)
+    shop.http, shop.token = http_client, logins["me"][1]
+    if path == "confirm expired hold":
+        shop.extra["hold"] = holds.create_hold(user_id=shop.me, event_id=shop.event_id,
+                                               quantity=scenario.quantity, ttl_seconds=60)["id"]
+        shop.clock.advance(61)
+    shop.set_type(shop.default, **scenario.change)
+
+    # WHEN the seed's request ({event_id, quantity}, {event_id}, a hold's {} or {quantity}) takes the path
+    code, _ = SEED_PATHS[path](shop, scenario.quantity)
+
+    # THEN the default type's line rule refuses it, and nothing was taken
+    assert code == scenario.code
+    assert shop.sql.execute("SELECT count(*) AS n FROM bookings WHERE event_id = %s", (shop.event_id,)
+                            ).fetchone()["n"] == 0
+    _adds_up(shop)
+
+
+def test_a_refusal_never_names_a_hidden_type_to_whoever_has_no_code(shop: Shop) -> None:
+    shop.set_type(shop.vip, hidden=True, max_per_order=3, name="Hidden Bounded")
+    _code()(shop)
+    for lines in ([(shop.vip, 5)], [(shop.default, 1), (shop.vip, 5)]):
+        with pytest.raises(AppError) as err:
+            bookings.book(user_id=shop.me, event_id=shop.event_id, lines=lines)
+        assert err.value.code == "ticket_type_not_found" and "Hidden" not in err.value.message
+        assert err.value.details == {"ticket_type_id": shop.vip}
+    # with its code, the type exists for the customer: its bound may be told, by name
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 5)], access_code=CODE)
+    assert err.value.code == "quantity_too_large"
+    assert err.value.message == "At most 3 tickets of 'Hidden Bounded' can be ordered at once"
+
+
+def test_refusals_name_the_type_and_count_tickets_in_words(shop: Shop) -> None:
+    shop.set_type(shop.vip, max_per_customer=1, max_per_order=1)
+    bookings.book(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 1)])
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 1)])
+    assert err.value.code == "type_limit_exceeded"
+    assert err.value.message == "One customer may have at most 1 ticket of 'VIP' (booked and held); you have 1"
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.rival, event_id=shop.event_id, lines=[(shop.vip, 2)])
+    assert err.value.message == "At most 1 ticket of 'VIP' can be ordered at once"
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.rival, event_id=shop.event_id, quantity=2, default_max=1)
+    assert err.value.message == "At most 1 ticket can be booked at once for this event"
+    shop.set_type(shop.vip, active=False)
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.rival, event_id=shop.event_id, lines=[(shop.vip, 1)])
+    assert err.value.message == "Ticket type 'VIP' is no longer sold"
+
+
+# -- access codes: a use is counted only by an order that needs the code ------------------------------
+
+_USES = "SELECT uses FROM access_codes WHERE id = %s"
+
+
+def test_an_order_none_of_whose_lines_needs_the_code_does_not_use_it(
+    shop: Shop, http_client: HttpClient, logins: dict[str, tuple[int, str]]
+) -> None:
+    # GIVEN a code of one use unlocking the hidden VIP type
+    _code(max_uses=1)(shop)
+    _hidden(shop)
+    uses = lambda: shop.sql.execute(_USES, (shop.extra["code"],)).fetchone()["uses"]  # noqa: E731
+
+    # WHEN orders of the default type name it, on every path
+    booked = bookings.book(user_id=shop.me, event_id=shop.event_id, quantity=1, access_code=CODE)
+    lined = bookings.book(user_id=shop.me, event_id=shop.event_id, lines=[(shop.default, 1)], access_code=CODE)
+    alone = run_on_new_loop(coalescing.book(user_id=shop.me, event_id=shop.event_id, quantity=1, access_code=CODE,
+                                            lanes=True))
+    r = http_client.request("POST", "/bookings", token=logins["me"][1],
+                            json_body={"event_id": shop.event_id, "quantity": 1, "access_code": CODE})
+    assert r.status_code == 201, r.text
+    hold = holds.create_hold(user_id=shop.me, event_id=shop.event_id, quantity=1, access_code=CODE, ttl_seconds=None)
+
+    # THEN each is granted without using it, records no code, and its release gives none back
+    assert uses() == 0 and hold["access_code_id"] is None
+    coded = "SELECT count(*) AS n FROM bookings WHERE id = ANY(%s) AND access_code_id IS NOT NULL"
+    assert shop.sql.execute(coded, ([x["id"] for x in (booked, lined, alone, r.json())],)).fetchone()["n"] == 0
+    holds.release_hold(hold_id=hold["id"], user_id=shop.me)
+    expiring = holds.create_hold(user_id=shop.me, event_id=shop.event_id, lines=[(shop.default, 1)],
+                                 access_code=CODE, ttl_seconds=60)
+    shop.clock.advance(61)
+    holds.tidy_expired_holds()
+    assert uses() == 0 and expiring["access_code_id"] is None
+
+    # AND its one use is still there for an order that needs it, then gone
+    vip = bookings.book(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 1), (shop.default, 1)],
+                        access_code=CODE)
+    assert uses() == 1
+    assert shop.sql.execute("SELECT access_code_id FROM bookings WHERE id = %s", (vip["id"],)
+                            ).fetchone()["access_code_id"] == shop.extra["code"]
+    with pytest.raises(AppError) as err:
+        bookings.book(user_id=shop.rival, event_id=shop.event_id, lines=[(shop.vip, 1)], access_code=CODE)
+    assert err.value.code == "access_code_exhausted"
+    # an order that does not need it still books
+    assert bookings.book(user_id=shop.rival, event_id=shop.event_id, quantity=1, access_code=CODE)["quantity"] == 1
+    _adds_up(shop)
+
+
+def test_an_expired_holds_confirmation_says_its_code_is_no_longer_valid(shop: Shop) -> None:
+    # GIVEN a hold of the hidden VIP type made with its code, which expired, and the code deactivated since
+    _code()(shop)
+    _hidden(shop)
+    hold = holds.create_hold(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 1)], access_code=CODE,
+                             ttl_seconds=60)
+    shop.clock.advance(61)
+    shop.sql.execute("UPDATE access_codes SET active = false WHERE id = %s", (shop.extra["code"],))
+    # WHEN it is confirmed (a new grant, under every rule): THEN the code refuses it
+    with pytest.raises(AppError) as err:
+        holds.confirm_hold(hold_id=hold["id"], user_id=shop.me)
+    assert err.value.code == "access_code_invalid"
+
+
+# -- prices: a live hold confirms at the prices it was made at ---------------------------------------
+
+
+def test_a_live_hold_confirms_at_its_prices_and_an_expired_one_at_todays(shop: Shop) -> None:
+    # GIVEN two holds of 2 VIP at 5000 each, then the VIP price raised to 7000
+    live = holds.create_hold(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 2)], ttl_seconds=3600)
+    expiring = holds.create_hold(user_id=shop.me, event_id=shop.event_id, lines=[(shop.vip, 1)], ttl_seconds=60)
+    shop.set_type(shop.vip, price_minor=7000)
+
+    # THEN the holds show the prices they were made at
+    got = holds.get_hold(hold_id=live["id"], user_id=shop.me)
+    assert live["lines"] == got["lines"] == [{"ticket_type_id": shop.vip, "quantity": 2, "unit_price_minor": 5000}]
+    assert live["total_minor"] == got["total_minor"] == 10000
+
+    # WHEN the live one is confirmed: THEN at the held price
+    booking, _ = holds.confirm_hold(hold_id=live["id"], user_id=shop.me)
+    assert booking["total_minor"] == 10000 and booking["lines"][0]["unit_price_minor"] == 5000
+
+    # WHEN the other expired and is confirmed: THEN it was granted anew, at today's price
+    shop.clock.advance(61)
+    again, _ = holds.confirm_hold(hold_id=expiring["id"], user_id=shop.me)
+    assert again["total_minor"] == 7000 and again["lines"][0]["unit_price_minor"] == 7000
+    _adds_up(shop)
+
+
+def test_a_live_hold_confirms_after_its_type_stopped_selling(shop: Shop) -> None:
+    # GIVEN a live hold of the default type, then the type deactivated and its sales ended
+    hold = holds.create_hold(user_id=shop.me, event_id=shop.event_id, quantity=2, ttl_seconds=3600)
+    shop.set_type(shop.default, active=False, sales_start=NOW - timedelta(hours=2), sales_end=NOW - timedelta(hours=1))
+    # WHEN it is confirmed: THEN its tickets, taken when it was made, are booked
+    booking, created = holds.confirm_hold(hold_id=hold["id"], user_id=shop.me)
+    assert created and booking["quantity"] == 2
     _adds_up(shop)
 
 
@@ -486,7 +735,8 @@ def test_the_api_books_lines_and_refuses_lines_with_quantity(http_client: HttpCl
     hold = http_client.request("POST", f"/events/{event['id']}/holds", token=me,
                                json_body={"lines": [{"ticket_type_id": vip, "quantity": 1}]})
     assert hold.status_code == 201, hold.text
-    assert hold.json()["lines"] == [{"ticket_type_id": vip, "quantity": 1}] and hold.json()["total_minor"] == 1250
+    assert hold.json()["lines"] == [{"ticket_type_id": vip, "quantity": 1, "unit_price_minor": 1250}]
+    assert hold.json()["total_minor"] == 1250
 
 
 def test_guessing_codes_is_rate_limited(http_client: HttpClient) -> None:
