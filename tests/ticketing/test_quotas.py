@@ -102,6 +102,22 @@ def test_delete_and_not_found(v2: LambdaClient) -> None:
                        token=org), 404, "ticket_type_not_found")
 
 
+def test_names_are_trimmed_and_bodies_strict(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    refused(v2.request("POST", _quota(event), json_body={"name": "  ", "size": 1, "ticket_type_ids": []}, token=org),
+            422, "validation_error")
+    area = add_quota(v2, org, event["id"], 5, [], name=" Balcony  ")
+    assert area["name"] == "Balcony"
+    refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"name": " "}, token=org), 422, "validation_error")
+    for body in ({"name": "x", "size": 1, "ticket_type_ids": [], "shards": 4}, {"is_event": True}):
+        path = _quota(event) if "size" in body else _quota(event, area["id"])
+        method = "POST" if "size" in body else "PATCH"
+        r = refused(v2.request(method, path, json_body=body, token=org), 422, "validation_error")
+        assert r["details"]["errors"][0]["type"] == "extra_forbidden"
+    assert [q["is_event"] for q in quotas_of(v2, org, event["id"])] == [True, False]
+
+
 def test_only_the_organizer(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
     _, other = account(v2, "organizer")

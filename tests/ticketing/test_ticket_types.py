@@ -166,3 +166,28 @@ def test_a_cancelled_events_catalog_is_frozen(v2: LambdaClient) -> None:
     ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
     refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=org), 409, "event_cancelled")
     assert ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"][0]["on_sale"] is False
+
+
+def test_names_are_trimmed_and_never_blank(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    for name in ("   ", "\t\n", "\u3000"):
+        refused(v2.request("POST", _path(event), json_body={"name": name}, token=org), 422, "validation_error")
+    t = add_type(v2, org, event["id"], name="  Early bird ")
+    assert t["name"] == "Early bird"
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"name": " "}, token=org), 422, "validation_error")
+    assert ok(v2.request("PATCH", _path(event, t["id"]), json_body={"name": " Late "}, token=org))["name"] == "Late"
+
+
+def test_unknown_fields_are_refused_not_ignored(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]
+    for method, path, body in (
+        ("POST", _path(event), {"name": "x", "price": 5}),
+        ("PATCH", _path(event, t["id"]), {"currency": "SEK"}),
+        ("PUT", _order(event), {"ticket_type_ids": [t["id"]], "reverse": True}),
+    ):
+        body_ = refused(v2.request(method, path, json_body=body, token=org), 422, "validation_error")
+        assert body_["details"]["errors"][0]["type"] == "extra_forbidden", body_
+    assert types_of(v2, org, event["id"])[0]["name"] == t["name"]
