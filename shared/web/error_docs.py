@@ -76,7 +76,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "default_ticket_type": ErrorCode(409, "the default ticket type (what `{event_id, quantity}` books) stays"),
     "duplicate_ticket_type": ErrorCode(400, "a ticket type is listed more than once"),
     "invalid_sales_window": ErrorCode(422, "sales_end is not after sales_start (as stored, for a field not sent)"),
-    "invalid_order_bounds": ErrorCode(422, "max_per_order is below min_per_order (as stored, for a field not sent)"),
+    "invalid_order_bounds": ErrorCode(422, "min_per_order above a maximum (the type's or the event's): never buyable"),
     "quota_not_found": ErrorCode(404, "no such quota of this event (details: `quota_id`)"),
     "quota_membership_locked": ErrorCode(
         409, "a ticket type with sold or held tickets cannot join or leave a quota (details: `ticket_type_ids`)"

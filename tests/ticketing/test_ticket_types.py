@@ -191,3 +191,36 @@ def test_unknown_fields_are_refused_not_ignored(v2: LambdaClient) -> None:
         body_ = refused(v2.request(method, path, json_body=body, token=org), 422, "validation_error")
         assert body_["details"]["errors"][0]["type"] == "extra_forbidden", body_
     assert types_of(v2, org, event["id"])[0]["name"] == t["name"]
+
+
+def test_a_type_no_order_could_buy_is_refused(v2: LambdaClient) -> None:
+    """min_per_order above any maximum that applies to one order: on create and on PATCH."""
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, max_tickets_per_booking=6, max_tickets_per_customer=8)
+    for fields, details in (
+        ({"min_per_order": 7}, {"min_per_order": 7, "max_tickets_per_booking": 6}),
+        ({"min_per_order": 3, "max_per_customer": 2}, {"min_per_order": 3, "max_per_customer": 2}),
+    ):
+        body = refused(v2.request("POST", _path(event), json_body={"name": "x2", **fields}, token=org),
+                       422, "invalid_order_bounds")
+        assert body["details"] == details
+    t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
+    body = refused(v2.request("PATCH", _path(event, t["id"]), json_body={"min_per_order": 7}, token=org),
+                   422, "invalid_order_bounds")
+    assert body["details"] == {"min_per_order": 7, "max_tickets_per_booking": 6}
+    seated = create_event(v2, org, max_tickets_per_booking=10, max_tickets_per_customer=4)
+    body = refused(v2.request("POST", _path(seated), json_body={"name": "x", "min_per_order": 5}, token=org),
+                   422, "invalid_order_bounds")
+    assert body["details"] == {"min_per_order": 5, "max_tickets_per_customer": 4}
+    assert [x["name"] for x in types_of(v2, org, event["id"])] == ["General admission", "Table"]
+
+
+def test_a_type_left_unbuyable_by_the_event_can_still_be_renamed_and_deactivated(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, max_tickets_per_booking=6)
+    t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
+    ok(v2.request("PUT", f"/events/{event['id']}", json_body={"max_tickets_per_booking": 4}, token=org))
+    r = ok(v2.request("PATCH", _path(event, t["id"]), json_body={"name": "Old table", "active": False}, token=org))
+    assert (r["name"], r["active"]) == ("Old table", False)
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"max_per_order": 5}, token=org),
+            422, "invalid_order_bounds")
