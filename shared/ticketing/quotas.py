@@ -236,19 +236,23 @@ def create_quota(
 
 def _lock_quota(conn: Connection, event_id: int, quota_id: int) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT id, size, is_event FROM quotas WHERE id = %s AND event_id = %s FOR UPDATE", (quota_id, event_id)
+        "SELECT id, name, size, is_event FROM quotas WHERE id = %s AND event_id = %s FOR UPDATE", (quota_id, event_id)
     ).fetchone()
     if row is None:
         raise NotFound("quota_not_found", f"Quota {quota_id} is not a quota of event {event_id}", quota_id=quota_id)
     return row
 
 
-def _event_quota_refusal(what: str) -> Conflict:
-    return Conflict(
-        "event_quota",
-        f"The event quota's {what} follows the event: change total_tickets with PUT /events/{{event_id}}; "
-        "it lists every type and cannot be deleted",
-    )
+_EVENT_QUOTA_REFUSALS = {
+    "types": "The event quota lists every ticket type of the event: its types cannot change",
+    "size": "The event quota's size is the event's total_tickets: change it with PUT /events/{event_id}",
+    "delete": "The event quota is the event's capacity: it cannot be deleted",
+}
+
+
+def _event_quota_refusal(change: str) -> Conflict:
+    """``change``: what was asked of the event quota (a key of :data:`_EVENT_QUOTA_REFUSALS`)."""
+    return Conflict("event_quota", _EVENT_QUOTA_REFUSALS[change])
 
 
 def update_quota(*, event_id: int, organizer_id: int, quota_id: int, changes: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +298,10 @@ def _resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, n
         held = row["held"]
         raise Conflict(
             "capacity_below_sold",
-            f"Cannot set the quota's size to {size}: {taken - held} tickets are sold and {held} are held",
+            f"Cannot set the size of quota {quota['name']!r} to {size}: {taken - held} tickets are sold and {held} "
+            "are held",
+            quota_id=quota["id"],
+            quota=quota["name"],
             sold=taken - held,
             held=held,
             requested=size,
@@ -308,7 +315,7 @@ def delete_quota(*, event_id: int, organizer_id: int, quota_id: int) -> None:
     with connection() as conn, conn.transaction():
         locked_for_change(conn, event_id, organizer_id)
         if _lock_quota(conn, event_id, quota_id)["is_event"]:
-            raise _event_quota_refusal("existence")
+            raise _event_quota_refusal("delete")
         conn.execute("DELETE FROM quota_types WHERE quota_id = %s", (quota_id,))
         conn.execute("DELETE FROM quota_stock WHERE quota_id = %s", (quota_id,))
         conn.execute("DELETE FROM quotas WHERE id = %s", (quota_id,))

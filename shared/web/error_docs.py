@@ -68,7 +68,8 @@ CATALOGUE: dict[str, ErrorCode] = {
     ),
     "invalid_time_range": ErrorCode(422, "end_time is before start_time"),
     "capacity_below_sold": ErrorCode(
-        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`)"
+        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`;"
+        " a quota's `quota_id`, `quota`)"
     ),
     # -- the catalog: ticket types, quotas, access codes ------------------------------------
     "ticket_type_not_found": ErrorCode(404, "no such ticket type of this event (details: `ticket_type_id`)"),
