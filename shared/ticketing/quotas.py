@@ -83,10 +83,13 @@ TYPE_AVAILABLE_SQL = """(SELECT min(qf.free) FROM quota_types qt JOIN quota_free
 _QUOTA_ORDER = "ORDER BY NOT is_event, id"
 
 
-def own_event(conn: Connection, event_id: int, organizer_id: int, *, lock: bool = False) -> dict[str, Any]:
+def own_event(
+    conn: Connection, event_id: int, organizer_id: int, *, lock: bool = False, reading: bool = False
+) -> dict[str, Any]:
     """The organizer's event; ``lock``: its row ``FOR NO KEY UPDATE``, first in the lock order.
 
-    A change of a cancelled event's catalog is refused (``event_cancelled``) like its updates.
+    A change of a cancelled event's catalog is refused (``event_cancelled``) like its updates;
+    ``reading``: the caller only reads it (a refusal says "see", not "change").
     """
     row = conn.execute(
         f"SELECT id, organizer_id, status, currency FROM events WHERE id = %s {'FOR NO KEY UPDATE' if lock else ''}",
@@ -95,7 +98,7 @@ def own_event(conn: Connection, event_id: int, organizer_id: int, *, lock: bool 
     if row is None:
         raise NotFound("event_not_found", f"Event {event_id} does not exist")
     if row["organizer_id"] != organizer_id:
-        raise Forbidden("not_event_owner", "Only the event's organizer can change it")
+        raise Forbidden("not_event_owner", f"Only the event's organizer can {'see' if reading else 'change'} it")
     if lock and row["status"] != "active":
         raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
     return row
@@ -210,7 +213,7 @@ def _read_quota(conn: Connection, event_id: int, quota_id: int) -> dict[str, Any
 
 def list_quotas(*, event_id: int, organizer_id: int) -> list[dict[str, Any]]:
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         return read_quotas(conn, event_id)
 
 
@@ -324,7 +327,7 @@ def delete_quota(*, event_id: int, organizer_id: int, quota_id: int) -> None:
 def inventory(*, event_id: int, organizer_id: int) -> dict[str, Any]:
     """Sold, held and free per quota and per type, in one statement's snapshot."""
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         row = conn.execute(
             f"""{COUNTS_CTE}
                 SELECT (SELECT coalesce(json_agg(json_build_object(

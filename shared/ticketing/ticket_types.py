@@ -132,7 +132,7 @@ def _not_found(event_id: int, type_id: int) -> NotFound:
 
 def list_types(*, event_id: int, organizer_id: int) -> list[dict[str, Any]]:
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         return read_types(conn, event_id)
 
 

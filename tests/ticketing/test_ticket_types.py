@@ -224,3 +224,15 @@ def test_a_type_left_unbuyable_by_the_event_can_still_be_renamed_and_deactivated
     assert (r["name"], r["active"]) == ("Old table", False)
     refused(v2.request("PATCH", _path(event, t["id"]), json_body={"max_per_order": 5}, token=org),
             422, "invalid_order_bounds")
+
+
+def test_reads_refuse_another_organizer_with_see(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, other = account(v2, "organizer")
+    event = create_event(v2, org)
+    for path in (_path(event), f"/events/{event['id']}/quotas", f"/events/{event['id']}/inventory",
+                 f"/events/{event['id']}/access-codes"):
+        body = refused(v2.request("GET", path, token=other), 403, "not_event_owner")
+        assert body["message"] == "Only the event's organizer can see it", path
+    body = refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=other), 403, "not_event_owner")
+    assert body["message"] == "Only the event's organizer can change it"
