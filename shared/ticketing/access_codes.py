@@ -82,7 +82,7 @@ def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> 
 
 def list_codes(*, event_id: int, organizer_id: int) -> list[dict[str, Any]]:
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         return _read(conn, event_id)
 
 

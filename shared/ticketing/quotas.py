@@ -83,10 +83,13 @@ TYPE_AVAILABLE_SQL = """(SELECT min(qf.free) FROM quota_types qt JOIN quota_free
 _QUOTA_ORDER = "ORDER BY NOT is_event, id"
 
 
-def own_event(conn: Connection, event_id: int, organizer_id: int, *, lock: bool = False) -> dict[str, Any]:
+def own_event(
+    conn: Connection, event_id: int, organizer_id: int, *, lock: bool = False, reading: bool = False
+) -> dict[str, Any]:
     """The organizer's event; ``lock``: its row ``FOR NO KEY UPDATE``, first in the lock order.
 
-    A change of a cancelled event's catalog is refused (``event_cancelled``) like its updates.
+    A change of a cancelled event's catalog is refused (``event_cancelled``) like its updates;
+    ``reading``: the caller only reads it (a refusal says "see", not "change").
     """
     row = conn.execute(
         f"SELECT id, organizer_id, status, currency FROM events WHERE id = %s {'FOR NO KEY UPDATE' if lock else ''}",
@@ -95,7 +98,7 @@ def own_event(conn: Connection, event_id: int, organizer_id: int, *, lock: bool 
     if row is None:
         raise NotFound("event_not_found", f"Event {event_id} does not exist")
     if row["organizer_id"] != organizer_id:
-        raise Forbidden("not_event_owner", "Only the event's organizer can change it")
+        raise Forbidden("not_event_owner", f"Only the event's organizer can {'see' if reading else 'change'} it")
     if lock and row["status"] != "active":
         raise Conflict("event_cancelled", f"Event {event_id} is cancelled")
     return row
@@ -210,7 +213,7 @@ def _read_quota(conn: Connection, event_id: int, quota_id: int) -> dict[str, Any
 
 def list_quotas(*, event_id: int, organizer_id: int) -> list[dict[str, Any]]:
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         return read_quotas(conn, event_id)
 
 
@@ -236,19 +239,23 @@ def create_quota(
 
 def _lock_quota(conn: Connection, event_id: int, quota_id: int) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT id, size, is_event FROM quotas WHERE id = %s AND event_id = %s FOR UPDATE", (quota_id, event_id)
+        "SELECT id, name, size, is_event FROM quotas WHERE id = %s AND event_id = %s FOR UPDATE", (quota_id, event_id)
     ).fetchone()
     if row is None:
         raise NotFound("quota_not_found", f"Quota {quota_id} is not a quota of event {event_id}", quota_id=quota_id)
     return row
 
 
-def _event_quota_refusal(what: str) -> Conflict:
-    return Conflict(
-        "event_quota",
-        f"The event quota's {what} follows the event: change total_tickets with PUT /events/{{event_id}}; "
-        "it lists every type and cannot be deleted",
-    )
+_EVENT_QUOTA_REFUSALS = {
+    "types": "The event quota lists every ticket type of the event: its types cannot change",
+    "size": "The event quota's size is the event's total_tickets: change it with PUT /events/{event_id}",
+    "delete": "The event quota is the event's capacity: it cannot be deleted",
+}
+
+
+def _event_quota_refusal(change: str) -> Conflict:
+    """``change``: what was asked of the event quota (a key of :data:`_EVENT_QUOTA_REFUSALS`)."""
+    return Conflict("event_quota", _EVENT_QUOTA_REFUSALS[change])
 
 
 def update_quota(*, event_id: int, organizer_id: int, quota_id: int, changes: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +301,10 @@ def _resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, n
         held = row["held"]
         raise Conflict(
             "capacity_below_sold",
-            f"Cannot set the quota's size to {size}: {taken - held} tickets are sold and {held} are held",
+            f"Cannot set the size of quota {quota['name']!r} to {size}: {taken - held} tickets are sold and {held} "
+            "are held",
+            quota_id=quota["id"],
+            quota=quota["name"],
             sold=taken - held,
             held=held,
             requested=size,
@@ -308,7 +318,7 @@ def delete_quota(*, event_id: int, organizer_id: int, quota_id: int) -> None:
     with connection() as conn, conn.transaction():
         locked_for_change(conn, event_id, organizer_id)
         if _lock_quota(conn, event_id, quota_id)["is_event"]:
-            raise _event_quota_refusal("existence")
+            raise _event_quota_refusal("delete")
         conn.execute("DELETE FROM quota_types WHERE quota_id = %s", (quota_id,))
         conn.execute("DELETE FROM quota_stock WHERE quota_id = %s", (quota_id,))
         conn.execute("DELETE FROM quotas WHERE id = %s", (quota_id,))
@@ -317,7 +327,7 @@ def delete_quota(*, event_id: int, organizer_id: int, quota_id: int) -> None:
 def inventory(*, event_id: int, organizer_id: int) -> dict[str, Any]:
     """Sold, held and free per quota and per type, in one statement's snapshot."""
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         row = conn.execute(
             f"""{COUNTS_CTE}
                 SELECT (SELECT coalesce(json_agg(json_build_object(

@@ -18,7 +18,7 @@ from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, NotFound, Unprocessable
 from shared.ticketing import events
 from shared.ticketing.access_codes import unlocked_types
-from shared.ticketing.inventory import SALES_END_SQL
+from shared.ticketing.inventory import BOOKING_MAX_SQL, CUSTOMER_MAX_SQL, SALES_END_SQL, rule_params
 from shared.ticketing.quotas import (
     COUNTS_CTE,
     FREE_CTE,
@@ -36,6 +36,7 @@ FIELDS = (
     "name", "description", "price_minor", "sales_start", "sales_end", "min_per_order", "max_per_order",
     "max_per_customer", "hidden", "position", "active",
 )
+_BOUNDS = frozenset({"min_per_order", "max_per_order", "max_per_customer"})
 _DEFAULTS: dict[str, Any] = {
     "description": None, "price_minor": 0, "sales_start": None, "sales_end": None, "min_per_order": 1,
     "max_per_order": None, "max_per_customer": None, "hidden": False, "position": None, "active": True,
@@ -66,17 +67,41 @@ SELECT t.id, t.name, t.description, t.price_minor, e.currency, t.sales_start, t.
  ORDER BY t.position, t.id"""
 
 
-def check_rules(fields: dict[str, Any]) -> None:
-    """The rules across a type's fields, on its values once merged (a PATCH sends one end)."""
+def check_rules(fields: dict[str, Any], limits: dict[str, Any] | None) -> None:
+    """The rules across a type's fields, on its values once merged (a PATCH sends one end).
+
+    With the event's ``limits`` (:func:`event_limits`), its order bounds too: a type no order
+    could buy is refused. A PATCH that changes no bound passes None, so a type the event's
+    limits left unbuyable can still be renamed or deactivated.
+    """
     start, end = fields.get("sales_start"), fields.get("sales_end")
     if start is not None and end is not None and end <= start:
         raise Unprocessable("invalid_sales_window", "sales_end must be after sales_start")
-    low, high = fields.get("min_per_order"), fields.get("max_per_order")
-    if low is not None and high is not None and high < low:
-        raise Unprocessable(
-            "invalid_order_bounds", "max_per_order must not be below min_per_order",
-            min_per_order=low, max_per_order=high,
-        )
+    if limits is None:
+        return
+    low = fields.get("min_per_order") or 1
+    ceilings = (
+        ("max_per_order", fields.get("max_per_order"), "the type's max_per_order"),
+        ("max_per_customer", fields.get("max_per_customer"), "the type's max_per_customer"),
+        ("max_tickets_per_booking", limits["booking_max"], "the event's per-booking maximum"),
+        ("max_tickets_per_customer", limits["customer_max"], "the event's per-customer maximum"),
+    )
+    for key, high, what in ceilings:
+        if high is not None and high < low:
+            raise Unprocessable(
+                "invalid_order_bounds", f"min_per_order ({low}) is above {what} ({high}): no order could buy it",
+                min_per_order=low, **{key: high},
+            )
+
+
+def event_limits(conn: Connection, event_id: int) -> dict[str, Any]:
+    """The event's per-booking and per-customer maximums as grants apply them (defaults resolved)."""
+    row = conn.execute(
+        f"SELECT {BOOKING_MAX_SQL} AS booking_max, {CUSTOMER_MAX_SQL} AS customer_max FROM events WHERE id = %(id)s",
+        {**rule_params(event_id=event_id, quantity=0, now=clock.now()), "id": event_id},
+    ).fetchone()
+    assert row is not None, f"event {event_id} is locked, so it exists"
+    return row
 
 
 def on_sale_types(conn: Connection, event_id: int, unlocked: list[int]) -> list[dict[str, Any]]:
@@ -107,17 +132,17 @@ def _not_found(event_id: int, type_id: int) -> NotFound:
 
 def list_types(*, event_id: int, organizer_id: int) -> list[dict[str, Any]]:
     with connection() as conn:
-        own_event(conn, event_id, organizer_id)
+        own_event(conn, event_id, organizer_id, reading=True)
         return read_types(conn, event_id)
 
 
 def create_type(*, event_id: int, organizer_id: int, fields: dict[str, Any], quota_ids: list[int]) -> dict[str, Any]:
     """A new type in the event quota and in ``quota_ids``; by default after the others."""
     values = {**_DEFAULTS, **{k: v for k, v in fields.items() if k in FIELDS}}
-    check_rules(values)
     with connection() as conn:
         with conn.transaction():
             locked_for_change(conn, event_id, organizer_id)
+            check_rules(values, event_limits(conn, event_id))
             extra = check_quotas(conn, event_id, quota_ids)
             row = conn.execute(
                 """INSERT INTO ticket_types (event_id, name, description, price_minor, sales_start, sales_end,
@@ -154,7 +179,8 @@ def update_type(*, event_id: int, organizer_id: int, type_id: int, changes: dict
             locked_for_change(conn, event_id, organizer_id)
             current = _lock_type(conn, event_id, type_id)
             changed = {k: v for k, v in changes.items() if k in FIELDS and current[k] != v}
-            check_rules({**current, **changed})
+            bounds_changed = not changed.keys().isdisjoint(_BOUNDS)
+            check_rules({**current, **changed}, event_limits(conn, event_id) if bounds_changed else None)
             if "quota_ids" in changes:
                 _move(conn, event_id, type_id, check_quotas(conn, event_id, changes["quota_ids"]), now)
             if changed:

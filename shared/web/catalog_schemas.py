@@ -1,9 +1,11 @@
 """Bodies of the organizer's catalog: ticket types, quotas, access codes, inventory.
 
-PATCH bodies: fields not sent stay as they are. Fields that may be omitted but never null
-say so in the schema (a default of None without ``| None``): read ``model_fields_set``.
-Rules across fields (a sales window, per-order bounds) are checked by the services on the
-merged values, so a PATCH of one end is checked against the stored other end.
+Request bodies refuse unknown fields (422 ``validation_error``): a field the server does
+not change must not look accepted. PATCH bodies: fields not sent stay as they are. Fields
+that may be omitted but never null say so in the schema (a default of None without
+``| None``): read ``model_fields_set``. Rules across fields (a sales window, per-order
+bounds) are checked by the services on the merged values, so a PATCH of one end is
+checked against the stored other end.
 """
 
 from __future__ import annotations
@@ -11,17 +13,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 
-from shared.web.schemas import JSON_INTEGER, MAX_TICKETS_PER_EVENT, Id, Text, Timestamp
+from shared.web.schemas import JSON_INTEGER, MAX_TICKETS_PER_EVENT, NON_BLANK_PATTERN, Id, Text, Timestamp
 
 PRICE_MAX = 100_000_000_000  # the column's CHECK: a billion in major units
 POSITION_MAX = 1_000_000
 LIST_MAX = 100  # ids in one body
 
-Name = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+def _stripped(value: str) -> str:
+    """Stored trimmed; all blanks is no name (the pattern states it, so a client knows)."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+class _StatesNonBlank:
+    """The schema's pattern for :func:`_stripped`, at the type level (a field's own
+    ``json_schema_extra`` adds to it): Text's characters, one of them not a blank."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["pattern"] = NON_BLANK_PATTERN
+        return schema
+
+
+# Names and labels: trimmed, then at least one character (not just blanks).
+Name = Annotated[Text, Field(max_length=200), AfterValidator(_stripped), _StatesNonBlank()]
 Description = Annotated[Text, Field(max_length=2000)]
-Label = Annotated[Text, Field(max_length=200)]
+Label = Name
 PriceMinor = Annotated[int, Field(strict=True, ge=0, le=PRICE_MAX), JSON_INTEGER]
 PerOrder = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 Position = Annotated[int, Field(strict=True, ge=-POSITION_MAX, le=POSITION_MAX), JSON_INTEGER]
@@ -44,7 +67,7 @@ _MAX_PER_CUSTOMER = "per customer across their orders and active holds; null: on
 
 
 class TicketTypeCreate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"name": "VIP", "price_minor": 9900, "max_per_order": 4, "quota_ids": [2]}]})
 
     name: Name
@@ -63,7 +86,9 @@ class TicketTypeCreate(BaseModel):
 class TicketTypeUpdate(BaseModel):
     """Fields not sent stay; deactivate with ``{"active": false}``."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"price_minor": 4900, "sales_end": None}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"price_minor": 4900, "sales_end": None}]}
+    )
 
     name: Name = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     description: Description | None = None
@@ -84,6 +109,8 @@ class TicketTypeUpdate(BaseModel):
 
 
 class TicketTypeOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ticket_type_ids: IdSet = Field(
         min_length=1, description="types in their new display order; types not listed keep theirs, after these"
     )
@@ -116,7 +143,7 @@ class TicketTypeOut(BaseModel):
 
 
 class QuotaCreate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"name": "VIP area", "size": 100, "ticket_type_ids": [2, 3]}]})
 
     name: Name
@@ -128,7 +155,7 @@ class QuotaUpdate(BaseModel):
     """Fields not sent stay. The event quota's size is the event's `total_tickets`: change it with
     `PUT /events/{event_id}`; its types are always every type."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"size": 120}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"size": 120}]})
 
     name: Name = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     size: Size = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
@@ -197,7 +224,7 @@ class InventoryOut(BaseModel):
 
 
 class AccessCodeCreate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"label": "Fan club presale", "ticket_type_ids": [2], "max_uses": 100}]})
 
     code: Code | None = Field(
@@ -211,7 +238,9 @@ class AccessCodeCreate(BaseModel):
 
 
 class AccessCodeUpdate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
+    """Fields not sent stay. A code's types and the start of its window are fixed: make a new code."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"active": False}]})
 
     active: bool = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     max_uses: Uses = Field(  # type: ignore[assignment]

@@ -68,7 +68,8 @@ CATALOGUE: dict[str, ErrorCode] = {
     ),
     "invalid_time_range": ErrorCode(422, "end_time is before start_time"),
     "capacity_below_sold": ErrorCode(
-        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`)"
+        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`;"
+        " a quota's `quota_id`, `quota`)"
     ),
     # -- the catalog: ticket types, quotas, access codes ------------------------------------
     "ticket_type_not_found": ErrorCode(404, "no such ticket type of this event (details: `ticket_type_id`)"),
@@ -76,7 +77,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "default_ticket_type": ErrorCode(409, "the default ticket type (what `{event_id, quantity}` books) stays"),
     "duplicate_ticket_type": ErrorCode(400, "a ticket type is listed more than once"),
     "invalid_sales_window": ErrorCode(422, "sales_end is not after sales_start (as stored, for a field not sent)"),
-    "invalid_order_bounds": ErrorCode(422, "max_per_order is below min_per_order (as stored, for a field not sent)"),
+    "invalid_order_bounds": ErrorCode(422, "min_per_order above a maximum (the type's or the event's): never buyable"),
     "quota_not_found": ErrorCode(404, "no such quota of this event (details: `quota_id`)"),
     "quota_membership_locked": ErrorCode(
         409, "a ticket type with sold or held tickets cannot join or leave a quota (details: `ticket_type_ids`)"

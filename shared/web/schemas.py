@@ -184,6 +184,8 @@ UNSTATED_RULES = frozenset({"email_not_allowed", "password_too_common"})
 _SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _EMAIL_CHARS = f"[^@{_SPACE}{_TEXT_REFUSED}]+"
 _EMAIL_TRIM = " \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # what strip() removes that Text allows
+# Text with something besides blanks: what a name that is stripped, then must not be empty, takes.
+NON_BLANK_PATTERN = f"^[^{_TEXT_REFUSED}]*[^{_SPACE}{_TEXT_REFUSED}][^{_TEXT_REFUSED}]*$"
 
 
 def _email_schema(schema: dict[str, Any]) -> None:

@@ -92,6 +92,36 @@ def test_update_active_window_and_max_uses(v2: LambdaClient, sql: psycopg.Connec
             404, "access_code_not_found")
 
 
+def test_fields_a_patch_cannot_change_are_refused(v2: LambdaClient) -> None:
+    """A code's types and window start are fixed: sent, they are refused, not silently ignored."""
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 5}, token=org), 201)
+    for body in ({"valid_from": "2030-01-01T00:00:00Z"}, {"ticket_type_ids": [t]}, {"code": "NEWCODE123"}):
+        r = refused(v2.request("PATCH", _codes(event, code["id"]), json_body=body, token=org), 422, "validation_error")
+        assert r["details"]["errors"][0]["type"] == "extra_forbidden", r
+    r = refused(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 1, "uses": 0},
+                           token=org), 422, "validation_error")
+    assert r["details"]["errors"][0]["type"] == "extra_forbidden"
+    [stored] = ok(v2.request("GET", _codes(event), token=org))["items"]
+    assert stored["valid_from"] is None
+
+
+def test_labels_are_trimmed_and_never_blank(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    refused(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 1, "label": "  "},
+                       token=org), 422, "validation_error")
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 1, "label": " Fans "},
+                         token=org), 201)
+    assert code["label"] == "Fans"
+    refused(v2.request("PATCH", _codes(event, code["id"]), json_body={"label": "\t"}, token=org),
+            422, "validation_error")
+    assert ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"label": None}, token=org))["label"] is None
+
+
 def test_only_the_organizer(v2: LambdaClient) -> None:
     _, org = account(v2, "organizer")
     _, other = account(v2, "organizer")

@@ -78,10 +78,13 @@ def test_the_event_quota_follows_the_event(v2: LambdaClient) -> None:
     add_type(v2, org, event["id"], name="VIP")
     event_quota = quotas_of(v2, org, event["id"])[0]
     path = _quota(event, event_quota["id"])
-    refused(v2.request("PATCH", path, json_body={"size": 50}, token=org), 409, "event_quota")
-    refused(v2.request("PATCH", path, json_body={"ticket_type_ids": event_quota["ticket_type_ids"][:1]}, token=org),
-            409, "event_quota")
-    refused(v2.request("DELETE", path, token=org), 409, "event_quota")
+    size = refused(v2.request("PATCH", path, json_body={"size": 50}, token=org), 409, "event_quota")
+    assert "total_tickets" in size["message"]
+    types = refused(v2.request("PATCH", path, json_body={"ticket_type_ids": event_quota["ticket_type_ids"][:1]},
+                               token=org), 409, "event_quota")
+    assert "every ticket type" in types["message"] and "total_tickets" not in types["message"]
+    deleted = refused(v2.request("DELETE", path, token=org), 409, "event_quota")
+    assert "cannot be deleted" in deleted["message"] and "total_tickets" not in deleted["message"]
     renamed = ok(v2.request("PATCH", path, json_body={"name": "Hall", "size": 100}, token=org))
     assert (renamed["name"], renamed["size"]) == ("Hall", 100)
     ok(v2.request("PUT", f"/events/{event['id']}", json_body={"total_tickets": 80}, token=org))
@@ -100,6 +103,22 @@ def test_delete_and_not_found(v2: LambdaClient) -> None:
     assert {t["id"]: t["available"] for t in types_of(v2, org, event["id"])}[vip["id"]] == 100
     refused(v2.request("POST", _quota(event), json_body={"name": "x", "size": 1, "ticket_type_ids": [987654321]},
                        token=org), 404, "ticket_type_not_found")
+
+
+def test_names_are_trimmed_and_bodies_strict(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    refused(v2.request("POST", _quota(event), json_body={"name": "  ", "size": 1, "ticket_type_ids": []}, token=org),
+            422, "validation_error")
+    area = add_quota(v2, org, event["id"], 5, [], name=" Balcony  ")
+    assert area["name"] == "Balcony"
+    refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"name": " "}, token=org), 422, "validation_error")
+    for body in ({"name": "x", "size": 1, "ticket_type_ids": [], "shards": 4}, {"is_event": True}):
+        path = _quota(event) if "size" in body else _quota(event, area["id"])
+        method = "POST" if "size" in body else "PATCH"
+        r = refused(v2.request(method, path, json_body=body, token=org), 422, "validation_error")
+        assert r["details"]["errors"][0]["type"] == "extra_forbidden"
+    assert [q["is_event"] for q in quotas_of(v2, org, event["id"])] == [True, False]
 
 
 def test_only_the_organizer(v2: LambdaClient) -> None:
@@ -136,7 +155,7 @@ def test_capacity_below_sold_plus_held_is_refused_with_the_numbers(v2: LambdaCli
     ok(_hold(v2, cust, event["id"], 2), 201)
     body = refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 4}, token=org),
                    409, "capacity_below_sold")
-    assert body["details"] == {"sold": 3, "held": 2, "requested": 4}
+    assert body["details"] == {"quota_id": area["id"], "quota": "VIP area", "sold": 3, "held": 2, "requested": 4}
     r = ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 5}, token=org))
     assert (r["size"], r["sold"], r["held"], r["free"]) == (5, 3, 2, 0)
     assert _stock(sql, area["id"]) == 0
@@ -327,7 +346,7 @@ def test_orders_of_several_types_count_in_every_quota_of_each(v2: LambdaClient) 
     assert shown == {general: 21, vip: 1, box: 1}
     body = refused(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 4}, token=org),
                    409, "capacity_below_sold")
-    assert body["details"] == {"sold": 3, "held": 2, "requested": 4}
+    assert body["details"] == {"quota_id": area["id"], "quota": "VIP area", "sold": 3, "held": 2, "requested": 4}
     refused(_lines(v2, cust, event["id"], {vip: 2}), 400, "insufficient_tickets")
     ok(v2.request("PATCH", _quota(event, area["id"]), json_body={"size": 5}, token=org))
     refused(_lines(v2, cust, event["id"], {vip: 1}), 400, "sold_out")

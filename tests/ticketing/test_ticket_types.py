@@ -166,3 +166,73 @@ def test_a_cancelled_events_catalog_is_frozen(v2: LambdaClient) -> None:
     ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
     refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=org), 409, "event_cancelled")
     assert ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"][0]["on_sale"] is False
+
+
+def test_names_are_trimmed_and_never_blank(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    for name in ("   ", "\t\n", "\u3000"):
+        refused(v2.request("POST", _path(event), json_body={"name": name}, token=org), 422, "validation_error")
+    t = add_type(v2, org, event["id"], name="  Early bird ")
+    assert t["name"] == "Early bird"
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"name": " "}, token=org), 422, "validation_error")
+    assert ok(v2.request("PATCH", _path(event, t["id"]), json_body={"name": " Late "}, token=org))["name"] == "Late"
+
+
+def test_unknown_fields_are_refused_not_ignored(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]
+    for method, path, body in (
+        ("POST", _path(event), {"name": "x", "price": 5}),
+        ("PATCH", _path(event, t["id"]), {"currency": "SEK"}),
+        ("PUT", _order(event), {"ticket_type_ids": [t["id"]], "reverse": True}),
+    ):
+        body_ = refused(v2.request(method, path, json_body=body, token=org), 422, "validation_error")
+        assert body_["details"]["errors"][0]["type"] == "extra_forbidden", body_
+    assert types_of(v2, org, event["id"])[0]["name"] == t["name"]
+
+
+def test_a_type_no_order_could_buy_is_refused(v2: LambdaClient) -> None:
+    """min_per_order above any maximum that applies to one order: on create and on PATCH."""
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, max_tickets_per_booking=6, max_tickets_per_customer=8)
+    for fields, details in (
+        ({"min_per_order": 7}, {"min_per_order": 7, "max_tickets_per_booking": 6}),
+        ({"min_per_order": 3, "max_per_customer": 2}, {"min_per_order": 3, "max_per_customer": 2}),
+    ):
+        body = refused(v2.request("POST", _path(event), json_body={"name": "x2", **fields}, token=org),
+                       422, "invalid_order_bounds")
+        assert body["details"] == details
+    t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
+    body = refused(v2.request("PATCH", _path(event, t["id"]), json_body={"min_per_order": 7}, token=org),
+                   422, "invalid_order_bounds")
+    assert body["details"] == {"min_per_order": 7, "max_tickets_per_booking": 6}
+    seated = create_event(v2, org, max_tickets_per_booking=10, max_tickets_per_customer=4)
+    body = refused(v2.request("POST", _path(seated), json_body={"name": "x", "min_per_order": 5}, token=org),
+                   422, "invalid_order_bounds")
+    assert body["details"] == {"min_per_order": 5, "max_tickets_per_customer": 4}
+    assert [x["name"] for x in types_of(v2, org, event["id"])] == ["General admission", "Table"]
+
+
+def test_a_type_left_unbuyable_by_the_event_can_still_be_renamed_and_deactivated(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, max_tickets_per_booking=6)
+    t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
+    ok(v2.request("PUT", f"/events/{event['id']}", json_body={"max_tickets_per_booking": 4}, token=org))
+    r = ok(v2.request("PATCH", _path(event, t["id"]), json_body={"name": "Old table", "active": False}, token=org))
+    assert (r["name"], r["active"]) == ("Old table", False)
+    refused(v2.request("PATCH", _path(event, t["id"]), json_body={"max_per_order": 5}, token=org),
+            422, "invalid_order_bounds")
+
+
+def test_reads_refuse_another_organizer_with_see(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    _, other = account(v2, "organizer")
+    event = create_event(v2, org)
+    for path in (_path(event), f"/events/{event['id']}/quotas", f"/events/{event['id']}/inventory",
+                 f"/events/{event['id']}/access-codes"):
+        body = refused(v2.request("GET", path, token=other), 403, "not_event_owner")
+        assert body["message"] == "Only the event's organizer can see it", path
+    body = refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=other), 403, "not_event_owner")
+    assert body["message"] == "Only the event's organizer can change it"
