@@ -26,11 +26,13 @@ from shared.ticketing.inventory import (
     live_hold_sql,
     reclaim_expired_holds,
     refusal,
+    set_stock,
     shards_for,
     shift_stock,
     stock_quota,
     touch_gate,
 )
+from shared.ticketing.order_states import SOLD_STATUSES, code_uses_back_sql
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
@@ -240,25 +242,14 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
             if current["status"] == "cancelled":
                 return read_event(conn, event_id)
             touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
-            cancelled = conn.execute(
-                """WITH c AS (
-                       UPDATE bookings
-                          SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
-                              quantity = 0, cancelled_at = now()
-                        WHERE event_id = %s AND status = 'confirmed'
-                       RETURNING id
-                   ), lines AS (
-                       UPDATE booking_lines l
-                          SET cancelled_quantity = l.cancelled_quantity + l.quantity, quantity = 0
-                         FROM c WHERE l.booking_id = c.id
-                   ) SELECT count(*)::int AS bookings FROM c""",
-                (event_id,),
-            ).fetchone()
+            conn.execute(_LOCK_BOOKED_CODES_SQL, {"id": event_id})  # after the stock rows: the lock order
+            cancelled = conn.execute(_CANCEL_BOOKINGS_SQL, {"id": event_id}).fetchone()
             conn.execute(_RECOUNT_HOLDS_SQL, {"id": event_id})
             conn.execute(
                 "UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = %s", (event_id,)
             )
-            conn.execute(_RESTOCK_SQL, {"id": event_id})
+            for quota in conn.execute(_UNHELD_SQL, {"id": event_id}).fetchall():
+                set_stock(conn, quota["id"], quota["unheld"])
             outbox_id = outbox.write(conn, EventCancelled(
                 event_id=event_id, bookings_cancelled=cancelled["bookings"] if cancelled else 0))
         outbox.publish_committed(conn, [outbox_id])
@@ -283,18 +274,36 @@ UPDATE customer_type_tickets ct
  WHERE ct.ticket_type_id IN (SELECT id FROM ticket_types WHERE event_id = %(id)s)
 """
 
-# An event cancelled: every quota holds all its units but its active holds' (every row locked).
-_RESTOCK_SQL = """
-UPDATE quota_stock s SET available_tickets = r.n / r.shards + (s.shard < r.n %% r.shards)::int
-  FROM (SELECT q.id, q.shards,
-               (q.size - coalesce((SELECT sum(hl.quantity) FROM holds h
-                                     JOIN hold_lines hl ON hl.hold_id = h.id
-                                     JOIN quota_types qt ON qt.ticket_type_id = hl.ticket_type_id
-                                    WHERE h.event_id = %(id)s AND h.status = 'active' AND qt.quota_id = q.id),
-                                  0))::int AS n
-          FROM quotas q WHERE q.event_id = %(id)s) AS r
- WHERE s.quota_id = r.id
-"""
+# The access codes of the orders an event's cancellation ends, whose uses go back.
+_LOCK_BOOKED_CODES_SQL = f"""SELECT id FROM access_codes
+ WHERE id IN (SELECT access_code_id FROM bookings WHERE event_id = %(id)s AND status IN {SOLD_STATUSES})
+ ORDER BY id FOR NO KEY UPDATE"""
+
+# An event cancelled: every order holding tickets is cancelled in full (its lines, its total,
+# its code's use).
+_CANCEL_BOOKINGS_SQL = f"""
+WITH c AS (
+    UPDATE bookings
+       SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
+           quantity = 0, cancelled_at = now(), total_minor = 0
+     WHERE event_id = %(id)s AND status IN {SOLD_STATUSES}
+    RETURNING id, access_code_id
+), lines AS (
+    UPDATE booking_lines l
+       SET cancelled_quantity = l.cancelled_quantity + l.quantity, quantity = 0
+      FROM c WHERE l.booking_id = c.id
+), codes_back AS (
+    {code_uses_back_sql("SELECT access_code_id AS id FROM c WHERE access_code_id IS NOT NULL")}
+) SELECT count(*)::int AS bookings FROM c"""
+
+# An event cancelled: what each quota holds but its active holds' units.
+_UNHELD_SQL = """
+SELECT q.id, (q.size - coalesce((SELECT sum(hl.quantity) FROM holds h
+                                   JOIN hold_lines hl ON hl.hold_id = h.id
+                                   JOIN quota_types qt ON qt.ticket_type_id = hl.ticket_type_id
+                                  WHERE h.event_id = %(id)s AND h.status = 'active' AND qt.quota_id = q.id),
+                                0))::int AS unheld
+  FROM quotas q WHERE q.event_id = %(id)s ORDER BY q.id"""
 
 
 def _jsonable(value: Any) -> Any:

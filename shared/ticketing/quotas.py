@@ -36,9 +36,7 @@ from shared.ticketing.inventory import (
     stock_quota,
     touch_gate,
 )
-
-# Orders whose lines hold their units (pending payment will, once payment exists).
-SOLD_STATUSES = "('confirmed', 'pending_payment')"
+from shared.ticketing.order_states import SOLD_STATUSES
 
 # Per type of event %(event_id)s at %(now)s: sold and held tickets.
 TYPE_COUNTS_CTE = f"""type_counts AS (
