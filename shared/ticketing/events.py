@@ -213,21 +213,29 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             ).fetchone()
             assert row is not None
             if {"start_time", "end_time"} & changed.keys():
-                _holds_end_with_sales(conn, event_id)
+                holds_end_with_sales(conn, event_id)
             outbox_id = outbox.write(conn, EventUpdate(event_id=event_id, changes={
                 k: {"old": _jsonable(current[k]), "new": _jsonable(row[k])} for k in changed}))
         outbox.publish_committed(conn, [outbox_id])  # the relay covers a failure
         return read_event(conn, event_id)
 
 
-def _holds_end_with_sales(conn: Connection, event_id: int) -> None:
-    """Sales now close earlier: live holds end then too (the event row is locked first)."""
-    conn.execute(
-        f"""UPDATE holds h SET expires_at = e.sales_end
-              FROM (SELECT {SALES_END_SQL} AS sales_end FROM events WHERE id = %(id)s) e
-             WHERE h.event_id = %(id)s AND h.status = 'active' AND h.expires_at > e.sales_end""",
-        {"id": event_id},
-    )
+def holds_end_with_sales(conn: Connection, event_id: int) -> None:
+    """Sales now close earlier (the event's, or a type's sales_end): a live hold ends when the
+    sales of anything it holds close, at the latest. Call it under the event row's and the
+    stock rows' locks (holds come after them in the lock order)."""
+    conn.execute(_HOLDS_END_SQL, {"id": event_id})
+
+
+# Each active hold of event %(id)s ends by the earliest close of its sales: the event's, or
+# a type's of its lines (least() skips a NULL: no close).
+_HOLDS_END_SQL = f"""
+UPDATE holds h SET expires_at = c.closes
+  FROM (SELECT hl.hold_id, least((SELECT {SALES_END_SQL} FROM events WHERE id = %(id)s), min(t.sales_end)) AS closes
+          FROM holds x JOIN hold_lines hl ON hl.hold_id = x.id JOIN ticket_types t ON t.id = hl.ticket_type_id
+         WHERE x.event_id = %(id)s AND x.status = 'active'
+         GROUP BY hl.hold_id) AS c
+ WHERE h.id = c.hold_id AND h.expires_at > c.closes"""
 
 
 def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:

@@ -189,6 +189,8 @@ def update_type(*, event_id: int, organizer_id: int, type_id: int, changes: dict
                          WHERE id = %(id)s""",
                     {**changed, "id": type_id},
                 )
+            if changed.get("sales_end") is not None:
+                events.holds_end_with_sales(conn, event_id)  # its live holds end with its sales
         return _read_type(conn, event_id, type_id)
 
 

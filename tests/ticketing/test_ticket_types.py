@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -236,3 +237,28 @@ def test_reads_refuse_another_organizer_with_see(v2: LambdaClient) -> None:
         assert body["message"] == "Only the event's organizer can see it", path
     body = refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=other), 403, "not_event_owner")
     assert body["message"] == "Only the event's organizer can change it"
+
+
+def test_live_holds_of_a_type_end_when_its_sales_end_moves_earlier(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    """A hold is kept for a sale that can still happen: a type's sales now ending sooner end
+    the holds of it then too (as the event's sales close does); others keep their time."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=20)
+    early = add_type(v2, org, event["id"], name="Early")
+    late = add_type(v2, org, event["id"], name="Late")
+
+    def hold(*types: int) -> dict[str, Any]:
+        body = {"lines": [{"ticket_type_id": t, "quantity": 1} for t in types], "ttl_seconds": 3600}
+        return ok(v2.request("POST", f"/events/{event['id']}/holds", json_body=body, token=cust), 201)  # type: ignore[no-any-return]
+
+    mixed, other = hold(early["id"], late["id"]), hold(late["id"])
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    ok(v2.request("PATCH", _path(event, early["id"]), json_body={"sales_end": ends.isoformat()}, token=org))
+    expiry = {r["id"]: r["expires_at"] for r in sql.execute(
+        "SELECT id, expires_at FROM holds WHERE id = ANY(%s)", ([mixed["id"], other["id"]],)).fetchall()}
+    assert expiry[mixed["id"]] == ends
+    assert expiry[other["id"]] > ends + timedelta(minutes=50)
+    later = ends + timedelta(hours=3)  # a later end gives no time back
+    ok(v2.request("PATCH", _path(event, early["id"]), json_body={"sales_end": later.isoformat()}, token=org))
+    assert sql.execute("SELECT expires_at FROM holds WHERE id = %s", (mixed["id"],)).fetchone()["expires_at"] == ends
