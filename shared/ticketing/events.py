@@ -32,6 +32,7 @@ from shared.ticketing.inventory import (
     stock_quota,
     touch_gate,
 )
+from shared.ticketing.order_bounds import check_active_types
 from shared.ticketing.order_states import SOLD_STATUSES, code_uses_back_sql
 
 _COLUMNS = (
@@ -212,6 +213,8 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
                 {**changed, "id": event_id},
             ).fetchone()
             assert row is not None
+            if {"max_tickets_per_booking", "max_tickets_per_customer"} & changed.keys():
+                check_active_types(conn, event_id)
             if {"start_time", "end_time"} & changed.keys():
                 holds_end_with_sales(conn, event_id)
             outbox_id = outbox.write(conn, EventUpdate(event_id=event_id, changes={
