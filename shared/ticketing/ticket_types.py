@@ -18,7 +18,7 @@ from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, NotFound
 from shared.ticketing import events
 from shared.ticketing.access_codes import unlocked_types
-from shared.ticketing.inventory import SALES_END_SQL
+from shared.ticketing.inventory import LINE_RULES, OPEN_SQL
 from shared.ticketing.order_bounds import check_rules, event_limits
 from shared.ticketing.quotas import (
     COUNTS_CTE,
@@ -54,11 +54,18 @@ SELECT t.id, t.event_id, t.name, t.description, t.price_minor, e.currency, t.sal
  WHERE %(type_id)s::bigint IS NULL OR t.id = %(type_id)s
  ORDER BY t.position, t.id"""
 
-# What customers see (after FREE_CTE): active types, hidden ones only when %(unlocked)s lists
-# them; on sale within their window and the event's sales, a presale opened by the code.
-_ON_SALE_SQL = f"""(t.active AND e.status = 'active'
-        AND (t.sales_start IS NULL OR t.sales_start <= %(now)s OR t.id = ANY(%(unlocked)s))
-        AND coalesce(t.sales_end, {SALES_END_SQL}, 'infinity') > %(now)s)"""
+# On sale: a grant's own rules would pass now, the event's (OPEN_SQL: exists, active, sales
+# not closed) and each line rule on the type alone (visible or unlocked, active, its window
+# with a presale opened by the code), skipping the rules on a line's quantity.
+_ON_SALE_SQL = "(EXISTS (SELECT 1 FROM events WHERE {open})\n        AND {line})".format(
+    open=OPEN_SQL,
+    line="\n        AND ".join(
+        rule.sql.replace("{unlocked}", "t.id = ANY(%(unlocked)s)")
+        for rule in LINE_RULES
+        if "r.quantity" not in rule.sql
+    ),
+)
+# What customers see (after FREE_CTE): active types, hidden ones only when %(unlocked)s lists them.
 _PUBLIC_SQL = f"""{FREE_CTE}
 SELECT t.id, t.name, t.description, t.price_minor, e.currency, t.sales_start, t.sales_end,
        t.min_per_order, t.max_per_order, t.max_per_customer,
