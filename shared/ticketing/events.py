@@ -8,32 +8,28 @@ sequence, :func:`shared.ticketing.inventory.touch_gate`) before it writes anythi
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from shared.notifications import outbox
 from shared.notifications.contracts import EventCancelled, EventUpdate
 from shared.platform import clock
 from shared.platform.db import Connection, connection
-from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
+from shared.platform.errors import Forbidden, NotFound, Unprocessable, unknown_user_is_401
 from shared.ticketing.inventory import (
     AVAILABLE_SQL,
     EVENT_ACTIVE,
     EXPIRED_HELD_SQL,
-    QUOTA_AVAILABLE_SQL,
     SALES_END_SQL,
     Ask,
-    live_hold_sql,
-    reclaim_expired_holds,
     refusal,
     set_stock,
     shards_for,
-    shift_stock,
     stock_quota,
     touch_gate,
 )
 from shared.ticketing.order_bounds import check_active_types
 from shared.ticketing.order_states import SOLD_STATUSES, code_uses_back_sql
+from shared.ticketing.quotas import lock_event_quota, resize
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
@@ -147,14 +143,6 @@ def _lock_own_event(conn: Connection, event_id: int, organizer_id: int) -> dict[
     return current
 
 
-def _held_now(conn: Connection, event_id: int, now: datetime) -> int:
-    row = conn.execute(
-        f"SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %(id)s AND {live_hold_sql('holds')}",
-        {"id": event_id, "now": now},
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Apply the sent fields; a new ``total_tickets`` moves availability by the same delta.
 
@@ -182,31 +170,8 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
 
             assignments = [f"{column} = %({column})s" for column in changed]
-            if "total_tickets" in changed:
-                reclaim_expired_holds(conn, event_id, now)
-                counter = conn.execute(
-                    f"""SELECT q.id, {QUOTA_AVAILABLE_SQL.format(quota="q")} AS available
-                          FROM quotas q WHERE q.event_id = %s AND q.is_event""",
-                    (event_id,),
-                ).fetchone()
-                assert counter is not None  # the rows are locked by this transaction
-                available = counter["available"]
-                held = _held_now(conn, event_id, now)
-                sold = current["total_tickets"] - available - held
-                if changed["total_tickets"] < sold + held:
-                    raise Conflict(
-                        "capacity_below_sold",
-                        f"Cannot set total_tickets to {changed['total_tickets']}: "
-                        f"{sold} tickets are sold and {held} are held",
-                        sold=sold,
-                        held=held,
-                        requested=changed["total_tickets"],
-                    )
-                shift_stock(conn, counter["id"], changed["total_tickets"] - current["total_tickets"])
-                conn.execute(
-                    "UPDATE quotas SET size = %s, updated_at = now() WHERE id = %s",
-                    (changed["total_tickets"], counter["id"]),
-                )
+            if "total_tickets" in changed:  # the event quota's size: one rule for every quota
+                resize(conn, event_id, lock_event_quota(conn, event_id), changed["total_tickets"], now)
             row = conn.execute(
                 f"""UPDATE events SET {", ".join(assignments)}, updated_at = now()
                     WHERE id = %(id)s RETURNING {EVENT_COLUMNS}""",
