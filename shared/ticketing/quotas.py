@@ -305,12 +305,13 @@ def resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, no
     taken = quota["size"] - row["available"]
     if size < taken:
         held = row["held"]
+        # The event quota is PUT /events' total_tickets: the seed's refusal, word for word.
         what = "total_tickets" if quota["is_event"] else f"the size of quota {quota['name']!r}"
+        named = {} if quota["is_event"] else {"quota_id": quota["id"], "quota": quota["name"]}
         raise Conflict(
             "capacity_below_sold",
             f"Cannot set {what} to {size}: {taken - held} tickets are sold and {held} are held",
-            quota_id=quota["id"],
-            quota=quota["name"],
+            **named,
             sold=taken - held,
             held=held,
             requested=size,
