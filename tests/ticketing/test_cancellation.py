@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.catalog import add_type, ok, refused
+from tests.support.catalog import add_type, assert_counts_add_up, ok, refused
 from tests.support.clients import Client, LambdaClient
 from tests.support.factories import account, create_event
 from tests.support.tickets import available_tickets
@@ -140,3 +140,19 @@ def test_total_is_what_the_booking_holds_now(v2: LambdaClient, sql: Any) -> None
     ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
     stored = sql.execute("SELECT total_minor FROM bookings WHERE id = %s", (kept["id"],)).fetchone()
     assert stored["total_minor"] == 0
+
+
+def test_a_cancelled_event_cancels_orders_awaiting_payment_too(v2: LambdaClient, sql: Any) -> None:
+    """An order pending payment holds its tickets (quotas count it as sold): the event's
+    cancellation ends it like a confirmed one, and every quota's counts still add up."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=10)
+    pending = ok(v2.request("POST", "/bookings", json_body={"event_id": event["id"], "quantity": 2}, token=cust), 201)
+    sql.execute("UPDATE bookings SET status = 'pending_payment' WHERE id = %s", (pending["id"],))  # no payment step yet
+    assert assert_counts_add_up(v2, org, event["id"])["quotas"][0]["sold"] == 2
+    ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
+    row = sql.execute("SELECT status, quantity, total_minor FROM bookings WHERE id = %s", (pending["id"],)).fetchone()
+    assert row == {"status": "cancelled", "quantity": 0, "total_minor": 0}
+    [quota] = assert_counts_add_up(v2, org, event["id"])["quotas"]
+    assert (quota["sold"], quota["free"]) == (0, 10)
