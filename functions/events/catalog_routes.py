@@ -184,7 +184,7 @@ def inventory(event_id: EventId, organizer: Organizer) -> dict[str, Any]:
     "/events/{event_id}/access-codes",
     status_code=201,
     response_model=AccessCodeCreated,
-    responses=errors(*_OWNING, "ticket_type_not_found", "access_code_taken", "invalid_validity_window"),
+    responses=errors(*_CHANGING, "ticket_type_not_found", "access_code_taken", "invalid_validity_window"),
 )
 def create_access_code(event_id: EventId, body: AccessCodeCreate, organizer: Organizer) -> dict[str, Any]:
     """Create a code unlocking `ticket_type_ids` (hidden types, presales): the answer is the only
@@ -201,7 +201,7 @@ def list_access_codes(event_id: EventId, organizer: Organizer) -> dict[str, Any]
 @router.patch(
     "/events/{event_id}/access-codes/{access_code_id}",
     response_model=AccessCodeOut,
-    responses=errors(*_OWNING, "access_code_not_found", "max_uses_below_uses", "invalid_validity_window"),
+    responses=errors(*_CHANGING, "access_code_not_found", "max_uses_below_uses", "invalid_validity_window"),
 )
 def update_access_code(
     event_id: EventId, access_code_id: AccessCodeId, body: AccessCodeUpdate, organizer: Organizer

@@ -96,14 +96,15 @@ def get_event(
 @router.put(
     "/events/{event_id}",
     response_model=EventOut,
-    responses=errors(*_OWNING, "capacity_below_sold", "event_cancelled", "invalid_time_range"),
+    responses=errors(*_OWNING, "capacity_below_sold", "event_cancelled", "invalid_time_range", "invalid_order_bounds"),
 )
 def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> dict[str, Any]:
     """Change an event; fields not sent stay as they are. Booked customers are notified.
 
     Lowering `total_tickets` below what is sold plus held is refused with the numbers.
     Lowering `max_tickets_per_customer` below what a customer has keeps their bookings and
-    holds and refuses them more until they are back under it; `max_hold_seconds` bounds
+    holds and refuses them more until they are back under it; a maximum below an active ticket
+    type's `min_per_order` is refused (`invalid_order_bounds`, naming the type); `max_hold_seconds` bounds
     holds made from now on. Sales close at `end_time` (or `start_time` without one).
     """
     return ticket_types.attach_types(events.update_event(

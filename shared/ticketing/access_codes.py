@@ -5,6 +5,12 @@ names no code. Generated codes carry 80 random bits (16 base32 characters from
 ``secrets``); chosen ones have at least 8 characters. Codes compare case-insensitively and
 ignore surrounding blanks. Uses are counted by the granting statements (the table's CHECK
 ``access_codes_within_max_uses``); here organizers create, list and change codes.
+
+A code is read by grants like a type's window: creating or changing one takes the path of
+every catalog writer (:func:`quotas.locked_for_change`: the event row, then every stock row,
+bumping the gate), so a grant whose snapshot saw the code as it was re-reads it instead of
+counting a use of a code deactivated a moment earlier (PostgreSQL re-checks only the join
+key of the row it waited on). A cancelled event's codes are frozen (``event_cancelled``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from shared.platform.db import Connection, connection
 from shared.platform.errors import BadRequest, Conflict, NotFound, Unprocessable
-from shared.ticketing.quotas import check_types, own_event
+from shared.ticketing.quotas import check_types, locked_for_change, own_event
 
 GENERATED_BYTES = 10  # 80 bits: 16 base32 characters
 
@@ -92,7 +98,7 @@ def create_code(*, event_id: int, organizer_id: int, fields: dict[str, Any]) -> 
     code = fields.get("code") or generate()
     with connection() as conn:
         with conn.transaction():
-            own_event(conn, event_id, organizer_id)
+            locked_for_change(conn, event_id, organizer_id)
             types = check_types(conn, event_id, fields["ticket_type_ids"])
             row = conn.execute(
                 """INSERT INTO access_codes (event_id, code_digest, label, max_uses, valid_from, valid_until)
@@ -117,12 +123,13 @@ def create_code(*, event_id: int, organizer_id: int, fields: dict[str, Any]) -> 
 def update_code(*, event_id: int, organizer_id: int, code_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Deactivate, relabel, move the end of the window or change max_uses (never below its uses).
 
-    The code's row is locked for the check and the write: a grant counting a use waits or
-    is counted first, so max_uses never passes below uses (the CHECK would refuse it too).
+    After the event's and every stock row's locks (module docstring), the code's row is
+    locked for the check and the write: a grant counting a use is counted first, so max_uses
+    never passes below uses (the CHECK would refuse it too).
     """
     with connection() as conn:
         with conn.transaction():
-            own_event(conn, event_id, organizer_id)
+            locked_for_change(conn, event_id, organizer_id)
             current = conn.execute(
                 "SELECT id, uses, max_uses, valid_from FROM access_codes WHERE id = %s AND event_id = %s FOR UPDATE",
                 (code_id, event_id),

@@ -48,6 +48,7 @@ from shared.ticketing.inventory import (
     take_cte,
     type_count_cte,
 )
+from shared.ticketing.order_states import REMAINING_TOTAL_SQL, code_uses_back_sql
 
 BOOKING_COLUMNS = (
     "id, event_id, user_id, quantity, cancelled_quantity, status, hold_id, created_at, cancelled_at, "
@@ -366,13 +367,14 @@ def cancel_booking(
     """Give back all (``quantity`` None) or some tickets of a booking (of its line
     ``line_id``); repeating is harmless. A line's tickets go back to every quota of its type.
 
-    Locks the event row, then the stock rows the tickets go back to, then the booking row:
-    the order every writer uses.
+    Locks the event row, then the stock rows the tickets go back to, then its access code
+    (a booking cancelled in full gives its code's use back), then the booking row: the order
+    every writer uses. ``total_minor`` becomes what the remaining tickets cost.
     """
     with connection() as conn:
         with conn.transaction():
             current = conn.execute(
-                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s AND user_id = %s",
+                f"SELECT {BOOKING_COLUMNS}, access_code_id FROM bookings WHERE id = %s AND user_id = %s",
                 (booking_id, user_id),
             ).fetchone()
             if current is None:
@@ -380,8 +382,10 @@ def cancel_booking(
             conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (current["event_id"],))
             lines = conn.execute(_LINES_SQL, (booking_id,)).fetchall()
             rows = lock_return_rows(conn, current["event_id"], [line["ticket_type_id"] for line in lines])
+            if current["access_code_id"] is not None:
+                conn.execute("SELECT 1 FROM access_codes WHERE id = %s FOR NO KEY UPDATE", (current["access_code_id"],))
             current = conn.execute(
-                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)
+                f"SELECT {BOOKING_COLUMNS}, access_code_id FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)
             ).fetchone()
             assert current is not None
             if current["status"] == "cancelled":
@@ -400,12 +404,15 @@ def cancel_booking(
                        SET quantity = quantity - %(n)s,
                            cancelled_quantity = cancelled_quantity + %(n)s,
                            status = CASE WHEN quantity = %(n)s THEN 'cancelled' ELSE status END,
-                           cancelled_at = CASE WHEN quantity = %(n)s THEN now() ELSE cancelled_at END
+                           cancelled_at = CASE WHEN quantity = %(n)s THEN now() ELSE cancelled_at END,
+                           total_minor = {REMAINING_TOTAL_SQL.format(booking="bookings")}
                      WHERE id = %(id)s
                  RETURNING {BOOKING_COLUMNS}""",
                 {"n": returned, "id": booking_id},
             ).fetchone()
             assert row is not None
+            if row["status"] == "cancelled" and current["access_code_id"] is not None:
+                conn.execute(code_uses_back_sql("SELECT %(id)s::bigint AS id"), {"id": current["access_code_id"]})
             by_id = {line["id"]: line["ticket_type_id"] for line in lines}
             give_back(conn, row["event_id"], rows, user_id, [(by_id[i], n) for i, n in back])
             names = {t["id"]: t["name"] for t in conn.execute(

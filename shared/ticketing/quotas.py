@@ -36,9 +36,7 @@ from shared.ticketing.inventory import (
     stock_quota,
     touch_gate,
 )
-
-# Orders whose lines hold their units (pending payment will, once payment exists).
-SOLD_STATUSES = "('confirmed', 'pending_payment')"
+from shared.ticketing.order_states import SOLD_STATUSES
 
 # Per type of event %(event_id)s at %(now)s: sold and held tickets.
 TYPE_COUNTS_CTE = f"""type_counts AS (
@@ -237,6 +235,11 @@ def create_quota(
         return _read_quota(conn, event_id, row["id"])
 
 
+def lock_event_quota(conn: Connection, event_id: int) -> dict[str, Any]:
+    """The event quota's row, locked (its size is total_tickets: :func:`resize` it)."""
+    return _lock_quota(conn, event_id, event_quota_id(conn, event_id))
+
+
 def _lock_quota(conn: Connection, event_id: int, quota_id: int) -> dict[str, Any]:
     row = conn.execute(
         "SELECT id, name, size, is_event FROM quotas WHERE id = %s AND event_id = %s FOR UPDATE", (quota_id, event_id)
@@ -279,15 +282,18 @@ def update_quota(*, event_id: int, organizer_id: int, quota_id: int, changes: di
             if "size" in changes and changes["size"] != quota["size"]:
                 if quota["is_event"]:
                     raise _event_quota_refusal("size")
-                _resize(conn, event_id, quota, changes["size"], now)
+                resize(conn, event_id, quota, changes["size"], now)
             if "name" in changes:
                 conn.execute("UPDATE quotas SET name = %s WHERE id = %s", (changes["name"], quota_id))
             conn.execute("UPDATE quotas SET updated_at = now() WHERE id = %s", (quota_id,))
         return _read_quota(conn, event_id, quota_id)
 
 
-def _resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, now: datetime) -> None:
-    """Under every stock row's lock, after reclaiming expired holds: the rows hold exactly
+def resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, now: datetime) -> None:
+    """Set ``quota``'s size (a row of :func:`_lock_quota`; the event quota's through
+    ``events.update_event``'s total_tickets), never below sold + held (``capacity_below_sold``).
+
+    Under every stock row's lock, after reclaiming expired holds: the rows hold exactly
     size - sold - held, so what is taken is size minus their sum."""
     reclaim_expired_holds(conn, event_id, now)
     row = conn.execute(
@@ -299,18 +305,19 @@ def _resize(conn: Connection, event_id: int, quota: dict[str, Any], size: int, n
     taken = quota["size"] - row["available"]
     if size < taken:
         held = row["held"]
+        # The event quota is PUT /events' total_tickets: the seed's refusal, word for word.
+        what = "total_tickets" if quota["is_event"] else f"the size of quota {quota['name']!r}"
+        named = {} if quota["is_event"] else {"quota_id": quota["id"], "quota": quota["name"]}
         raise Conflict(
             "capacity_below_sold",
-            f"Cannot set the size of quota {quota['name']!r} to {size}: {taken - held} tickets are sold and {held} "
-            "are held",
-            quota_id=quota["id"],
-            quota=quota["name"],
+            f"Cannot set {what} to {size}: {taken - held} tickets are sold and {held} are held",
+            **named,
             sold=taken - held,
             held=held,
             requested=size,
         )
     shift_stock(conn, quota["id"], size - quota["size"])
-    conn.execute("UPDATE quotas SET size = %s WHERE id = %s", (size, quota["id"]))
+    conn.execute("UPDATE quotas SET size = %s, updated_at = now() WHERE id = %s", (size, quota["id"]))
 
 
 def delete_quota(*, event_id: int, organizer_id: int, quota_id: int) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from shared.platform import clock
 from shared.platform.db import Connection, connection
-from shared.platform.errors import BadRequest, Conflict, NotFound, Unprocessable
+from shared.platform.errors import BadRequest, Conflict, NotFound
 from shared.ticketing import events
 from shared.ticketing.access_codes import unlocked_types
-from shared.ticketing.inventory import BOOKING_MAX_SQL, CUSTOMER_MAX_SQL, SALES_END_SQL, rule_params
+from shared.ticketing.inventory import LINE_RULES, OPEN_SQL
+from shared.ticketing.order_bounds import check_rules, event_limits
 from shared.ticketing.quotas import (
     COUNTS_CTE,
     FREE_CTE,
@@ -53,11 +54,18 @@ SELECT t.id, t.event_id, t.name, t.description, t.price_minor, e.currency, t.sal
  WHERE %(type_id)s::bigint IS NULL OR t.id = %(type_id)s
  ORDER BY t.position, t.id"""
 
-# What customers see (after FREE_CTE): active types, hidden ones only when %(unlocked)s lists
-# them; on sale within their window and the event's sales, a presale opened by the code.
-_ON_SALE_SQL = f"""(t.active AND e.status = 'active'
-        AND (t.sales_start IS NULL OR t.sales_start <= %(now)s OR t.id = ANY(%(unlocked)s))
-        AND coalesce(t.sales_end, {SALES_END_SQL}, 'infinity') > %(now)s)"""
+# On sale: a grant's own rules would pass now, the event's (OPEN_SQL: exists, active, sales
+# not closed) and each line rule on the type alone (visible or unlocked, active, its window
+# with a presale opened by the code), skipping the rules on a line's quantity.
+_ON_SALE_SQL = "(EXISTS (SELECT 1 FROM events WHERE {open})\n        AND {line})".format(
+    open=OPEN_SQL,
+    line="\n        AND ".join(
+        rule.sql.replace("{unlocked}", "t.id = ANY(%(unlocked)s)")
+        for rule in LINE_RULES
+        if "r.quantity" not in rule.sql
+    ),
+)
+# What customers see (after FREE_CTE): active types, hidden ones only when %(unlocked)s lists them.
 _PUBLIC_SQL = f"""{FREE_CTE}
 SELECT t.id, t.name, t.description, t.price_minor, e.currency, t.sales_start, t.sales_end,
        t.min_per_order, t.max_per_order, t.max_per_customer,
@@ -65,43 +73,6 @@ SELECT t.id, t.name, t.description, t.price_minor, e.currency, t.sales_start, t.
   FROM ticket_types t JOIN events e ON e.id = t.event_id
  WHERE t.event_id = %(event_id)s AND t.active AND (NOT t.hidden OR t.id = ANY(%(unlocked)s))
  ORDER BY t.position, t.id"""
-
-
-def check_rules(fields: dict[str, Any], limits: dict[str, Any] | None) -> None:
-    """The rules across a type's fields, on its values once merged (a PATCH sends one end).
-
-    With the event's ``limits`` (:func:`event_limits`), its order bounds too: a type no order
-    could buy is refused. A PATCH that changes no bound passes None, so a type the event's
-    limits left unbuyable can still be renamed or deactivated.
-    """
-    start, end = fields.get("sales_start"), fields.get("sales_end")
-    if start is not None and end is not None and end <= start:
-        raise Unprocessable("invalid_sales_window", "sales_end must be after sales_start")
-    if limits is None:
-        return
-    low = fields.get("min_per_order") or 1
-    ceilings = (
-        ("max_per_order", fields.get("max_per_order"), "the type's max_per_order"),
-        ("max_per_customer", fields.get("max_per_customer"), "the type's max_per_customer"),
-        ("max_tickets_per_booking", limits["booking_max"], "the event's per-booking maximum"),
-        ("max_tickets_per_customer", limits["customer_max"], "the event's per-customer maximum"),
-    )
-    for key, high, what in ceilings:
-        if high is not None and high < low:
-            raise Unprocessable(
-                "invalid_order_bounds", f"min_per_order ({low}) is above {what} ({high}): no order could buy it",
-                min_per_order=low, **{key: high},
-            )
-
-
-def event_limits(conn: Connection, event_id: int) -> dict[str, Any]:
-    """The event's per-booking and per-customer maximums as grants apply them (defaults resolved)."""
-    row = conn.execute(
-        f"SELECT {BOOKING_MAX_SQL} AS booking_max, {CUSTOMER_MAX_SQL} AS customer_max FROM events WHERE id = %(id)s",
-        {**rule_params(event_id=event_id, quantity=0, now=clock.now()), "id": event_id},
-    ).fetchone()
-    assert row is not None, f"event {event_id} is locked, so it exists"
-    return row
 
 
 def on_sale_types(conn: Connection, event_id: int, unlocked: list[int]) -> list[dict[str, Any]]:
@@ -189,6 +160,8 @@ def update_type(*, event_id: int, organizer_id: int, type_id: int, changes: dict
                          WHERE id = %(id)s""",
                     {**changed, "id": type_id},
                 )
+            if changed.get("sales_end") is not None:
+                events.holds_end_with_sales(conn, event_id)  # its live holds end with its sales
         return _read_type(conn, event_id, type_id)
 
 

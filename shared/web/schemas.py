@@ -484,7 +484,8 @@ class BookingOut(BaseModel):
     created_at: datetime
     cancelled_at: datetime | None = None
     lines: list[BookingLineOut] = []
-    total_minor: int = Field(default=0, description="what the order costs, in minor units of `currency`")
+    total_minor: int = Field(default=0, description="what the tickets it holds now cost: its lines' remaining "
+                             "quantity x unit price (0 once cancelled), in minor units of `currency`")
     currency: str = "EUR"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -157,3 +160,84 @@ def test_orders_with_a_code_show_in_its_uses(v2: LambdaClient) -> None:
     assert ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"max_uses": 2}, token=org))["max_uses"] == 2
     refused(v2.request("POST", "/bookings", json_body={**order, "access_code": code["code"]}, token=cust),
             409, "access_code_exhausted")
+
+
+def test_a_cancelled_events_codes_are_frozen(v2: LambdaClient) -> None:
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org)
+    t = event["ticket_types"][0]["id"]
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 5}, token=org), 201)
+    ok(v2.request("POST", f"/events/{event['id']}/cancel", token=org))
+    refused(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 5}, token=org),
+            409, "event_cancelled")
+    refused(v2.request("PATCH", _codes(event, code["id"]), json_body={"active": False}, token=org),
+            409, "event_cancelled")
+    assert ok(v2.request("GET", _codes(event), token=org))["items"][0]["active"] is True
+
+
+def _gate_seq(sql: psycopg.Connection, event_id: int) -> int:
+    return int(sql.execute("SELECT gate_seq FROM events WHERE id = %s", (event_id,)).fetchone()["gate_seq"])
+
+
+def _waiting_on_locks(sql: psycopg.Connection) -> int:
+    return int(sql.execute(
+        """SELECT count(*) AS n FROM pg_stat_activity
+            WHERE datname = current_database() AND state = 'active' AND wait_event_type = 'Lock'"""
+    ).fetchone()["n"])
+
+
+def _until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_code_change_waits_for_grants_in_progress(v2: LambdaClient, sql: psycopg.Connection, database: str) -> None:
+    """A grant that read the code active and waits for a stock row is never overtaken by its
+    deactivation: the change takes every stock row first (and bumps the gate), as any
+    catalog change does, so the grant either counts the use before it or re-reads the code."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=10)
+    t = event["ticket_types"][0]["id"]
+    code = ok(v2.request("POST", _codes(event), json_body={"ticket_type_ids": [t], "max_uses": 5}, token=org), 201)
+    before = _gate_seq(sql, event["id"])
+    ok(v2.request("PATCH", _codes(event, code["id"]), json_body={"label": "fans"}, token=org))
+    assert _gate_seq(sql, event["id"]) > before  # grants holding the old catalog re-read it
+
+    order = {"event_id": event["id"], "lines": [{"ticket_type_id": t, "quantity": 1}], "access_code": code["code"]}
+    done: list[tuple[str, Any]] = []
+
+    def book() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())  # the Lambda adapter runs the app on this thread's loop
+        done.append(("book", v2.request("POST", "/bookings", json_body=order, token=cust)))
+
+    def deactivate() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        done.append(("deactivate", v2.request("PATCH", _codes(event, code["id"]), json_body={"active": False},
+                                              token=org)))
+
+    with psycopg.connect(database) as blocker:
+        blocker.execute(  # a grant in progress elsewhere: every stock row of the event
+            "SELECT 1 FROM quota_stock WHERE quota_id IN (SELECT id FROM quotas WHERE event_id = %s) FOR UPDATE",
+            (event["id"],))
+        waiting = _waiting_on_locks(sql)
+        booker = threading.Thread(target=book)
+        booker.start()
+        _until(lambda: _waiting_on_locks(sql) > waiting)  # its snapshot saw the code active
+        changer = threading.Thread(target=deactivate)
+        changer.start()
+        time.sleep(0.5)
+        assert not done, "the code changed while a grant that read it was waiting"
+        blocker.rollback()
+    booker.join()
+    changer.join()
+    answers = dict(done)
+    assert answers["deactivate"].status_code == 200, answers["deactivate"].text
+    booked = answers["book"]
+    if booked.status_code == 201:  # counted before the change: the change came after it
+        assert [name for name, _ in done] == ["book", "deactivate"]
+    else:
+        assert booked.json()["code"] == "access_code_invalid", booked.text
+    assert ok(v2.request("GET", _codes(event), token=org))["items"][0]["active"] is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from tests.support.catalog import add_quota, add_type, ok, refused
@@ -100,3 +101,22 @@ def test_guessing_codes_is_rate_limited_per_address(v2: LambdaClient) -> None:
         ok(v2.request("GET", f"/events/{event['id']}"))  # reading without a code is never limited
     finally:
         restore_env(saved)
+
+
+def test_on_sale_is_what_a_booking_would_be_told(v2: LambdaClient, fake_clock: FakeClock) -> None:
+    """A type's sales_end later than the event's sales close: after that close the type is
+    not on sale (a booking says event_ended), whatever its own window says."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    now = fake_clock.now()
+    event = create_event(v2, org, start_time=(now + timedelta(days=1)).isoformat())
+    late = add_type(v2, org, event["id"], name="Late", sales_end=(now + timedelta(days=2)).isoformat())
+
+    def on_sale() -> dict[str, bool]:
+        return {t["name"]: t["on_sale"] for t in ok(v2.request("GET", f"/events/{event['id']}"))["ticket_types"]}
+
+    assert on_sale() == {"General admission": True, "Late": True}
+    fake_clock.advance(36 * 3600)  # the event started: its sales closed, the type's window is still open
+    assert on_sale() == {"General admission": False, "Late": False}
+    order = {"event_id": event["id"], "lines": [{"ticket_type_id": late["id"], "quantity": 1}]}
+    refused(v2.request("POST", "/bookings", json_body=order, token=cust), 409, "event_ended")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -215,11 +216,36 @@ def test_a_type_no_order_could_buy_is_refused(v2: LambdaClient) -> None:
     assert [x["name"] for x in types_of(v2, org, event["id"])] == ["General admission", "Table"]
 
 
-def test_a_type_left_unbuyable_by_the_event_can_still_be_renamed_and_deactivated(v2: LambdaClient) -> None:
+def test_the_event_cannot_lower_a_maximum_below_an_active_types_minimum(v2: LambdaClient) -> None:
+    """PUT /events keeps the rule a type's own fields obey: some order can buy every active type."""
+    _, org = account(v2, "organizer")
+    event = create_event(v2, org, max_tickets_per_booking=8, max_tickets_per_customer=10)
+    t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
+    path = f"/events/{event['id']}"
+    for limits, details in (
+        ({"max_tickets_per_booking": 5}, {"min_per_order": 6, "max_tickets_per_booking": 5}),
+        ({"max_tickets_per_customer": 4}, {"min_per_order": 6, "max_tickets_per_customer": 4}),
+    ):
+        body = refused(v2.request("PUT", path, json_body={**limits, "title": "renamed"}, token=org),
+                       422, "invalid_order_bounds")
+        assert body["details"] == {**details, "ticket_type_id": t["id"]} and "'Table'" in body["message"], body
+    stored = ok(v2.request("GET", path))
+    assert (stored["title"], stored["max_tickets_per_booking"], stored["max_tickets_per_customer"]) == (
+        event["title"], 8, 10)
+    at_min = ok(v2.request("PUT", path, json_body={"max_tickets_per_booking": 6}, token=org))
+    assert at_min["max_tickets_per_booking"] == 6
+    ok(v2.request("PATCH", _path(event, t["id"]), json_body={"active": False}, token=org))
+    ok(v2.request("PUT", path, json_body={"max_tickets_per_booking": 2}, token=org))  # only active types count
+
+
+def test_a_type_left_unbuyable_by_the_event_can_still_be_renamed_and_deactivated(
+    v2: LambdaClient, sql: psycopg.Connection
+) -> None:
     _, org = account(v2, "organizer")
     event = create_event(v2, org, max_tickets_per_booking=6)
     t = add_type(v2, org, event["id"], name="Table", min_per_order=6)
-    ok(v2.request("PUT", f"/events/{event['id']}", json_body={"max_tickets_per_booking": 4}, token=org))
+    # PUT /events refuses it; a lower server default (the event's NULL maximum) leaves it so
+    sql.execute("UPDATE events SET max_tickets_per_booking = 4 WHERE id = %s", (event["id"],))
     r = ok(v2.request("PATCH", _path(event, t["id"]), json_body={"name": "Old table", "active": False}, token=org))
     assert (r["name"], r["active"]) == ("Old table", False)
     refused(v2.request("PATCH", _path(event, t["id"]), json_body={"max_per_order": 5}, token=org),
@@ -236,3 +262,28 @@ def test_reads_refuse_another_organizer_with_see(v2: LambdaClient) -> None:
         assert body["message"] == "Only the event's organizer can see it", path
     body = refused(v2.request("POST", _path(event), json_body={"name": "x"}, token=other), 403, "not_event_owner")
     assert body["message"] == "Only the event's organizer can change it"
+
+
+def test_live_holds_of_a_type_end_when_its_sales_end_moves_earlier(v2: LambdaClient, sql: psycopg.Connection) -> None:
+    """A hold is kept for a sale that can still happen: a type's sales now ending sooner end
+    the holds of it then too (as the event's sales close does); others keep their time."""
+    _, org = account(v2, "organizer")
+    _, cust = account(v2, "customer")
+    event = create_event(v2, org, total_tickets=20)
+    early = add_type(v2, org, event["id"], name="Early")
+    late = add_type(v2, org, event["id"], name="Late")
+
+    def hold(*types: int) -> dict[str, Any]:
+        body = {"lines": [{"ticket_type_id": t, "quantity": 1} for t in types], "ttl_seconds": 3600}
+        return ok(v2.request("POST", f"/events/{event['id']}/holds", json_body=body, token=cust), 201)  # type: ignore[no-any-return]
+
+    mixed, other = hold(early["id"], late["id"]), hold(late["id"])
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    ok(v2.request("PATCH", _path(event, early["id"]), json_body={"sales_end": ends.isoformat()}, token=org))
+    expiry = {r["id"]: r["expires_at"] for r in sql.execute(
+        "SELECT id, expires_at FROM holds WHERE id = ANY(%s)", ([mixed["id"], other["id"]],)).fetchall()}
+    assert expiry[mixed["id"]] == ends
+    assert expiry[other["id"]] > ends + timedelta(minutes=50)
+    later = ends + timedelta(hours=3)  # a later end gives no time back
+    ok(v2.request("PATCH", _path(event, early["id"]), json_body={"sales_end": later.isoformat()}, token=org))
+    assert sql.execute("SELECT expires_at FROM holds WHERE id = %s", (mixed["id"],)).fetchone()["expires_at"] == ends
