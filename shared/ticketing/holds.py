@@ -4,7 +4,9 @@ Creating a hold is the same one-statement grant as a booking, under the same rul
 (shared/ticketing/inventory.py), and counts against the customer's limit until it ends. Its lifetime
 is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
 ``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
-sales close (its end, or its start when it has no end): ``expires_at`` says which.
+sales close (its end, or its start when it has no end) nor the earliest ``sales_end`` of its
+lines' types (a hold outliving its type's sales would sell after them): ``expires_at`` says
+which. A type's ``sales_end`` moved earlier shortens its live holds (ticket_types.py).
 Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
 the first grant that needs its tickets; :func:`tidy_expired_holds` only tidies.
@@ -83,7 +85,8 @@ WITH {grant_ctes(exact=exact, order=order)}, {count_ctes(order=order)}, hold AS 
     INSERT INTO holds (event_id, user_id, quantity, expires_at, access_code_id)
     SELECT g.id, %(user_id)s, g.quantity,
            least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
-                 g.sales_end),
+                 g.sales_end,
+                 (SELECT min(t.sales_end) FROM lines l JOIN ticket_types t ON t.id = l.ticket_type_id)),
            g.access_code_id
       FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {HOLD_COLUMNS}
