@@ -54,6 +54,7 @@ from shared.ticketing.inventory import (
     grant_ctes,
     is_live,
     live_hold_sql,
+    lock_codes,
     lock_return_rows,
     lock_stock,
     order_params,
@@ -253,12 +254,14 @@ def _confirm_expired(
     A hold that expired gets its tickets back and is booked again *as this hold* if the
     grant rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
-    One transaction, event row locked first, then every stock row, like every writer.
+    One transaction, in the lock order: the event row, every stock row, the codes the
+    reclaim gives back and the grant uses (the hold's), then the hold.
     """
     hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR NO KEY UPDATE")
         lock_stock(conn, event_id)
+        lock_codes(conn, event_id, now, hold["access_code_id"])  # its code_id never changes
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()
