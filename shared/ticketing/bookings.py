@@ -1,11 +1,12 @@
 """Bookings: the atomic ticket decrement, cancellation, and lookups of a customer's bookings.
 
-A booking is ONE autocommit statement: the guarded decrement of one of the event's stock
-rows, the booking row, the outbox row (and, with an Idempotency-Key, the stored answer) are
-chained through RETURNING, so a stock row is locked for a single round trip and nothing is
-inserted unless tickets were really taken. When no single row can serve it, the same
-statement built on the exact grant runs under the lock of every row
-(:func:`shared.ticketing.inventory.grant`).
+A booking (an order) is ONE autocommit statement: the guarded decrement of one stock row of
+every quota its lines' types belong to (the seed's request: the event quota's, one row), the
+code's use, the customer's counters, the booking and its lines, the outbox row (and, with an
+Idempotency-Key, the stored answer) are chained through RETURNING, so the stock rows are
+locked for a single round trip and nothing is inserted unless tickets were really taken.
+When no single row of some quota can serve it, the same statement built on the exact grant
+runs under the lock of every stock row of the event (:func:`shared.ticketing.inventory.grant`).
 """
 
 from __future__ import annotations

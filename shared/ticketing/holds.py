@@ -4,7 +4,9 @@ Creating a hold is the same one-statement grant as a booking, under the same rul
 (shared/ticketing/inventory.py), and counts against the customer's limit until it ends. Its lifetime
 is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
 ``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
-sales close (its end, or its start when it has no end): ``expires_at`` says which.
+sales close (its end, or its start when it has no end) nor the earliest ``sales_end`` of its
+lines' types (a hold outliving its type's sales would sell after them): ``expires_at`` says
+which. A type's ``sales_end`` moved earlier shortens its live holds (ticket_types.py).
 Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
 the first grant that needs its tickets; :func:`tidy_expired_holds` only tidies.
@@ -52,6 +54,7 @@ from shared.ticketing.inventory import (
     grant_ctes,
     is_live,
     live_hold_sql,
+    lock_codes,
     lock_return_rows,
     lock_stock,
     order_params,
@@ -83,7 +86,8 @@ WITH {grant_ctes(exact=exact, order=order)}, {count_ctes(order=order)}, hold AS 
     INSERT INTO holds (event_id, user_id, quantity, expires_at, access_code_id)
     SELECT g.id, %(user_id)s, g.quantity,
            least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
-                 g.sales_end),
+                 g.sales_end,
+                 (SELECT min(t.sales_end) FROM lines l JOIN ticket_types t ON t.id = l.ticket_type_id)),
            g.access_code_id
       FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {HOLD_COLUMNS}
@@ -250,12 +254,14 @@ def _confirm_expired(
     A hold that expired gets its tickets back and is booked again *as this hold* if the
     grant rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
-    One transaction, event row locked first, then every stock row, like every writer.
+    One transaction, in the lock order: the event row, every stock row, the codes the
+    reclaim gives back and the grant uses (the hold's), then the hold.
     """
     hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR NO KEY UPDATE")
         lock_stock(conn, event_id)
+        lock_codes(conn, event_id, now, hold["access_code_id"])  # its code_id never changes
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()

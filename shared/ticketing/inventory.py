@@ -1,27 +1,42 @@
 """Taking tickets out of an event's pool: the rules every granting path obeys, and why not.
 
-Every condition for granting tickets is one :class:`Rule` of :data:`RULES`, written once
-here, in the order a refusal names them:
+Every condition for granting tickets is written once here, in one of three tables or two
+named checks, and a refused request is told the first that fails, in this order:
 
-1. the event exists (``event_not_found``);
-2. it is active (``event_cancelled``);
-3. it has not ended (``event_ended``): an event ends at ``end_time``, or at ``start_time``
-   when it has no ``end_time``, and never when it has neither;
-4. one request takes at most the event's per-booking maximum (``quantity_too_large``);
-5. there are enough tickets (``sold_out``, ``insufficient_tickets``);
-6. a customer's booked plus actively held tickets of the event stay within the event's
-   per-customer limit (``customer_limit_exceeded``).
+1. the event's rules, :data:`RULES` (:class:`Rule`, on the event's row): it exists
+   (``event_not_found``), is active (``event_cancelled``), has not ended (``event_ended``:
+   at ``end_time``, or ``start_time`` without one, never without either), and the order's
+   total is within its per-booking maximum (``quantity_too_large``): :data:`GATE_RULES`;
+2. the order's access code, if it names one, is usable (``access_code_invalid``, one answer
+   whatever is wrong): judged before any line, so every guess counts as one;
+3. each line's rules, :data:`LINE_RULES` (:class:`LineRule`, on the line's type; rule by
+   rule, line by line): the type is the event's and visible or unlocked by the code
+   (``ticket_type_not_found``), the line within its type's per-order maximum and minimum
+   (``quantity_too_large``, ``quantity_below_minimum``), the type active
+   (``ticket_type_inactive``), its sales started or opened by the code
+   (``sales_not_started``) and not ended (``sales_ended``);
+4. the code's uses (``access_code_exhausted``: CHECK ``access_codes_within_max_uses``), only
+   when some line's type is one it unlocks (:data:`_CODE_NEEDED`);
+5. room in every quota of every line's type (:data:`TICKETS_LEFT` of :data:`RULES`:
+   ``sold_out``, ``insufficient_tickets``, naming the quota);
+6. the customer's booked plus live held tickets of the event within its per-customer limit
+   (:data:`WITHIN_CUSTOMER_LIMIT` of :data:`RULES`, ``customer_limit_exceeded``: CHECK
+   ``customer_tickets_within_limit``), then of each line's type within the type's
+   (``type_limit_exceeded``, :func:`type_limit`: CHECK ``customer_type_tickets_within_limit``).
 
-A rule is a SQL predicate, a check on the event's row as the rules read it (its gate row,
-:data:`GATE_COLUMNS`) and the refusal it maps to. Every path uses the same table:
+A rule is a SQL predicate, a check in Python on what the rules read, and the refusal it maps
+to. Every path uses the same tables:
 
-* one statement (a booking, a hold): the predicates are the WHERE of the guarded decrement
-  (:data:`GRANT_CTE`); the customer limit is a CHECK on the customer's counter raised in the
-  same statement (:data:`COUNT_CTE`), so concurrent requests of one customer cannot pass it
-  together. A refused statement is explained by walking the checks (:func:`grant`);
+* one statement (a booking, a hold): the event's predicates are the WHERE of ``gate``, the
+  line rules' the WHERE of ``lines`` (:func:`grant_ctes`), room the guarded decrement of
+  one stock row per quota; the code's uses and the limits are CHECKs on the rows the same
+  statement writes (:data:`CODE_USED_CTE`, :func:`count_ctes`), so concurrent requests
+  cannot pass them together. A refused statement returns no row (or raises a CHECK,
+  :func:`is_limit_check`) and is explained by walking the checks in the order above
+  (:func:`grant`, :func:`judge`);
 * under the lock of every stock row (the exact path, a coalesced batch, the confirmation of
-  an expired hold): the checks decide (:func:`first_failed`), or the same predicates on the
-  summed rows (:data:`GRANT_EXACT_CTE`);
+  an expired hold): the same predicates on each quota's summed rows
+  (:data:`GRANT_EXACT_CTE`), or the checks decide (:func:`judge`);
 * a live hold's tickets were granted when it was made: confirming it re-checks only the
   event's own rules (:data:`EVENT_RULES`, :data:`OPEN_SQL`).
 
@@ -533,17 +548,25 @@ _REQ_CTE = """req AS MATERIALIZED (
 )"""
 
 
-def _code_cte() -> str:
-    """The access code the order names (``code``: id, unlocks), when usable at %(now)s: by
-    digest (%(code_digest)s, a request) or id (%(code_id)s, an expired hold's code)."""
+@functools.cache
+def _code_sql(extra: str = "") -> str:
+    """The access code the order names, when usable at %(now)s (id, unlocks: the types it
+    unlocks, then ``extra`` columns of ``a``): by digest (%(code_digest)s, a request) or id
+    (%(code_id)s, an expired hold's code). The one lookup of an order's code, in the
+    statement (:func:`_code_cte`) and in the diagnosis (:func:`read_order`)."""
     from shared.ticketing.access_codes import usable_sql  # access_codes imports quotas, which imports this
 
-    return f"""code AS MATERIALIZED (
-    SELECT a.id, array(SELECT act.ticket_type_id FROM access_code_types act
-                        WHERE act.access_code_id = a.id) AS unlocks
+    return f"""SELECT a.id, array(SELECT act.ticket_type_id FROM access_code_types act
+                        WHERE act.access_code_id = a.id) AS unlocks{extra}
       FROM access_codes a
      WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s)
-       AND {usable_sql("a")}
+       AND {usable_sql("a")}"""
+
+
+def _code_cte() -> str:
+    """The order's code as ``code`` (id, unlocks) in a granting statement (:func:`_code_sql`)."""
+    return f"""code AS MATERIALIZED (
+    {_code_sql()}
 )"""
 
 
@@ -751,24 +774,29 @@ def count_ctes(*, order: bool = False) -> str:
 
 COUNT_CTE = count_ctes()
 
-# Tickets going back: per quota, the lines' units of every type in it, to the row locked for
-# it (:func:`lock_return_rows`); then off the customer's counters.
-_GIVE_BACK_SQL = """
-WITH back AS (
-    SELECT l.ticket_type_id, l.n FROM unnest(%(types)s::bigint[], %(ns)s::int[]) AS l(ticket_type_id, n)
-), returned AS (
+# Units going back to quotas (``returned``): per quota, the units of ``{lines}`` (rows:
+# ticket_type_id, quantity) of every type in it, to the row locked for it (%(quota_ids)s,
+# %(shards)s: :func:`lock_return_rows`). A cancelled line, a released or reclaimed hold.
+_RETURNED_CTE = """returned AS (
     UPDATE quota_stock s SET available_tickets = s.available_tickets + d.n
-      FROM (SELECT qt.quota_id, sum(back.n)::int AS n FROM back
-              JOIN quota_types qt ON qt.ticket_type_id = back.ticket_type_id GROUP BY qt.quota_id) AS d,
+      FROM (SELECT qt.quota_id, sum(x.quantity)::int AS n FROM {lines} x
+              JOIN quota_types qt ON qt.ticket_type_id = x.ticket_type_id GROUP BY qt.quota_id) AS d,
            unnest(%(quota_ids)s::bigint[], %(shards)s::int[]) AS r(quota_id, shard)
      WHERE s.quota_id = d.quota_id AND r.quota_id = d.quota_id AND s.shard = r.shard
     RETURNING s.quota_id
-), uncounted AS (
-    UPDATE customer_tickets SET tickets = tickets - (SELECT sum(n) FROM back)
+)"""
+
+# Tickets going back: to every quota of each line's type (:data:`_RETURNED_CTE`), then off
+# the customer's counters.
+_GIVE_BACK_SQL = f"""
+WITH back AS (
+    SELECT l.ticket_type_id, l.quantity FROM unnest(%(types)s::bigint[], %(ns)s::int[]) AS l(ticket_type_id, quantity)
+), {_RETURNED_CTE.format(lines="back")}, uncounted AS (
+    UPDATE customer_tickets SET tickets = tickets - (SELECT sum(quantity) FROM back)
      WHERE event_id = %(event_id)s AND user_id = %(user_id)s
     RETURNING event_id
 )
-UPDATE customer_type_tickets ct SET tickets = ct.tickets - back.n
+UPDATE customer_type_tickets ct SET tickets = ct.tickets - back.quantity
   FROM back, (SELECT count(*) FROM uncounted) AS after_event
  WHERE ct.ticket_type_id = back.ticket_type_id AND ct.user_id = %(user_id)s
 """
@@ -836,14 +864,7 @@ WITH expired AS (
     RETURNING a.id
 ), expired_lines AS MATERIALIZED (
     SELECT e.user_id, hl.ticket_type_id, hl.quantity FROM expired e JOIN hold_lines hl ON hl.hold_id = e.id
-), returned AS (
-    UPDATE quota_stock s SET available_tickets = s.available_tickets + d.n
-      FROM (SELECT qt.quota_id, sum(x.quantity)::int AS n FROM expired_lines x
-              JOIN quota_types qt ON qt.ticket_type_id = x.ticket_type_id GROUP BY qt.quota_id) AS d,
-           unnest(%(quota_ids)s::bigint[], %(shards)s::int[]) AS r(quota_id, shard)
-     WHERE s.quota_id = d.quota_id AND r.quota_id = d.quota_id AND s.shard = r.shard
-    RETURNING s.quota_id
-), uncounted AS (
+), {_RETURNED_CTE.format(lines="expired_lines")}, uncounted AS (
     UPDATE customer_tickets ct SET tickets = ct.tickets - e.quantity
       FROM (SELECT user_id, sum(quantity)::int AS quantity FROM expired GROUP BY user_id) e
      WHERE ct.event_id = %(event_id)s AND ct.user_id = e.user_id
@@ -859,10 +880,18 @@ SELECT (SELECT coalesce(sum(quantity), 0) FROM expired)::int AS freed,
        (SELECT count(*) FROM returned) AS quotas, (SELECT count(*) FROM type_uncounted) AS counters
 """
 
-# The codes of expired holds, whose uses go back with their tickets.
-_LOCK_EXPIRED_CODES_SQL = f"""SELECT id FROM access_codes
+# The codes of the event's expired holds, whose uses go back with their tickets, and
+# %(code_id)s (NULL: none), in id order.
+_LOCK_CODES_SQL = f"""SELECT id FROM access_codes
  WHERE id IN (SELECT access_code_id FROM holds WHERE holds.event_id = %(event_id)s AND {expired_hold_sql("holds")})
+    OR id = %(code_id)s
  ORDER BY id FOR NO KEY UPDATE"""
+
+
+def lock_codes(conn: Connection, event_id: int, now: datetime, code_id: int | None = None) -> None:
+    """Lock the codes :func:`reclaim_expired_holds` gives uses back to, and ``code_id``
+    (one a grant will use), before any hold: the lock order (codes, then holds)."""
+    conn.execute(_LOCK_CODES_SQL, {"event_id": event_id, "now": now, "code_id": code_id})
 
 _CUSTOMER_SQL = f"""
 SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
@@ -934,7 +963,7 @@ def read_gate(
     ).fetchone()
 
 
-def is_customer_limit(exc: BaseException) -> bool:
+def is_limit_check(exc: BaseException) -> bool:
     """A CHECK that keeps a count within a limit (a customer's of the event or of a type, a
     code's uses) refused a grant: a refusal to explain, not a failure."""
     return (
@@ -949,7 +978,7 @@ def reclaim_expired_holds(conn: Connection, event_id: int, now: datetime) -> int
         if conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (event_id,)).fetchone() is None:
             return 0
         rows = lock_return_rows(conn, event_id)
-        conn.execute(_LOCK_EXPIRED_CODES_SQL, {"event_id": event_id, "now": now})  # before the holds: the lock order
+        lock_codes(conn, event_id, now)
         row = conn.execute(_RECLAIM_SQL, {
             "event_id": event_id, "now": now, "quota_ids": list(rows), "shards": list(rows.values())}).fetchone()
     return int(row["freed"]) if row else 0
@@ -1024,7 +1053,7 @@ def grant(
 
 
 def _attempt(run: Run, savepoint: Connection | None = None) -> dict[str, Any] | None:
-    """One granting statement; a refused customer-limit CHECK is a refusal (None).
+    """One granting statement; a refused limit CHECK (:func:`is_limit_check`) is a refusal (None).
     ``savepoint``: run it in one on that connection, so a refusal undoes only the statement."""
     try:
         if savepoint is None:
@@ -1032,7 +1061,7 @@ def _attempt(run: Run, savepoint: Connection | None = None) -> dict[str, Any] | 
         with savepoint.transaction():
             return run()
     except psycopg.errors.CheckViolation as exc:
-        if not is_customer_limit(exc):
+        if not is_limit_check(exc):
             raise
         return None
 
@@ -1081,9 +1110,9 @@ class Order:
     code: dict[str, Any] | None  # its usable code (id, uses, max_uses, unlocks), if it names one
     code_named: bool
     quotas: list[dict[str, Any]]  # id, name, is_event, available, expired_held, type_ids
-    booked: int = 0  # the customer's tickets of the event: booked, held live, held expired
-    held: int = 0
-    expired_held: int = 0
+    booked: int = 0  # the customer's tickets of the event in confirmed bookings
+    held: int = 0  # in live holds
+    expired_held: int = 0  # in active holds past their expiry (not reclaimed yet)
     per_type: dict[int, int] | None = None  # the customer's booked plus live held, per type
 
     @property
@@ -1103,12 +1132,10 @@ _ORDER_TYPES_SQL = f"""SELECT {TYPE_COLUMNS}, is_default FROM ticket_types
  WHERE event_id = %(event_id)s
    AND (id = ANY(%(type_ids)s::bigint[]) OR (%(type_ids)s::bigint[] IS NULL AND is_default))"""
 
-_ORDER_CODE_SQL = """SELECT a.id, a.uses, a.max_uses,
-       array(SELECT act.ticket_type_id FROM access_code_types act WHERE act.access_code_id = a.id) AS unlocks,
-       (SELECT count(*) FROM holds h
-         WHERE h.access_code_id = a.id AND h.status = 'active' AND h.expires_at <= %(now)s)::int AS expired_uses
-  FROM access_codes a
- WHERE a.event_id = %(event_id)s AND (a.code_digest = %(code_digest)s OR a.id = %(code_id)s) AND {usable}"""
+# The order's code as the diagnosis reads it: with its uses, and how many of them are
+# expired holds' (they come back when those are reclaimed).
+_ORDER_CODE_COLUMNS = f""", a.uses, a.max_uses,
+       (SELECT count(*) FROM holds h WHERE h.access_code_id = a.id AND {expired_hold_sql("h")})::int AS expired_uses"""
 
 _ORDER_QUOTAS_SQL = f"""SELECT q.id, q.name, q.is_event, {QUOTA_AVAILABLE_SQL.format(quota="q")} AS available,
        {quota_expired_held_sql("q")} AS expired_held, array_agg(qt.ticket_type_id) AS type_ids
@@ -1127,8 +1154,6 @@ _CUSTOMER_TYPES_SQL = f"""SELECT t.id,
 def read_order(conn: Connection, params: Mapping[str, Any], user_id: int | None) -> Order:
     """The order of a granting statement's parameters, with what the rules read for it:
     its types, its code, the event's quotas and (``user_id``) the customer's tickets."""
-    from shared.ticketing.access_codes import usable_sql  # access_codes imports quotas, which imports this
-
     p = {"type_ids": None, "quantities": None, "code_digest": None, "code_id": None, **params}
     types: dict[int, TicketType] = {t["id"]: t for t in conn.execute(_ORDER_TYPES_SQL, p).fetchall()}
     if p["type_ids"] is None:
@@ -1137,7 +1162,7 @@ def read_order(conn: Connection, params: Mapping[str, Any], user_id: int | None)
     else:
         lines = [Line(t, n) for t, n in zip(p["type_ids"], p["quantities"], strict=True)]
     named = p["code_digest"] is not None or p["code_id"] is not None
-    code = conn.execute(_ORDER_CODE_SQL.format(usable=usable_sql("a")), p).fetchone() if named else None
+    code = conn.execute(_code_sql(_ORDER_CODE_COLUMNS), p).fetchone() if named else None
     quotas = [dict(q) for q in conn.execute(_ORDER_QUOTAS_SQL, p).fetchall()]
     order = Order(lines, types, code, named, quotas)
     if user_id is not None:

@@ -535,6 +535,25 @@ def test_a_live_hold_confirms_after_its_type_stopped_selling(shop: Shop) -> None
     _adds_up(shop)
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["one line", "two lines"])
+def test_a_hold_expires_when_its_types_sales_end(shop: Shop, multi: bool) -> None:
+    # GIVEN VIP sales end in 60 s (the event's close is a day away)
+    ends = NOW + timedelta(seconds=60)
+    shop.set_type(shop.vip, sales_end=ends)
+    lines = [(shop.default, 1), (shop.vip, 1)] if multi else [(shop.vip, 1)]
+    # WHEN a hold of it asks for 600 s: THEN it lives until the type's sales end
+    hold = holds.create_hold(user_id=shop.me, event_id=shop.event_id, lines=lines, ttl_seconds=600)
+    assert hold["expires_at"] == ends
+    assert holds.get_hold(hold_id=hold["id"], user_id=shop.me)["expires_at"] == ends
+    # WHEN it is confirmed after that: THEN it is an expired hold, granted anew, whose type no longer sells
+    shop.clock.advance(61)
+    assert holds.get_hold(hold_id=hold["id"], user_id=shop.me)["status"] == "expired"
+    with pytest.raises(AppError) as err:
+        holds.confirm_hold(hold_id=hold["id"], user_id=shop.me)
+    assert err.value.code == "sales_ended" and err.value.details["ticket_type_id"] == shop.vip
+    _adds_up(shop)
+
+
 # -- quotas, lines and cancellations ------------------------------------------------------------
 
 
