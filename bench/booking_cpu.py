@@ -138,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import psycopg
 
+    from bench.stock import bench_event
     from shared.accounts.tokens import issue_token
     from shared.platform import migrate
     from shared.platform.settings import get_settings
-    from shared.ticketing.inventory import shards_for, stock_event
+    from shared.ticketing.inventory import shards_for
 
     migrate.main([])
     settings = get_settings()
@@ -155,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = [row[0] for row in conn.execute(
             "INSERT INTO users (email, password_hash, role) SELECT 'c-' || %s || '-' || g || '@bench.example', 'x', "
             "'customer' FROM generate_series(1, %s) g RETURNING id", (tag, users)).fetchall()]
-        event_id = conn.execute(
-            "INSERT INTO events (organizer_id, title, total_tickets, shards, max_tickets_per_customer) "
-            "VALUES (%s, 'bench', 100000000, %s, 1000000) RETURNING id", (organizer, shards_for(100_000_000)),
-        ).fetchone()[0]  # type: ignore[index]
-        stock_event(conn, event_id)  # type: ignore[arg-type]
+        event_id = bench_event(conn, organizer, "bench", 100_000_000, shards_for(100_000_000), 1_000_000)
     tokens = [issue_token(user_id, "customer", session_id=str(uuid.uuid4()))[0] for user_id in ids]
     print(f"production settings: app_env={settings.app_env} rate_limit_enabled={settings.rate_limit_enabled} "
           f"log_level={settings.log_level} coalesce={settings.booking_coalesce}; {len(tokens)} customers",

@@ -48,8 +48,20 @@ def seed(database_url: str, users: int) -> tuple[int, int]:
                VALUES (%s, 'Fan-out benchmark', 'Main hall', %s) RETURNING id""",
             (organizer, users),
         ).fetchone()[0]  # type: ignore[index]
-        # Sold out: its one stock row (shared/ticketing/inventory.py) holds no ticket.
-        conn.execute("INSERT INTO event_stock (event_id, shard, available_tickets) VALUES (%s, 0, 0)", (event,))
+        # Sold out, as the API makes an event (shared/ticketing/events.py): one default type in
+        # one event quota, whose one stock row holds no ticket; every fan holds one ticket of it.
+        ticket_type = conn.execute(
+            "INSERT INTO ticket_types (event_id, name, is_default) VALUES (%s, 'General admission', true) RETURNING id",
+            (event,),
+        ).fetchone()[0]  # type: ignore[index]
+        quota = conn.execute(
+            """INSERT INTO quotas (event_id, name, size, shards, is_event)
+               VALUES (%s, 'Event capacity', %s, 1, true) RETURNING id""",
+            (event, users),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute("INSERT INTO quota_types (quota_id, ticket_type_id, event_id) VALUES (%s, %s, %s)",
+                     (quota, ticket_type, event))
+        conn.execute("INSERT INTO quota_stock (quota_id, shard, available_tickets) VALUES (%s, 0, 0)", (quota,))
         conn.execute(
             """WITH fans AS (
                    INSERT INTO users (email, name, password_hash, role, email_verified_at)
@@ -58,11 +70,17 @@ def seed(database_url: str, users: int) -> tuple[int, int]:
                    RETURNING id),
                booked AS (
                    INSERT INTO bookings (event_id, user_id, quantity) SELECT %(event)s, id, 1 FROM fans
-                   RETURNING user_id)
+                   RETURNING id, user_id),
+               lines AS (
+                   INSERT INTO booking_lines (booking_id, ticket_type_id, quantity, unit_price_minor)
+                   SELECT id, %(type)s, 1, 0 FROM booked),
                -- what a booking through the API counts, so the bench database stays exact
+               per_type AS (
+                   INSERT INTO customer_type_tickets (ticket_type_id, user_id, tickets, limit_at_claim)
+                   SELECT %(type)s, user_id, 1, 2147483647 FROM booked)
                INSERT INTO customer_tickets (event_id, user_id, tickets, limit_at_claim)
                SELECT %(event)s, user_id, 1, 1 FROM booked""",
-            {"tag": tag, "n": users, "event": event},
+            {"tag": tag, "n": users, "event": event, "type": ticket_type},
         )
         conn.execute("ANALYZE users")
         conn.execute("ANALYZE bookings")

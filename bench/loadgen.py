@@ -17,7 +17,7 @@ import multiprocessing
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,8 @@ class Spec:
     ``forwarded_for``: one ``X-Forwarded-For`` address per token (a customer's own address
     behind a trusted load balancer), sent with it. ``idempotency_prefix``: every request
     carries ``Idempotency-Key: <prefix><connection>-<n>``, unique in the run.
+    ``ticket_types``: (type id, weight) pairs: each request books one ticket of a type drawn
+    in proportion to its weight (``lines``); without them, ``quantity`` of the default type.
     ``stop_codes``: a connection stops after receiving
     an error with one of these codes (a sell-out rush ends when every client has seen
     ``sold_out``).
@@ -51,6 +53,7 @@ class Spec:
     stop_codes: tuple[str, ...] = ()
     forwarded_for: tuple[str, ...] = ()
     idempotency_prefix: str | None = None
+    ticket_types: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     success_latencies_ms: list[float] = field(default_factory=list)
     booking_ids: list[int] = field(default_factory=list)
+    types: Counter[int] = field(default_factory=Counter)  # successes by the answer's first line's type
     last_success_at: float = 0.0
     last_response_at: float = 0.0
     conn_errors: int = 0
@@ -91,11 +95,30 @@ def _request_head(spec: Spec, token: str | None, address: str | None = None) -> 
     return head.encode()
 
 
-def _request_tail(spec: Spec, event_id: int | None) -> bytes:
+def _request_tail(spec: Spec, event_id: int | None, ticket_type_id: int | None = None) -> bytes:
     if event_id is None:
         return b"\r\n"
-    body = json.dumps({"event_id": event_id, "quantity": spec.quantity}, separators=(",", ":")).encode()
+    payload: dict[str, Any] = {"event_id": event_id, "quantity": spec.quantity}
+    if ticket_type_id is not None:
+        payload = {"event_id": event_id, "lines": [{"ticket_type_id": ticket_type_id, "quantity": 1}]}
+    body = json.dumps(payload, separators=(",", ":")).encode()
     return f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def reduced_weights(ticket_types: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(type id, weight) pairs with the weights divided by their common divisor: both generators
+    repeat a type's request body that many times, so a uniform pick is a weighted one."""
+    if any(weight < 1 for _, weight in ticket_types):
+        raise ValueError(f"ticket type weights must be positive: {ticket_types}")
+    divisor = math.gcd(*(w for _, w in ticket_types)) if ticket_types else 1
+    return [(type_id, weight // divisor) for type_id, weight in ticket_types]
+
+
+def _weighted(ticket_types: tuple[tuple[int, int], ...]) -> list[int | None]:
+    """Each type id repeated its reduced weight; ``[None]`` (the default type) without types."""
+    if not ticket_types:
+        return [None]
+    return [type_id for type_id, weight in reduced_weights(ticket_types) for _ in range(weight)]
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -135,7 +158,7 @@ class _Connection:
         self.heads = [_request_head(spec, None if i is None else spec.tokens[i],
                                     addresses[i] if i is not None and addresses else None) for i in mine]
         ids = spec.event_ids or (None,)
-        self.tails = [_request_tail(spec, e) for e in ids]
+        self.tails = [_request_tail(spec, e, t) for e in ids for t in _weighted(spec.ticket_types)]
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.wait_for(
@@ -158,9 +181,13 @@ class _Connection:
             out["success_latencies"].append(latency)
             out["last_success"] = now
             if body.startswith(b"{"):
-                booking_id = json.loads(body).get("id")
+                answer = json.loads(body)
+                booking_id = answer.get("id")
                 if isinstance(booking_id, int):
                     out["ids"].append(booking_id)
+                lines = answer.get("lines")
+                if lines and isinstance(lines, list):
+                    out["types"][lines[0].get("ticket_type_id")] += 1
             return False
         try:
             code = str(json.loads(body).get("code", status))
@@ -204,7 +231,8 @@ async def _process_main(
     spec: Spec, indices: list[int], connections: int, ready: Any, go: Any, window: Any
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "statuses": Counter(), "codes": Counter(), "latencies": [], "success_latencies": [], "ids": [],
+        "statuses": Counter(), "codes": Counter(), "types": Counter(), "latencies": [], "success_latencies": [],
+        "ids": [],
         "last_success": 0.0, "last_response": 0.0, "conn_errors": 0, "timeouts": 0,
     }
     conns = [_Connection(spec, i, connections, out) for i in indices]
@@ -276,6 +304,7 @@ def run(spec: Spec, *, connections: int, duration: float, procs: int = 2) -> Res
     for part in parts:
         merged.statuses.update(part["statuses"])
         merged.codes.update(part["codes"])
+        merged.types.update(part["types"])
         merged.latencies_ms.extend(part["latencies"])
         merged.success_latencies_ms.extend(part["success_latencies"])
         merged.booking_ids.extend(part["ids"])

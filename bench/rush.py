@@ -42,8 +42,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.rows import dict_row
 
-from bench import environment, loadgen, pgbench_booking
+from bench import environment, loadgen, pgbench_booking, three_types
 from bench.environment import Environment
 from bench.wrk_crowd import (
     SETUP_THREADS,
@@ -79,6 +80,9 @@ FD_HEADROOM = 256
 # (a booking waits at most BOOKING_LANE_WAIT_SECONDS, 5 s, for its batch; the bound covers it).
 SETTLE_QUIET_S = 0.5
 SETTLE_BOUND_S = 30.0
+# Successes from which every type of a mix must have been booked (the rarest, 20%, then
+# misses with a chance below 1e-9).
+MIX_MIN_SUCCESSES = 100
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Options:
     pg_duration: float = 5.0
     pg_clients: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
     clients: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    types_clients: list[int] = field(default_factory=lambda: [64, 256])
     workers: list[int] = field(default_factory=lambda: [1, 2])
     idempotent: bool = True
     sellout_tickets: int = 5000
@@ -108,7 +113,8 @@ class Options:
     @classmethod
     def quick(cls) -> Options:
         """A seconds-long correctness run (the smoke test): tiny, not a measurement."""
-        return cls(duration=2.0, pg_duration=1.0, pg_clients=[1, 4], clients=[8], sellout_tickets=200,
+        return cls(duration=2.0, pg_duration=1.0, pg_clients=[1, 4], clients=[8], types_clients=[8],
+                   sellout_tickets=200,
                    sellout_clients=8, sellout_timeout=30.0, spread_events=20, spread_clients=[8], procs=1,
                    warmup=0.0, expect_rate=QUICK_EXPECT_RATE)
 
@@ -120,7 +126,8 @@ class Options:
     def booking_seconds(self) -> float:
         """Seconds of bookings drawn from the crowd in one run (warm-ups included)."""
         extra_servers = len(self.workers) - 1
-        timed = len(self.clients) + int(self.idempotent) + len(self.spread_clients) + extra_servers
+        timed = (len(self.clients) + len(self.types_clients) + int(self.idempotent) + len(self.spread_clients)
+                 + extra_servers)
         return self.warmup * (1 + extra_servers) + self.duration * timed
 
 
@@ -132,6 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, generator: bool = True) ->
     parser.add_argument("--pg-duration", type=float, help="seconds per pgbench run (default 5)")
     parser.add_argument("--pg-clients", type=ints, help="pgbench client counts (default 1,4,8,16,32,64)")
     parser.add_argument("--clients", type=ints, help="connections on the hot event (default 64,256,1024)")
+    parser.add_argument("--types-clients", type=ints,
+                        help="connections on the three-type hot event (default 64,256; an empty value skips it)")
     parser.add_argument("--workers", type=ints,
                         help="uvicorn worker counts: the first serves every scenario, each other one "
                              "the hot event at 64 connections (default 1,2)")
@@ -160,9 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, generator: bool = True) ->
 
 def options_from(args: argparse.Namespace) -> Options:
     opts = Options.quick() if args.quick else Options()
-    for name in ("duration", "pg_duration", "pg_clients", "clients", "workers", "idempotent", "spread_clients",
-                 "spread_events", "sellout_tickets", "sellout_clients", "procs", "warmup", "customers",
-                 "expect_rate", "generator"):
+    for name in ("duration", "pg_duration", "pg_clients", "clients", "types_clients", "workers", "idempotent",
+                 "spread_clients", "spread_events", "sellout_tickets", "sellout_clients", "procs", "warmup",
+                 "customers", "expect_rate", "generator"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(opts, name, value)
@@ -173,6 +182,8 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.sellout_clients = max(args.clients)
     if args.quick and args.clients and args.spread_clients is None:
         opts.spread_clients = [max(args.clients)]
+    if args.quick and args.clients and args.types_clients is None:
+        opts.types_clients = [max(args.clients)]
     return opts
 
 
@@ -311,60 +322,136 @@ def settle(database_url: str, event_ids: list[int], after_booking_id: int, *, qu
     return round(time.monotonic() - t0, 2)
 
 
+# Order states that took stock (payment comes later: a pending order holds its tickets too).
+TAKING_STATUSES = ("confirmed", "pending_payment")
+
+_QUOTAS_SQL = """
+WITH q AS (SELECT id, event_id, name, size, is_event FROM quotas WHERE event_id = ANY(%(events)s)),
+stock AS (SELECT st.quota_id, sum(st.available_tickets)::bigint AS available,
+                 count(*) FILTER (WHERE st.available_tickets < 0) AS negative
+            FROM quota_stock st JOIN q ON q.id = st.quota_id GROUP BY st.quota_id),
+sold AS (SELECT qt.quota_id, sum(bl.quantity - bl.cancelled_quantity)::bigint AS sold
+           FROM q JOIN quota_types qt ON qt.quota_id = q.id
+           JOIN booking_lines bl ON bl.ticket_type_id = qt.ticket_type_id
+           JOIN bookings b ON b.id = bl.booking_id AND b.status = ANY(%(taking)s)
+          GROUP BY qt.quota_id),
+held AS (SELECT qt.quota_id, sum(hl.quantity)::bigint AS held
+           FROM q JOIN quota_types qt ON qt.quota_id = q.id
+           JOIN hold_lines hl ON hl.ticket_type_id = qt.ticket_type_id
+           JOIN holds h ON h.id = hl.hold_id AND h.status = 'active'
+          GROUP BY qt.quota_id)
+SELECT q.id, q.event_id, q.name, q.size, q.is_event, e.total_tickets,
+       coalesce(stock.available, 0) AS available, coalesce(stock.negative, 0) AS negative,
+       coalesce(sold.sold, 0) AS sold, coalesce(held.held, 0) AS held,
+       (SELECT coalesce(sum(b.quantity - b.cancelled_quantity), 0) FROM bookings b
+         WHERE q.is_event AND b.event_id = q.event_id AND b.status = ANY(%(taking)s))::bigint AS booked
+  FROM q JOIN events e ON e.id = q.event_id
+  LEFT JOIN stock ON stock.quota_id = q.id LEFT JOIN sold ON sold.quota_id = q.id
+  LEFT JOIN held ON held.quota_id = q.id
+ ORDER BY q.event_id, q.id
+"""
+
+_NEW_ROWS_SQL = """
+WITH b AS (SELECT id, quantity FROM bookings WHERE event_id = ANY(%(events)s) AND id > %(after)s),
+lines AS (SELECT bl.booking_id, bl.ticket_type_id, bl.quantity FROM booking_lines bl JOIN b ON b.id = bl.booking_id)
+SELECT (SELECT count(*) FROM b) AS bookings,
+       (SELECT count(*) FROM lines) AS lines,
+       (SELECT count(*) FROM b LEFT JOIN (SELECT booking_id, sum(quantity) AS units FROM lines GROUP BY booking_id) l
+            ON l.booking_id = b.id WHERE b.quantity IS DISTINCT FROM l.units) AS quantity_ne_lines,
+       (SELECT coalesce(jsonb_object_agg(t.ticket_type_id, t.n), '{}')
+          FROM (SELECT ticket_type_id, count(*) AS n FROM lines GROUP BY ticket_type_id) t) AS lines_by_type,
+       (SELECT count(*) FROM outbox WHERE task = 'booking_confirmation'
+           AND (payload->>'booking_id')::bigint > %(after)s
+           AND (payload->>'event_id')::bigint = ANY(%(events)s)) AS outbox
+"""
+
+QUOTA_DETAIL_MAX = 10  # per-quota figures in the report for scenarios of at most this many quotas
+
+
 def ticket_check(
     database_url: str, event_ids: list[int], *, after_booking_id: int, client_successes: int | None,
     ids_distinct: bool | None = None, unanswered: int = 0, sellout: bool = False,
+    client_types: dict[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The oversell check of a scenario's events and of the bookings it made.
+    """The oversell check of a scenario's events, per quota, and of the bookings it made.
 
+    Per quota: the tickets gone from its stock (size - available - held) equal the units of
+    its types' lines in orders that took stock, and none is sold past its size; per event,
+    the event quota's size is ``total_tickets`` and its tickets gone equal the orders'
+    quantities. New orders: each has one line (every bench order books one type) whose
+    quantity is the order's; one outbox row per order. ``client_types``: successes by the
+    type the answers named, each compared with the new lines of that type like the rows.
     ``unanswered``: requests still in flight when the generator stopped (wrk stops at its
     deadline): the server may have booked them, so rows may exceed successes by that many.
     The caller waits for them first (:func:`settle`); the queries share one snapshot.
     """
-    with psycopg.connect(database_url) as conn:
+    params = {"events": event_ids, "after": after_booking_id, "taking": list(TAKING_STATUSES)}
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        per_event = conn.execute(
-            """SELECT e.id, e.total_tickets,
-                      (SELECT sum(st.available_tickets) FROM event_stock st WHERE st.event_id = e.id)
-                          AS available_tickets,
-                      coalesce(sum(b.quantity), 0)::bigint AS booked, count(b.id) AS rows
-                 FROM events e LEFT JOIN bookings b ON b.event_id = e.id AND b.status = 'confirmed'
-                WHERE e.id = ANY(%s) GROUP BY e.id""",
-            (event_ids,),
-        ).fetchall()
-        new_rows = conn.execute(
-            "SELECT count(*) FROM bookings WHERE event_id = ANY(%s) AND id > %s",
-            (event_ids, after_booking_id),
-        ).fetchone()[0]  # type: ignore[index]
-        outbox_rows = conn.execute(
-            """SELECT count(*) FROM outbox WHERE task = 'booking_confirmation'
-                 AND (payload->>'booking_id')::bigint > %s AND (payload->>'event_id')::bigint = ANY(%s)""",
-            (after_booking_id, event_ids),
-        ).fetchone()[0]  # type: ignore[index]
-    oversold = sum(max(0, booked - total) for _, total, _, booked, _ in per_event)
-    mismatched = sum(1 for _, total, available, booked, _ in per_event if total - available != booked)
+        quotas = conn.execute(_QUOTAS_SQL, params).fetchall()
+        new = conn.execute(_NEW_ROWS_SQL, params).fetchone()
+    assert new is not None
+    event_quotas = [q for q in quotas if q["is_event"]]
+    gone = {q["id"]: q["size"] - q["available"] - q["held"] for q in quotas}
+    oversold = sum(max(0, q["sold"] + q["held"] - q["size"]) for q in quotas) + sum(q["negative"] for q in quotas)
+    quota_mismatch = [q for q in quotas if gone[q["id"]] != q["sold"]]
+    event_mismatch = [q for q in event_quotas
+                      if q["size"] != q["total_tickets"] or gone[q["id"]] != q["booked"]]
+    new_rows, lines_by_type = int(new["bookings"]), {int(k): int(v) for k, v in new["lines_by_type"].items()}
     check: dict[str, Any] = {
-        "events": len(per_event),
-        "tickets_sold": sum(total - available for _, total, available, _, _ in per_event),
-        "bookings_rows": int(new_rows),
+        "events": len(event_quotas),
+        "quotas": len(quotas),
+        "tickets_sold": sum(gone[q["id"]] for q in event_quotas),
+        "bookings_rows": new_rows,
+        "booking_lines_rows": int(new["lines"]),
         "oversold": oversold,
-        "events_sold_ne_booked": mismatched,
-        "outbox_rows": int(outbox_rows),
+        "quotas_sold_ne_taken": len(quota_mismatch),
+        "events_sold_ne_booked": len(event_mismatch),
+        "orders_quantity_ne_lines": int(new["quantity_ne_lines"]),
+        "outbox_rows": int(new["outbox"]),
     }
-    ok = oversold == 0 and mismatched == 0 and outbox_rows == new_rows
+    if len(quotas) <= QUOTA_DETAIL_MAX:
+        check["per_quota"] = [{k: q[k] for k in ("id", "name", "size", "available", "held", "sold")}
+                              | {"gone": gone[q["id"]], "event_quota": q["is_event"]} for q in quotas]
+    if len(lines_by_type) <= QUOTA_DETAIL_MAX:
+        check["lines_by_type"] = lines_by_type
+    problems: list[str] = []
+    if missing := set(event_ids) - {q["event_id"] for q in event_quotas}:
+        problems.append(f"events without an event quota: {sorted(missing)[:5]}")
+    if oversold:
+        problems.append(f"{oversold} tickets past a quota's size (or negative stock rows)")
+    problems += [f"quota {q['id']} ({q['name']}): {gone[q['id']]} gone from its stock, lines took {q['sold']}"
+                 for q in quota_mismatch[:5]]
+    problems += [f"event {q['event_id']}: total_tickets {q['total_tickets']}, event quota {q['size']}, "
+                 f"{gone[q['id']]} gone, orders took {q['booked']}" for q in event_mismatch[:5]]
+    if check["booking_lines_rows"] != new_rows or check["orders_quantity_ne_lines"]:
+        problems.append(f"{new_rows} orders with {check['booking_lines_rows']} lines, "
+                        f"{check['orders_quantity_ne_lines']} whose quantity is not their lines' (one line each)")
+    if check["outbox_rows"] != new_rows:
+        problems.append(f"{check['outbox_rows']} outbox rows for {new_rows} orders")
     if client_successes is not None:
         check["client_successes"] = client_successes
         check["unanswered_at_stop"] = unanswered
-        ok = ok and client_successes <= new_rows <= client_successes + unanswered
+        if not client_successes <= new_rows <= client_successes + unanswered:
+            problems.append(f"{new_rows} orders for {client_successes} successes (+{unanswered} unanswered)")
+    if client_types is not None:
+        check["client_successes_by_type"] = {int(k): int(v) for k, v in client_types.items()}
+        for type_id in sorted(set(client_types) | set(lines_by_type)):
+            seen, lines = client_types.get(type_id, 0), lines_by_type.get(type_id, 0)
+            if not seen <= lines <= seen + unanswered:
+                problems.append(f"type {type_id}: {lines} lines for {seen} successes (+{unanswered} unanswered)")
     if ids_distinct is not None:
         check["client_ids_distinct"] = ids_distinct
-        ok = ok and ids_distinct
+        if not ids_distinct:
+            problems.append("booking ids repeated or missing in the answers")
     if sellout:
-        check["available_left"] = sum(available for _, _, available, _, _ in per_event)
+        check["available_left"] = sum(q["available"] for q in event_quotas)
         check["sold_out_exactly"] = check["available_left"] == 0 and check["tickets_sold"] == sum(
-            total for _, total, _, _, _ in per_event)
-        ok = ok and check["sold_out_exactly"]
-    check["ok"] = bool(ok)
+            q["size"] for q in event_quotas)
+        if not check["sold_out_exactly"]:
+            problems.append(f"sell-out: {check['available_left']} left, {check['tickets_sold']} sold")
+    check["problems"] = problems
+    check["ok"] = not problems
     return check
 
 
@@ -384,11 +471,13 @@ def _cpu(cores: dict[str, float | None], loadgen_cpu_s: list[float], elapsed: fl
 
 
 def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_url: str, event_ids: list[int],
-             label: str = "", sellout: bool = False, workers: int = 1, changed: list[str] | None = None
-             ) -> dict[str, Any]:
+             label: str = "", sellout: bool = False, workers: int = 1, changed: list[str] | None = None,
+             mix: list[int] | None = None) -> dict[str, Any]:
     """Run one load (``run_load()``), then check the database against what the client saw.
 
     ``changed``: the production defaults this scenario's server does not keep (its row says so).
+    ``mix``: the ticket types the requests drew from: the answers must name each of them
+    (and no other), else the server booked something else than asked.
     """
     before_id = max_booking_id(database_url)
     cpu0 = probe.snapshot()
@@ -398,11 +487,12 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
     refusals = {str(s): n for s, n in sorted(load.statuses.items()) if 400 <= s < 500}
     waited = settle(database_url, event_ids, before_id) if load.unanswered else 0.0
     check = ticket_check(database_url, event_ids, after_booking_id=before_id, client_successes=load.successes,
-                         ids_distinct=load.ids_distinct, unanswered=load.unanswered, sellout=sellout)
+                         ids_distinct=load.ids_distinct, unanswered=load.unanswered, sellout=sellout,
+                         client_types=dict(load.types) if load.types else None)
     check["settled_s"] = waited
     check["errors_5xx"] = sum(n for s, n in load.statuses.items() if s >= 500)
     check["rate_limited"] = load.statuses.get(429, 0)
-    problems = []
+    problems = check["problems"]
     if check["errors_5xx"]:
         problems.append(f"{check['errors_5xx']} answers 5xx")
     if check["rate_limited"]:
@@ -416,8 +506,9 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
         problems.append(f"unexpected refusals: {dict(load.codes)}")
     if load.transport_errors:
         problems.append(f"transport errors {load.transport_errors}")
-    check["problems"] = problems
-    check["ok"] = bool(check["ok"] and not problems)
+    if mix is not None and load.successes >= MIX_MIN_SUCCESSES and set(load.types) != set(mix):
+        problems.append(f"answers named the types {sorted(load.types)}, the requests drew from {sorted(mix)}")
+    check["ok"] = not problems
     return {
         "name": name,
         "kind": kind,
@@ -443,17 +534,27 @@ def scenario(name: str, kind: str, run_load: Any, *, probe: CpuProbe, database_u
 
 
 def one_row(database_url: str, event_id: int, sharded_event: int | None) -> int:
-    """Fold ``event_id``'s stock into one row (the baseline's design); return ``sharded_event``'s row count."""
-    from shared.ticketing.inventory import stock_event
+    """Fold ``event_id``'s event quota into one stock row (the baseline's design); return
+    ``sharded_event``'s event-quota row count. Both events have sold nothing yet."""
+    from shared.ticketing.inventory import stock_quota
 
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("DELETE FROM event_stock WHERE event_id = %s", (event_id,))
-        conn.execute("UPDATE events SET shards = 1 WHERE id = %s", (event_id,))
-        stock_event(conn, event_id)  # type: ignore[arg-type]
+        quota = _event_quota(conn, event_id)
+        conn.execute("DELETE FROM quota_stock WHERE quota_id = %s", (quota,))
+        conn.execute("UPDATE quotas SET shards = 1 WHERE id = %s", (quota,))
+        stock_quota(conn, quota)  # type: ignore[arg-type]
         if sharded_event is None:
             return 0
-        row = conn.execute("SELECT count(*) FROM event_stock WHERE event_id = %s", (sharded_event,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM quota_stock WHERE quota_id = %s",
+                           (_event_quota(conn, sharded_event),)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _event_quota(conn: psycopg.Connection[Any], event_id: int) -> int:
+    row = conn.execute("SELECT id FROM quotas WHERE event_id = %s AND is_event", (event_id,)).fetchone()
+    if row is None:
+        raise RuntimeError(f"event {event_id} has no event quota")
+    return int(row[0])
 
 
 def pgbench_part(env: Environment, customer_ids: tuple[int, int], hot_event: int, sharded_event: int | None,
@@ -593,6 +694,9 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
             hot_events = create_events(api, org, len(opts.clients) + int(opts.idempotent) + len(opts.workers),
                                        title="hot", **unlimited)
             sellout_event = create_events(api, org, 1, opts.sellout_tickets, "sell-out")[0]
+            typed = [three_types.create(api, org, title=f"three types {i}", **unlimited)
+                     for i in range(len(opts.types_clients))]
+        report["three_types"] = {"scenario": three_types.describe(), "events": [t.as_dict() for t in typed]}
         report["per_customer_limit"] = {"sell-out": customer_limit(opts), "hot, spread, pgbench": NO_CUSTOMER_LIMIT}
         if not opts.skip_pgbench:
             # The server stops meanwhile: its idle pool would hold connections pgbench's 64
@@ -630,7 +734,8 @@ def run(env: Environment, opts: Options, out_dir: Path, *, floor_report: dict[st
         print(f"crowd: {wanted} customers (+{sellers} for the sell-out) sized for {expected:.0f} bookings/s over "
               f"{opts.booking_seconds():g} s within {per_customer_rule} each; setup {report['setup_s']} s", flush=True)
         report["reference"] = reference_rows(floor, generator, crowd, opts, base_env, out_dir, floor_report)
-        scenarios = measured_scenarios(server, crowd, sellout_crowd, env, opts, hot_events, spread, sellout_event)
+        scenarios = measured_scenarios(server, crowd, sellout_crowd, env, opts, hot_events, spread, sellout_event,
+                                       typed)
         server.stop()
         for workers, event in zip(opts.workers[1:], hot_events[len(opts.clients) + int(opts.idempotent):],
                                   strict=False):
@@ -691,9 +796,10 @@ def reference_rows(floor: Any, generator: str, crowd: Crowd, opts: Options, env:
 
 
 def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Customer], env: Environment,
-                       opts: Options, hot_events: list[int], spread: list[int], sellout_event: int
-                       ) -> list[dict[str, Any]]:
-    """The hot event at each connection count, with idempotency keys, many events, the sell-out."""
+                       opts: Options, hot_events: list[int], spread: list[int], sellout_event: int,
+                       typed: list[three_types.ThreeTypeEvent]) -> list[dict[str, Any]]:
+    """The hot event at each connection count, the three-type hot event at each of its counts,
+    with idempotency keys, many events, the sell-out."""
     assert server.child is not None
     probe = CpuProbe(server.child.process.pid, env.postgres_pid, server.workers > 1)
     port, db = server.port, env.database_url
@@ -702,11 +808,28 @@ def measured_scenarios(server: ApiServer, crowd: Crowd, sellout_crowd: list[Cust
     if opts.warmup > 0:
         crowd.book(port, [hot_events[-1]], connections=opts.base_clients, duration=opts.warmup)
     out = []
+    typed_at = dict(zip(opts.types_clients, typed, strict=True))
+
+    def three_type_row(clients: int) -> None:
+        t = typed_at.pop(clients)
+        out.append(scenario(f"three types, {clients} connections", "three_types",
+                            lambda: crowd.book(port, [t.event_id], connections=clients, duration=opts.duration,
+                                               ticket_types=t.weights),
+                            probe=probe, database_url=db, event_ids=[t.event_id], workers=workers,
+                            changed=changed, mix=list(t.type_ids)))
+        _say(out[-1])
+
+    # Each three-type row right after the one-type row of its connections: side by side in
+    # time too, so a drift of the machine's load moves both rather than the ratio.
     for clients, event in zip(opts.clients, hot_events, strict=False):
         out.append(scenario(f"hot event, {clients} connections", "hot",
                             lambda c=clients, e=event: crowd.book(port, [e], connections=c, duration=opts.duration),
                             probe=probe, database_url=db, event_ids=[event], workers=workers, changed=changed))
         _say(out[-1])
+        if clients in typed_at:
+            three_type_row(clients)
+    for clients in list(typed_at):
+        three_type_row(clients)
     if opts.idempotent:
         event, prefix = hot_events[len(opts.clients)], key_prefix()
         out.append(scenario(f"hot event, {opts.base_clients} connections, Idempotency-Key", "idempotent",
@@ -774,6 +897,12 @@ def _base(report: dict[str, Any]) -> dict[str, Any] | None:
     return next((s for s in _by_kind(report, "hot") if s["clients"] == base), None)
 
 
+def types_pairs(report: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each three-type row with the one-type hot row at its connection count (None: not run)."""
+    hot = {s["clients"]: s for s in _by_kind(report, "hot")}
+    return [(s, hot.get(s["clients"])) for s in _by_kind(report, "three_types")]
+
+
 def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     """Same-run ratios: every full-stack row to the pgbench peak, and the rows to one another."""
     out: dict[str, float | None] = {}
@@ -786,8 +915,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         return round(a / b, 2) if b else None
 
     for s in report.get("scenarios", []):
-        if s["kind"] in ("hot", "idempotent", "workers", "sellout"):
+        if s["kind"] in ("hot", "three_types", "idempotent", "workers", "sellout"):
             out[f"{s['name']} / pgbench peak"] = ratio(s["per_s"], peak)
+    for typed, one in types_pairs(report):
+        if one is not None:
+            out[f"{typed['name']} / {one['name']}"] = ratio(typed["per_s"], one["per_s"])
     if base is not None:
         if at_64:
             out[f"{base['name']} / pgbench 64 clients"] = ratio(base["per_s"], at_64)
@@ -918,6 +1050,7 @@ def table(report: dict[str, Any]) -> str:
             tail=f" {s['status_2xx']:>7} {s['errors_5xx']:>4}  {_codes(s):<22} "
                  + _verdict(s))
     lines.append("  (pgbench latency: its average, in the p50 column; vs peak: bookings/s over the pgbench peak)")
+    lines += types_table(report, peak)
     if report.get("goals"):
         lines += ["", "issue 13, goal 2 (container path, production defaults):"]
         lines += [f"  {'met    ' if g['met'] else 'NOT MET'} {g['goal']}: {g['value']}" for g in report["goals"]]
@@ -941,6 +1074,34 @@ def table(report: dict[str, Any]) -> str:
     if cores:
         lines.append("  cores busy server/postgres/python-generator/other: " + "; ".join(cores))
     return "\n".join(lines)
+
+
+def types_table(report: dict[str, Any], peak: float | None) -> list[str]:
+    """The three-type hot event beside the one-type hot event at the same connections, with their ratio."""
+    pairs = types_pairs(report)
+    if not pairs:
+        return []
+    described = (report.get("three_types") or {}).get("scenario", "")
+    head = (f"{'conns':>5} {'one type /s':>11} {'p99 ms':>7} {'vs peak':>7} {'three types /s':>14} {'p99 ms':>7} "
+            f"{'vs peak':>7} {'three/one':>9} {'2xx':>7} {'5xx':>4}  {'4xx by code':<22} check")
+    out = ["", "three ticket types vs one type, hot event, full stack, production defaults (issue 14):",
+           f"  {described}", head, "-" * len(head)]
+
+    def vs(per_s: float | None) -> str:
+        return f"{per_s / peak:.2f}" if peak and per_s is not None else "-"
+
+    for typed, one in pairs:
+        one_rate = one["per_s"] if one else None
+        ratio = f"{typed['per_s'] / one_rate:.2f}" if one_rate else "-"
+        out.append(f"{typed['clients']:>5} {_fmt(one_rate):>11} {_fmt(one['latency_ms']['p99'] if one else None):>7} "
+                   f"{vs(one_rate):>7} {typed['per_s']:>14.1f} {_fmt(typed['latency_ms']['p99']):>7} "
+                   f"{vs(typed['per_s']):>7} {ratio:>9} {typed['status_2xx']:>7} {typed['errors_5xx']:>4}  "
+                   f"{_codes(typed):<22} {_verdict(typed)}")
+    checked = [q for typed, _ in pairs for q in typed["check"].get("per_quota", [])]
+    if checked:
+        out.append("  per quota after the runs (size - available - held == units of its types' lines): "
+                   + "; ".join(f"{q['name']} {q['gone']} gone, {q['sold']} sold of {q['size']}" for q in checked))
+    return out
 
 
 def _verdict(s: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from bench import pgbench_booking
 from bench.environment import Environment, with_database
@@ -28,10 +28,34 @@ from bench.environment import Environment, with_database
 TICKETS = 1_000_000  # never sold out within a run: every transaction books
 
 
+def bench_event(conn: psycopg.Connection[Any], organizer: int, title: str, tickets: int, shards: int,
+                per_customer: int) -> int:
+    """An event as ``POST /events`` makes it (one default type in one event quota of ``tickets``),
+    its quota's stock on ``shards`` rows: the schema's shape without the API (a fixture, not a copy
+    of the rules)."""
+    from shared.ticketing.inventory import stock_quota
+
+    cur = conn.cursor(row_factory=tuple_row)  # whatever rows the caller's connection makes
+
+    def one(query: str, params: tuple[Any, ...]) -> int:
+        row = cur.execute(query, params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    event = one("""INSERT INTO events (organizer_id, title, total_tickets, max_tickets_per_customer)
+                   VALUES (%s, %s, %s, %s) RETURNING id""", (organizer, title, tickets, per_customer))
+    ticket_type = one("INSERT INTO ticket_types (event_id, name, is_default) VALUES (%s, 'General admission', true) "
+                      "RETURNING id", (event,))
+    quota = one("""INSERT INTO quotas (event_id, name, size, shards, is_event)
+                   VALUES (%s, 'Event capacity', %s, %s, true) RETURNING id""", (event, tickets, shards))
+    cur.execute("INSERT INTO quota_types (quota_id, ticket_type_id, event_id) VALUES (%s, %s, %s)",
+                (quota, ticket_type, event))
+    stock_quota(conn, quota)
+    return int(event)
+
+
 def _fixtures(url: str, shards: list[int], customers: int) -> tuple[list[int], tuple[int, int]]:
     """An organizer, ``customers`` customers (contiguous ids) and one event per entry of ``shards``."""
-    from shared.ticketing.inventory import stock_event
-
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         org = conn.execute(
             "INSERT INTO users (email, password_hash, role) VALUES ('org@bench.test', 'x', 'organizer') RETURNING id"
@@ -42,16 +66,7 @@ def _fixtures(url: str, shards: list[int], customers: int) -> tuple[list[int], t
                SELECT 'c' || g || '@bench.test', 'x', 'customer' FROM generate_series(1, %s) g RETURNING id""",
             (customers,),
         ).fetchall()
-        events = []
-        for n in shards:
-            row = conn.execute(
-                """INSERT INTO events (organizer_id, title, total_tickets, shards, max_tickets_per_customer)
-                   VALUES (%s, %s, %s, %s, %s) RETURNING id""",
-                (org["id"], f"{n} rows", TICKETS, n, TICKETS),
-            ).fetchone()
-            assert row is not None
-            stock_event(conn, row["id"])
-            events.append(int(row["id"]))
+        events = [bench_event(conn, org["id"], f"{n} rows", TICKETS, n, TICKETS) for n in shards]
         conn.execute("ANALYZE")
     return events, (min(r["id"] for r in ids), max(r["id"] for r in ids))
 
@@ -59,8 +74,10 @@ def _fixtures(url: str, shards: list[int], customers: int) -> tuple[list[int], t
 def _check(url: str, event_id: int) -> dict[str, Any]:
     with psycopg.connect(url, row_factory=dict_row) as conn:
         row = conn.execute(
-            """SELECT (SELECT sum(available_tickets) FROM event_stock WHERE event_id = %(id)s) AS available,
-                      (SELECT count(*) FROM event_stock WHERE event_id = %(id)s AND available_tickets < 0) AS negative,
+            """WITH st AS (SELECT s.available_tickets FROM quota_stock s JOIN quotas q ON q.id = s.quota_id
+                             WHERE q.event_id = %(id)s AND q.is_event)
+               SELECT (SELECT sum(available_tickets) FROM st) AS available,
+                      (SELECT count(*) FROM st WHERE available_tickets < 0) AS negative,
                       (SELECT coalesce(sum(quantity), 0) FROM bookings WHERE event_id = %(id)s) AS booked,
                       (SELECT count(*) FROM bookings WHERE event_id = %(id)s) AS rows""",
             {"id": event_id},

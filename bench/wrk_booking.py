@@ -4,6 +4,8 @@
 server it measures. The Lua script rotates customers (token + X-Forwarded-For address) per
 request, adds a unique ``Idempotency-Key`` when asked, counts statuses and refusal codes and
 distinct booking ids, and prints them with wrk's latency percentiles as one JSON line.
+Given weighted ticket types, each request books one ticket of a type drawn per request
+(``lines``), and the script counts successes by the type each answer names.
 
 wrk stops at its deadline with requests still in flight: the server may commit those
 bookings after wrk stopped listening. The script counts requests generated and answered,
@@ -18,6 +20,8 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench import loadgen
 
 SCRIPT = Path(__file__).resolve().with_name("wrk_booking.lua")
 MARK = "BENCH_JSON "
@@ -34,6 +38,7 @@ class WrkResult:
     duration_s: float
     statuses: Counter[int] = field(default_factory=Counter)
     codes: Counter[str] = field(default_factory=Counter)
+    types: Counter[int] = field(default_factory=Counter)  # successes by the answer's ticket_type_id
     sent: int = 0  # requests the script generated (a reconnect may regenerate one)
     answered: int = 0
     distinct_ids: int = 0
@@ -70,6 +75,7 @@ def parse(stdout: str, connections: int) -> WrkResult:
         duration_s=float(data["duration_us"]) / 1e6,
         statuses=Counter({int(k): int(v) for k, v in data["statuses"].items()}),
         codes=Counter({str(k): int(v) for k, v in data["codes"].items()}),
+        types=Counter({int(k): int(v) for k, v in (data.get("types") or {}).items()}),
         sent=int(data["sent"]), answered=int(data["answered"]),
         distinct_ids=int(data["distinct_ids"]), duplicate_ids=int(data["duplicate_ids"]),
         turn_end=int(data["turn_end"]),
@@ -78,15 +84,27 @@ def parse(stdout: str, connections: int) -> WrkResult:
     )
 
 
+def weights_arg(ticket_types: list[tuple[int, int]] | None) -> str:
+    """The script's TYPES argument, "ID:WEIGHT,..." (the script repeats each type's body WEIGHT
+    times), or "-" for the default type."""
+    if not ticket_types:
+        return "-"
+    return ",".join(f"{type_id}:{weight}" for type_id, weight in loadgen.reduced_weights(ticket_types))
+
+
 def run(
     port: int, fixtures: Path, event_ids: list[int], *, connections: int, duration: float,
-    key_prefix: str | None = None, start: int = 0,
+    key_prefix: str | None = None, start: int = 0, ticket_types: list[tuple[int, int]] | None = None,
 ) -> WrkResult:
-    """One wrk run posting bookings for ``duration`` seconds (whole seconds: wrk's unit)."""
+    """One wrk run posting bookings for ``duration`` seconds (whole seconds: wrk's unit).
+
+    ``ticket_types``: (type id, weight) pairs: each request books one ticket of a type drawn
+    in proportion to its weight; without them, ``quantity: 1`` of the default type.
+    """
     seconds = max(1, round(duration))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={TIMEOUT}", "-s", str(SCRIPT),
            f"http://127.0.0.1:{port}", "--", str(fixtures), ",".join(map(str, event_ids)), key_prefix or "-",
-           str(start)]
+           str(start), weights_arg(ticket_types)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -46,7 +46,7 @@ def customer_address(index: int) -> str:
     return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
-def _call(api: httpx.Client, method: str, path: str, address: str, **kwargs: Any) -> httpx.Response:
+def call(api: httpx.Client, method: str, path: str, address: str, **kwargs: Any) -> httpx.Response:
     """One setup request from ``address`` (X-Forwarded-For), retried with backoff on 503 ``busy``
     (the hashing slots are full) and 429; a bounded number of times, then it raises."""
     headers = {**kwargs.pop("headers", {}), "X-Forwarded-For": address}
@@ -65,8 +65,8 @@ def _call(api: httpx.Client, method: str, path: str, address: str, **kwargs: Any
 
 def register(api: httpx.Client, role: str, email: str, address: str) -> tuple[int, str]:
     """Register and log in (both rate limited per address, login per account too): id and token."""
-    r = _call(api, "POST", "/users", address, json={"email": email, "password": PASSWORD, "role": role})
-    t = _call(api, "POST", "/auth/token", address, data={"username": email, "password": PASSWORD})
+    r = call(api, "POST", "/users", address, json={"email": email, "password": PASSWORD, "role": role})
+    t = call(api, "POST", "/auth/token", address, data={"username": email, "password": PASSWORD})
     return int(r.json()["id"]), str(t.json()["access_token"])
 
 
@@ -98,7 +98,7 @@ def create_events(api: httpx.Client, token: str, count: int, tickets: int, title
         body: dict[str, Any] = {"title": f"{title} {i}", "total_tickets": tickets}
         if per_customer is not None:
             body["max_tickets_per_customer"] = per_customer
-        r = _call(api, "POST", "/events", ORGANIZER_ADDRESS, json=body, headers={"Authorization": f"Bearer {token}"})
+        r = call(api, "POST", "/events", ORGANIZER_ADDRESS, json=body, headers={"Authorization": f"Bearer {token}"})
         ids.append(int(r.json()["id"]))
     return ids
 
@@ -145,6 +145,7 @@ class Load:
     codes: Counter[str]
     ids_distinct: bool
     unanswered: int = 0
+    types: Counter[int] = field(default_factory=Counter)  # successes by the ticket type the answer names
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, p99, max
     transport_errors: dict[str, int] = field(default_factory=dict)
     loadgen_cpu_s: list[float] = field(default_factory=list)
@@ -161,6 +162,7 @@ def _ms(value: float | None) -> float | None:
 def from_wrk(r: wrk_booking.WrkResult) -> Load:
     return Load("wrk", r.connections, r.duration_s, r.statuses, r.codes,
                 ids_distinct=r.duplicate_ids == 0 and r.distinct_ids == r.successes, unanswered=r.unanswered,
+                types=r.types,
                 latency_ms={"p50": _ms(r.p50_ms), "p99": _ms(r.p99_ms), "max": _ms(r.max_ms)},
                 transport_errors=dict(r.socket_errors))
 
@@ -170,7 +172,7 @@ def from_loadgen(r: loadgen.Result, *, sellout: bool = False) -> Load:
     elapsed = r.last_success_at - r.started_at if sellout and r.successes else r.wall_s
     errors = {k: v for k, v in (("connection", r.conn_errors), ("timeout", r.timeouts)) if v}
     return Load("python", r.connections, elapsed, r.statuses, r.codes,
-                ids_distinct=len(set(r.booking_ids)) == len(r.booking_ids) == r.successes,
+                ids_distinct=len(set(r.booking_ids)) == len(r.booking_ids) == r.successes, types=r.types,
                 latency_ms={"p50": _ms(loadgen.percentile(r.latencies_ms, 50)),
                             "p99": _ms(loadgen.percentile(r.latencies_ms, 99)),
                             "max": _ms(max(r.latencies_ms) if r.latencies_ms else None)},
@@ -188,18 +190,20 @@ class Crowd:
         self.turn = 0
 
     def book(self, port: int, event_ids: list[int], *, connections: int, duration: float,
-             key_prefix: str | None = None) -> Load:
-        """``key_prefix``: every request carries a unique ``Idempotency-Key`` starting with it."""
+             key_prefix: str | None = None, ticket_types: list[tuple[int, int]] | None = None) -> Load:
+        """``key_prefix``: every request carries a unique ``Idempotency-Key`` starting with it.
+        ``ticket_types``: (type id, weight): one ticket of a type drawn per request, by weight."""
         prefix = key_prefix
         if self.generator == "wrk":
             r = wrk_booking.run(port, self.fixtures, event_ids, connections=connections, duration=duration,
-                                key_prefix=prefix, start=self.turn)
+                                key_prefix=prefix, start=self.turn, ticket_types=ticket_types)
             self.turn = r.turn_end
             return from_wrk(r)
         spec = loadgen.Spec(host="127.0.0.1", port=port, method="POST", path="/bookings",
                             tokens=tuple(c.token for c in self.customers),
                             forwarded_for=tuple(c.address for c in self.customers),
-                            event_ids=tuple(event_ids), idempotency_prefix=prefix)
+                            event_ids=tuple(event_ids), idempotency_prefix=prefix,
+                            ticket_types=tuple(ticket_types or ()))
         return from_loadgen(loadgen.run(spec, connections=connections, duration=duration, procs=self.procs))
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ for _limit in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "FAILED_LOGIN_PER_ACCOUNT",
                "FAILED_LOGIN_PER_ACCOUNT_IP", "BOOKING_PER_USER", "BOOKING_PER_IP",
                "REGISTER_PER_IP", "VERIFY_PER_IP", "VERIFICATION_RESEND", "REFRESH_PER_IP"):
     os.environ.setdefault(f"RATE_LIMIT_{_limit}", "1000000/60")
+os.environ.setdefault("ACCESS_CODE_ATTEMPTS", "1000000")
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
-from shared.ticketing import events
+from functions.events import catalog_routes
+from shared.ticketing import events, ticket_types
+from shared.web.catalog_schemas import CODE_PATTERN
 from shared.web.deps import Decimal, EventId, Limit, Offset, Organizer, require_self
 from shared.web.error_docs import errors
+from shared.web.ratelimit import access_code_guesses
 from shared.web.schemas import ID_MAX, EventCreate, EventOut, EventPage, EventUpdate
 
 router = APIRouter(tags=["events"])
@@ -22,7 +25,7 @@ _OWNING = ("organizer_only", "not_event_owner", "event_not_found")
 @router.post("/events", status_code=201, response_model=EventOut, responses=_PUBLISHING)
 def create_event(body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event as the calling organizer."""
-    return events.create_event(organizer_id=organizer.user_id, fields=body.model_dump())
+    return ticket_types.attach_types(events.create_event(organizer_id=organizer.user_id, fields=body.model_dump()))
 
 
 # One variable name per path position (OpenAPI treats /events/{a} and /events/{b} as the same
@@ -44,7 +47,7 @@ SeedOrganizerId = Annotated[
 def create_event_for(organizer_id: SeedOrganizerId, body: EventCreate, organizer: Organizer) -> dict[str, Any]:
     """Publish an event; the path names the organizer, who must be the caller."""
     require_self(organizer, organizer_id)
-    return events.create_event(organizer_id=organizer_id, fields=body.model_dump())
+    return ticket_types.attach_types(events.create_event(organizer_id=organizer_id, fields=body.model_dump()))
 
 
 @router.get("/events", response_model=EventPage)
@@ -63,30 +66,52 @@ def list_events(
     )
 
 
-@router.get("/events/{event_id}", response_model=EventOut, responses=errors("event_not_found"))
-def get_event(event_id: EventId) -> dict[str, Any]:
-    """One event with its exact availability."""
-    return events.get_event(event_id)
+@router.get(
+    "/events/{event_id}",
+    response_model=EventOut,
+    responses=errors("event_not_found", "access_code_invalid", "rate_limited"),
+)
+def get_event(
+    request: Request,
+    event_id: EventId,
+    access_code: Annotated[
+        str | None,
+        Query(
+            pattern=CODE_PATTERN,
+            description="shows the hidden ticket types this code unlocks (and opens their presale)",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """One event with its exact availability and its ticket types on offer.
+
+    An invalid `access_code` counts as a guess from the caller's address (`ACCESS_CODE_ATTEMPTS`
+    per ten minutes, then 429).
+    """
+    if access_code is None:
+        return ticket_types.event_for_customers(event_id)
+    with access_code_guesses(request):
+        return ticket_types.event_for_customers(event_id, access_code)
 
 
 @router.put(
     "/events/{event_id}",
     response_model=EventOut,
-    responses=errors(*_OWNING, "capacity_below_sold", "event_cancelled", "invalid_time_range"),
+    responses=errors(*_OWNING, "capacity_below_sold", "event_cancelled", "invalid_time_range", "invalid_order_bounds"),
 )
 def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> dict[str, Any]:
     """Change an event; fields not sent stay as they are. Booked customers are notified.
 
     Lowering `total_tickets` below what is sold plus held is refused with the numbers.
     Lowering `max_tickets_per_customer` below what a customer has keeps their bookings and
-    holds and refuses them more until they are back under it; `max_hold_seconds` bounds
+    holds and refuses them more until they are back under it; a maximum below an active ticket
+    type's `min_per_order` is refused (`invalid_order_bounds`, naming the type); `max_hold_seconds` bounds
     holds made from now on. Sales close at `end_time` (or `start_time` without one).
     """
-    return events.update_event(
+    return ticket_types.attach_types(events.update_event(
         event_id=event_id,
         organizer_id=organizer.user_id,
         changes=body.model_dump(include=body.model_fields_set),
-    )
+    ))
 
 
 @router.post(
@@ -96,4 +121,9 @@ def update_event(event_id: EventId, body: EventUpdate, organizer: Organizer) -> 
 )
 def cancel_event(event_id: EventId, organizer: Organizer) -> dict[str, Any]:
     """Cancel an event: every booking is cancelled and every booked customer notified."""
-    return events.cancel_event(event_id=event_id, organizer_id=organizer.user_id)
+    return ticket_types.attach_types(events.cancel_event(event_id=event_id, organizer_id=organizer.user_id))
+
+
+# The catalog's routes are this function's own routes (not a lazily included router): API
+# Gateway's route table, the Lambda routing and the template tests read ``router.routes``.
+router.routes.extend(catalog_routes.router.routes)

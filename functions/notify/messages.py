@@ -103,19 +103,24 @@ def _when(event: dict[str, Any]) -> str:
     return "".join(f" {p}" for p in parts if p)
 
 
+def _lines(lines: list[dict[str, Any]] | None) -> str:
+    """An order's lines, one a line (``  2 x VIP``), or "" for a payload written before types."""
+    return "".join(f"  {line['quantity']} x {safe_text(line.get('name') or 'tickets')}\n" for line in lines or [])
+
+
 def booking_confirmation(user: dict[str, Any], booking: dict[str, Any],
-                         event: dict[str, Any]) -> Email:
+                         event: dict[str, Any], lines: list[dict[str, Any]] | None = None) -> Email:
     tickets = "ticket" if booking["quantity"] == 1 else "tickets"
     body = (f"{_greeting(user)}\n\nYour booking #{booking['id']} is confirmed: "
-            f"{booking['quantity']} {tickets} for {_title(event)}{_when(event)}.\n")
+            f"{booking['quantity']} {tickets} for {_title(event)}{_when(event)}.\n{_lines(lines)}")
     return Email(user["email"], f"Booking confirmed: {_title(event)}", body)
 
 
 def booking_cancelled(user: dict[str, Any], booking: dict[str, Any],
-                      event: dict[str, Any], quantity: int) -> Email:
+                      event: dict[str, Any], quantity: int, lines: list[dict[str, Any]] | None = None) -> Email:
     tickets = "ticket" if quantity == 1 else "tickets"
     body = (f"{_greeting(user)}\n\n{quantity} {tickets} of your booking #{booking['id']} "
-            f"for {_title(event)}{_when(event)} are cancelled.\n")
+            f"for {_title(event)}{_when(event)} are cancelled.\n{_lines(lines)}")
     return Email(user["email"], f"Booking cancelled: {_title(event)}", body)
 
 

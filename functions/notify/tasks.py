@@ -109,7 +109,7 @@ def booking_confirmation(outbox_id: int, notification: BookingConfirmation) -> N
     booking, user, event = deliveries.booking_details(notification.booking_id)
     # What was booked, even if a cancellation has changed the row since.
     booking = {**booking, "quantity": notification.quantity}
-    email = messages.booking_confirmation(user, booking, event)
+    email = messages.booking_confirmation(user, booking, event, notification.lines)
     _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email,
                  label="Booking confirmation")
 
@@ -118,7 +118,7 @@ def booking_confirmation(outbox_id: int, notification: BookingConfirmation) -> N
 def booking_cancelled(outbox_id: int, notification: BookingCancelled) -> None:
     """Tell a customer (some of) their tickets are cancelled."""
     booking, user, event = deliveries.booking_details(notification.booking_id)
-    email = messages.booking_cancelled(user, booking, event, notification.quantity)
+    email = messages.booking_cancelled(user, booking, event, notification.quantity, notification.lines)
     _send_to_one(outbox_id=outbox_id, user=user, kind=notification.name, email=email,
                  label="Booking cancellation")
 

@@ -87,6 +87,8 @@ class BookingConfirmation(_BookingNotification):
 
     name: ClassVar[str] = "booking_confirmation"
     hold_id: int | None = None
+    # [{ticket_type_id, name, quantity}]; empty in payloads written before ticket types.
+    lines: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class BookingCancelled(_BookingNotification):
 
     name: ClassVar[str] = "booking_cancelled"
     remaining: int
+    # The lines tickets were cancelled of: [{ticket_type_id, name, quantity}]; empty in older payloads.
+    lines: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,9 @@ class Settings(BaseSettings):
     rate_limit_booking_per_user: str = Field(default="20/60", pattern=r"^\d+/\d+$")
     rate_limit_booking_per_ip: str = Field(default="300/60", pattern=r"^\d+/\d+$")
     rate_limit_register_per_ip: str = Field(default="20/600", pattern=r"^\d+/\d+$")
+    # Invalid access codes (a booking, a hold, an event read) per client IP and per customer,
+    # per ten minutes: codes cannot be guessed faster than this (shared/web/ratelimit.py).
+    access_code_attempts: int = Field(default=10, ge=1)
     # Replaced by TRUSTED_PROXIES; a hop count trusted whoever connected. Refused if set.
     rate_limit_trusted_proxies: int = Field(default=0, ge=0)
     rate_limit_redis_timeout: float = Field(default=0.2, gt=0)

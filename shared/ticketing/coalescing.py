@@ -32,7 +32,7 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ async def book(
     event_id: int,
     quantity: int,
     lanes: bool,
+    lines: Sequence[tuple[int, int]] | None = None,
+    access_code: str | None = None,
     offload: Offload = in_thread,
     idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
@@ -79,13 +81,16 @@ async def book(
     The entry of every booking request, counted in the booking metrics. Async, so a booking
     in a lane costs no thread-pool hop and a keyed one holds no thread while it waits.
     """
-    with metrics.counting_booking(quantity):
-        if lanes:
+    tickets = quantity if lines is None else sum(n for _, n in lines)
+    with metrics.counting_booking(tickets):
+        # An order with a code goes alone: its code's use and its guesses are the statement's.
+        if lanes and access_code is None:
             return await coalescer().book(
-                user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
+                user_id=user_id, event_id=event_id, quantity=quantity, lines=lines, idempotency=idempotency
             )
         return await offload(
-            bookings.book, user_id=user_id, event_id=event_id, quantity=quantity, idempotency=idempotency
+            bookings.book, user_id=user_id, event_id=event_id, quantity=quantity, lines=lines,
+            access_code=access_code, idempotency=idempotency,
         )
 
 
@@ -152,12 +157,13 @@ class Coalescer:
         quantity: int,
         default_max: int | None = None,
         idempotency: KeyLease | None = None,
+        lines: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
         """Book like :func:`shared.ticketing.bookings.book`, sharing a transaction with concurrent bookings.
 
         ``default_max`` (None: the setting) applies to the lane's whole turn it starts."""
         loop = asyncio.get_running_loop()
-        item = bookings.BatchItem(user_id=user_id, quantity=quantity, idempotency=idempotency)
+        item = bookings.BatchItem(user_id=user_id, quantity=quantity, idempotency=idempotency, lines=lines)
         done: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         lane = self._lanes.setdefault(event_id, _Lane())
         waiter = _Waiter(item, done, loop.time() + get_settings().booking_lane_wait_seconds)
@@ -316,6 +322,7 @@ def _book_alone(item: bookings.BatchItem, event_id: int, default_max: int | None
         user_id=item.user_id,
         event_id=event_id,
         quantity=item.quantity,
+        lines=item.lines,
         default_max=default_max,
         idempotency=item.idempotency,
     )

@@ -8,34 +8,33 @@ sequence, :func:`shared.ticketing.inventory.touch_gate`) before it writes anythi
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from shared.notifications import outbox
 from shared.notifications.contracts import EventCancelled, EventUpdate
 from shared.platform import clock
 from shared.platform.db import Connection, connection
-from shared.platform.errors import Conflict, Forbidden, NotFound, Unprocessable, unknown_user_is_401
+from shared.platform.errors import Forbidden, NotFound, Unprocessable, unknown_user_is_401
 from shared.ticketing.inventory import (
     AVAILABLE_SQL,
     EVENT_ACTIVE,
     EXPIRED_HELD_SQL,
     SALES_END_SQL,
     Ask,
-    live_hold_sql,
-    reclaim_expired_holds,
     refusal,
     set_stock,
     shards_for,
-    shift_stock,
-    stock_event,
+    stock_quota,
     touch_gate,
 )
+from shared.ticketing.order_bounds import check_active_types
+from shared.ticketing.order_states import SOLD_STATUSES, code_uses_back_sql
+from shared.ticketing.quotas import lock_event_quota, resize
 
 _COLUMNS = (
     "id", "organizer_id", "title", "venue", "start_time", "end_time", "total_tickets",
     "available_tickets", "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
-    "status", "created_at", "updated_at",
+    "status", "currency", "created_at", "updated_at",
 )
 # The event row's own columns (available tickets are not one of them).
 EVENT_COLUMNS = ", ".join(c for c in _COLUMNS if c != "available_tickets")
@@ -51,28 +50,44 @@ UPDATABLE = (
     "title", "venue", "start_time", "end_time", "total_tickets",
     "max_tickets_per_booking", "max_tickets_per_customer", "max_hold_seconds",
 )
-_OPTIONAL = {"venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
+_OPTIONAL = {"currency": "EUR", "venue": None, "start_time": None, "end_time": None, "max_tickets_per_booking": None,
              "max_tickets_per_customer": None, "max_hold_seconds": None}
 
 
 def create_event(*, organizer_id: int, fields: dict[str, Any]) -> dict[str, Any]:
-    """A new event with all its tickets available, spread over its stock rows (:func:`shards_for`)."""
+    """A new event with all its tickets available: its default type ('General admission',
+    free) in its event quota, spread over the quota's stock rows (:func:`shards_for`)."""
     values = {"organizer_id": organizer_id, **_OPTIONAL, **fields}
     with connection() as conn, unknown_user_is_401():
         with conn.transaction():
-            row = conn.execute(
-                """INSERT INTO events (organizer_id, title, venue, start_time, end_time,
-                                        total_tickets, shards, max_tickets_per_booking,
-                                        max_tickets_per_customer, max_hold_seconds)
-                    VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s,
-                            %(total_tickets)s, %(shards)s, %(max_tickets_per_booking)s,
-                            %(max_tickets_per_customer)s, %(max_hold_seconds)s)
-                    RETURNING id""",
-                {**values, "shards": shards_for(values["total_tickets"])},
-            ).fetchone()
+            row = conn.execute(_CREATE_SQL, {**values, "shards": shards_for(values["total_tickets"])}).fetchone()
             assert row is not None
-            stock_event(conn, row["id"])
+            stock_quota(conn, row["quota_id"])
         return read_event(conn, row["id"])
+
+
+# The event, its default type and its event quota listing it, in one statement.
+_CREATE_SQL = """
+WITH event AS (
+    INSERT INTO events (organizer_id, title, venue, start_time, end_time, total_tickets,
+                        max_tickets_per_booking, max_tickets_per_customer, max_hold_seconds, currency)
+    VALUES (%(organizer_id)s, %(title)s, %(venue)s, %(start_time)s, %(end_time)s, %(total_tickets)s,
+            %(max_tickets_per_booking)s, %(max_tickets_per_customer)s, %(max_hold_seconds)s, %(currency)s)
+    RETURNING id, total_tickets
+), type AS (
+    INSERT INTO ticket_types (event_id, name, price_minor, is_default)
+    SELECT id, 'General admission', 0, true FROM event
+    RETURNING id, event_id
+), quota AS (
+    INSERT INTO quotas (event_id, name, size, shards, is_event)
+    SELECT id, 'Event capacity', total_tickets, %(shards)s, true FROM event
+    RETURNING id, event_id
+), listed AS (
+    INSERT INTO quota_types (quota_id, ticket_type_id, event_id)
+    SELECT quota.id, type.id, quota.event_id FROM quota, type
+)
+SELECT quota.event_id AS id, quota.id AS quota_id FROM quota
+"""
 
 
 def get_event(event_id: int) -> dict[str, Any]:
@@ -128,14 +143,6 @@ def _lock_own_event(conn: Connection, event_id: int, organizer_id: int) -> dict[
     return current
 
 
-def _held_now(conn: Connection, event_id: int, now: datetime) -> int:
-    row = conn.execute(
-        f"SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %(id)s AND {live_hold_sql('holds')}",
-        {"id": event_id, "now": now},
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Apply the sent fields; a new ``total_tickets`` moves availability by the same delta.
 
@@ -163,48 +170,40 @@ def update_event(*, event_id: int, organizer_id: int, changes: dict[str, Any]) -
             touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
 
             assignments = [f"{column} = %({column})s" for column in changed]
-            if "total_tickets" in changed:
-                reclaim_expired_holds(conn, event_id, now)
-                counter = conn.execute(
-                    f"SELECT {AVAILABLE_SQL.format(event='events')} AS available FROM events WHERE id = %s",
-                    (event_id,),
-                ).fetchone()
-                assert counter is not None  # the rows are locked by this transaction
-                available = counter["available"]
-                held = _held_now(conn, event_id, now)
-                sold = current["total_tickets"] - available - held
-                if changed["total_tickets"] < sold + held:
-                    raise Conflict(
-                        "capacity_below_sold",
-                        f"Cannot set total_tickets to {changed['total_tickets']}: "
-                        f"{sold} tickets are sold and {held} are held",
-                        sold=sold,
-                        held=held,
-                        requested=changed["total_tickets"],
-                    )
-                shift_stock(conn, event_id, changed["total_tickets"] - current["total_tickets"])
+            if "total_tickets" in changed:  # the event quota's size: one rule for every quota
+                resize(conn, event_id, lock_event_quota(conn, event_id), changed["total_tickets"], now)
             row = conn.execute(
                 f"""UPDATE events SET {", ".join(assignments)}, updated_at = now()
                     WHERE id = %(id)s RETURNING {EVENT_COLUMNS}""",
                 {**changed, "id": event_id},
             ).fetchone()
             assert row is not None
+            if {"max_tickets_per_booking", "max_tickets_per_customer"} & changed.keys():
+                check_active_types(conn, event_id)
             if {"start_time", "end_time"} & changed.keys():
-                _holds_end_with_sales(conn, event_id)
+                holds_end_with_sales(conn, event_id)
             outbox_id = outbox.write(conn, EventUpdate(event_id=event_id, changes={
                 k: {"old": _jsonable(current[k]), "new": _jsonable(row[k])} for k in changed}))
         outbox.publish_committed(conn, [outbox_id])  # the relay covers a failure
         return read_event(conn, event_id)
 
 
-def _holds_end_with_sales(conn: Connection, event_id: int) -> None:
-    """Sales now close earlier: live holds end then too (the event row is locked first)."""
-    conn.execute(
-        f"""UPDATE holds h SET expires_at = e.sales_end
-              FROM (SELECT {SALES_END_SQL} AS sales_end FROM events WHERE id = %(id)s) e
-             WHERE h.event_id = %(id)s AND h.status = 'active' AND h.expires_at > e.sales_end""",
-        {"id": event_id},
-    )
+def holds_end_with_sales(conn: Connection, event_id: int) -> None:
+    """Sales now close earlier (the event's, or a type's sales_end): a live hold ends when the
+    sales of anything it holds close, at the latest. Call it under the event row's and the
+    stock rows' locks (holds come after them in the lock order)."""
+    conn.execute(_HOLDS_END_SQL, {"id": event_id})
+
+
+# Each active hold of event %(id)s ends by the earliest close of its sales: the event's, or
+# a type's of its lines (least() skips a NULL: no close).
+_HOLDS_END_SQL = f"""
+UPDATE holds h SET expires_at = c.closes
+  FROM (SELECT hl.hold_id, least((SELECT {SALES_END_SQL} FROM events WHERE id = %(id)s), min(t.sales_end)) AS closes
+          FROM holds x JOIN hold_lines hl ON hl.hold_id = x.id JOIN ticket_types t ON t.id = hl.ticket_type_id
+         WHERE x.event_id = %(id)s AND x.status = 'active'
+         GROUP BY hl.hold_id) AS c
+ WHERE h.id = c.hold_id AND h.expires_at > c.closes"""
 
 
 def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
@@ -219,37 +218,68 @@ def cancel_event(*, event_id: int, organizer_id: int) -> dict[str, Any]:
             if current["status"] == "cancelled":
                 return read_event(conn, event_id)
             touch_gate(conn, event_id)  # every stock row locked: no grant reads the old event now
-            cancelled = conn.execute(
-                """WITH c AS (
-                       UPDATE bookings
-                          SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
-                              quantity = 0, cancelled_at = now()
-                        WHERE event_id = %s AND status = 'confirmed'
-                       RETURNING cancelled_quantity
-                   ) SELECT count(*)::int AS bookings FROM c""",
-                (event_id,),
-            ).fetchone()
-            conn.execute(
-                """UPDATE customer_tickets ct
-                      SET tickets = coalesce((SELECT sum(quantity) FROM holds h
-                                               WHERE h.event_id = ct.event_id AND h.user_id = ct.user_id
-                                                 AND h.status = 'active'), 0)
-                    WHERE ct.event_id = %s""",
-                (event_id,),
-            )
+            conn.execute(_LOCK_BOOKED_CODES_SQL, {"id": event_id})  # after the stock rows: the lock order
+            cancelled = conn.execute(_CANCEL_BOOKINGS_SQL, {"id": event_id}).fetchone()
+            conn.execute(_RECOUNT_HOLDS_SQL, {"id": event_id})
             conn.execute(
                 "UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = %s", (event_id,)
             )
-            held = conn.execute(
-                "SELECT coalesce(sum(quantity), 0)::int AS n FROM holds WHERE event_id = %s AND status = 'active'",
-                (event_id,),
-            ).fetchone()
-            assert held is not None
-            set_stock(conn, event_id, current["total_tickets"] - held["n"])
+            for quota in conn.execute(_UNHELD_SQL, {"id": event_id}).fetchall():
+                set_stock(conn, quota["id"], quota["unheld"])
             outbox_id = outbox.write(conn, EventCancelled(
                 event_id=event_id, bookings_cancelled=cancelled["bookings"] if cancelled else 0))
         outbox.publish_committed(conn, [outbox_id])
         return read_event(conn, event_id)
+
+
+# An event cancelled: customers' counters keep only their active holds (event and types).
+_RECOUNT_HOLDS_SQL = """
+WITH held AS MATERIALIZED (
+    SELECT h.user_id, hl.ticket_type_id, hl.quantity FROM holds h JOIN hold_lines hl ON hl.hold_id = h.id
+     WHERE h.event_id = %(id)s AND h.status = 'active'
+), events_counted AS (
+    UPDATE customer_tickets ct
+       SET tickets = coalesce((SELECT sum(quantity) FROM held WHERE held.user_id = ct.user_id), 0)
+     WHERE ct.event_id = %(id)s
+    RETURNING ct.user_id
+)
+UPDATE customer_type_tickets ct
+   SET tickets = coalesce((SELECT sum(quantity) FROM held
+                            WHERE held.user_id = ct.user_id AND held.ticket_type_id = ct.ticket_type_id), 0)
+  FROM (SELECT count(*) FROM events_counted) AS after_event
+ WHERE ct.ticket_type_id IN (SELECT id FROM ticket_types WHERE event_id = %(id)s)
+"""
+
+# The access codes of the orders an event's cancellation ends, whose uses go back.
+_LOCK_BOOKED_CODES_SQL = f"""SELECT id FROM access_codes
+ WHERE id IN (SELECT access_code_id FROM bookings WHERE event_id = %(id)s AND status IN {SOLD_STATUSES})
+ ORDER BY id FOR NO KEY UPDATE"""
+
+# An event cancelled: every order holding tickets is cancelled in full (its lines, its total,
+# its code's use).
+_CANCEL_BOOKINGS_SQL = f"""
+WITH c AS (
+    UPDATE bookings
+       SET status = 'cancelled', cancelled_quantity = cancelled_quantity + quantity,
+           quantity = 0, cancelled_at = now(), total_minor = 0
+     WHERE event_id = %(id)s AND status IN {SOLD_STATUSES}
+    RETURNING id, access_code_id
+), lines AS (
+    UPDATE booking_lines l
+       SET cancelled_quantity = l.cancelled_quantity + l.quantity, quantity = 0
+      FROM c WHERE l.booking_id = c.id
+), codes_back AS (
+    {code_uses_back_sql("SELECT access_code_id AS id FROM c WHERE access_code_id IS NOT NULL")}
+) SELECT count(*)::int AS bookings FROM c"""
+
+# An event cancelled: what each quota holds but its active holds' units.
+_UNHELD_SQL = """
+SELECT q.id, (q.size - coalesce((SELECT sum(hl.quantity) FROM holds h
+                                   JOIN hold_lines hl ON hl.hold_id = h.id
+                                   JOIN quota_types qt ON qt.ticket_type_id = hl.ticket_type_id
+                                  WHERE h.event_id = %(id)s AND h.status = 'active' AND qt.quota_id = q.id),
+                                0))::int AS unheld
+  FROM quotas q WHERE q.event_id = %(id)s ORDER BY q.id"""
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,18 +4,26 @@ Creating a hold is the same one-statement grant as a booking, under the same rul
 (shared/ticketing/inventory.py), and counts against the customer's limit until it ends. Its lifetime
 is what the customer asked (or ``HOLD_TTL_SECONDS``), capped by the event's
 ``max_hold_seconds`` (or ``HOLD_TTL_MAX_SECONDS``), and never past the moment the event's
-sales close (its end, or its start when it has no end): ``expires_at`` says which.
+sales close (its end, or its start when it has no end) nor the earliest ``sales_end`` of its
+lines' types (a hold outliving its type's sales would sell after them): ``expires_at`` says
+which. A type's ``sales_end`` moved earlier shortens its live holds (ticket_types.py).
 Expiry needs no sweeper:
 an active hold past ``expires_at`` is counted as free by every reader and reclaimed by
 the first grant that needs its tickets; :func:`tidy_expired_holds` only tidies.
 Confirming a live hold re-checks only that the event can still grant (its tickets were
-granted when it was made); confirming an expired one grants its tickets again under every
-rule, a shortage then saying ``hold_expired``.
+granted when it was made): it confirms even after its type was deactivated, its type's
+sales ended or its code was deactivated or used up meanwhile, at the prices stored on its
+lines when it was made (``hold_lines.unit_price_minor``). Safe: the hold already took
+its units of every quota, its counters and its code's use, so confirming takes nothing
+new; the rules were met when those were taken. Confirming an expired one grants its
+tickets again under every rule, at today's prices (a new grant), a shortage then saying
+``hold_expired``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from shared.notifications.outbox import publish_written
@@ -23,65 +31,107 @@ from shared.platform import clock
 from shared.platform.db import Connection, connection
 from shared.platform.errors import AppError, Conflict, NotFound, unknown_user_is_401
 from shared.platform.settings import get_settings
-from shared.ticketing.bookings import BOOKING_COLUMNS, CONFIRMATION_CTE, confirmation
+from shared.ticketing.bookings import (
+    BOOKED_LINES_CTE,
+    BOOKED_SQL,
+    BOOKING_COLUMNS,
+    BOOKING_READ_COLUMNS,
+    CONFIRMATION_CTE,
+    confirmation,
+    keyed_answer,
+)
 from shared.ticketing.idempotency import KeyLease, completion_cte
 from shared.ticketing.inventory import (
-    COUNT_CTE,
     EVENT_RULES,
-    GRANT_CTE,
-    GRANT_EXACT_CTE,
     OPEN_SQL,
     TICKETS_LEFT,
     Ask,
     Gate,
+    count_ctes,
     expired_hold_sql,
     give_back,
     grant,
+    grant_ctes,
     is_live,
     live_hold_sql,
-    lock_return_shard,
+    lock_codes,
+    lock_return_rows,
     lock_stock,
+    order_params,
     read_gate,
     reclaim_expired_holds,
     refusal,
     rule_params,
 )
 
-HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at"
+HOLD_COLUMNS = "id, event_id, user_id, quantity, status, expires_at, created_at, closed_at, access_code_id"
+
+# A hold line as the API shows it (``hl``: hold_lines), with its type's price when held.
+_LINE_JSON = """json_build_object('ticket_type_id', hl.ticket_type_id, 'quantity', hl.quantity,
+                  'unit_price_minor', hl.unit_price_minor)"""
+# A hold's columns with its lines, what they cost (at the prices when held) and in which
+# currency (``h``: holds).
+HOLD_READ_COLUMNS = ", ".join(f"h.{c.strip()}" for c in HOLD_COLUMNS.split(",")) + f""",
+       (SELECT coalesce(json_agg({_LINE_JSON} ORDER BY hl.ticket_type_id), '[]')
+          FROM hold_lines hl WHERE hl.hold_id = h.id) AS lines,
+       (SELECT coalesce(sum(hl.quantity * hl.unit_price_minor), 0) FROM hold_lines hl
+         WHERE hl.hold_id = h.id)::bigint AS total_minor,
+       (SELECT currency FROM events e WHERE e.id = h.event_id) AS currency"""
 
 
-def _hold_sql(idempotent: bool, exact: bool = False) -> str:
+@functools.cache
+def _hold_sql(idempotent: bool, exact: bool = False, order: bool = False) -> str:
     return f"""
-WITH {GRANT_EXACT_CTE if exact else GRANT_CTE}, {COUNT_CTE}, hold AS (
-    INSERT INTO holds (event_id, user_id, quantity, expires_at)
-    SELECT g.id, %(user_id)s, %(quantity)s,
+WITH {grant_ctes(exact=exact, order=order)}, {count_ctes(order=order)}, hold AS (
+    INSERT INTO holds (event_id, user_id, quantity, expires_at, access_code_id)
+    SELECT g.id, %(user_id)s, g.quantity,
            least(%(now)s + least(%(ttl)s, coalesce(g.max_hold_seconds, %(ttl_max)s)) * interval '1 second',
-                 g.sales_end)
-      FROM granted g, counted
+                 g.sales_end,
+                 (SELECT min(t.sales_end) FROM lines l JOIN ticket_types t ON t.id = l.ticket_type_id)),
+           g.access_code_id
+      FROM granted g, (SELECT count(*) FROM type_counted) AS counters
     RETURNING {HOLD_COLUMNS}
-){completion_cte("hold") if idempotent else ""}
-SELECT * FROM hold
+), held_lines AS (
+    INSERT INTO hold_lines (hold_id, ticket_type_id, quantity, unit_price_minor)
+    SELECT hold.id, l.ticket_type_id, l.quantity, l.price_minor FROM hold, lines l ORDER BY l.ticket_type_id
+    RETURNING ticket_type_id, quantity, unit_price_minor
+), answer AS (
+    SELECT hold.*, g.total_minor, g.currency,
+           (SELECT json_agg({_LINE_JSON} ORDER BY hl.ticket_type_id) FROM held_lines hl) AS lines
+      FROM hold, granted g
+){completion_cte("answer") if idempotent else ""}
+SELECT * FROM answer
 """
 
 
-_HOLD_SQL = {(idem, exact): _hold_sql(idem, exact) for idem in (False, True) for exact in (False, True)}
+# What a confirmed hold's lines cost: a live hold's tickets were granted when it was made,
+# at the prices then (stored on its lines); an expired hold granted again is a new grant,
+# at today's prices.
+HELD_PRICE = "hl.unit_price_minor"
+TODAYS_PRICE = "t.price_minor"
 
 
-def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "") -> str:
+def _booking_from_hold_sql(which: str, idempotent: bool, *, before: str = "", price: str = HELD_PRICE) -> str:
     """One statement that confirms the hold ``which`` selects (a predicate on ``holds h``)
     and writes its booking (carrying ``hold_id``), the confirmation and, if ``idempotent``,
-    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma."""
+    the key's answer. ``before``: CTEs ``which`` reads, each followed by a comma; ``price``:
+    each line's unit price (:data:`HELD_PRICE` or :data:`TODAYS_PRICE`)."""
     return f"""
 WITH {before}held AS (
     UPDATE holds h SET status = 'confirmed', closed_at = %(now)s
      WHERE {which}
-    RETURNING id, event_id, user_id, quantity
+    RETURNING id, event_id, user_id, quantity, access_code_id
+), lines AS MATERIALIZED (
+    SELECT hl.ticket_type_id, hl.quantity, {price} AS price_minor
+      FROM held JOIN hold_lines hl ON hl.hold_id = held.id JOIN ticket_types t ON t.id = hl.ticket_type_id
 ), booking AS (
-    INSERT INTO bookings (event_id, user_id, quantity, hold_id)
-    SELECT event_id, user_id, quantity, id FROM held
+    INSERT INTO bookings (event_id, user_id, quantity, hold_id, total_minor, currency, access_code_id)
+    SELECT held.event_id, held.user_id, held.quantity, held.id,
+           (SELECT coalesce(sum(quantity * price_minor), 0) FROM lines), e.currency, held.access_code_id
+      FROM held JOIN events e ON e.id = held.event_id
     RETURNING {BOOKING_COLUMNS}
-), {CONFIRMATION_CTE}{completion_cte("booking") if idempotent else ""}
-SELECT booking.*, notification.id AS outbox_id FROM booking, notification
+), {BOOKED_LINES_CTE}, {CONFIRMATION_CTE}{keyed_answer(idempotent)}
+{BOOKED_SQL} FROM booking, notification
 """
 
 
@@ -105,14 +155,20 @@ def create_hold(
     *,
     user_id: int,
     event_id: int,
-    quantity: int,
+    quantity: int | None = None,
     ttl_seconds: int | None,
+    lines: Sequence[tuple[int, int]] | None = None,
+    access_code: str | None = None,
     default_max: int | None = None,
     idempotency: KeyLease | None = None,
 ) -> dict[str, Any]:
-    """Hold tickets for ``ttl_seconds`` (None: the default), within the event's bounds."""
+    """Hold an order (``quantity`` of the default type, or ``lines``, with an
+    ``access_code``) for ``ttl_seconds`` (None: the default), within the event's bounds."""
     settings = get_settings()
-    params = rule_params(event_id=event_id, quantity=quantity, default_max=default_max, now=clock.now())
+    params = order_params(
+        rule_params(event_id=event_id, quantity=quantity or 0, default_max=default_max, now=clock.now()),
+        lines, access_code,
+    )
     params.update(
         user_id=user_id,
         ttl=settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds,
@@ -121,11 +177,11 @@ def create_hold(
     if idempotency is not None:
         params.update(idempotency.params())
     with connection() as conn, unknown_user_is_401():
-        idem = idempotency is not None
+        idem, order = idempotency is not None, params["order"]
         row = grant(
             conn,
-            lambda: conn.execute(_HOLD_SQL[idem, False], params).fetchone(),
-            exact=lambda: conn.execute(_HOLD_SQL[idem, True], params).fetchone(),
+            lambda: conn.execute(_hold_sql(idem, False, order), params).fetchone(),
+            exact=lambda: conn.execute(_hold_sql(idem, True, order), params).fetchone(),
             params=params,
             user_id=user_id,
         )
@@ -137,7 +193,7 @@ def create_hold(
 def get_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     with connection() as conn:
         row = conn.execute(
-            f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s AND user_id = %s", (hold_id, user_id)
+            f"SELECT {HOLD_READ_COLUMNS} FROM holds h WHERE h.id = %s AND h.user_id = %s", (hold_id, user_id)
         ).fetchone()
     if row is None:
         raise NotFound("hold_not_found", f"Hold {hold_id} does not exist")
@@ -168,11 +224,15 @@ def confirm_hold(
     with connection() as conn:
         row = conn.execute(_confirm_sql(idempotency is not None), params).fetchone()
         if row is None:
-            rules = rule_params(event_id=hold["event_id"], quantity=hold["quantity"], default_max=default_max, now=now)
+            rules = order_params(
+                rule_params(event_id=hold["event_id"], quantity=hold["quantity"], default_max=default_max, now=now),
+                [(line["ticket_type_id"], line["quantity"]) for line in hold["lines"]],
+                code_id=hold["access_code_id"],
+            )
             row = _confirm_expired(conn, hold, {**rules, "user_id": user_id}, idempotency)
             if row is None:  # confirmed before: the same booking again
                 existing = conn.execute(
-                    f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE hold_id = %s", (hold_id,)
+                    f"SELECT {BOOKING_READ_COLUMNS} FROM bookings b WHERE b.hold_id = %s", (hold_id,)
                 ).fetchone()
                 assert existing is not None
                 return existing, False
@@ -183,7 +243,7 @@ def confirm_hold(
 
 
 # An expired hold's tickets granted again, to the same customer, under every stock row's lock.
-_REGRANT_SQL = f"WITH {GRANT_EXACT_CTE}, {COUNT_CTE} SELECT event_id FROM counted"
+_REGRANT_SQL = f"WITH {grant_ctes(exact=True, order=True)}, {count_ctes(order=True)} SELECT event_id FROM counted"
 
 
 def _confirm_expired(
@@ -194,12 +254,14 @@ def _confirm_expired(
     A hold that expired gets its tickets back and is booked again *as this hold* if the
     grant rules allow (the booking carries ``hold_id``, the hold becomes ``confirmed``),
     so a second confirm finds it confirmed. Returns None when it was already confirmed.
-    One transaction, event row locked first, then every stock row, like every writer.
+    One transaction, in the lock order: the event row, every stock row, the codes the
+    reclaim gives back and the grant uses (the hold's), then the hold.
     """
     hold_id, event_id, now = hold["id"], hold["event_id"], params["now"]
     with conn.transaction():
         event = read_gate(conn, params, "FOR NO KEY UPDATE")
         lock_stock(conn, event_id)
+        lock_codes(conn, event_id, now, hold["access_code_id"])  # its code_id never changes
         current = conn.execute(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s FOR UPDATE", (hold_id,)
         ).fetchone()
@@ -211,13 +273,15 @@ def _confirm_expired(
         closed = refusal(event, Ask.of(params), EVENT_RULES)
         if closed is not None:
             raise closed
+        price = HELD_PRICE
         if not is_live(current, now):
             reclaim_expired_holds(conn, event_id, now)  # this hold's tickets back in the pool
             grant(conn, lambda: conn.execute(_REGRANT_SQL, params).fetchone(),
                   params=params, user_id=params["user_id"], locked=True,
                   wording={TICKETS_LEFT: functools.partial(_hold_expired, hold_id)})
+            price = TODAYS_PRICE  # a new grant
         row = conn.execute(
-            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None),
+            _booking_from_hold_sql("h.id = %(hold_id)s", idempotency is not None, price=price),
             {**params, "hold_id": hold_id, **(idempotency.params() if idempotency else {})},
         ).fetchone()
     assert row is not None
@@ -241,24 +305,35 @@ def release_hold(*, hold_id: int, user_id: int) -> dict[str, Any]:
     hold = get_hold(hold_id=hold_id, user_id=user_id)
     with connection() as conn, conn.transaction():
         conn.execute("SELECT 1 FROM events WHERE id = %s FOR NO KEY UPDATE", (hold["event_id"],))
-        shard = lock_return_shard(conn, hold["event_id"])  # before the hold: the lock order
+        lines = conn.execute(_HOLD_LINES_SQL, (hold_id,)).fetchall()
+        # Before the hold: the lock order (stock rows, then its code).
+        rows = lock_return_rows(conn, hold["event_id"], [line["ticket_type_id"] for line in lines])
+        if hold["access_code_id"] is not None:
+            conn.execute("SELECT 1 FROM access_codes WHERE id = %s FOR NO KEY UPDATE", (hold["access_code_id"],))
         row = conn.execute(
             f"""UPDATE holds SET status = 'released', closed_at = %s
                  WHERE id = %s AND status = 'active' RETURNING {HOLD_COLUMNS}""",
             (clock.now(), hold_id),
         ).fetchone()
         if row is None:
-            current = conn.execute(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = %s", (hold_id,)).fetchone()
+            current = conn.execute(f"SELECT {HOLD_READ_COLUMNS} FROM holds h WHERE h.id = %s", (hold_id,)).fetchone()
             assert current is not None
             return current
-        give_back(conn, row["event_id"], shard, row["user_id"], row["quantity"])
-    return row
+        if row["access_code_id"] is not None:  # an unconfirmed hold gives its code's use back
+            conn.execute("UPDATE access_codes SET uses = uses - 1 WHERE id = %s", (row["access_code_id"],))
+        give_back(conn, row["event_id"], rows, row["user_id"],
+                  [(line["ticket_type_id"], line["quantity"]) for line in lines])
+    return {**row, "lines": lines, "total_minor": hold["total_minor"], "currency": hold["currency"]}
+
+
+_HOLD_LINES_SQL = """SELECT ticket_type_id, quantity, unit_price_minor FROM hold_lines
+ WHERE hold_id = %s ORDER BY ticket_type_id"""
 
 
 def list_holds(*, user_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
     with connection() as conn:
         rows = conn.execute(
-            f"SELECT {HOLD_COLUMNS} FROM holds WHERE user_id = %s ORDER BY id DESC LIMIT %s OFFSET %s",
+            f"SELECT {HOLD_READ_COLUMNS} FROM holds h WHERE h.user_id = %s ORDER BY h.id DESC LIMIT %s OFFSET %s",
             (user_id, limit, offset),
         ).fetchall()
     return [_effective(r) for r in rows]

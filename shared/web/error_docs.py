@@ -68,12 +68,54 @@ CATALOGUE: dict[str, ErrorCode] = {
     ),
     "invalid_time_range": ErrorCode(422, "end_time is before start_time"),
     "capacity_below_sold": ErrorCode(
-        409, "`total_tickets` below what is sold plus held (details: `sold`, `held`, `requested`)"
+        409, "`total_tickets` or a quota's size below what is sold plus held (details: `sold`, `held`, `requested`;"
+        " a quota's `quota_id`, `quota`)"
     ),
+    # -- the catalog: ticket types, quotas, access codes ------------------------------------
+    "ticket_type_not_found": ErrorCode(404, "no such ticket type of this event (details: `ticket_type_id`)"),
+    "ticket_type_has_sales": ErrorCode(409, "the ticket type was ordered or held: deactivate it instead"),
+    "default_ticket_type": ErrorCode(409, "the default ticket type (what `{event_id, quantity}` books) stays"),
+    "duplicate_ticket_type": ErrorCode(400, "a ticket type is listed more than once"),
+    "invalid_sales_window": ErrorCode(422, "sales_end is not after sales_start (as stored, for a field not sent)"),
+    "invalid_order_bounds": ErrorCode(422, "min_per_order above a maximum (the type's or the event's): never buyable"),
+    "quota_not_found": ErrorCode(404, "no such quota of this event (details: `quota_id`)"),
+    "quota_membership_locked": ErrorCode(
+        409, "a ticket type with sold or held tickets cannot join or leave a quota (details: `ticket_type_ids`)"
+    ),
+    "event_quota": ErrorCode(
+        409, "the event quota follows the event (size: `total_tickets` via PUT /events; every type); never deleted"
+    ),
+    "access_code_invalid": ErrorCode(
+        400, "no usable access code of this event by that name (unknown, inactive, outside its window: one answer)"
+    ),
+    "access_code_taken": ErrorCode(409, "the event already has this access code (codes ignore case)"),
+    "access_code_not_found": ErrorCode(404, "no such access code of this event"),
+    "max_uses_below_uses": ErrorCode(409, "max_uses below the code's uses so far (details: `uses`, `requested`)"),
+    "invalid_validity_window": ErrorCode(422, "valid_until is not after valid_from"),
     # -- tickets: bookings and holds ----------------------------------------------------------
-    "sold_out": ErrorCode(400, "no tickets left"),
-    "insufficient_tickets": ErrorCode(400, "fewer tickets left than asked (details say how many remain)"),
-    "quantity_too_large": ErrorCode(400, "more than one booking may take (details: the event's `max_quantity`)"),
+    "sold_out": ErrorCode(400, "no tickets left in a quota the order needs (details: `quota_id`, `quota`)"),
+    "insufficient_tickets": ErrorCode(
+        400, "fewer tickets left in a quota than the order needs (details: `available`, `requested`, `quota_id`, "
+        "`quota`, `ticket_type_id`)"
+    ),
+    "quantity_too_large": ErrorCode(
+        400, "more than one booking may take (details: the event's `max_quantity`; for a line, its `ticket_type_id`)"
+    ),
+    "quantity_below_minimum": ErrorCode(
+        400, "a line below its type's per-order minimum (details: `ticket_type_id`, `min_quantity`)"
+    ),
+    "ticket_type_inactive": ErrorCode(409, "the ticket type is no longer sold (details: `ticket_type_id`)"),
+    "sales_not_started": ErrorCode(
+        409,
+        "the type's sales have not started and no code opens its presale (details: `ticket_type_id`, `sales_start`)",
+    ),
+    "sales_ended": ErrorCode(409, "the type's sales have ended (details: `ticket_type_id`, `sales_end`)"),
+    "access_code_exhausted": ErrorCode(409, "the access code was used as often as it may (details: `max_uses`)"),
+    "type_limit_exceeded": ErrorCode(
+        400,
+        "this customer's booked plus actively held tickets of the type would pass its per-customer limit "
+        "(details: `ticket_type_id`, `limit`, `has`, `requested`)",
+    ),
     "customer_limit_exceeded": ErrorCode(
         400,
         "this customer's booked plus actively held tickets of the event would pass its per-customer "
@@ -88,6 +130,10 @@ CATALOGUE: dict[str, ErrorCode] = {
     "cancel_exceeds_booking": ErrorCode(
         409, "more tickets given back than the booking holds (details: `held`, `requested`)"
     ),
+    "line_required": ErrorCode(
+        400, "a quantity to cancel of a booking with several lines needs `line_id` (details: `line_ids`)"
+    ),
+    "booking_line_not_found": ErrorCode(404, "the booking has no line `line_id`"),
     "hold_not_found": ErrorCode(404, "no such hold of the caller's"),
     "hold_expired": ErrorCode(409, "the hold expired and its tickets are gone (details say how many are left)"),
     "hold_released": ErrorCode(409, "the hold was released"),
@@ -103,8 +149,12 @@ WITH_BODY = ("invalid_json", "unsupported_media_type")
 WITH_TOKEN = ("not_authenticated", "invalid_token", "token_expired", "token_revoked", "unknown_user")
 
 # Why a request for tickets (a booking, a hold, a hold's confirmation) can be refused:
-# the grant rules' codes, and losing every race for free tickets.
+# the grant rules' codes, and losing every race for free tickets. A hold's confirmation
+# can answer each: an expired hold is granted again under every rule, with its code
+# (``access_code_invalid`` once the code was deactivated or its window closed).
 GRANT_REFUSALS = (*REFUSAL_CODES, "contention")
+# What a request naming its own order (a booking, a hold) adds: a type listed twice.
+ORDER_REFUSALS = (*GRANT_REFUSALS, "duplicate_ticket_type")
 # What a route taking an Idempotency-Key adds (shared/web/idempotent.py).
 KEYED = ("request_in_progress", "idempotency_key_reused")
 

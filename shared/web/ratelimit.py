@@ -537,3 +537,31 @@ VerifyRateLimit = Depends(limit_verify)
 VerificationResendRateLimit = Depends(limit_verification_resend)
 # The registration route takes its body as ``Registration`` (limited, address remembered).
 Registration = Annotated[UserCreate, Depends(_registration, scope="function")]
+
+
+ACCESS_CODE_WINDOW_SECONDS = 600
+
+
+@contextmanager
+def access_code_guesses(request: Request, user_id: int | None = None) -> Iterator[None]:
+    """A request carrying an access code: an invalid one is a guess, counted per client IP
+    (and per customer, when known) against ``ACCESS_CODE_ATTEMPTS`` per ten minutes.
+
+    As with passwords, the guess is reserved before the code is looked up (parallel guesses
+    cannot all pass the look) and given back unless the answer is ``access_code_invalid``.
+    """
+    spec = f"{get_settings().access_code_attempts}/{ACCESS_CODE_WINDOW_SECONDS}"
+    rules = [RateRule.parse("access_code_per_ip", f"code-ip:{client_key(request)}", spec)]
+    if user_id is not None:
+        rules.append(RateRule.parse("access_code_per_user", f"code-user:{user_id}", spec))
+    enforce(rules)
+    try:
+        yield
+    except AppError as exc:
+        if exc.code != "access_code_invalid":
+            limiter.refund(rules)
+        raise
+    except BaseException:
+        limiter.refund(rules)
+        raise
+    limiter.refund(rules)

@@ -184,6 +184,8 @@ UNSTATED_RULES = frozenset({"email_not_allowed", "password_too_common"})
 _SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _EMAIL_CHARS = f"[^@{_SPACE}{_TEXT_REFUSED}]+"
 _EMAIL_TRIM = " \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # what strip() removes that Text allows
+# Text with something besides blanks: what a name that is stripped, then must not be empty, takes.
+NON_BLANK_PATTERN = f"^[^{_TEXT_REFUSED}]*[^{_SPACE}{_TEXT_REFUSED}][^{_TEXT_REFUSED}]*$"
 
 
 def _email_schema(schema: dict[str, Any]) -> None:
@@ -297,6 +299,7 @@ class EventCreate(_EventTimes):
     )
     max_tickets_per_customer: PerCustomerMax | None = Field(default=None, description=_PER_CUSTOMER)
     max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
+    currency: Currency = "EUR"
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -322,7 +325,41 @@ class EventUpdate(_EventTimes):
     max_hold_seconds: HoldSeconds | None = Field(default=None, description=_HOLD_SECONDS)
 
 
+CURRENCY_PATTERN = "^[A-Z]{3}$"
+Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN, description="ISO 4217 code, e.g. EUR")]
+
+
+class TicketTypeOnSale(BaseModel):
+    """A ticket type as customers see it on the event (the organizer's view: TicketTypeOut)."""
+
+    id: int
+    name: str
+    description: str | None
+    price_minor: int = Field(description="price in minor units of `currency` (cents); 0 is free")
+    currency: str
+    sales_start: datetime | None = Field(description="null: on sale from publication")
+    sales_end: datetime | None = Field(description="null: until the event's sales close")
+    min_per_order: int
+    max_per_order: int | None = Field(description="null: the event's per-booking maximum")
+    max_per_customer: int | None = Field(description="null: only the event's per-customer limit applies")
+    available: int = Field(description="exact: the least room over the type's quotas, expired holds as free")
+    on_sale: bool = Field(description="within its sales window now (an access code may open a presale)")
+
+
 class EventOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 1, "organizer_id": 1, "title": "Music Concert", "venue": "Arena",
+        "start_time": "2030-06-01T18:00:00Z", "end_time": None, "total_tickets": 50,
+        "available_tickets": 48, "max_tickets_per_booking": None, "max_tickets_per_customer": None,
+        "max_hold_seconds": None, "status": "active", "currency": "EUR",
+        "created_at": "2030-01-01T10:00:00Z", "updated_at": "2030-01-01T10:00:00Z",
+        "ticket_types": [{
+            "id": 1, "name": "General admission", "description": None, "price_minor": 2500,
+            "currency": "EUR", "sales_start": None, "sales_end": None, "min_per_order": 1,
+            "max_per_order": None, "max_per_customer": None, "available": 48, "on_sale": True,
+        }],
+    }]})
+
     id: int
     organizer_id: int
     title: str
@@ -335,8 +372,14 @@ class EventOut(BaseModel):
     max_tickets_per_customer: int | None = Field(description="null: the server default")
     max_hold_seconds: int | None = Field(description="null: the server default")
     status: Literal["active", "cancelled"]
+    currency: str = Field(description="ISO 4217: every ticket type of the event is priced in it")
     created_at: datetime
     updated_at: datetime
+    ticket_types: list[TicketTypeOnSale] | None = Field(
+        default=None,
+        description="visible active types by position (hidden ones only with a valid `access_code`); "
+        "null in listings (GET /events), which stay cheap: read the event for them",
+    )
 
 
 class _Page(BaseModel):
@@ -363,29 +406,90 @@ class EventPage(_Page):
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_TICKETS_PER_EVENT), JSON_INTEGER]
 
 
-class BookingCreate(BaseModel):
+AccessCode = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="unlocks hidden types and opens presales; an invalid one "
+          "counts as a guess (ACCESS_CODE_ATTEMPTS per ten minutes, then 429)"),
+]
+MAX_ORDER_LINES = 50
+
+
+class OrderLine(BaseModel):
+    ticket_type_id: Id = Field(examples=[1])
+    quantity: Quantity = Field(examples=[2])
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+class _Order(BaseModel):
+    """An order: `quantity` tickets of the event's default type, or `lines` (not both)."""
+
+    quantity: Quantity = Field(default=1, description="tickets of the event's default type (not with `lines`)")
+    # Fields added after clients stored Idempotency-Keys are left out of a request's dump
+    # (its fingerprint) while absent, so a key answered before they existed still replays.
+    lines: list[OrderLine] | None = Field(
+        default=None, min_length=1, max_length=MAX_ORDER_LINES, exclude_if=_absent,
+        description="ticket types and quantities, each type once; all or nothing (not with `quantity`)",
+    )
+    access_code: AccessCode | None = Field(default=None, exclude_if=_absent)
+
+    # The schema says it too, so clients (and schema-driven fuzzers) see the rule.
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["lines", "quantity"]}})
+
+    @model_validator(mode="after")
+    def _lines_or_quantity(self) -> Self:
+        if {"lines", "quantity"} <= self.model_fields_set:
+            raise ValueError("send `lines` or `quantity`, not both")
+        return self
+
+    def order_lines(self) -> list[tuple[int, int]] | None:
+        """(ticket_type_id, quantity) per line, or None for the default type."""
+        return None if self.lines is None else [(line.ticket_type_id, line.quantity) for line in self.lines]
+
+
+class BookingCreate(_Order):
     event_id: Id = Field(examples=[1])
-    quantity: Quantity = 1
 
 
 class BookingCancel(BaseModel):
-    quantity: Quantity | None = Field(default=None, description="tickets to give back; null or absent: all")
+    quantity: Quantity | None = Field(
+        default=None, description="tickets to give back (of the line `line_id`); null or absent: all of it"
+    )
+    line_id: Id | None = Field(
+        default=None,
+        description="the line to give tickets back of; needed with `quantity` when the booking has several",
+    )
+
+
+class BookingLineOut(BaseModel):
+    id: int
+    ticket_type_id: int
+    quantity: int = Field(description="tickets of the line the booking holds now")
+    cancelled_quantity: int = 0
+    unit_price_minor: int = Field(description="the type's price when ordered, in minor units of `currency`")
 
 
 class BookingOut(BaseModel):
     id: int
     event_id: int
     user_id: int
-    quantity: int = Field(description="tickets the booking holds now")
+    quantity: int = Field(description="tickets the booking holds now (the sum of its lines)")
     cancelled_quantity: int = 0
-    status: Literal["confirmed", "cancelled"]
+    status: Literal["pending_payment", "confirmed", "expired", "cancelled", "refunded"] = Field(
+        description="free orders are confirmed at once; the other states wait for the payment step"
+    )
     hold_id: int | None = None
     created_at: datetime
     cancelled_at: datetime | None = None
+    lines: list[BookingLineOut] = []
+    total_minor: int = Field(default=0, description="what the tickets it holds now cost: its lines' remaining "
+                             "quantity x unit price (0 once cancelled), in minor units of `currency`")
+    currency: str = "EUR"
 
 
-class HoldCreate(BaseModel):
-    quantity: Quantity = 1
+class HoldCreate(_Order):
     ttl_seconds: HoldSeconds | None = Field(
         default=None,
         description="how long to hold; absent: HOLD_TTL_SECONDS. Capped by the event's max_hold_seconds "
@@ -394,15 +498,29 @@ class HoldCreate(BaseModel):
     )
 
 
+class HoldLineOut(BaseModel):
+    ticket_type_id: int
+    quantity: int
+    unit_price_minor: int = Field(
+        description="the type's price when the hold was made, in minor units of `currency`: what confirming "
+        "the hold while it is live charges (an expired hold confirmed is a new grant, at today's price)"
+    )
+
+
 class HoldOut(BaseModel):
     id: int
     event_id: int
     user_id: int
-    quantity: int
+    quantity: int = Field(description="tickets held (the sum of its lines)")
     status: Literal["active", "confirmed", "released", "expired"]
     expires_at: datetime
     created_at: datetime
     closed_at: datetime | None = None
+    lines: list[HoldLineOut] = []
+    total_minor: int = Field(
+        default=0, description="what its lines cost at the prices when the hold was made, in minor units"
+    )
+    currency: str = "EUR"
 
 
 class HoldPage(_Page):

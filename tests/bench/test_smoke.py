@@ -30,6 +30,7 @@ def quick_report(server_urls: dict[str, str], tmp_path_factory: pytest.TempPathF
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "bookings/s" in proc.stdout and "framework floor" in proc.stdout  # the tables
+    assert "three ticket types vs one type" in proc.stdout
     report: dict[str, Any] = json.loads((out / "latest.json").read_text())
     return report
 
@@ -45,18 +46,20 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
     assert pg["hot_check"]["bookings_rows"] == pg["hot_check"]["pgbench_transactions"] > 0
     assert rush["reference"]["ceiling"]["per_s"] > 0 and rush["reference"]["hello"]["per_s"] > 0
     kinds = [s["kind"] for s in rush["scenarios"]]
-    assert kinds == ["hot", "idempotent", "spread", "sellout", "workers"]
-    assert [s["workers"] for s in rush["scenarios"]] == [1, 1, 1, 1, 2]
+    assert kinds == ["hot", "three_types", "idempotent", "spread", "sellout", "workers"]
+    assert [s["workers"] for s in rush["scenarios"]] == [1, 1, 1, 1, 1, 2]
     for s in rush["scenarios"]:
         assert s["per_s"] > 0 and s["errors_5xx"] == 0 and s["generator"] == "python"
         assert set(s["latency_ms"]) == {"p50", "p99", "max"}
         check = s["check"]
         assert check["oversold"] == 0 and check["events_sold_ne_booked"] == 0 and check["ok"]
+        assert check["quotas_sold_ne_taken"] == 0 and check["orders_quantity_ne_lines"] == 0
         assert check["client_successes"] == check["bookings_rows"] == check["outbox_rows"] > 0
+        assert check["booking_lines_rows"] == check["bookings_rows"]  # one line per bench order
         assert check["rate_limited"] == 0 and check["problems"] == [] and check["client_ids_distinct"]
-    keyed = rush["scenarios"][1]["check"]
+    keyed = rush["scenarios"][2]["check"]
     assert keyed["idempotency_keys_201"] == keyed["bookings_rows"]  # every booking made under its own key
-    sellout = rush["scenarios"][3]
+    sellout = rush["scenarios"][4]
     assert sellout["successes"] == 40 and sellout["check"]["sold_out_exactly"]
     assert set(sellout["error_codes"]) <= {"sold_out"}
     assert all(v > 0 for v in rush["ratios"].values())
@@ -67,6 +70,20 @@ def test_quick_run_reports_every_figure_with_the_oversell_check_at_zero(quick_re
     assert server["production_defaults"]["RATE_LIMIT_BOOKING_PER_USER"] == "20/60"
     assert server["deployment"] == {"TRUSTED_PROXIES": "127.0.0.1"} and server["changed_defaults"] == {}
     assert rush["crowd"]["customers"] >= 4 and [g["met"] for g in rush["goals"]][-1] is True
+    # The three-type event: every quota's stock down by what its types' lines took, the VIP
+    # quota by the VIP and lounge tickets only, and the answers' types matching the lines.
+    typed = rush["scenarios"][1]
+    event = rush["three_types"]["events"][0]
+    types = {t["id"]: t for t in event["types"]}
+    assert [t["weight"] for t in event["types"]] == [50, 30, 20] and sum(t["vip"] for t in event["types"]) == 2
+    quotas = {q["event_quota"]: q for q in typed["check"]["per_quota"]}
+    assert len(quotas) == 2 and quotas[False]["id"] == event["vip_quota_id"]
+    by_type = {int(k): v for k, v in typed["check"]["lines_by_type"].items()}
+    assert by_type == {int(k): v for k, v in typed["check"]["client_successes_by_type"].items()}
+    assert set(by_type) <= set(types) and sum(by_type.values()) == typed["successes"]
+    assert quotas[True]["gone"] == quotas[True]["sold"] == typed["successes"]
+    assert quotas[False]["gone"] == quotas[False]["sold"] == sum(n for t, n in by_type.items() if types[t]["vip"])
+    assert f"{typed['name']} / hot event, 4 connections" in rush["ratios"]
     fan = quick_report["fanout"]
     assert fan["ok"] and fan["delivery_keys"] == fan["distinct_users"] == 300 and fan["channels"] == ["console"]
 
@@ -124,7 +141,8 @@ def test_wrk_booking_script_rotates_customers_and_reports_what_it_counted(tmp_pa
     fixtures = tmp_path / "crowd.txt"
     fixtures.write_text("tok-a 10.0.0.1\ntok-b 10.0.0.2\n")
     with loadgen.canned_server() as port:
-        measured = wrk_booking.run(port, fixtures, [5, 6], connections=4, duration=1, key_prefix="k-", start=7)
+        measured = wrk_booking.run(port, fixtures, [5, 6], connections=4, duration=1, key_prefix="k-", start=7,
+                                   ticket_types=[(11, 50), (12, 30), (13, 20)])
     assert measured.statuses and set(measured.statuses) == {200} and measured.codes == Counter()
     assert measured.successes == measured.answered > 0 and measured.sent >= measured.answered
     assert measured.turn_end == 7 + measured.sent and measured.p99_ms is not None and measured.p99_ms > 0
@@ -133,12 +151,27 @@ def test_wrk_booking_script_rotates_customers_and_reports_what_it_counted(tmp_pa
 
 def test_wrk_booking_json_counts_refusals_by_code() -> None:
     line = ('BENCH_JSON {"statuses":{"201":5,"409":2,"429":1},"codes":{"sold_out":2,"rate_limited":1},'
+            '"types":{"11":3,"12":2},'
             '"sent":10,"answered":8,"distinct_ids":5,"duplicate_ids":0,"turn_end":10,"duration_us":2000000,'
             '"socket_errors":{"connect":0,"read":1},"latency_us":{"p50":1500,"p99":42000,"max":90000}}')
     r = wrk_booking.parse("Running 2s test\n" + line + "\n", connections=4)
     assert r.successes == 5 and r.unanswered == 2 and r.statuses[429] == 1 and r.codes["sold_out"] == 2
     assert (r.p50_ms, r.p99_ms, r.max_ms) == (1.5, 42.0, 90.0) and r.socket_errors == {"read": 1}
-    assert r.duration_s == 2.0
+    assert r.duration_s == 2.0 and r.types == Counter({11: 3, 12: 2})
+
+
+def test_ticket_types_are_drawn_by_their_weights_in_both_generators() -> None:
+    weights = [(5, 50), (6, 30), (7, 20)]
+    assert wrk_booking.weights_arg(weights) == "5:5,6:3,7:2" and wrk_booking.weights_arg(None) == "-"
+    spec = loadgen.Spec(host="h", port=1, method="POST", path="/bookings", event_ids=(9,), ticket_types=tuple(weights))
+    out: dict[str, Any] = {}
+    tails = loadgen._Connection(spec, 0, 1, out).tails
+    bodies = Counter(json.loads(t.split(b"\r\n\r\n", 1)[1])["lines"][0]["ticket_type_id"] for t in tails)
+    assert bodies == Counter({5: 5, 6: 3, 7: 2})
+    default = loadgen._Connection(loadgen.Spec(host="h", port=1, method="POST", path="/b", event_ids=(9,)), 0, 1, out)
+    assert [json.loads(t.split(b"\r\n\r\n", 1)[1]) for t in default.tails] == [{"event_id": 9, "quantity": 1}]
+    with pytest.raises(ValueError, match="positive"):
+        loadgen.reduced_weights([(5, 0)])
 
 
 def test_crowd_is_sized_so_the_per_customer_limit_never_refuses() -> None:

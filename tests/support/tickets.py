@@ -2,7 +2,7 @@
 
 Every ticket of an event is in exactly one place: sold (a confirmed booking), held (an
 active hold, expired or not: an expired hold's tickets go back to the counter only when
-reclaimed) or available (the sum of the event's ``event_stock`` rows, :data:`AVAILABLE_SQL`).
+reclaimed) or available (the sum of its event quota's ``quota_stock`` rows, :data:`AVAILABLE_SQL`).
 :func:`pool_adds_up` checks it.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 from tests.support.clients import Client, Response
 
 # An event's available tickets straight from PostgreSQL: the sum of its stock rows (``e``: events).
-AVAILABLE_SQL = "(SELECT coalesce(sum(st.available_tickets), 0) FROM event_stock st WHERE st.event_id = e.id)"
+AVAILABLE_SQL = """(SELECT coalesce(sum(st.available_tickets), 0)
+  FROM quotas q JOIN quota_stock st ON st.quota_id = q.id WHERE q.event_id = e.id AND q.is_event)"""
 
 POOL_SQL = f"""
 SELECT e.id, e.total_tickets AS total, {AVAILABLE_SQL} AS available,
@@ -36,13 +37,15 @@ def stored_available(sql: Any, event_id: int) -> int:
 
 
 def lock_stock(conn: Any, event_id: int, take: int = 0) -> None:
-    """From ``conn``, in its open transaction: write every stock row of the event (so every
-    grant of it waits), taking ``take`` tickets off the first row that has them."""
+    """From ``conn``, in its open transaction: write every stock row of every quota of the
+    event (so every grant of it waits), taking ``take`` tickets off the first row of its event
+    quota that has them."""
     conn.execute(
-        """UPDATE event_stock SET available_tickets = available_tickets - CASE WHEN shard = (
-               SELECT min(shard) FROM event_stock WHERE event_id = %(id)s AND available_tickets >= %(take)s)
+        """UPDATE quota_stock s SET available_tickets = available_tickets - CASE WHEN (s.quota_id, s.shard) = (
+               SELECT st.quota_id, min(st.shard) FROM quotas q JOIN quota_stock st ON st.quota_id = q.id
+                WHERE q.event_id = %(id)s AND q.is_event AND st.available_tickets >= %(take)s GROUP BY st.quota_id)
                THEN %(take)s ELSE 0 END
-            WHERE event_id = %(id)s""",
+            WHERE s.quota_id IN (SELECT id FROM quotas WHERE event_id = %(id)s)""",
         {"id": event_id, "take": take},
     )
 

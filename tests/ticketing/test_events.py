@@ -46,7 +46,8 @@ def test_capacity_below_sold_is_refused_with_the_numbers(client: Client) -> None
     assert r.status_code == 409
     body = r.json()
     assert body["code"] == "capacity_below_sold"
-    assert body["details"] == {"sold": 3, "held": 0, "requested": 2}
+    assert body["details"] == {"sold": 3, "held": 0, "requested": 2}  # the seed's refusal, unchanged
+    assert body["message"] == "Cannot set total_tickets to 2: 3 tickets are sold and 0 are held"
     assert client.request("GET", f"/events/{event['id']}").json()["available_tickets"] == 2
 
 

@@ -48,7 +48,8 @@ def _event(organizer_id: int, total: int, **fields: Any) -> int:
 
 def _rows(sql: Any, event_id: int) -> list[int]:
     return [r["available_tickets"] for r in sql.execute(
-        "SELECT available_tickets FROM event_stock WHERE event_id = %s ORDER BY shard", (event_id,)).fetchall()]
+        """SELECT s.available_tickets FROM quotas q JOIN quota_stock s ON s.quota_id = q.id
+            WHERE q.event_id = %s AND q.is_event ORDER BY s.shard""", (event_id,)).fetchall()]
 
 
 def test_small_events_get_fewer_rows_and_one_row_below_the_minimum() -> None:
@@ -143,7 +144,8 @@ def test_a_grant_waiting_on_a_row_sees_the_event_cancelled_under_it(
     # WHEN the writer cancels the event as cancel_event does (gate sequence bumped on every row)
     writer.execute("UPDATE events SET status = 'cancelled', gate_seq = gate_seq + 1 WHERE id = %s", (event_id,))
     writer.execute(
-        "UPDATE event_stock SET gate_seq = (SELECT gate_seq FROM events WHERE id = %(id)s) WHERE event_id = %(id)s",
+        """UPDATE quota_stock SET gate_seq = (SELECT gate_seq FROM events WHERE id = %(id)s)
+            WHERE quota_id IN (SELECT id FROM quotas WHERE event_id = %(id)s)""",
         {"id": event_id},
     )
     writer.commit()
@@ -284,8 +286,9 @@ def test_the_migration_moves_each_events_tickets_into_one_row(tmp_path: Path, da
         # THEN each event has one row holding what it had, and no other count is left
         with psycopg.connect(url, row_factory=dict_row) as conn:
             rows = conn.execute(
-                """SELECT e.shards, e.gate_seq, s.shard, s.available_tickets, s.gate_seq AS row_seq
-                     FROM events e JOIN event_stock s ON s.event_id = e.id ORDER BY e.id""").fetchall()
+                """SELECT q.shards, e.gate_seq, s.shard, s.available_tickets, s.gate_seq AS row_seq
+                     FROM events e JOIN quotas q ON q.event_id = e.id AND q.is_event
+                     JOIN quota_stock s ON s.quota_id = q.id ORDER BY e.id""").fetchall()
             assert rows == [{"shards": 1, "gate_seq": 0, "shard": 0, "available_tickets": n, "row_seq": 0}
                             for n in (50, 3, 0)]
             column = conn.execute(

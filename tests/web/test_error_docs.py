@@ -136,3 +136,14 @@ def test_routes_declare_what_their_service_refuses_with() -> None:
     for operation, codes in expect.items():
         got = {code for found in documented[operation].values() for code in found}
         assert codes <= got, (operation, sorted(codes - got))
+
+
+def test_order_routes_document_a_type_listed_twice_and_the_confirmation_what_an_expired_hold_can_meet() -> None:
+    documented = _documented("local.app")
+    codes = {op: {code for found in by_status.values() for code in found} for op, by_status in documented.items()}
+    for route in ("/bookings", "/book/{user_id}", "/events/{event_id}/holds"):
+        assert "duplicate_ticket_type" in codes[("post", route)], route
+    confirm = codes[("post", "/holds/{hold_id}/confirm")]
+    # A hold's lines name each type once; an expired hold is granted again with its code, which may be
+    # no longer valid (tests/ticketing/test_order_lines.py: ..._says_its_code_is_no_longer_valid).
+    assert "duplicate_ticket_type" not in confirm and "access_code_invalid" in confirm
