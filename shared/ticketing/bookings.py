@@ -44,7 +44,7 @@ from shared.ticketing.inventory import (
     lock_stock,
     order_params,
     read_gate,
-    read_order,
+    read_quotas,
     rule_params,
     take_cte,
     type_count_cte,
@@ -296,7 +296,7 @@ def _write_batch(
     types: dict[int, TicketType] = {t["id"]: t for t in conn.execute(_EVENT_TYPES_SQL, (event_id,)).fetchall()}
     default = next(t["id"] for t in types.values() if t["is_default"])
     # Expired holds are not counted as free here (module docstring of inventory: reclaiming is the one path's).
-    every_quota = read_order(conn, {**params, "type_ids": [], "quantities": []}, None).quotas
+    every_quota = read_quotas(conn, params)  # no types query: the batch read them above
     quotas = [{**q, "expired_held": 0} for q in every_quota]
     users = sorted({i.user_id for i in items})
     has: dict[int, int] = {

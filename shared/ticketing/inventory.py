@@ -1151,6 +1151,11 @@ _CUSTOMER_TYPES_SQL = f"""SELECT t.id,
   FROM ticket_types t WHERE t.id = ANY(%(ids)s::bigint[])"""
 
 
+def read_quotas(conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The event's quotas (``params["event_id"]``) with their free tickets and types, by id."""
+    return [dict(q) for q in conn.execute(_ORDER_QUOTAS_SQL, params).fetchall()]
+
+
 def read_order(conn: Connection, params: Mapping[str, Any], user_id: int | None) -> Order:
     """The order of a granting statement's parameters, with what the rules read for it:
     its types, its code, the event's quotas and (``user_id``) the customer's tickets."""
@@ -1163,8 +1168,7 @@ def read_order(conn: Connection, params: Mapping[str, Any], user_id: int | None)
         lines = [Line(t, n) for t, n in zip(p["type_ids"], p["quantities"], strict=True)]
     named = p["code_digest"] is not None or p["code_id"] is not None
     code = conn.execute(_code_sql(_ORDER_CODE_COLUMNS), p).fetchone() if named else None
-    quotas = [dict(q) for q in conn.execute(_ORDER_QUOTAS_SQL, p).fetchall()]
-    order = Order(lines, types, code, named, quotas)
+    order = Order(lines, types, code, named, read_quotas(conn, p))
     if user_id is not None:
         mine = conn.execute(_CUSTOMER_SQL, {**p, "user_id": user_id}).fetchone()
         assert mine is not None
